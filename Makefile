@@ -1,0 +1,55 @@
+# glmv: the two commands everything hangs on.
+#   make serve [MODEL=<hub id | folder | tiny>] [ARGS="--port 8000 ..."]
+#   make test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+MODEL ?= zai-org/GLM-4.1V-9B-Thinking
+TINY_DIR ?= .cache/tiny-model
+HOST ?= 127.0.0.1
+PORT ?= 8000
+ARGS ?=
+
+.PHONY: serve test venv lint system-deps tiny clean
+
+$(STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages some features need: LibreOffice converts PPT/PPTX to PDF. Skipped when already present.
+system-deps:
+	@command -v soffice >/dev/null 2>&1 || command -v libreoffice >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends libreoffice-impress-nogui >/dev/null 2>&1 || \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libreoffice-impress >/dev/null) \
+	  || echo "warning: LibreOffice not installed; PPT/PPTX input will report a clear error"; }
+
+$(TINY_DIR)/config.json: $(STAMP)
+	$(VENV)/bin/glmv make-tiny-model $(TINY_DIR) --preset tiny
+
+tiny: $(TINY_DIR)/config.json
+
+serve: $(STAMP)
+	@if [ "$(MODEL)" = "tiny" ]; then \
+	  $(MAKE) --no-print-directory tiny && \
+	  exec $(VENV)/bin/glmv serve $(TINY_DIR) --served-model-name tiny --host $(HOST) --port $(PORT) $(ARGS); \
+	else \
+	  exec $(VENV)/bin/glmv serve $(MODEL) --host $(HOST) --port $(PORT) $(ARGS); \
+	fi
+
+test: $(STAMP) system-deps
+	$(VENV)/bin/ruff check glmv tests bench
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check glmv tests bench
+	$(VENV)/bin/ruff format --check glmv tests bench
+
+clean:
+	rm -rf $(VENV) .cache

@@ -1,0 +1,48 @@
+"""What engines stream back to the doors: one RequestOutput per step per request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from glmv.sampling import FinishReason
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    top: list[tuple[int, str, float]] = field(default_factory=list)  # (token_id, token text, logprob)
+
+
+@dataclass
+class CompletionOutput:
+    """One of the n sequences of a request. `text`/`token_ids` are the new part since the last output
+    (delta mode); the engine keeps totals in `num_tokens` / `cumulative_text_len`."""
+
+    index: int
+    text: str  # detokenized delta (stop strings already cut)
+    token_ids: list[int]
+    num_tokens: int  # generated tokens so far for this sequence
+    finish_reason: FinishReason | None = None
+    stop_reason: int | str | None = None  # the token id or stop string that ended it
+    logprobs: list[TokenLogprob] | None = None
+    # Tokens the engine inserted itself (thinking budget: `</think><answer>`), counted in num_tokens.
+    forced_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    outputs: list[CompletionOutput]
+    prompt_token_ids: list[int]
+    finished: bool
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)

@@ -1,0 +1,50 @@
+"""Prompt: the typed hand-off from `inputs/` to every engine (token ids plus processed media)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class MultiModalInputs:
+    """Processor outputs for the media of one prompt, in the order they appear in the token ids.
+
+    `image_hashes` / `video_hashes` are content hashes (one per image / video) used as prefix-cache and
+    vision-embedding cache keys, so two prompts with equal token ids but different pictures never share KV.
+    """
+
+    pixel_values: torch.Tensor | None = None  # (num_patches, C*T*P*P)
+    image_grid_thw: torch.Tensor | None = None  # (num_images, 3) long
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None  # (num_videos, 3) long
+    image_hashes: list[str] = field(default_factory=list)
+    video_hashes: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.pixel_values is None and self.pixel_values_videos is None
+
+
+@dataclass
+class Prompt:
+    """What an engine needs to run one request's prefill.
+
+    token_ids already hold the expanded image placeholders (one `<|image|>` id per vision token);
+    mm_token_type_ids marks them (0 text, 1 image, 2 video frame) for M-RoPE.
+    """
+
+    token_ids: list[int]
+    mm_token_type_ids: list[int] | None = None
+    mm: MultiModalInputs = field(default_factory=MultiModalInputs)
+    text: str | None = None  # the rendered prompt text, for echo and logs
+    # Documents report what they contributed (e.g. "pages_read") so doors can tell the user.
+    info: dict[str, object] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def type_ids(self) -> list[int]:
+        return self.mm_token_type_ids if self.mm_token_type_ids is not None else [0] * len(self.token_ids)
