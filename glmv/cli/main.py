@@ -1,0 +1,53 @@
+"""Entry point of the `glmv` command: one sub-command per door, each in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from glmv import __version__
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from glmv.cli import download, serve, tiny
+
+    parser = argparse.ArgumentParser(
+        prog="glmv",
+        description="Serve and use GLM-4.1V-Thinking: an OpenAI-compatible server, a terminal chat, batch runs.",
+    )
+    parser.add_argument("--version", action="version", version=f"glmv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve.add_parser(sub)
+    download.add_parser(sub)
+    tiny.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from glmv.models.loader import ModelNotFoundError
+
+    args = build_parser().parse_args(argv)
+    _configure_logging(getattr(args, "log_level", "info"))
+    try:
+        return int(args.func(args) or 0)
+    except ModelNotFoundError as exc:
+        print(f"glmv: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"glmv: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""`glmv serve MODEL`: the OpenAI-compatible server, with the flags users know from `vllm serve`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from glmv.models.loader import DEFAULT_MODEL
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"image\": 10, \"video\": 1}'")
+    return value
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every door that runs a model (serve, chat, batch, bench)."""
+    g = p.add_argument_group("model and engine")
+    g.add_argument("--engine", choices=["glmv", "transformers", "vllm"], default="glmv",
+                   help="glmv: our own engine (default); transformers: the HF generate reference; vllm: scale-out")
+    g.add_argument("--hub", choices=["huggingface", "modelscope"], default="huggingface",
+                   help="where a hub id is looked up (default: huggingface)")
+    g.add_argument("--revision", default=None, help="hub branch, tag or commit")
+    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default: auto)")
+    g.add_argument("--dtype", default="auto", help="auto (bfloat16), bfloat16, float16 or float32")
+    g.add_argument("--max-model-len", type=int, default=None,
+                   help="context length in tokens, prompt plus output (default: the checkpoint's, 65536)")
+    g.add_argument("--max-num-seqs", type=int, default=64, help="most sequences decoded together (default: 64)")
+    g.add_argument("--max-num-batched-tokens", type=int, default=4096,
+                   help="token budget of one engine step; long prompts are prefilled in chunks (default: 4096)")
+    g.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block (default: 16)")
+    g.add_argument("--kv-cache-memory", type=int, default=None,
+                   help="bytes for the KV cache (default: from --gpu-memory-utilization on CUDA, 2 GiB on CPU)")
+    g.add_argument("--gpu-memory-utilization", type=float, default=0.90,
+                   help="fraction of GPU memory glmv may use for weights, activations and KV cache (default: 0.90)")
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse KV blocks of repeated prefixes, keyed by tokens and media hashes (default: on)")
+    g.add_argument("--enforce-eager", action="store_true", help="do not capture CUDA graphs (slower; for debugging)")
+    g.add_argument("--chat-template", default=None, help="a Jinja chat template file overriding the checkpoint's")
+    g.add_argument("--generation-config", default="auto",
+                   help="'auto' uses the checkpoint's generation_config.json (stop ids incl. </answer>, sampling "
+                   "defaults); 'vllm' ignores it; or a folder holding one")
+    g.add_argument("--max-thinking-tokens", type=int, default=None,
+                   help="server-wide thinking budget: after this many reasoning tokens glmv closes the thought and "
+                   "makes the model answer (per request: thinking_budget)")
+    g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="GPUs per model (vllm engine only)")
+    g.add_argument("--seed", type=int, default=0, help="engine random seed (default: 0)")
+
+
+def engine_config_from_args(args: argparse.Namespace):
+    from glmv.config import EngineConfig
+
+    return EngineConfig(
+        model=args.model, engine=args.engine, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        block_size=args.block_size, kv_cache_memory=args.kv_cache_memory,
+        gpu_memory_utilization=args.gpu_memory_utilization, enable_prefix_caching=args.enable_prefix_caching,
+        enforce_eager=args.enforce_eager, chat_template=args.chat_template, generation_config=args.generation_config,
+        hub=args.hub, revision=args.revision, seed=args.seed, max_thinking_tokens=args.max_thinking_tokens,
+        tensor_parallel_size=args.tensor_parallel_size,
+    )
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="start the OpenAI-compatible server",
+        description="Start an OpenAI-compatible server (/v1/models, /v1/chat/completions, ...) for GLM-4.1V.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                   help="a local folder, a Hugging Face id or (with --hub modelscope) a ModelScope id")
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (use 0.0.0.0 to listen on all interfaces)")
+    g.add_argument("--port", type=int, default=8000, help="port to listen on")
+    g.add_argument("--served-model-name", nargs="+", default=None,
+                   help="name(s) clients use in the 'model' field (default: the model argument)")
+    g.add_argument("--api-key", default=os.environ.get("GLMV_API_KEY") or os.environ.get("VLLM_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (also from GLMV_API_KEY)")
+    g.add_argument("--root-path", default="", help="path prefix when behind a proxy")
+    g.add_argument("--allowed-origins", type=json.loads, default=[], help="CORS allowed origins (JSON list)")
+    g.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials")
+    g.add_argument("--allowed-methods", type=json.loads, default=["*"], help="CORS allowed methods (JSON list)")
+    g.add_argument("--allowed-headers", type=json.loads, default=["*"], help="CORS allowed headers (JSON list)")
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
+    g = p.add_argument_group("media")
+    g.add_argument("--limit-mm-per-prompt", type=_json_dict, default={},
+                   help='most media per prompt, JSON, e.g. \'{"image": 10, "video": 1, "document": 1}\' '
+                   "(defaults 300 / 1 / 1)")
+    g.add_argument("--allowed-local-media-path", default=None,
+                   help="allow file:// media under this folder (off by default)")
+    g.add_argument("--allowed-media-domains", nargs="*", default=[],
+                   help="hosts media URLs may name even if they resolve to private addresses")
+    add_engine_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from glmv.server.launch import run_server
+    from glmv.server.state import ServerConfig
+
+    limits = {"image": 300, "video": 1, "document": 1} | {k: int(v) for k, v in args.limit_mm_per_prompt.items()}
+    server_config = ServerConfig(
+        host=args.host, port=args.port, served_model_names=tuple(args.served_model_name or ()),
+        api_keys=(args.api_key,) if args.api_key else (), root_path=args.root_path,
+        allowed_origins=tuple(args.allowed_origins), allow_credentials=args.allow_credentials,
+        allowed_methods=tuple(args.allowed_methods), allowed_headers=tuple(args.allowed_headers),
+        log_level=args.log_level, limit_mm_per_prompt=limits,
+        allowed_local_media_path=Path(args.allowed_local_media_path) if args.allowed_local_media_path else None,
+        allowed_media_domains=tuple(args.allowed_media_domains),
+    )
+    run_server(engine_config_from_args(args), server_config)
+    return 0

@@ -1,0 +1,241 @@
+"""Frozen configs built at the doors: ModelConfig (read off a checkpoint), EngineConfig, ServerConfig.
+
+Everything inside glmv takes these typed objects; nothing below the doors parses flags or JSON.
+Invalid values raise ValueError with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+ARCHITECTURE = "Glm4vForConditionalGeneration"
+MODEL_TYPES = ("glm4v",)
+
+
+@dataclass(frozen=True)
+class TextDims:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    partial_rotary_factor: float
+    mrope_section: tuple[int, ...]
+    max_position_embeddings: int
+    attention_bias: bool = True
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+
+@dataclass(frozen=True)
+class VisionDims:
+    depth: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+    out_hidden_size: int
+    patch_size: int
+    temporal_patch_size: int
+    spatial_merge_size: int
+    in_channels: int
+    image_size: int
+    rms_norm_eps: float
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What glmv needs to know about a checkpoint, read from its config.json and generation_config.json."""
+
+    path: Path
+    text: TextDims
+    vision: VisionDims
+    image_token_id: int
+    video_token_id: int
+    image_start_token_id: int
+    image_end_token_id: int
+    video_start_token_id: int
+    video_end_token_id: int
+    eos_token_ids: tuple[int, ...]
+    generation_defaults: dict = field(default_factory=dict, compare=False, hash=False)
+    raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @classmethod
+    def from_dir(cls, path: str | Path, generation_config: str | None = "auto") -> ModelConfig:
+        """Parse a checkpoint folder. Accepts both the released (rope_scaling/partial_rotary_factor at top level)
+        and transformers 5 (rope_parameters) shapes of config.json.
+
+        generation_config: "auto" reads the folder's generation_config.json; "vllm"/None ignores it;
+        any other value is a folder or file to read it from.
+        """
+        path = Path(path)
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise ValueError(f"{path} has no config.json; it is not a Hugging Face model folder.")
+        raw = json.loads(cfg_file.read_text())
+        archs = raw.get("architectures") or []
+        if raw.get("model_type") not in MODEL_TYPES and ARCHITECTURE not in archs:
+            found = raw.get("model_type") or ", ".join(archs) or "unknown"
+            raise ValueError(
+                f"{path} holds a '{found}' model, not GLM-4.1V ({ARCHITECTURE}, model_type glm4v). "
+                "glmv serves GLM-4.1V-9B-Thinking and checkpoints of the same architecture "
+                "(GLM-4.1V-9B-Base, GLM-4.6V-Flash)."
+            )
+        t = raw.get("text_config", raw)
+        v = raw.get("vision_config", {})
+        rope = dict(t.get("rope_parameters") or {})
+        legacy = t.get("rope_scaling") or {}
+        partial = rope.get("partial_rotary_factor", t.get("partial_rotary_factor", 0.5))
+        theta = rope.get("rope_theta", t.get("rope_theta", 10000.0))
+        mrope = rope.get("mrope_section", legacy.get("mrope_section", [8, 12, 12]))
+        heads = t.get("num_attention_heads", 32)
+        hidden = t.get("hidden_size", 4096)
+        head_dim = t.get("head_dim") or hidden // heads
+        text = TextDims(
+            hidden_size=hidden,
+            num_layers=t.get("num_hidden_layers", 40),
+            num_heads=heads,
+            num_kv_heads=t.get("num_key_value_heads", 2),
+            head_dim=head_dim,
+            intermediate_size=t.get("intermediate_size", 13696),
+            vocab_size=t.get("vocab_size", 151552),
+            rms_norm_eps=t.get("rms_norm_eps", 1e-5),
+            rope_theta=float(theta),
+            partial_rotary_factor=float(partial),
+            mrope_section=tuple(mrope),
+            max_position_embeddings=t.get("max_position_embeddings", 65536),
+            attention_bias=t.get("attention_bias", True),
+        )
+        if sum(text.mrope_section) * 2 != text.rotary_dim:
+            raise ValueError(
+                f"{path}/config.json: sum(mrope_section)={sum(text.mrope_section)} must equal "
+                f"head_dim*partial_rotary_factor/2={text.rotary_dim // 2}."
+            )
+        vision = VisionDims(
+            depth=v.get("depth", 24),
+            hidden_size=v.get("hidden_size", 1536),
+            num_heads=v.get("num_heads", 12),
+            intermediate_size=v.get("intermediate_size", 13696),
+            out_hidden_size=v.get("out_hidden_size", 4096),
+            patch_size=v.get("patch_size", 14),
+            temporal_patch_size=v.get("temporal_patch_size", 2),
+            spatial_merge_size=v.get("spatial_merge_size", 2),
+            in_channels=v.get("in_channels", 3),
+            image_size=v.get("image_size", 336),
+            rms_norm_eps=v.get("rms_norm_eps", 1e-5),
+        )
+        gen: dict = {}
+        if generation_config not in (None, "vllm"):
+            gen_path = path if generation_config == "auto" else Path(generation_config)
+            gen_file = gen_path / "generation_config.json" if gen_path.is_dir() else gen_path
+            if gen_file.is_file():
+                gen = json.loads(gen_file.read_text())
+            elif generation_config != "auto":
+                raise ValueError(f"--generation-config {generation_config}: no generation_config.json there.")
+        eos = gen.get("eos_token_id", t.get("eos_token_id", raw.get("eos_token_id")))
+        if eos is None:
+            eos = []
+        eos_ids = tuple(eos) if isinstance(eos, list) else (eos,)
+        return cls(
+            path=path,
+            text=text,
+            vision=vision,
+            image_token_id=raw.get("image_token_id", 151343),
+            video_token_id=raw.get("video_token_id", 151344),
+            image_start_token_id=raw.get("image_start_token_id", 151339),
+            image_end_token_id=raw.get("image_end_token_id", 151340),
+            video_start_token_id=raw.get("video_start_token_id", 151341),
+            video_end_token_id=raw.get("video_end_token_id", 151342),
+            eos_token_ids=eos_ids,
+            generation_defaults={k: gen[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty") if k in gen},
+            raw=raw,
+        )
+
+    @cached_property
+    def kv_bytes_per_token(self) -> int:
+        """K and V for every layer, at 2 bytes an element (bf16/fp16)."""
+        t = self.text
+        return t.num_layers * 2 * t.num_kv_heads * t.head_dim * 2
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How an engine runs a model. Built by the doors from flags (mirroring `vllm serve`)."""
+
+    model: str
+    engine: str = "glmv"  # glmv | transformers | vllm
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    max_model_len: int | None = None  # None: the checkpoint's max_position_embeddings
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 4096
+    block_size: int = 16
+    kv_cache_memory: int | None = None  # bytes; None: from gpu_memory_utilization (CUDA) or 2 GiB (CPU)
+    gpu_memory_utilization: float = 0.90
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = False
+    chat_template: str | None = None
+    generation_config: str | None = "auto"
+    hub: str = "huggingface"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    seed: int = 0
+    max_thinking_tokens: int | None = None
+    tensor_parallel_size: int = 1
+    max_waiting_requests: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("glmv", "transformers", "vllm"):
+            raise ValueError(f"--engine must be glmv, transformers or vllm, got {self.engine!r}.")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}.")
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32", "bf16", "fp16", "fp32", "half", "float"):
+            raise ValueError(f"--dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}.")
+        if self.max_model_len is not None and self.max_model_len < 16:
+            raise ValueError(f"--max-model-len must be at least 16, got {self.max_model_len}.")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"--max-num-seqs must be at least 1, got {self.max_num_seqs}.")
+        if self.max_num_batched_tokens < 16:
+            raise ValueError(f"--max-num-batched-tokens must be at least 16, got {self.max_num_batched_tokens}.")
+        if self.block_size not in (8, 16, 32, 64, 128):
+            raise ValueError(f"--block-size must be one of 8, 16, 32, 64, 128, got {self.block_size}.")
+        if not 0.05 <= self.gpu_memory_utilization <= 0.99:
+            raise ValueError(f"--gpu-memory-utilization must be in [0.05, 0.99], got {self.gpu_memory_utilization}.")
+        if self.hub not in ("huggingface", "modelscope"):
+            raise ValueError(f"--hub must be huggingface or modelscope, got {self.hub!r}.")
+        if self.max_thinking_tokens is not None and self.max_thinking_tokens < 0:
+            raise ValueError(f"--max-thinking-tokens must be >= 0, got {self.max_thinking_tokens}.")
+
+    @cached_property
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    @cached_property
+    def torch_dtype(self):
+        import torch
+
+        names = {
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+            "half": torch.float16,
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "float": torch.float32,
+        }
+        if self.dtype == "auto":
+            return torch.bfloat16
+        return names[self.dtype]
