@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 
-class FinishReason(str, enum.Enum):
+class FinishReason(enum.StrEnum):
     """Why a sequence ended. Mapped once to OpenAI's finish_reason strings by `.openai`."""
 
     STOP = "stop"  # a stop token id (EOS, </answer>, ...) or a stop string
