@@ -36,7 +36,10 @@ def resolve_model(
                 f"'{model}' exists but is not a model folder (no config.json in it). Pass a folder that holds "
                 "config.json and *.safetensors, such as one written by `glmv download` or `glmv make-tiny-model`."
             )
-        ModelConfig.from_dir(local)  # refuses other architectures with a clear message
+        try:
+            ModelConfig.from_dir(local)  # refuses other architectures with a clear message
+        except ValueError as exc:
+            raise ModelNotFoundError(str(exc)) from None
         return local
     if not _looks_like_repo_id(model):
         raise ModelNotFoundError(
