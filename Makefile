@@ -44,12 +44,12 @@ serve: $(STAMP)
 	fi
 
 test: $(STAMP) system-deps
-	$(VENV)/bin/ruff check glmv tests bench
+	$(VENV)/bin/ruff check glmv tests $(wildcard bench)
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check glmv tests bench
-	$(VENV)/bin/ruff format --check glmv tests bench
+	$(VENV)/bin/ruff check glmv tests $(wildcard bench)
+	$(VENV)/bin/ruff format --check glmv tests $(wildcard bench)
 
 clean:
 	rm -rf $(VENV) .cache
