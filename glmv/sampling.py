@@ -49,6 +49,9 @@ class SamplingParams:
     # Thinking control (see glmv/reasoning): after this many generated tokens inside <think>, the engine
     # forces `</think><answer>` so the model still answers. None: no budget.
     thinking_budget: int | None = None
+    # Reserved answer budget: if the thought is still open when only this many tokens (plus the forced
+    # `</think><answer>`) are left of max_tokens, the engine closes it so the answer gets these tokens. None: off.
+    reserved_answer_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -89,5 +92,13 @@ class SamplingParams:
             raise ValueError(f"top_logprobs must be between 0 and 20, got {self.logprobs}.")
         if self.thinking_budget is not None and self.thinking_budget < 0:
             raise ValueError(f"thinking_budget must be >= 0, got {self.thinking_budget}.")
+        if self.reserved_answer_tokens is not None:
+            if self.reserved_answer_tokens < 1:
+                raise ValueError(f"reserved_answer_tokens must be >= 1, got {self.reserved_answer_tokens}.")
+            if self.max_tokens is not None and self.reserved_answer_tokens >= self.max_tokens:
+                raise ValueError(
+                    f"reserved_answer_tokens ({self.reserved_answer_tokens}) must be smaller than max_tokens "
+                    f"({self.max_tokens}): raise max_tokens or reserve fewer tokens for the answer."
+                )
         if len(self.stop) > 16:
             raise ValueError("stop accepts at most 16 strings.")

@@ -1,5 +1,22 @@
-"""Splits GLM-4.1V output into reasoning (<think>) and answer (<answer>), whole or streamed."""
+"""Thinking: split GLM-4.1V output into reasoning and answer, budget the thought, clean histories (docs/THINKING.md)."""
 
-from glmv.reasoning.parser import ThinkSplitter, split_reasoning
+from glmv.reasoning.boxes import Box, extract_boxes
+from glmv.reasoning.budget import ThinkingBudget, make_budget, thought_closed_in_prompt
+from glmv.reasoning.history import answer_only, strip_reasoning_from_history
+from glmv.reasoning.parser import HIDDEN_MARKERS, ThinkSplitter, prompt_opens_thought, split_reasoning
+from glmv.reasoning.usage import count_reasoning_tokens
 
-__all__ = ["ThinkSplitter", "split_reasoning"]
+__all__ = [
+    "HIDDEN_MARKERS",
+    "Box",
+    "ThinkSplitter",
+    "ThinkingBudget",
+    "answer_only",
+    "count_reasoning_tokens",
+    "extract_boxes",
+    "make_budget",
+    "prompt_opens_thought",
+    "split_reasoning",
+    "strip_reasoning_from_history",
+    "thought_closed_in_prompt",
+]
