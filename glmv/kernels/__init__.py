@@ -1,0 +1,62 @@
+"""GPU kernels (Triton) behind the engine's attention interface; import-safe where Triton or CUDA is absent.
+
+`available()` says whether the kernels can run here. The kernel functions load Triton on first use, so importing
+`glmv.kernels` never fails on a machine without it (CI, CPU laptops):
+
+    from glmv import kernels
+    if kernels.available():
+        out = kernels.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale)
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from typing import Any
+
+__all__ = [
+    "available",
+    "interpreting",
+    "write_kv",
+    "paged_decode_attention",
+    "paged_prefill_attention",
+    "DecodeTuning",
+    "PrefillTuning",
+]
+
+_ATTENTION_NAMES = {
+    "write_kv",
+    "paged_decode_attention",
+    "paged_prefill_attention",
+    "decode_num_splits",
+    "DecodeTuning",
+    "PrefillTuning",
+}
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter (TRITON_INTERPRET=1): for tests only."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available() -> bool:
+    """True when Triton is installed and there is a CUDA device for it (or its CPU interpreter is switched on)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if interpreting():
+        return True
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ATTENTION_NAMES:
+        try:
+            module = importlib.import_module("glmv.kernels.triton_attention")
+        except ImportError as exc:
+            # An AttributeError keeps `getattr(kernels, name, None)` (the engine's backend probe) falling back quietly.
+            raise AttributeError(f"glmv.kernels.{name} needs Triton, which failed to import: {exc}") from exc
+        return getattr(module, name)
+    raise AttributeError(f"module 'glmv.kernels' has no attribute {name!r}")
