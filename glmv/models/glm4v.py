@@ -1,0 +1,201 @@
+"""Glm4vModel: GLM-4.1V's text decoder for batched, paged execution, plus its vision tower and the checkpoint loader.
+
+The decoder runs a packed batch of tokens from many sequences (prefill chunks and decodes together) over a paged KV
+cache. Per layer: RMSNorm -> one fused q/k/v matmul with bias -> partial interleaved M-RoPE on the first half of each
+head -> paged attention (GQA) -> o_proj -> GLM-4's post-attention RMSNorm -> residual; RMSNorm -> fused gate/up
+matmul -> SiLU-gated product -> down_proj -> GLM-4's post-MLP RMSNorm -> residual. Every hot path is a plain tensor
+function over the whole batch: nothing here loops over tokens or sequences in Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from glmv.config import ModelConfig, TextDims
+from glmv.engine.attention import AttentionBackend, AttentionMetadata, select_backend
+from glmv.models.vision import Glm4vVisionTower, rms_norm
+from glmv.models.weights import CheckpointReader, expect_shape
+
+
+@dataclass
+class DecoderLayerWeights:
+    input_norm: torch.Tensor
+    qkv_weight: torch.Tensor  # [(heads + 2*kv_heads) * head_dim, hidden]: q, k, v stacked
+    qkv_bias: torch.Tensor | None
+    o_weight: torch.Tensor
+    post_self_attn_norm: torch.Tensor
+    post_attention_norm: torch.Tensor  # the pre-MLP norm (transformers' name)
+    gate_up_weight: torch.Tensor  # [2 * intermediate, hidden]: gate then up
+    down_weight: torch.Tensor
+    post_mlp_norm: torch.Tensor
+
+
+@dataclass
+class TextWeights:
+    embed: torch.Tensor
+    layers: list[DecoderLayerWeights]
+    norm: torch.Tensor
+    lm_head: torch.Tensor
+
+
+def load_text_weights(reader: CheckpointReader, dims: TextDims) -> TextWeights:
+    hd, hidden = dims.head_dim, dims.hidden_size
+    q_out, kv_out = dims.num_heads * hd, dims.num_kv_heads * hd
+    layers = []
+    for i in range(dims.num_layers):
+        p = f"layers.{i}."
+        q = expect_shape(reader.text(p + "self_attn.q_proj.weight"), (q_out, hidden), p + "q_proj")
+        k = expect_shape(reader.text(p + "self_attn.k_proj.weight"), (kv_out, hidden), p + "k_proj")
+        v = expect_shape(reader.text(p + "self_attn.v_proj.weight"), (kv_out, hidden), p + "v_proj")
+        qkv = torch.cat([q, k, v], dim=0)
+        del q, k, v
+        biases = [reader.text(p + f"self_attn.{n}_proj.bias", required=dims.attention_bias) for n in "qkv"]
+        qkv_bias = torch.cat(biases, dim=0) if all(b is not None for b in biases) else None
+        gate_up = reader.text(p + "mlp.gate_up_proj.weight", required=False)
+        if gate_up is None:  # checkpoints that store gate and up separately
+            gate_up = torch.cat([reader.text(p + "mlp.gate_proj.weight"), reader.text(p + "mlp.up_proj.weight")])
+        layers.append(DecoderLayerWeights(
+            input_norm=reader.text(p + "input_layernorm.weight"),
+            qkv_weight=qkv,
+            qkv_bias=qkv_bias,
+            o_weight=reader.text(p + "self_attn.o_proj.weight"),
+            post_self_attn_norm=reader.text(p + "post_self_attn_layernorm.weight"),
+            post_attention_norm=reader.text(p + "post_attention_layernorm.weight"),
+            gate_up_weight=expect_shape(gate_up, (2 * dims.intermediate_size, hidden), p + "gate_up_proj"),
+            down_weight=reader.text(p + "mlp.down_proj.weight"),
+            post_mlp_norm=reader.text(p + "post_mlp_layernorm.weight"),
+        ))
+    return TextWeights(
+        embed=expect_shape(reader.text("embed_tokens.weight"), (dims.vocab_size, hidden), "embed_tokens"),
+        layers=layers,
+        norm=reader.text("norm.weight"),
+        lm_head=expect_shape(reader.lm_head(), (dims.vocab_size, hidden), "lm_head"),
+    )
+
+
+class MRotaryEmbedding:
+    """cos/sin of GLM-4's partial, interleaved 3D rotary, looked up from tables by (t, h, w) positions.
+
+    Frequency j belongs to the t, h or w row by mrope_section; each frequency rotates the pair of dims (2j, 2j+1)
+    of the first rotary_dim dims of a head (transformers' rotate_half_llm with freqs repeated by 2).
+    """
+
+    def __init__(self, dims: TextDims, max_positions: int, device: torch.device):
+        rot = dims.rotary_dim
+        inv_freq = 1.0 / (dims.rope_theta ** (torch.arange(0, rot, 2, dtype=torch.float, device=device) / rot))
+        pos = torch.arange(max_positions, device=device, dtype=torch.float)
+        freqs = pos[:, None] * inv_freq[None, :]  # [max_pos, rot/2], the same products transformers forms
+        self.cos_table = freqs.cos()
+        self.sin_table = freqs.sin()
+        section = []
+        for i, n in enumerate(dims.mrope_section):
+            section += [i % 3] * n
+        self.row_of_freq = torch.tensor(section, device=device, dtype=torch.long)  # [rot/2]
+        self.freq_index = torch.arange(len(section), device=device)
+        self.max_positions = max_positions
+
+    def __call__(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [3, T] long -> cos, sin [T, rot/2] in `dtype`."""
+        rows = positions[self.row_of_freq]  # [rot/2, T]: for each frequency, the position row it uses
+        cos = self.cos_table[rows, self.freq_index[:, None]].t()
+        sin = self.sin_table[rows, self.freq_index[:, None]].t()
+        return cos.to(dtype), sin.to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, head_dim]; rotates interleaved pairs of the first 2*cos.shape[-1] dims, passes the rest."""
+    rot = cos.shape[-1] * 2
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
+    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+    rotated = torch.stack((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).flatten(-2)
+    return torch.cat((rotated, x_pass), dim=-1)
+
+
+class Glm4vModel:
+    """The whole GLM-4.1V: `embed`, `forward` (decoder over a packed batch), `logits`, and `vision` (the ViT)."""
+
+    def __init__(self, config: ModelConfig, text: TextWeights, vision: Glm4vVisionTower | None,
+                 device: torch.device, dtype: torch.dtype, max_positions: int,
+                 backend: AttentionBackend | None = None):
+        self.config = config
+        self.dims = config.text
+        self.w = text
+        self.vision = vision
+        self.device = device
+        self.dtype = dtype
+        self.rope = MRotaryEmbedding(self.dims, max_positions, device)
+        self.backend = backend or select_backend(device)
+        self.scale = self.dims.head_dim**-0.5
+        d = self.dims
+        self._split = [d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim, d.num_kv_heads * d.head_dim]
+
+    @classmethod
+    def load(cls, config: ModelConfig, device: str | torch.device, dtype: torch.dtype, max_positions: int | None = None,
+             load_vision: bool = True) -> Glm4vModel:
+        """Read the checkpoint tensor by tensor onto `device` in `dtype`."""
+        device = torch.device(device)
+        reader = CheckpointReader(config.path, device, dtype)
+        with torch.inference_mode():
+            text = load_text_weights(reader, config.text)
+            vision = None
+            if load_vision:
+                theta = ((config.raw.get("vision_config") or {}).get("rope_parameters") or {}).get("rope_theta", 1e4)
+                vision = Glm4vVisionTower.load(reader, config.vision, float(theta))
+        reader.close()
+        model = cls(config, text, vision, device, dtype, max_positions or config.text.max_position_embeddings)
+        model.bytes_loaded = reader.bytes_read
+        return model
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input_ids, self.w.embed)
+
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                meta: AttentionMetadata) -> torch.Tensor:
+        """hidden [T, hidden] (input embeddings), positions [3, T] -> final-normed hidden states [T, hidden]."""
+        d = self.dims
+        eps = d.rms_norm_eps
+        cos, sin = self.rope(positions, hidden.dtype)
+        for layer, (k_cache, v_cache) in zip(self.w.layers, kv_caches, strict=True):
+            residual = hidden
+            x = rms_norm(hidden, layer.input_norm, eps)
+            x = self._attention(x, layer, cos, sin, k_cache, v_cache, meta)
+            hidden = residual + rms_norm(x, layer.post_self_attn_norm, eps)
+            residual = hidden
+            x = rms_norm(hidden, layer.post_attention_norm, eps)
+            gate, up = F.linear(x, layer.gate_up_weight).chunk(2, dim=-1)
+            x = F.linear(up * F.silu(gate), layer.down_weight)
+            hidden = residual + rms_norm(x, layer.post_mlp_norm, eps)
+        return rms_norm(hidden, self.w.norm, eps)
+
+    def _attention(self, x: torch.Tensor, layer: DecoderLayerWeights, cos: torch.Tensor, sin: torch.Tensor,
+                   k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        d, be = self.dims, self.backend
+        tokens = x.shape[0]
+        q, k, v = F.linear(x, layer.qkv_weight, layer.qkv_bias).split(self._split, dim=-1)
+        q = apply_rotary(q.view(tokens, d.num_heads, d.head_dim), cos, sin)
+        k = apply_rotary(k.view(tokens, d.num_kv_heads, d.head_dim), cos, sin)
+        v = v.reshape(tokens, d.num_kv_heads, d.head_dim)
+        be.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        n_pre = meta.num_prefill_tokens
+        if n_pre == 0:
+            out = be.paged_decode_attention(q, k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens,
+                                            self.scale)
+        elif n_pre == tokens:
+            out = be.paged_prefill_attention(q, k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens_q,
+                                             meta.prefill_seq_lens, self.scale, meta.prefill_max_seqlen_q)
+        else:
+            pre = be.paged_prefill_attention(q[:n_pre], k_cache, v_cache, meta.prefill_block_tables,
+                                             meta.prefill_cu_seqlens_q, meta.prefill_seq_lens, self.scale,
+                                             meta.prefill_max_seqlen_q)
+            dec = be.paged_decode_attention(q[n_pre:], k_cache, v_cache, meta.decode_block_tables,
+                                            meta.decode_seq_lens, self.scale)
+            out = torch.cat([pre, dec], dim=0)
+        return F.linear(out.reshape(tokens, -1), layer.o_weight)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] -> float32 logits [N, vocab]."""
+        return F.linear(hidden, self.w.lm_head).float()

@@ -1,0 +1,219 @@
+"""Glm4vVisionTower: GLM-4.1V's ViT in plain tensor functions, batched over many images and video frames at once.
+
+Matches transformers' Glm4vVisionModel: patch embedding (a Conv3d done as one matmul), RMSNorm, learned 2D position
+embeddings resampled bicubically to each grid, axial 2D rotary attention (full attention within one image or one
+video frame, never across), SwiGLU MLPs, a 2x2 spatial merge (a Conv2d done as one matmul) and the patch merger.
+Segments (one per image or frame) of equal length run in one batched SDPA call instead of a Python loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from glmv.config import VisionDims
+from glmv.models.weights import CheckpointReader
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm computed in float32, scaled in the input dtype (transformers' Glm4vRMSNorm)."""
+    dtype = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+@dataclass
+class VisionBlockWeights:
+    norm1: torch.Tensor
+    norm2: torch.Tensor
+    qkv_weight: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    proj_weight: torch.Tensor
+    gate_up_weight: torch.Tensor  # gate and up projections stacked: one matmul
+    down_weight: torch.Tensor
+
+
+@dataclass
+class VisionWeights:
+    patch_weight: torch.Tensor  # [hidden, C*T*P*P]
+    patch_bias: torch.Tensor
+    post_conv_norm: torch.Tensor
+    pos_embed: torch.Tensor  # [side*side, hidden]
+    blocks: list[VisionBlockWeights]
+    post_norm: torch.Tensor
+    downsample_weight: torch.Tensor  # [out_hidden, merge*merge*hidden], input ordered (i, j, channel)
+    downsample_bias: torch.Tensor
+    merger_proj: torch.Tensor
+    merger_norm_weight: torch.Tensor
+    merger_norm_bias: torch.Tensor
+    merger_gate_up: torch.Tensor
+    merger_down: torch.Tensor
+
+
+def load_vision_weights(reader: CheckpointReader, dims: VisionDims) -> VisionWeights:
+    blocks = []
+    for i in range(dims.depth):
+        p = f"blocks.{i}."
+        gate = reader.vision(p + "mlp.gate_proj.weight")
+        up = reader.vision(p + "mlp.up_proj.weight")
+        blocks.append(VisionBlockWeights(
+            norm1=reader.vision(p + "norm1.weight"),
+            norm2=reader.vision(p + "norm2.weight"),
+            qkv_weight=reader.vision(p + "attn.qkv.weight"),
+            qkv_bias=reader.vision(p + "attn.qkv.bias", required=False),
+            proj_weight=reader.vision(p + "attn.proj.weight"),
+            gate_up_weight=torch.cat([gate, up], dim=0),
+            down_weight=reader.vision(p + "mlp.down_proj.weight"),
+        ))
+        del gate, up
+    patch = reader.vision("patch_embed.proj.weight")
+    down = reader.vision("downsample.weight")  # [out, hidden, m, m]
+    m_gate = reader.vision("merger.gate_proj.weight")
+    m_up = reader.vision("merger.up_proj.weight")
+    return VisionWeights(
+        patch_weight=patch.reshape(patch.shape[0], -1),
+        patch_bias=reader.vision("patch_embed.proj.bias"),
+        post_conv_norm=reader.vision("post_conv_layernorm.weight"),
+        pos_embed=reader.vision("embeddings.position_embedding.weight"),
+        blocks=blocks,
+        post_norm=reader.vision("post_layernorm.weight"),
+        downsample_weight=down.permute(0, 2, 3, 1).reshape(down.shape[0], -1).contiguous(),
+        downsample_bias=reader.vision("downsample.bias"),
+        merger_proj=reader.vision("merger.proj.weight"),
+        merger_norm_weight=reader.vision("merger.post_projection_norm.weight"),
+        merger_norm_bias=reader.vision("merger.post_projection_norm.bias"),
+        merger_gate_up=torch.cat([m_gate, m_up], dim=0),
+        merger_down=reader.vision("merger.down_proj.weight"),
+    )
+
+
+class Glm4vVisionTower:
+    """`encode(pixel_values, grids)` -> one embedding per merged 2x2 patch, for many images/videos in one call."""
+
+    def __init__(self, dims: VisionDims, weights: VisionWeights, device: torch.device, dtype: torch.dtype,
+                 rope_theta: float = 10000.0):
+        self.dims = dims
+        self.w = weights
+        self.device = device
+        self.dtype = dtype
+        self.head_dim = dims.hidden_size // dims.num_heads
+        # Axial 2D rotary: head_dim/4 frequencies each for rows and columns, rotating the whole head.
+        spatial_dim = self.head_dim // 2
+        steps = torch.arange(0, spatial_dim, 2, dtype=torch.float, device=device) / spatial_dim
+        self.inv_freq = 1.0 / (rope_theta**steps)
+        self.pos_side = int(weights.pos_embed.shape[0] ** 0.5)
+        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    @classmethod
+    def load(cls, reader: CheckpointReader, dims: VisionDims, rope_theta: float = 10000.0) -> Glm4vVisionTower:
+        return cls(dims, load_vision_weights(reader, dims), reader.device, reader.dtype, rope_theta)
+
+    # ---- per-grid tables (cached by grid shape: every frame of a video and every same-size image share them) ----
+    def _grid_coords(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch (row, col) in the block-major order the processor emits (2x2 merge blocks are contiguous)."""
+        m = self.dims.spatial_merge_size
+        hpos, wpos = torch.meshgrid(torch.arange(h, device=self.device), torch.arange(w, device=self.device),
+                                    indexing="ij")
+        shape = (h // m, m, w // m, m)
+        return hpos.reshape(shape).transpose(1, 2).flatten(), wpos.reshape(shape).transpose(1, 2).flatten()
+
+    def _grid_tables(self, h: int, w: int) -> torch.Tensor:
+        """[h*w, hidden + head_dim*2]: the resampled position embedding and the rotary cos/sin of one grid."""
+        cached = self._pos_cache.get((h, w))
+        if cached is not None:
+            return cached
+        hpos, wpos = self._grid_coords(h, w)
+        side = self.pos_side
+        table = self.w.pos_embed.view(side, side, -1).permute(2, 0, 1).unsqueeze(0).float()
+        norm_w = ((wpos.float() + 0.5) / w) * 2 - 1
+        norm_h = ((hpos.float() + 0.5) / h) * 2 - 1
+        grid = torch.stack((norm_w, norm_h), dim=-1).view(1, -1, 1, 2)
+        pos = F.grid_sample(table, grid, mode="bicubic", align_corners=False, padding_mode="border")
+        pos = pos.squeeze(0).squeeze(-1).permute(1, 0)  # [h*w, hidden] float32
+        freqs = torch.cat([hpos.float()[:, None] * self.inv_freq, wpos.float()[:, None] * self.inv_freq], dim=-1)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        tables = torch.cat([pos, emb.cos(), emb.sin()], dim=-1)
+        if len(self._pos_cache) > 64:
+            self._pos_cache.clear()
+        self._pos_cache[(h, w)] = tables
+        return tables
+
+    # ---- the tower ----
+    @torch.inference_mode()
+    def encode(self, pixel_values: torch.Tensor, grids: list[tuple[int, int, int]]) -> torch.Tensor:
+        """pixel_values [sum(t*h*w), C*T*P*P] for items with grids (t, h, w) -> [sum(t*h*w)/merge^2, out_hidden].
+
+        Each of an item's t temporal slices is its own attention segment (a video frame pair or an image).
+        """
+        d, w = self.dims, self.w
+        x = F.linear(pixel_values.to(device=self.device, dtype=self.dtype), w.patch_weight, w.patch_bias)
+        x = rms_norm(x, w.post_conv_norm, d.rms_norm_eps)
+        tables = torch.cat([self._grid_tables(h, wd).repeat(t, 1) for t, h, wd in grids], dim=0)
+        hidden = d.hidden_size
+        pos, cos, sin = tables.split([hidden, self.head_dim, self.head_dim], dim=-1)
+        x = x + pos.to(self.dtype)
+        segments = [h * wd for t, h, wd in grids for _ in range(t)]
+        groups = self._segment_groups(segments)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        for blk in w.blocks:
+            x = x + self._attention(rms_norm(x, blk.norm1, d.rms_norm_eps), blk, cos, sin, groups)
+            y = rms_norm(x, blk.norm2, d.rms_norm_eps)
+            gate, up = F.linear(y, blk.gate_up_weight).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, blk.down_weight)
+        x = rms_norm(x, w.post_norm, d.rms_norm_eps)
+        m = d.spatial_merge_size
+        x = F.linear(x.reshape(-1, m * m * hidden), w.downsample_weight, w.downsample_bias)
+        x = F.linear(x, w.merger_proj)
+        x = F.gelu(F.layer_norm(x, (x.shape[-1],), w.merger_norm_weight, w.merger_norm_bias, 1e-5))
+        gate, up = F.linear(x, w.merger_gate_up).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, w.merger_down)
+
+    def _segment_groups(self, segments: list[int]) -> list[tuple[int, torch.Tensor | None, int]]:
+        """Group equal-length segments so each group is one batched SDPA: (length, row index or None, count)."""
+        if len(set(segments)) == 1:
+            return [(segments[0], None, len(segments))]
+        starts = [0]
+        for n in segments[:-1]:
+            starts.append(starts[-1] + n)
+        by_len: dict[int, list[int]] = {}
+        for start, n in zip(starts, segments, strict=True):
+            by_len.setdefault(n, []).append(start)
+        groups = []
+        for n, group_starts in by_len.items():
+            idx = (torch.tensor(group_starts).unsqueeze(1) + torch.arange(n)).flatten().to(self.device)
+            groups.append((n, idx, len(group_starts)))
+        return groups
+
+    def _attention(self, x: torch.Tensor, blk: VisionBlockWeights, cos: torch.Tensor, sin: torch.Tensor,
+                   groups: list[tuple[int, torch.Tensor | None, int]]) -> torch.Tensor:
+        heads, hd = self.dims.num_heads, self.head_dim
+        qkv = F.linear(x, blk.qkv_weight, blk.qkv_bias).view(-1, 3, heads, hd)
+        q, k, v = qkv.unbind(1)
+        qf, kf = q.float(), k.float()
+        q = (qf * cos + _rotate_half(qf) * sin).to(x.dtype)
+        k = (kf * cos + _rotate_half(kf) * sin).to(x.dtype)
+        scale = hd**-0.5
+        if len(groups) == 1 and groups[0][1] is None:
+            n, _, count = groups[0]
+            out = self._sdpa(q, k, v, n, count, scale)
+        else:
+            out = torch.empty_like(q)
+            for n, idx, count in groups:
+                out.index_copy_(0, idx, self._sdpa(q[idx], k[idx], v[idx], n, count, scale))
+        return F.linear(out.reshape(-1, heads * hd), blk.proj_weight)
+
+    @staticmethod
+    def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int, count: int, scale: float) -> torch.Tensor:
+        def seg(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(count, n, t.shape[1], t.shape[2]).transpose(1, 2)
+
+        o = F.scaled_dot_product_attention(seg(q), seg(k), seg(v), scale=scale)
+        return o.transpose(1, 2).reshape(count * n, q.shape[1], q.shape[2])

@@ -1,0 +1,112 @@
+"""CheckpointReader: reads a checkpoint's safetensors one tensor at a time, straight onto the target device and dtype.
+
+A 9B checkpoint is 20 GB; reading it tensor by tensor through `safe_open(device=...)` never builds a CPU copy of the
+whole model, so load time is bounded by disk and host-to-device bandwidth. Names are resolved through the prefixes
+the released checkpoints and transformers use (`model.language_model.*`, `model.visual.*`, `lm_head.weight`), with
+the older flat layout (`model.layers.*`, `visual.*`) accepted as well.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+TEXT_PREFIXES = ("model.language_model.", "model.", "language_model.model.", "language_model.")
+VISION_PREFIXES = ("model.visual.", "visual.", "model.vision_tower.")
+LM_HEAD_NAMES = ("lm_head.weight", "model.lm_head.weight", "language_model.lm_head.weight")
+
+
+class CheckpointError(ValueError):
+    """The checkpoint folder lacks a tensor glmv needs, or has one of the wrong shape."""
+
+
+class CheckpointReader:
+    """Maps tensor names to their safetensors file and reads them one by one onto `device` as `dtype`."""
+
+    def __init__(self, path: str | Path, device: str | torch.device, dtype: torch.dtype):
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        index = self.path / "model.safetensors.index.json"
+        files: dict[str, Path] = {}
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = {name: self.path / fname for name, fname in weight_map.items()}
+        else:
+            for f in sorted(self.path.glob("*.safetensors")):
+                with safe_open(str(f), framework="pt") as handle:
+                    files.update({name: f for name in handle.keys()})
+        if not files:
+            raise CheckpointError(f"{self.path} holds no *.safetensors weights.")
+        self._files = files
+        self._handles: dict[Path, object] = {}
+        # safetensors wants "cuda:0", not "cuda"; CPU stays "cpu".
+        if self.device.type == "cuda":
+            index_ = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            self._load_device = f"cuda:{index_}"
+        else:
+            self._load_device = "cpu"
+        self.bytes_read = 0
+
+    def names(self) -> list[str]:
+        return list(self._files)
+
+    def _handle(self, file: Path):
+        from safetensors import safe_open
+
+        handle = self._handles.get(file)
+        if handle is None:
+            handle = safe_open(str(file), framework="pt", device=self._load_device)
+            self._handles[file] = handle
+        return handle
+
+    def resolve(self, suffix: str, prefixes: tuple[str, ...]) -> str | None:
+        for prefix in prefixes:
+            if prefix + suffix in self._files:
+                return prefix + suffix
+        return None
+
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor by its exact name, on the reader's device, cast to `dtype` (default: the reader's)."""
+        file = self._files.get(name)
+        if file is None:
+            raise CheckpointError(f"{self.path}: tensor {name!r} is missing from the checkpoint.")
+        tensor = self._handle(file).get_tensor(name)
+        self.bytes_read += tensor.numel() * tensor.element_size()
+        return tensor.to(dtype=dtype or self.dtype)
+
+    def text(self, suffix: str, required: bool = True) -> torch.Tensor | None:
+        name = self.resolve(suffix, TEXT_PREFIXES)
+        if name is None:
+            if required:
+                raise CheckpointError(f"{self.path}: text tensor '*{suffix}' is missing from the checkpoint.")
+            return None
+        return self.get(name)
+
+    def vision(self, suffix: str, required: bool = True) -> torch.Tensor | None:
+        name = self.resolve(suffix, VISION_PREFIXES)
+        if name is None:
+            if required:
+                raise CheckpointError(f"{self.path}: vision tensor '*{suffix}' is missing from the checkpoint.")
+            return None
+        return self.get(name)
+
+    def lm_head(self) -> torch.Tensor:
+        for name in LM_HEAD_NAMES:
+            if name in self._files:
+                return self.get(name)
+        # Tied checkpoints (not GLM-4.1V, but harmless to accept) reuse the embedding.
+        return self.text("embed_tokens.weight")
+
+    def close(self) -> None:
+        self._handles.clear()
+
+
+def expect_shape(tensor: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
+    if tuple(tensor.shape) != tuple(shape):
+        raise CheckpointError(f"{what}: expected shape {tuple(shape)}, the checkpoint has {tuple(tensor.shape)}.")
+    return tensor
