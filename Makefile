@@ -22,13 +22,21 @@ $(STAMP):
 
 venv: $(STAMP)
 
-# Debian packages some features need: LibreOffice converts PPT/PPTX to PDF. Skipped when already present.
+# Debian packages some features need: LibreOffice converts PPT/PPTX to PDF; chromium + chromedriver drive the
+# web page's browser test (tests/ui). Each step is skipped when already present; `apt-get update` runs at most
+# once (skipped when glmv refreshed the package lists less than an hour ago, e.g. in an earlier step).
+APT_STAMP := /tmp/.glmv-apt-updated
+APT_UPDATE := { find $(APT_STAMP) -mmin -60 2>/dev/null | grep -q . || { apt-get update -qq && touch $(APT_STAMP); }; }
 system-deps:
 	@command -v soffice >/dev/null 2>&1 || command -v libreoffice >/dev/null 2>&1 || \
-	  { command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  { command -v apt-get >/dev/null 2>&1 && ($(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends libreoffice-impress-nogui >/dev/null 2>&1 || \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libreoffice-impress >/dev/null) \
 	  || echo "warning: LibreOffice not installed; PPT/PPTX input will report a clear error"; }
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || \
+	  { command -v apt-get >/dev/null 2>&1 && $(APT_UPDATE) && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null \
+	  || echo "warning: chromium/chromedriver not installed; the web page test (tests/ui) will fail"; }
 
 $(TINY_DIR)/config.json: $(STAMP)
 	$(VENV)/bin/glmv make-tiny-model $(TINY_DIR) --preset tiny
