@@ -2,6 +2,10 @@
 
 It serves one request at a time on a worker thread and streams tokens back. It is the oracle glmv's own engine
 must match token for token, and the baseline in benchmarks (`--engine transformers`).
+
+Thinking budget (glmv/reasoning/budget.py): a logits processor inside the same `generate` call lets the budget
+force `</think><answer>` by leaving only the forced token selectable at that step. Forced tokens are therefore
+ordinary output tokens: streamed, counted toward max_tokens, decoded into the text.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from glmv.engine.client import PromptTooLongError
 from glmv.engine.detokenizer import IncrementalDetokenizer
 from glmv.engine.outputs import CompletionOutput, RequestOutput
 from glmv.inputs.prompt import Prompt
+from glmv.reasoning.budget import ThinkingBudget, make_budget
 from glmv.sampling import FinishReason, SamplingParams
 
 log = logging.getLogger("glmv.reference")
@@ -76,6 +81,38 @@ class _StopFlag:
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
         return torch.full((input_ids.shape[0],), self.stop, dtype=torch.bool, device=input_ids.device)
+
+
+class _BudgetForcing:
+    """A LogitsProcessor that drives a ThinkingBudget: it feeds the budget every new output token and, when the
+    budget asks for forced ids, makes the next one the only selectable token (greedy or sampled alike)."""
+
+    def __init__(self, budget: ThinkingBudget, prompt_len: int):
+        self.budget = budget
+        self.prompt_len = prompt_len
+        self.seen = prompt_len
+        self.started = False
+        self.pending: list[int] = []
+        self.forced_positions: list[int] = []  # output indices of forced tokens (read by the streaming side)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not self.started:
+            self.started = True
+            self.pending += self.budget.on_start()
+        for token in input_ids[0, self.seen :].tolist():
+            self.pending += self.budget.on_token(token)
+        self.seen = input_ids.shape[1]
+        if not self.pending:
+            return scores
+        forced = self.pending.pop(0)
+        self.forced_positions.append(self.seen - self.prompt_len)
+        out = torch.full_like(scores, float("-inf"))
+        out[:, forced] = 0.0
+        return out
+
+    def forced_before(self, num_tokens: int) -> int:
+        """How many of the first `num_tokens` output tokens were forced."""
+        return sum(1 for p in self.forced_positions if p < num_tokens)
 
 
 class TransformersEngine:
@@ -150,6 +187,9 @@ class TransformersEngine:
         )
         kwargs = self._generate_kwargs(prompt, params, max_new)
         inputs = hf_inputs(prompt, self.device, self.dtype)
+        budget = make_budget(self.tokenizer, params.thinking_budget, max_tokens=max_new,
+                             reserved_answer_tokens=params.reserved_answer_tokens, prompt_token_ids=prompt.token_ids)
+        forcing = _BudgetForcing(budget, len(prompt)) if budget is not None else None
 
         def work() -> None:
             try:
@@ -159,12 +199,13 @@ class TransformersEngine:
                     try:
                         if params.seed is not None:
                             torch.manual_seed(params.seed + index)
-                        from transformers import StoppingCriteriaList
+                        from transformers import LogitsProcessorList, StoppingCriteriaList
 
                         with torch.inference_mode():
                             self.model.generate(
                                 **inputs, **kwargs, streamer=_Streamer(sink, len(prompt)),
                                 stopping_criteria=StoppingCriteriaList([flag]),
+                                logits_processor=LogitsProcessorList([forcing] if forcing is not None else []),
                             )
                     finally:
                         self._running -= 1
@@ -200,12 +241,15 @@ class TransformersEngine:
                 elif num >= max_new:
                     finish = FinishReason.LENGTH
                     delta += detok.flush()
+                forced = forcing.forced_before(num) if forcing is not None else 0
                 out = CompletionOutput(index=index, text=delta, token_ids=ids, num_tokens=num,
-                                       finish_reason=finish, stop_reason=stop_reason)
+                                       finish_reason=finish, stop_reason=stop_reason, forced_tokens=forced)
                 yield RequestOutput(request_id, [out], prompt.token_ids, finished=finish is not None and index == params.n - 1)
             if finish is None:  # aborted, or generate() stopped on its own (e.g. model max length)
                 finish = FinishReason.ABORT if flag.stop else FinishReason.LENGTH
-                out = CompletionOutput(index=index, text=detok.flush(), token_ids=[], num_tokens=num, finish_reason=finish)
+                forced = forcing.forced_before(num) if forcing is not None else 0
+                out = CompletionOutput(index=index, text=detok.flush(), token_ids=[], num_tokens=num, finish_reason=finish,
+                                       forced_tokens=forced)
                 yield RequestOutput(request_id, [out], prompt.token_ids, finished=index == params.n - 1)
         finally:
             flag.stop = True
