@@ -33,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from glmv.cli.serve import normalize_flag_spelling
     from glmv.models.loader import ModelNotFoundError
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(normalize_flag_spelling(sys.argv[1:] if argv is None else list(argv)))
     _configure_logging(getattr(args, "log_level", "info"))
     try:
         return int(args.func(args) or 0)

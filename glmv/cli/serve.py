@@ -51,6 +51,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="server-wide thinking budget: after this many reasoning tokens glmv closes the thought and "
                    "makes the model answer (per request: thinking_budget)")
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="GPUs per model (vllm engine only)")
+    g.add_argument("--max-waiting-requests", type=int, default=1024,
+                   help="requests that may wait in the queue beyond --max-num-seqs; more get 503 with Retry-After "
+                   "(default: 1024)")
     g.add_argument("--seed", type=int, default=0, help="engine random seed (default: 0)")
 
 
@@ -64,32 +67,58 @@ def engine_config_from_args(args: argparse.Namespace):
         gpu_memory_utilization=args.gpu_memory_utilization, enable_prefix_caching=args.enable_prefix_caching,
         enforce_eager=args.enforce_eager, chat_template=args.chat_template, generation_config=args.generation_config,
         hub=args.hub, revision=args.revision, seed=args.seed, max_thinking_tokens=args.max_thinking_tokens,
-        tensor_parallel_size=args.tensor_parallel_size,
+        tensor_parallel_size=args.tensor_parallel_size, max_waiting_requests=args.max_waiting_requests,
     )
+
+
+def normalize_flag_spelling(argv: list[str]) -> list[str]:
+    """`--max_model_len 4096` -> `--max-model-len 4096`: `vllm serve` accepts both spellings and tutorials use both.
+
+    Only option names change; values (paths, JSON) are left alone.
+    """
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and "_" in arg.split("=", 1)[0]:
+            name, sep, value = arg.partition("=")
+            arg = name.replace("_", "-") + sep + value
+        out.append(arg)
+    return out
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "serve",
         help="start the OpenAI-compatible server",
-        description="Start an OpenAI-compatible server (/v1/models, /v1/chat/completions, ...) for GLM-4.1V.",
+        description="Start an OpenAI-compatible server for GLM-4.1V: /v1/chat/completions, /v1/completions, "
+        "/v1/models, /tokenize, /detokenize, /health, /version, /metrics (Prometheus), /docs. Flags mirror "
+        "`vllm serve` (both --max-model-len and --max_model_len spellings work). See docs/API.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                    help="a local folder, a Hugging Face id or (with --hub modelscope) a ModelScope id")
     g = p.add_argument_group("server")
-    g.add_argument("--host", default="127.0.0.1", help="address to bind (use 0.0.0.0 to listen on all interfaces)")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address to bind; the default answers only this machine (0.0.0.0 listens on all interfaces)")
     g.add_argument("--port", type=int, default=8000, help="port to listen on")
     g.add_argument("--served-model-name", nargs="+", default=None,
-                   help="name(s) clients use in the 'model' field (default: the model argument)")
+                   help="name(s) clients use in the 'model' field; the first is the default (default: the model "
+                   "argument)")
     g.add_argument("--api-key", default=os.environ.get("GLMV_API_KEY") or os.environ.get("VLLM_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' (also from GLMV_API_KEY)")
-    g.add_argument("--root-path", default="", help="path prefix when behind a proxy")
-    g.add_argument("--allowed-origins", type=json.loads, default=[], help="CORS allowed origins (JSON list)")
-    g.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials")
-    g.add_argument("--allowed-methods", type=json.loads, default=["*"], help="CORS allowed methods (JSON list)")
-    g.add_argument("--allowed-headers", type=json.loads, default=["*"], help="CORS allowed headers (JSON list)")
-    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
+                   help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize and /detokenize (/health and "
+                   "/metrics stay open); also read from GLMV_API_KEY or VLLM_API_KEY")
+    g.add_argument("--root-path", default="", help="path prefix when a proxy serves glmv under a sub-path")
+    g.add_argument("--allowed-origins", type=json.loads, default=[],
+                   help='CORS: origins browsers may call from, JSON list, e.g. \'["*"]\' (default: no CORS headers)')
+    g.add_argument("--allow-credentials", action="store_true", help="CORS: allow cookies and auth headers")
+    g.add_argument("--allowed-methods", type=json.loads, default=["*"], help="CORS: allowed methods (JSON list)")
+    g.add_argument("--allowed-headers", type=json.loads, default=["*"], help="CORS: allowed headers (JSON list)")
+    g.add_argument("--max-request-bytes", type=int, default=64 << 20,
+                   help="largest request body accepted; bigger ones get 413 before parsing (default: 64 MiB)")
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="log level of glmv and uvicorn")
+    g.add_argument("--disable-log-requests", action="store_true",
+                   help="do not log one line per request (id, model, tokens, finish reason, latency)")
+    g.add_argument("--disable-uvicorn-access-log", action="store_true", help="do not log uvicorn's access lines")
     g = p.add_argument_group("media")
     g.add_argument("--limit-mm-per-prompt", type=_json_dict, default={},
                    help='most media per prompt, JSON, e.g. \'{"image": 10, "video": 1, "document": 1}\' '
@@ -102,19 +131,31 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from glmv.server.launch import run_server
+def configs_from_args(args: argparse.Namespace):
+    """(EngineConfig, ServerConfig) from parsed `glmv serve` flags; ValueError names a bad flag."""
     from glmv.server.state import ServerConfig
 
     limits = {"image": 300, "video": 1, "document": 1} | {k: int(v) for k, v in args.limit_mm_per_prompt.items()}
+    for name in ("allowed_origins", "allowed_methods", "allowed_headers"):
+        value = getattr(args, name)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"--{name.replace('_', '-')} must be a JSON list of strings, got {value!r}.")
     server_config = ServerConfig(
         host=args.host, port=args.port, served_model_names=tuple(args.served_model_name or ()),
         api_keys=(args.api_key,) if args.api_key else (), root_path=args.root_path,
         allowed_origins=tuple(args.allowed_origins), allow_credentials=args.allow_credentials,
         allowed_methods=tuple(args.allowed_methods), allowed_headers=tuple(args.allowed_headers),
-        log_level=args.log_level, limit_mm_per_prompt=limits,
+        log_level=args.log_level, disable_log_requests=args.disable_log_requests,
+        disable_uvicorn_access_log=args.disable_uvicorn_access_log, max_request_bytes=args.max_request_bytes,
+        limit_mm_per_prompt=limits,
         allowed_local_media_path=Path(args.allowed_local_media_path) if args.allowed_local_media_path else None,
         allowed_media_domains=tuple(args.allowed_media_domains),
     )
-    run_server(engine_config_from_args(args), server_config)
+    return engine_config_from_args(args), server_config
+
+
+def run(args: argparse.Namespace) -> int:
+    from glmv.server.launch import run_server
+
+    run_server(*configs_from_args(args))
     return 0

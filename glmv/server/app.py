@@ -1,18 +1,25 @@
-"""create_app: the FastAPI application with its routes, error handlers and lifecycle."""
+"""create_app: the FastAPI application: routers, middlewares (outermost first), error handlers, engine lifecycle.
+
+Middleware order, outermost first: response counting (sees every status, 401/413 included), CORS (so browsers get
+their headers on errors too), API-key auth (before any body is read), body guard (413/415 before parsing).
+"""
 
 from __future__ import annotations
 
 import contextlib
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 
 from glmv import __version__
-from glmv.server.chat import chat_completions
+from glmv.server import chat, completions, metrics, models, tokenize
+from glmv.server.auth import APIKeyAuth
 from glmv.server.errors import install_error_handlers
-from glmv.server.protocol import ChatCompletionRequest, ModelCard, ModelList
+from glmv.server.middleware import RequestBodyGuard, ResponseCounter
 from glmv.server.state import ServingState
+
+DESCRIPTION = """An OpenAI-compatible server for GLM-4.1V-Thinking (images, video, documents, reasoning).
+Clients of `vllm serve` work unchanged; see docs/API.md for fields, extras and errors."""
 
 
 def create_app(state: ServingState) -> FastAPI:
@@ -24,10 +31,18 @@ def create_app(state: ServingState) -> FastAPI:
         finally:
             await state.engine.shutdown()
 
-    app = FastAPI(title="glmv", version=__version__, lifespan=lifespan, root_path=state.server_config.root_path)
+    cfg = state.server_config
+    app = FastAPI(title="glmv", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  root_path=cfg.root_path)
     app.state.serving = state
     install_error_handlers(app)
-    cfg = state.server_config
+    for module in (models, chat, completions, tokenize, metrics):
+        app.include_router(module.router)
+
+    # add_middleware wraps: the last one added runs first.
+    app.add_middleware(RequestBodyGuard, max_bytes=cfg.max_request_bytes)
+    if cfg.api_keys:
+        app.add_middleware(APIKeyAuth, api_keys=cfg.api_keys)
     if cfg.allowed_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -36,25 +51,6 @@ def create_app(state: ServingState) -> FastAPI:
             allow_methods=list(cfg.allowed_methods),
             allow_headers=list(cfg.allowed_headers),
         )
-
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        return JSONResponse({"status": "ok"})
-
-    @app.get("/version")
-    async def version() -> dict:
-        return {"version": __version__}
-
-    @app.get("/v1/models", response_model=ModelList)
-    async def models() -> ModelList:
-        return ModelList(data=[
-            ModelCard(id=name, created=state.created, root=str(state.model_config.path), owned_by="glmv",
-                      max_model_len=state.max_model_len)
-            for name in state.model_names
-        ])
-
-    @app.post("/v1/chat/completions")
-    async def chat(req: ChatCompletionRequest, raw: Request):
-        return await chat_completions(req, raw, state)
-
+    known = frozenset(getattr(r, "path", "") for r in app.routes)
+    app.add_middleware(ResponseCounter, metrics=state.metrics, known_paths=known)
     return app

@@ -1,15 +1,17 @@
-"""ServerConfig and ServingState: what the routes share (engine, prompt builder, names, limits)."""
+"""ServerConfig and ServingState: what the routes share (engine, prompt builder, names, limits, metrics)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from glmv.config import EngineConfig, ModelConfig
 from glmv.engine.client import EngineClient
 from glmv.inputs.messages import MediaPolicy
 from glmv.inputs.processor import PromptBuilder
+from glmv.server.metrics import ServerMetrics
 
 
 @dataclass(frozen=True)
@@ -24,14 +26,23 @@ class ServerConfig:
     allowed_methods: tuple[str, ...] = ("*",)
     allowed_headers: tuple[str, ...] = ("*",)
     log_level: str = "info"
-    max_request_bytes: int = 64 << 20
+    disable_log_requests: bool = False  # no per-request log line
+    disable_uvicorn_access_log: bool = False
+    max_request_bytes: int = 64 << 20  # bodies above this are refused with 413 before parsing
+    # Requests in flight (running + queued) above which the server answers 503 with Retry-After. None: from the
+    # engine's --max-num-seqs plus --max-waiting-requests.
+    max_inflight_requests: int | None = None
     limit_mm_per_prompt: dict[str, int] = field(default_factory=lambda: {"image": 300, "video": 1, "document": 1})
     allowed_local_media_path: Path | None = None
     allowed_media_domains: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ValueError(f"--port must be in 1..65535, got {self.port}.")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"--port must be in 0..65535, got {self.port}.")
+        if self.max_request_bytes < 1024:
+            raise ValueError(f"--max-request-bytes must be at least 1024, got {self.max_request_bytes}.")
+        if self.max_inflight_requests is not None and self.max_inflight_requests < 1:
+            raise ValueError(f"the in-flight request limit must be at least 1, got {self.max_inflight_requests}.")
         for key in self.limit_mm_per_prompt:
             if key not in ("image", "video", "document"):
                 raise ValueError(f"--limit-mm-per-prompt: unknown modality {key!r} (image, video, document).")
@@ -56,6 +67,30 @@ class ServingState:
     server_config: ServerConfig
     model_names: tuple[str, ...]
     created: int = field(default_factory=lambda: int(time.time()))
+    metrics: ServerMetrics | None = None  # built in __post_init__ around the engine's stats
+    inflight: int = 0  # generation requests admitted and not yet finished
+
+    def __post_init__(self) -> None:
+        if self.metrics is None:
+            self.metrics = ServerMetrics(self.engine.stats, lambda: self.inflight)
+
+    @property
+    def tokenizer(self):
+        return self.builder.tokenizer
+
+    @cached_property
+    def think_end_ids(self) -> list[int]:
+        return list(self.tokenizer.encode("</think>", add_special_tokens=False))
+
+    @cached_property
+    def think_start_ids(self) -> list[int]:
+        return list(self.tokenizer.encode("<think>", add_special_tokens=False))
+
+    @property
+    def max_inflight(self) -> int:
+        if self.server_config.max_inflight_requests is not None:
+            return self.server_config.max_inflight_requests
+        return self.engine_config.max_num_seqs + self.engine_config.max_waiting_requests
 
     @property
     def default_name(self) -> str:

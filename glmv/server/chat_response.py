@@ -1,0 +1,154 @@
+"""Chat responses: engine outputs -> one `chat.completion` object, or `chat.completion.chunk` server-sent events.
+
+Both roads split the text with the same ThinkSplitter (glmv/reasoning), so the streamed deltas joined equal the
+non-streamed message: reasoning goes to `reasoning_content` and `reasoning` (the same text, two names clients
+read), the answer to `content`, and no `<think>`/`<answer>` tag ever reaches either.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+
+from glmv.reasoning import ThinkSplitter, count_reasoning_tokens, prompt_opens_thought, split_reasoning
+from glmv.sampling import FinishReason
+from glmv.server.errors import error_body, to_api_error
+from glmv.server.generation import TrackedGeneration, disconnect_guard
+from glmv.server.logprobs import chat_logprobs
+from glmv.server.protocol import ChatCompletionRequest
+from glmv.server.state import ServingState
+
+
+def sse(obj: dict | str) -> str:
+    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+    return f"data: {data}\n\n"
+
+
+def usage_of(gen: TrackedGeneration, state: ServingState, in_think: bool) -> dict:
+    """OpenAI's usage object: prompt tokens once, completion tokens of all choices, reasoning and cached details."""
+    completion = sum(gen.num_tokens)
+    reasoning = sum(count_reasoning_tokens(ids, state.think_end_ids, in_think=in_think,
+                                           think_start_ids=state.think_start_ids) for ids in gen.token_ids)
+    prompt = len(gen.prompt)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": gen.num_cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": reasoning}}
+
+
+def _finish(reason: FinishReason | None) -> str:
+    return (reason or FinishReason.LENGTH).openai
+
+
+async def collect_chat(req: ChatCompletionRequest, gen: TrackedGeneration, state: ServingState, model: str) -> dict:
+    """Run the generation to its end and build the `chat.completion` body."""
+    n = gen.params.n
+    texts: list[list[str]] = [[] for _ in range(n)]
+    logprobs: list[list] = [[] for _ in range(n)]
+    stop_reasons: list[int | str | None] = [None] * n
+    status = 200
+    try:
+        async for out in gen.outputs():
+            for c in out.outputs:
+                texts[c.index].append(c.text)
+                if c.logprobs:
+                    logprobs[c.index].extend(c.logprobs)
+                if c.finish_reason is not None:
+                    stop_reasons[c.index] = c.stop_reason
+    except BaseException:
+        status = 499
+        raise
+    finally:
+        await gen.close(status)
+    in_think = prompt_opens_thought(gen.prompt.text)
+    choices = []
+    for i in range(n):
+        reasoning, content = split_reasoning("".join(texts[i]), in_think)
+        message: dict = {"role": "assistant", "content": content}
+        if req.include_reasoning:
+            message["reasoning_content"] = message["reasoning"] = reasoning or None
+        message["tool_calls"] = []
+        choices.append({
+            "index": i,
+            "message": message,
+            "logprobs": chat_logprobs(logprobs[i], gen.params.logprobs or 0) if gen.params.logprobs is not None
+            else None,
+            "finish_reason": _finish(gen.finish[i]),
+            "stop_reason": stop_reasons[i],
+        })
+    body = {"id": gen.request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": choices, "usage": usage_of(gen, state, in_think), "system_fingerprint": None}
+    if gen.prompt.info:
+        body["prompt_info"] = dict(gen.prompt.info)
+    return body
+
+
+async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGeneration, state: ServingState,
+                      model: str) -> AsyncIterator[str]:
+    """Server-sent events: per choice a first chunk with the role, content/reasoning deltas, a chunk with the
+    finish_reason; then (if asked) a usage chunk with no choices; then `data: [DONE]`."""
+    created = int(time.time())
+    n = gen.params.n
+    in_think = prompt_opens_thought(gen.prompt.text)
+    splitters = [ThinkSplitter(in_think) for _ in range(n)]
+    opts = req.stream_options
+    include_usage = bool(opts and opts.include_usage)
+    continuous = bool(opts and opts.continuous_usage_stats)
+    top_n = gen.params.logprobs or 0
+    watcher = disconnect_guard(raw, [gen])
+    status = 200
+
+    def chunk(choices: list[dict], usage: dict | None = None) -> str:
+        body = {"id": gen.request_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": choices}
+        if usage is not None:
+            body["usage"] = usage
+        elif continuous:
+            body["usage"] = usage_of(gen, state, in_think)
+        if gen.prompt.info and not choices:
+            body["prompt_info"] = dict(gen.prompt.info)
+        return sse(body)
+
+    def choice(index: int, delta: dict, logprobs: dict | None = None, finish: str | None = None,
+               stop_reason: int | str | None = None) -> dict:
+        out = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        if finish is not None:
+            out["stop_reason"] = stop_reason
+        return out
+
+    try:
+        for i in range(n):
+            yield chunk([choice(i, {"role": "assistant", "content": ""})])
+        async for out in gen.outputs():
+            for c in out.outputs:
+                reasoning, content = splitters[c.index].feed(c.text)
+                if c.finish_reason is not None:
+                    r2, c2 = splitters[c.index].finish()
+                    reasoning, content = reasoning + r2, content + c2
+                delta: dict = {}
+                if reasoning and req.include_reasoning:
+                    delta["reasoning_content"] = delta["reasoning"] = reasoning
+                if content:
+                    delta["content"] = content
+                logprobs = chat_logprobs(c.logprobs, top_n) if gen.params.logprobs is not None and c.logprobs \
+                    else None
+                if delta or logprobs:
+                    yield chunk([choice(c.index, delta, logprobs)])
+                if c.finish_reason is not None:
+                    yield chunk([choice(c.index, {}, None, c.finish_reason.openai, c.stop_reason)])
+        if include_usage:
+            yield chunk([], usage_of(gen, state, in_think))
+        yield sse("[DONE]")
+    except Exception as exc:  # noqa: BLE001 - a mid-stream error becomes an error event, never a dropped socket
+        err = to_api_error(exc)
+        status = err.status
+        yield sse(error_body(err.status, err.message, err.param, err.code))
+        yield sse("[DONE]")
+    except BaseException:
+        status = 499
+        raise
+    finally:
+        watcher.cancel()
+        await gen.close(status)
