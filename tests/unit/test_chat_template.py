@@ -35,7 +35,7 @@ def render(messages, **kw):
                 {"role": "assistant", "content": "<think>easy</think><answer>4</answer>"},
                 {"role": "user", "content": "3+3?"},
             ],
-            "[gMASK]<sop><|user|>\n2+2?<|assistant|>\n<answer>4</answer><|user|>\n3+3?<|assistant|>\n",
+            "[gMASK]<sop><|user|>\n2+2?<|assistant|>\n4<|user|>\n3+3?<|assistant|>\n",
         ),
     ],
 )
