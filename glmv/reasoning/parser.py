@@ -35,6 +35,7 @@ HIDDEN_MARKERS: tuple[str, ...] = STRUCTURE_TAGS + BOX_MARKERS
 _STRUCTURE_PREFIXES = frozenset(t[:k] for t in STRUCTURE_TAGS for k in range(1, len(t)))
 _MARKER_PREFIXES = frozenset(t[:k] for t in HIDDEN_MARKERS for k in range(1, len(t)))
 _LONGEST_MARKER = max(len(t) for t in HIDDEN_MARKERS)
+_LONGEST_TAG = max(len(t) for t in STRUCTURE_TAGS)
 
 
 class SplitState(enum.StrEnum):
@@ -198,7 +199,7 @@ class ThinkSplitter:
             if tag is not None:
                 self.state = _next_state(self.state, tag)
                 pos = lt + len(tag)
-            elif buf[lt:] in _STRUCTURE_PREFIXES:
+            elif len(buf) - lt < _LONGEST_TAG and buf[lt:] in _STRUCTURE_PREFIXES:
                 break  # may become a tag: wait for the next delta
             else:
                 self._route("<", reasoning, answer)
