@@ -125,7 +125,12 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "Method not allowed on this route (see /docs or /openapi.json)."
         return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unknown(_: Request, exc: Exception):
+    async def _mapped(_: Request, exc: Exception):
         err = to_api_error(exc)
         return error_response(err.status, err.message, err.param, err.code, err.headers)
+
+    # Errors a user can cause are handled here, quietly. Starlette re-raises whatever reaches the catch-all
+    # `Exception` handler (after sending its 500) so that the server logs it: that is for our bugs only.
+    for user_error in (InvalidInputError, PromptTooLongError, EngineOverloadedError, ValueError):
+        app.add_exception_handler(user_error, _mapped)
+    app.add_exception_handler(Exception, _mapped)

@@ -41,9 +41,18 @@ def _logit_bias(state: ServingState, bias: dict[str, float] | None) -> dict[int,
     return out
 
 
+def check_logprobs_supported(state: ServingState, logprobs: int | None) -> None:
+    """Engines say if they compute logprobs (`computes_logprobs`, default yes); asking one that does not is a 400
+    rather than a response with silently empty logprobs."""
+    if logprobs is not None and not getattr(state.engine, "computes_logprobs", True):
+        raise APIError(400, f"logprobs are not available with --engine {state.engine_config.engine}; serve with "
+                       "--engine glmv for them.", "logprobs", "unsupported_parameter")
+
+
 def build_sampling_params(req: SamplingFields, state: ServingState, max_tokens: int | None,
                           logprobs: int | None) -> SamplingParams:
     defaults = state.model_config.generation_defaults
+    check_logprobs_supported(state, logprobs)
     check_token_ids(state, list(req.stop_token_ids or []), "stop_token_ids")
 
     def pick(name: str, fallback: Any) -> Any:
