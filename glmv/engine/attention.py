@@ -125,6 +125,9 @@ def select_backend(device: torch.device | str) -> AttentionBackend:
     except Exception as exc:  # noqa: BLE001 - any import failure (no triton, old GPU) falls back to torch
         log.info("glmv.kernels not usable (%s); using PyTorch paged attention", exc)
         return TORCH_BACKEND
+    probe = getattr(kernels, "available", None)
+    if callable(probe) and not probe():
+        return TORCH_BACKEND
     chosen = {}
     names = []
     for fn in ("write_kv", "paged_decode_attention", "paged_prefill_attention"):

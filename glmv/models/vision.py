@@ -217,3 +217,42 @@ class Glm4vVisionTower:
 
         o = F.scaled_dot_product_attention(seg(q), seg(k), seg(v), scale=scale)
         return o.transpose(1, 2).reshape(count * n, q.shape[1], q.shape[2])
+
+
+class VisionEmbeddingCache:
+    """Bounded LRU of vision-tower outputs keyed by media content hash + grid, so a chat that resends the same
+    image (or many requests about one picture) runs the encoder once. Bounded by bytes, not entries."""
+
+    def __init__(self, max_bytes: int):
+        from collections import OrderedDict
+
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> torch.Tensor | None:
+        value = self._entries.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return value
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if size > self.max_bytes:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old.numel() * old.element_size()
+        self._entries[key] = value
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= evicted.numel() * evicted.element_size()

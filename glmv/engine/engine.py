@@ -1,0 +1,258 @@
+"""LLMEngine: glmv's synchronous engine core. One step is schedule() -> run() -> postprocess().
+
+postprocess appends each sampled token (plus tokens the thinking budget forces), detokenizes incrementally and
+applies the stop rules in this order: a stop token id (generation_config's EOS list, which includes `</answer>`,
+unless ignore_eos; plus params.stop_token_ids; only once min_tokens are out), a stop string, then max_tokens or the
+context length. Finished sequences free their KV blocks at once. Not thread-safe: AsyncEngine drives it from one thread,
+`glmv.LLM` from the caller's.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from glmv.config import EngineConfig, ModelConfig
+from glmv.engine.client import PromptTooLongError
+from glmv.engine.detokenizer import IncrementalDetokenizer
+from glmv.engine.kv_cache import KVBlockPool
+from glmv.engine.model_runner import ModelRunner
+from glmv.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
+from glmv.engine.request import Request, RequestStatus
+from glmv.engine.scheduler import Scheduler, SchedulerConfig
+from glmv.inputs.prompt import Prompt
+from glmv.reasoning.budget import make_budget
+from glmv.sampling import FinishReason, SamplingParams
+
+log = logging.getLogger("glmv.engine")
+
+
+@dataclass
+class _Group:
+    """A user request: its n sequences (or, before the fork, the one parent that prefills the shared prompt)."""
+
+    request_id: str
+    prompt: Prompt
+    params: SamplingParams
+    seed: int
+    sequences: list[Request]
+    forked: bool = False
+
+
+class LLMEngine:
+    def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, tokenizer: Any,
+                 runner: ModelRunner | None = None):
+        self.model_config = model_config
+        self.config = engine_config
+        self.tokenizer = tokenizer
+        self.max_model_len = engine_config.max_model_len or model_config.text.max_position_embeddings
+        self.runner = runner or ModelRunner(model_config, engine_config, self.max_model_len)
+        self.block_size = engine_config.block_size
+        self.pool = KVBlockPool(self.runner.num_blocks, self.block_size, engine_config.enable_prefix_caching)
+        self.scheduler = Scheduler(SchedulerConfig(engine_config.max_num_seqs, engine_config.max_num_batched_tokens,
+                                                   self.max_model_len), self.pool)
+        self.groups: dict[str, _Group] = {}
+        self._rng = random.Random(engine_config.seed)
+        self._merge = model_config.vision.spatial_merge_size
+        self._vocab = model_config.text.vocab_size
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.requests_finished = 0
+        self.steps = 0
+
+    # ---- requests ----
+    def check_request(self, prompt: Prompt, params: SamplingParams) -> int:
+        """Validate what a user can get wrong before anything is queued; return the resolved max_tokens."""
+        n = len(prompt.token_ids)
+        if n == 0:
+            raise ValueError("The prompt is empty; send at least one token.")
+        room = self.max_model_len - n
+        if room < 1 or (params.max_tokens is not None and params.max_tokens > room):
+            raise PromptTooLongError(n, self.max_model_len, params.max_tokens)
+        bad = next((t for t in prompt.token_ids if not 0 <= t < self._vocab), None)
+        if bad is not None:
+            raise ValueError(f"Token id {bad} is out of the model's vocabulary [0, {self._vocab}).")
+        bad = next((t for t in params.logit_bias if not 0 <= int(t) < self._vocab), None)
+        if bad is not None:
+            raise ValueError(f"logit_bias names token {bad}, outside the model's vocabulary [0, {self._vocab}).")
+        return params.max_tokens or room
+
+    def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
+        if request_id in self.groups:
+            raise ValueError(f"Request id {request_id!r} is already running.")
+        max_tokens = self.check_request(prompt, params)
+        seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
+        n = params.n
+        fork_at = (len(prompt) - 1) // self.block_size * self.block_size if n > 1 else 0
+
+        def make(rid: str, index: int, seq_seed: int) -> Request:
+            return Request.from_prompt(rid, prompt, params, max_tokens, seq_seed, self._merge, request_id, index)
+
+        if n == 1:
+            seqs = [make(request_id, 0, seed)]
+        elif fork_at > 0:  # prefill the shared whole blocks once, then fork (see Scheduler.fork)
+            parent = make(f"{request_id}#parent", 0, seed)
+            parent.fork_at, parent.num_children = fork_at, n
+            seqs = [parent]
+        else:  # the prompt is shorter than a block: nothing worth sharing
+            seqs = [make(f"{request_id}#{i}", i, seed + i) for i in range(n)]
+        self.groups[request_id] = _Group(request_id, prompt, params, seed, seqs, forked=n == 1 or fork_at == 0)
+        for seq in seqs:
+            self.scheduler.add(seq)
+        self.prompt_tokens_total += len(prompt)
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Finish every sequence of the request now and free its blocks; returns the final (ABORT) output."""
+        group = self.groups.pop(request_id, None)
+        if group is None:
+            return None
+        outs = []
+        for seq in group.sequences:
+            if not seq.finished:
+                self.scheduler.finish(seq, RequestStatus.FINISHED_ABORTED)
+                text = seq.detokenizer.flush() if seq.detokenizer is not None else ""
+                outs.append(self._completion(seq, text, [], None))
+        if not group.forked:  # aborted before the fork: report every completion index
+            outs = [CompletionOutput(index=i, text="", token_ids=[], num_tokens=0, finish_reason=FinishReason.ABORT)
+                    for i in range(group.params.n)]
+        self.requests_finished += 1
+        return RequestOutput(request_id, outs, group.prompt.token_ids, finished=True,
+                             num_cached_tokens=group.sequences[0].num_cached_tokens)
+
+    def fail_all(self) -> list[str]:
+        """After an unrecoverable step error: end every request (blocks freed); return their ids."""
+        ids = list(self.groups)
+        for group in self.groups.values():
+            for seq in group.sequences:
+                if not seq.finished:
+                    self.scheduler.finish(seq, RequestStatus.FINISHED_ERROR)
+        self.groups.clear()
+        return ids
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.groups)
+
+    # ---- the step ----
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        if sched.empty:
+            return []
+        run = self.runner.execute(sched)
+        for parent in self.scheduler.update(sched):
+            self._fork(parent)
+        self.steps += 1
+        changed: dict[str, list[CompletionOutput]] = {}
+        if run.result is not None:
+            res = run.result
+            for row, entry in enumerate(run.sampled):
+                req = entry.request
+                if req.finished:
+                    continue
+                out = self._append(req, res.token_ids[row], res.logprobs[row], res.top_logprobs[row])
+                changed.setdefault(req.group_id, []).append(out)
+        return self._request_outputs(changed)
+
+    def _fork(self, parent: Request) -> None:
+        group = self.groups[parent.group_id]
+        children = [parent.fork(i, group.seed + i) for i in range(parent.num_children)]
+        self.scheduler.fork(parent, children)
+        group.sequences = children
+        group.forked = True
+
+    def _request_outputs(self, changed: dict[str, list[CompletionOutput]]) -> list[RequestOutput]:
+        outputs = []
+        for group_id, outs in changed.items():
+            group = self.groups.get(group_id)
+            if group is None:
+                continue
+            done = group.forked and all(s.finished for s in group.sequences)
+            outputs.append(RequestOutput(group_id, outs, group.prompt.token_ids, finished=done,
+                                         num_cached_tokens=group.sequences[0].num_cached_tokens))
+            if done:
+                del self.groups[group_id]
+                self.requests_finished += 1
+        return outputs
+
+    # ---- postprocess one sequence ----
+    def _start_output(self, req: Request) -> None:
+        p = req.params
+        req.detokenizer = IncrementalDetokenizer(self.tokenizer, req.prompt.token_ids, p.stop, p.skip_special_tokens,
+                                                 p.include_stop_str_in_output, p.spaces_between_special_tokens)
+        budget = p.thinking_budget if p.thinking_budget is not None else self.config.max_thinking_tokens
+        req.budget = make_budget(self.tokenizer, budget)
+
+    def _stop_ids(self, params: SamplingParams) -> set[int]:
+        ids = set() if params.ignore_eos else set(self.model_config.eos_token_ids)
+        return ids | set(params.stop_token_ids)
+
+    def _append(self, req: Request, token: int, logprob: float | None,
+                top: list[tuple[int, float]] | None) -> CompletionOutput:
+        if req.detokenizer is None:
+            self._start_output(req)
+        params, detok = req.params, req.detokenizer
+        stop_ids = self._stop_ids(params)
+        pending = [(token, False)]
+        if req.budget is not None:
+            pending += [(t, True) for t in req.budget.on_token(token)]
+        new_ids: list[int] = []
+        logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
+        text = ""
+        status = None
+        for tok, forced in pending:
+            req.token_ids.append(tok)
+            new_ids.append(tok)
+            self.generation_tokens_total += 1
+            if forced:
+                req.num_forced_tokens += 1
+            if logprobs is not None:
+                logprobs.append(self._token_logprob(tok, 0.0 if forced else logprob, [] if forced else top))
+            if not forced and tok in stop_ids and req.num_output_tokens >= params.min_tokens:
+                status, req.stop_reason = RequestStatus.FINISHED_STOPPED, tok
+                text += detok.flush()
+            else:
+                text += detok.step([tok])
+                if detok.stop_string is not None:
+                    status, req.stop_reason = RequestStatus.FINISHED_STOPPED, detok.stop_string
+            if status is None and (req.num_output_tokens >= req.max_tokens or req.num_tokens >= self.max_model_len):
+                status = RequestStatus.FINISHED_LENGTH
+                text += detok.flush()
+            if status is not None:
+                self.scheduler.finish(req, status)
+                break
+        return self._completion(req, text, new_ids, logprobs)
+
+    def _completion(self, req: Request, text: str, new_ids: list[int],
+                    logprobs: list[TokenLogprob] | None) -> CompletionOutput:
+        return CompletionOutput(index=req.index, text=text, token_ids=new_ids, num_tokens=req.num_output_tokens,
+                                finish_reason=req.status.finish_reason, stop_reason=req.stop_reason,
+                                logprobs=logprobs, forced_tokens=req.num_forced_tokens)
+
+    def _token_logprob(self, token: int, logprob: float | None, top: list[tuple[int, float]] | None) -> TokenLogprob:
+        decode = self.tokenizer.decode
+        return TokenLogprob(token_id=token, token=decode([token]), logprob=logprob if logprob is not None else 0.0,
+                            top=[(t, decode([t]), lp) for t, lp in (top or [])])
+
+    # ---- metrics ----
+    def stats(self) -> dict[str, float]:
+        ps = self.pool.stats()
+        vc = self.runner.vision_cache
+        return {
+            "running": float(self.scheduler.num_running),
+            "waiting": float(self.scheduler.num_waiting),
+            "kv_usage": ps.usage,
+            "prefix_cache_hit_rate": ps.hit_rate,
+            "kv_blocks_total": float(ps.num_blocks),
+            "kv_blocks_used": float(ps.used_blocks),
+            "kv_blocks_cached": float(ps.cached_blocks),
+            "num_preemptions": float(self.scheduler.num_preemptions),
+            "prompt_tokens_total": float(self.prompt_tokens_total),
+            "generation_tokens_total": float(self.generation_tokens_total),
+            "requests_finished_total": float(self.requests_finished),
+            "vision_cache_hits": float(vc.hits),
+            "vision_cache_misses": float(vc.misses),
+            "steps_total": float(self.steps),
+            "time": time.time(),
+        }

@@ -1,0 +1,351 @@
+"""ModelRunner: turns a SchedulerOutput into one batched forward over the paged KV cache, then samples.
+
+It owns the device side: the model, the KV cache tensors (sized from EngineConfig), the vision-embedding cache and
+the sampler. Per step it packs prefill chunks first and single-token decodes after them, with their M-RoPE positions,
+KV slots and block tables; runs the vision tower for media that the step's chunks reach and that are not cached;
+scatters those embeddings into the input; runs the decoder; and samples from the last position of every sequence
+that reaches the end of its known tokens.
+
+Decode-only steps can run from persistent, statically shaped input buffers padded to a bucket size (padding rows
+use the null KV block), which is what `capture_decode_graphs()` records as CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from glmv.config import EngineConfig, ModelConfig
+from glmv.engine.attention import NULL_BLOCK, AttentionMetadata
+from glmv.engine.attention import paged_decode_attention as torch_decode_attention
+from glmv.engine.request import Request
+from glmv.engine.sampler import Sampler, SamplerOutput
+from glmv.engine.scheduler import ScheduledRequest, SchedulerOutput
+from glmv.models.glm4v import Glm4vModel
+from glmv.models.vision import VisionEmbeddingCache
+
+log = logging.getLogger("glmv.runner")
+
+CPU_DEFAULT_KV_BYTES = 2 << 30
+VISION_CACHE_BYTES = 512 << 20
+
+
+@dataclass
+class RunnerOutput:
+    sampled: list[ScheduledRequest]  # the entries that produced a token, in row order
+    result: SamplerOutput | None
+
+
+def decode_buckets(max_num_seqs: int) -> list[int]:
+    sizes = [1, 2, 4, 8] + list(range(16, max_num_seqs + 1, 8))
+    return sorted({min(s, max_num_seqs) for s in sizes} | {max_num_seqs})
+
+
+class ModelRunner:
+    def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, max_model_len: int,
+                 model: Glm4vModel | None = None):
+        self.model_config = model_config
+        self.config = engine_config
+        self.device = torch.device(engine_config.resolved_device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.dtype = engine_config.torch_dtype
+        self.max_model_len = max_model_len
+        self.block_size = engine_config.block_size
+        self.max_blocks_per_seq = -(-max_model_len // self.block_size)
+        self.model = model or Glm4vModel.load(model_config, self.device, self.dtype, max_positions=max_model_len + 1)
+        t = model_config.text
+        self.bytes_per_block = t.num_layers * 2 * self.block_size * t.num_kv_heads * t.head_dim * \
+            torch.empty((), dtype=self.dtype).element_size()
+        self.num_blocks = self._plan_num_blocks()
+        kv = torch.zeros(t.num_layers, 2, self.num_blocks, self.block_size, t.num_kv_heads, t.head_dim,
+                         dtype=self.dtype, device=self.device)
+        self.kv_caches = [(kv[i, 0], kv[i, 1]) for i in range(t.num_layers)]
+        self.sampler = Sampler(t.vocab_size, self.device, model_config.eos_token_ids)
+        self.vision_cache = VisionEmbeddingCache(VISION_CACHE_BYTES)
+        self._init_decode_buffers(engine_config.max_num_seqs)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.vision_tokens_encoded = 0
+
+    # ---- sizing ----
+    def _plan_num_blocks(self) -> int:
+        cfg = self.config
+        per_seq = self.max_blocks_per_seq
+        if cfg.kv_cache_memory is not None:
+            budget = cfg.kv_cache_memory
+        elif self.device.type == "cuda":
+            budget = self._cuda_kv_budget()
+        else:
+            # CPU: no point reserving more than every sequence at full length.
+            budget = min(CPU_DEFAULT_KV_BYTES, (cfg.max_num_seqs * per_seq + 1) * self.bytes_per_block)
+        num_blocks = int(budget // self.bytes_per_block)
+        if num_blocks - 1 < per_seq:
+            raise ValueError(
+                f"The KV cache has room for {max(num_blocks - 1, 0) * self.block_size} tokens, less than one sequence "
+                f"of --max-model-len {self.max_model_len}. Lower --max-model-len or give the cache more memory "
+                "(--kv-cache-memory BYTES or --gpu-memory-utilization)."
+            )
+        log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", num_blocks, self.block_size,
+                 num_blocks * self.bytes_per_block / 2**30)
+        return num_blocks
+
+    def _cuda_kv_budget(self) -> int:
+        """Free memory after the weights and one profiled worst-case step, within gpu_memory_utilization."""
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        self._profile_step()
+        torch.cuda.synchronize(self.device)
+        activations = torch.cuda.max_memory_allocated(self.device) - before
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        in_use = total - free
+        reserve = 256 << 20  # CUDA graphs, allocator fragmentation
+        budget = int(total * self.config.gpu_memory_utilization) - in_use - activations - reserve
+        log.info("GPU memory: total %.1f GiB, in use %.1f GiB, profiled step %.2f GiB -> KV budget %.1f GiB",
+                 total / 2**30, in_use / 2**30, activations / 2**30, budget / 2**30)
+        return max(budget, 0)
+
+    @torch.inference_mode()
+    def _profile_step(self) -> None:
+        """One forward over max_num_batched_tokens prompt tokens plus sampling max_num_seqs rows, on a scratch cache."""
+        t = self.model_config.text
+        tokens = min(self.config.max_num_batched_tokens, self.max_model_len)
+        blocks = -(-tokens // self.block_size) + 1
+        scratch = torch.zeros(t.num_layers, 2, blocks, self.block_size, t.num_kv_heads, t.head_dim,
+                              dtype=self.dtype, device=self.device)
+        caches = [(scratch[i, 0], scratch[i, 1]) for i in range(t.num_layers)]
+        ids = torch.zeros(tokens, dtype=torch.long, device=self.device)
+        positions = torch.arange(tokens, device=self.device).expand(3, -1)
+        meta = AttentionMetadata(
+            slot_mapping=torch.arange(tokens, device=self.device) + self.block_size,
+            num_prefill_tokens=tokens,
+            prefill_block_tables=torch.arange(1, blocks, dtype=torch.int32, device=self.device).unsqueeze(0),
+            prefill_cu_seqlens_q=torch.tensor([0, tokens], dtype=torch.int32, device=self.device),
+            prefill_seq_lens=torch.tensor([tokens], dtype=torch.int32, device=self.device),
+            prefill_max_seqlen_q=tokens,
+        )
+        hidden = self.model.forward(self.model.embed(ids), positions, caches, meta)
+        rows = min(self.config.max_num_seqs, tokens)
+        logits = self.model.logits(hidden[:rows])
+        (logits.softmax(-1) + logits.log_softmax(-1)).sort(dim=-1)
+        del scratch, caches, hidden, logits
+
+    # ---- persistent decode inputs (CUDA-graph friendly) ----
+    def _init_decode_buffers(self, max_seqs: int) -> None:
+        dev = self.device
+        self.buckets = decode_buckets(max_seqs)
+        n = self.buckets[-1]
+        self.buf_ids = torch.zeros(n, dtype=torch.long, device=dev)
+        self.buf_positions = torch.zeros(3, n, dtype=torch.long, device=dev)
+        self.buf_slots = torch.zeros(n, dtype=torch.long, device=dev)
+        self.buf_block_tables = torch.full((n, self.max_blocks_per_seq), NULL_BLOCK, dtype=torch.int32, device=dev)
+        self.buf_seq_lens = torch.ones(n, dtype=torch.int32, device=dev)
+
+    def _static_decode(self, batch: int) -> torch.Tensor:
+        """The decode step over the first `batch` rows of the persistent buffers (what a CUDA graph records)."""
+        meta = AttentionMetadata(slot_mapping=self.buf_slots[:batch], num_prefill_tokens=0,
+                                 decode_block_tables=self.buf_block_tables[:batch],
+                                 decode_seq_lens=self.buf_seq_lens[:batch])
+        hidden = self.model.forward(self.model.embed(self.buf_ids[:batch]), self.buf_positions[:, :batch],
+                                    self.kv_caches, meta)
+        return self.model.logits(hidden)
+
+    @property
+    def graphs_worthwhile(self) -> bool:
+        """Graphs pay off once decode attention reads only each sequence's blocks (a native kernel); the PyTorch
+        reference decode reads the full static block-table width."""
+        return self.model.backend.paged_decode_attention is not torch_decode_attention
+
+    @torch.inference_mode()
+    def capture_decode_graphs(self, batch_sizes: list[int] | None = None) -> list[int]:
+        """Record one CUDA graph per decode bucket (largest first, sharing one memory pool). Returns the sizes."""
+        if self.device.type != "cuda":
+            return []
+        sizes = sorted(batch_sizes or self.buckets, reverse=True)
+        pool = torch.cuda.graph_pool_handle()
+        self._reset_decode_buffers(self.buckets[-1])
+        for size in sizes:
+            for _ in range(2):  # warm up kernels and workspaces outside the capture
+                self._static_decode(size)
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                out = self._static_decode(size)
+            self.graphs[size] = (graph, out)
+        torch.cuda.synchronize(self.device)
+        self.buckets = sorted(self.graphs)
+        log.info("captured decode CUDA graphs for batch sizes %s", self.buckets)
+        return self.buckets
+
+    def _reset_decode_buffers(self, rows: int) -> None:
+        self.buf_ids[:rows].zero_()
+        self.buf_positions[:, :rows].zero_()
+        self.buf_slots[:rows].fill_(NULL_BLOCK * self.block_size)
+        self.buf_block_tables[:rows].fill_(NULL_BLOCK)
+        self.buf_seq_lens[:rows].fill_(1)
+
+    # ---- media ----
+    def _encode_media(self, entries: list[ScheduledRequest]) -> None:
+        """Vision embeddings for media the chunks reach: from the cache, else one batched encoder call."""
+        pending: dict[str, list[tuple[Request, int]]] = {}
+        for e in entries:
+            req = e.request
+            for j, item in enumerate(req.media):
+                if j in req.mm_embeds or not item.overlaps(e.start, e.end):
+                    continue
+                emb = self.vision_cache.get(item.key)
+                if emb is not None:
+                    req.mm_embeds[j] = emb
+                else:
+                    pending.setdefault(item.key, []).append((req, j))
+        if not pending:
+            return
+        if self.model.vision is None:
+            raise ValueError("This engine was loaded without the vision tower; it cannot take images or video.")
+        pixels, grids, owners = [], [], []
+        for users in pending.values():
+            req, j = users[0]
+            item = req.media[j]
+            mm = req.prompt.mm
+            source = mm.pixel_values if item.kind == "image" else mm.pixel_values_videos
+            pixels.append(source[item.patch_start:item.patch_end])
+            grids.append(item.grid)
+            owners.append(users)
+        embeds = self.model.vision.encode(torch.cat(pixels, dim=0), grids)
+        sizes = [users[0][0].media[users[0][1]].num_tokens for users in owners]
+        self.vision_tokens_encoded += sum(sizes)
+        for users, emb in zip(owners, embeds.split(sizes, dim=0), strict=True):
+            emb = emb.to(self.dtype)
+            self.vision_cache.put(users[0][0].media[users[0][1]].key, emb)
+            for req, j in users:
+                req.mm_embeds[j] = emb
+
+    def _media_rows(self, e: ScheduledRequest, offset: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        dst, src = [], []
+        req = e.request
+        for j, item in enumerate(req.media):
+            if not item.overlaps(e.start, e.end):
+                continue
+            sel = ((item.positions >= e.start) & (item.positions < e.end)).nonzero().squeeze(1)
+            dst.append(item.positions[sel] - e.start + offset)
+            src.append(req.mm_embeds[j].index_select(0, sel.to(self.device)))
+        return dst, src
+
+    # ---- one step ----
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        prefills = [e for e in sched.scheduled if e.num_tokens > 1]
+        decodes = [e for e in sched.scheduled if e.num_tokens == 1]
+        entries = prefills + decodes
+        sampled = [e for e in entries if e.samples]
+        if not entries:
+            return RunnerOutput([], None)
+        if not prefills and self.graphs and len(decodes) <= self.buckets[-1]:
+            logits = self._run_decode_graph(decodes)
+            if len(sampled) < len(decodes):
+                keep = torch.tensor([i for i, e in enumerate(decodes) if e.samples], device=self.device)
+                logits = logits.index_select(0, keep)
+        else:
+            logits = self._run_eager(prefills, decodes, sampled)
+        result = self.sampler.sample(logits, [e.request for e in sampled]) if sampled else None
+        for e in prefills:
+            if e.end >= e.request.num_prompt_tokens:
+                e.request.mm_embeds.clear()  # the prompt's media are in the KV cache now
+        return RunnerOutput(sampled, result)
+
+    def _run_eager(self, prefills: list[ScheduledRequest], decodes: list[ScheduledRequest],
+                   sampled: list[ScheduledRequest]) -> torch.Tensor:
+        bs, dev = self.block_size, self.device
+        entries = prefills + decodes
+        total = sum(e.num_tokens for e in entries)
+        ids = np.empty(total, dtype=np.int64)
+        positions = np.empty((3, total), dtype=np.int64)
+        slots = np.empty(total, dtype=np.int64)
+        last_row: dict[int, int] = {}
+        offset = 0
+        for e in entries:
+            req, n = e.request, e.num_tokens
+            ids[offset:offset + n] = req.token_ids[e.start:e.end]
+            if req.mrope_positions is None or e.start >= req.num_prompt_tokens:
+                positions[:, offset:offset + n] = np.arange(e.start, e.end) + req.rope_delta
+            else:
+                positions[:, offset:offset + n] = req.positions(e.start, e.end).numpy()
+            pos = np.arange(e.start, e.end)
+            table = np.asarray(req.block_ids, dtype=np.int64)
+            slots[offset:offset + n] = table[pos // bs] * bs + pos % bs
+            last_row[id(e)] = offset + n - 1
+            offset += n
+        meta = AttentionMetadata(slot_mapping=torch.from_numpy(slots).to(dev, non_blocking=True))
+        if prefills:
+            meta.num_prefill_tokens = sum(e.num_tokens for e in prefills)
+            meta.prefill_block_tables = self._block_table(prefills)
+            cu = np.cumsum([0] + [e.num_tokens for e in prefills])
+            meta.prefill_cu_seqlens_q = torch.tensor(cu, dtype=torch.int32, device=dev)
+            meta.prefill_seq_lens = torch.tensor([e.end for e in prefills], dtype=torch.int32, device=dev)
+            meta.prefill_max_seqlen_q = max(e.num_tokens for e in prefills)
+        if decodes:
+            meta.decode_block_tables = self._block_table(decodes)
+            meta.decode_seq_lens = torch.tensor([e.end for e in decodes], dtype=torch.int32, device=dev)
+        hidden = self.model.embed(torch.from_numpy(ids).to(dev, non_blocking=True))
+        media_entries = [e for e in prefills + decodes if e.request.media and e.start < e.request.num_prompt_tokens]
+        if media_entries:
+            self._encode_media(media_entries)
+            dst, src = [], []
+            offset = 0
+            starts = {}
+            for e in entries:
+                starts[id(e)] = offset
+                offset += e.num_tokens
+            for e in media_entries:
+                d, s = self._media_rows(e, starts[id(e)])
+                dst += d
+                src += s
+            if dst:
+                hidden.index_copy_(0, torch.cat(dst).to(dev), torch.cat(src).to(hidden.dtype))
+        hidden = self.model.forward(hidden, torch.from_numpy(positions).to(dev, non_blocking=True), self.kv_caches,
+                                    meta)
+        if not sampled:
+            return hidden.new_empty(0, self.model_config.text.vocab_size)
+        rows = torch.tensor([last_row[id(e)] for e in sampled], device=dev)
+        return self.model.logits(hidden.index_select(0, rows))
+
+    def _block_table(self, entries: list[ScheduledRequest]) -> torch.Tensor:
+        width = max(-(-e.end // self.block_size) for e in entries)
+        table = np.full((len(entries), width), NULL_BLOCK, dtype=np.int32)
+        for i, e in enumerate(entries):
+            blocks = e.request.block_ids[:width]
+            table[i, : len(blocks)] = blocks
+        return torch.from_numpy(table).to(self.device, non_blocking=True)
+
+    def _run_decode_graph(self, decodes: list[ScheduledRequest]) -> torch.Tensor:
+        batch = len(decodes)
+        bucket = next(b for b in self.buckets if b >= batch)
+        bs = self.block_size
+        ids = np.zeros(bucket, dtype=np.int64)
+        positions = np.zeros((3, bucket), dtype=np.int64)
+        slots = np.full(bucket, NULL_BLOCK * bs, dtype=np.int64)
+        seq_lens = np.ones(bucket, dtype=np.int32)
+        table = np.full((bucket, self.max_blocks_per_seq), NULL_BLOCK, dtype=np.int32)
+        for i, e in enumerate(decodes):
+            req, p = e.request, e.start
+            ids[i] = req.token_ids[p]
+            if req.mrope_positions is not None and p < req.num_prompt_tokens:
+                positions[:, i] = req.mrope_positions[:, p].numpy()
+            else:
+                positions[:, i] = p + req.rope_delta
+            slots[i] = req.block_ids[p // bs] * bs + p % bs
+            seq_lens[i] = p + 1
+            table[i, : len(req.block_ids)] = req.block_ids
+        self.buf_ids[:bucket].copy_(torch.from_numpy(ids), non_blocking=True)
+        self.buf_positions[:, :bucket].copy_(torch.from_numpy(positions), non_blocking=True)
+        self.buf_slots[:bucket].copy_(torch.from_numpy(slots), non_blocking=True)
+        self.buf_seq_lens[:bucket].copy_(torch.from_numpy(seq_lens), non_blocking=True)
+        self.buf_block_tables[:bucket].copy_(torch.from_numpy(table), non_blocking=True)
+        graph, out = self.graphs[bucket]
+        graph.replay()
+        return out[:batch]

@@ -1,0 +1,178 @@
+"""Sampler: next tokens for a batch of sequences from their logits, on the device, with one host sync per step.
+
+Per row, in this order (transformers' processor order): repetition penalty (over prompt and output tokens),
+frequency/presence penalties (output tokens), logit_bias, min_tokens (stop ids masked), then greedy argmax or
+temperature -> top_k -> top_p -> min_p -> a draw. Logprobs are those of the model's raw distribution.
+
+Random draws use the exponential-race form of the Gumbel-max trick, argmax(p_i / E_i) with E_i ~ Exp(1), where the
+noise E is a pure function of (sequence seed, output step, token id) computed with an integer hash on the device.
+So a seeded request gives the same tokens whatever else shares its batch, with no torch.Generator per request and no
+Python loop over rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds) on int64 tensors holding values in [0, 2^32)."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    return (x >> 16) ^ x
+
+
+def race_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab_hash: torch.Tensor) -> torch.Tensor:
+    """Exp(1) noise [B, V] from per-row seeds and steps (int64 [B]) and the hashed vocab indices [V]."""
+    k = _mix32(seeds & _MASK32)
+    k = _mix32(k ^ ((seeds >> 32) & _MASK32))
+    k = _mix32(k ^ (steps & _MASK32))
+    k2 = _mix32(k ^ 0x5BD1E995)
+    x = _mix32(k[:, None] ^ vocab_hash[None, :])
+    x = _mix32((x + k2[:, None]) & _MASK32)
+    u = ((x >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # uniform in (0, 1), exactly representable
+    return -torch.log(u)
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[float | None]  # the chosen token's logprob, per row (None where not asked)
+    top_logprobs: list[list[tuple[int, float]] | None]
+
+
+def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=0) or 1
+    out = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+    return out.to(device, non_blocking=True)
+
+
+class Sampler:
+    """`sample(logits, rows)`: rows are sequences with `params`, `seed`, `token_ids`, `num_prompt_tokens`."""
+
+    def __init__(self, vocab_size: int, device: torch.device | str, eos_token_ids: tuple[int, ...] = ()):
+        self.vocab_size = vocab_size
+        self.device = torch.device(device)
+        self.eos_token_ids = tuple(eos_token_ids)
+        idx = torch.arange(vocab_size, dtype=torch.long, device=self.device)
+        self.vocab_hash = _mix32((idx * 0x9E3779B1 + 0x7F4A7C15) & _MASK32)
+
+    def _stop_ids(self, params) -> list[int]:
+        ids = [] if params.ignore_eos else list(self.eos_token_ids)
+        return ids + [t for t in params.stop_token_ids if t not in ids]
+
+    def apply_logits_processors(self, logits: torch.Tensor, rows) -> torch.Tensor:
+        """Penalties, logit_bias and min_tokens, on a float32 copy of the logits."""
+        dev, vocab = logits.device, logits.shape[1]
+        params = [r.params for r in rows]
+        rep = [p.repetition_penalty for p in params]
+        if any(x != 1.0 for x in rep):
+            seen_ids = _padded([r.token_ids for r in rows], vocab, dev)
+            seen = torch.zeros(len(rows), vocab + 1, dtype=torch.bool, device=dev).scatter_(1, seen_ids, True)
+            seen = seen[:, :vocab]
+            pen = torch.tensor(rep, dtype=logits.dtype, device=dev).unsqueeze(1)
+            logits = torch.where(seen, torch.where(logits < 0, logits * pen, logits / pen), logits)
+        freq = [p.frequency_penalty for p in params]
+        pres = [p.presence_penalty for p in params]
+        if any(freq) or any(pres):
+            out_ids = _padded([r.token_ids[r.num_prompt_tokens:] for r in rows], vocab, dev)
+            counts = torch.zeros(len(rows), vocab + 1, dtype=logits.dtype, device=dev)
+            counts.scatter_add_(1, out_ids, torch.ones_like(out_ids, dtype=logits.dtype))
+            counts = counts[:, :vocab]
+            f = torch.tensor(freq, dtype=logits.dtype, device=dev).unsqueeze(1)
+            pr = torch.tensor(pres, dtype=logits.dtype, device=dev).unsqueeze(1)
+            logits = logits - f * counts - pr * (counts > 0).to(logits.dtype)
+        bias_rows, bias_cols, bias_vals = [], [], []
+        stop_rows, stop_cols = [], []
+        for i, (r, p) in enumerate(zip(rows, params, strict=True)):
+            for tok, val in p.logit_bias.items():
+                if 0 <= int(tok) < vocab:
+                    bias_rows.append(i)
+                    bias_cols.append(int(tok))
+                    bias_vals.append(float(val))
+            if p.min_tokens and len(r.token_ids) - r.num_prompt_tokens < p.min_tokens:
+                ids = [t for t in self._stop_ids(p) if 0 <= t < vocab]
+                stop_rows += [i] * len(ids)
+                stop_cols += ids
+        if bias_rows:
+            logits = logits.index_put(
+                (torch.tensor(bias_rows, device=dev), torch.tensor(bias_cols, device=dev)),
+                torch.tensor(bias_vals, dtype=logits.dtype, device=dev), accumulate=True)
+        if stop_rows:
+            logits = logits.index_put((torch.tensor(stop_rows, device=dev), torch.tensor(stop_cols, device=dev)),
+                                      torch.tensor(float("-inf"), dtype=logits.dtype, device=dev))
+        return logits
+
+    def _warp(self, x: torch.Tensor, params) -> torch.Tensor:
+        """Temperature, top_k, top_p and min_p on the rows that sample (returns masked, scaled logits)."""
+        dev = x.device
+        temp = torch.tensor([p.temperature for p in params], dtype=x.dtype, device=dev).unsqueeze(1)
+        x = x / temp
+        ks = [p.top_k if p.top_k > 0 else 0 for p in params]
+        if any(ks):
+            kmax = min(max(ks), x.shape[1])
+            k = torch.tensor(ks, device=dev).clamp(max=kmax).unsqueeze(1)
+            top = x.topk(kmax, dim=-1).values
+            thresh = top.gather(1, (k - 1).clamp(min=0))
+            x = torch.where((k > 0) & (x < thresh), float("-inf"), x)
+        ps = [p.top_p for p in params]
+        if any(p < 1.0 for p in ps):
+            sorted_x, order = x.sort(dim=-1, descending=True)
+            probs = sorted_x.softmax(dim=-1)
+            before = probs.cumsum(dim=-1) - probs  # mass strictly ahead of each token
+            top_p = torch.tensor(ps, dtype=x.dtype, device=dev).unsqueeze(1)
+            sorted_x = sorted_x.masked_fill(before > top_p, float("-inf"))
+            x = torch.empty_like(x).scatter_(1, order, sorted_x)
+        mins = [p.min_p for p in params]
+        if any(mins):
+            probs = x.softmax(dim=-1)
+            floor = torch.tensor(mins, dtype=x.dtype, device=dev).unsqueeze(1) * probs.max(dim=-1, keepdim=True).values
+            x = x.masked_fill(probs < floor, float("-inf"))
+        return x
+
+    def sample(self, logits: torch.Tensor, rows) -> SamplerOutput:
+        """logits [B, vocab] (any float dtype) for rows in the same order -> one token per row."""
+        raw = logits.float()
+        x = self.apply_logits_processors(raw, rows)
+        tokens = x.argmax(dim=-1)
+        params = [r.params for r in rows]
+        random_rows = [i for i, p in enumerate(params) if not p.greedy]
+        if random_rows:
+            dev = x.device
+            idx = torch.tensor(random_rows, device=dev)
+            sub = self._warp(x.index_select(0, idx), [params[i] for i in random_rows])
+            probs = sub.softmax(dim=-1)
+            seeds = torch.tensor([rows[i].seed for i in random_rows], dtype=torch.long, device=dev)
+            steps = torch.tensor([len(rows[i].token_ids) - rows[i].num_prompt_tokens for i in random_rows],
+                                 dtype=torch.long, device=dev)
+            noise = race_noise(seeds, steps, self.vocab_hash[: probs.shape[1]])
+            tokens = tokens.index_copy(0, idx, (probs / noise).argmax(dim=-1))
+        want = [p.logprobs for p in params]
+        if all(w is None for w in want):
+            return SamplerOutput(tokens.tolist(), [None] * len(rows), [None] * len(rows))
+        logprobs = raw.log_softmax(dim=-1)
+        chosen = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+        kmax = max(w or 0 for w in want)
+        if kmax:
+            top_vals, top_ids = logprobs.topk(kmax, dim=-1)
+            packed = torch.cat([tokens.unsqueeze(1).to(torch.float64), chosen.unsqueeze(1).to(torch.float64),
+                                top_ids.to(torch.float64), top_vals.to(torch.float64)], dim=1).tolist()
+        else:
+            packed = torch.stack([tokens.to(torch.float64), chosen.to(torch.float64)], dim=1).tolist()
+        token_ids, lps, tops = [], [], []
+        for row, w in zip(packed, want, strict=True):
+            token_ids.append(int(row[0]))
+            lps.append(row[1] if w is not None else None)
+            if w:
+                ids, vals = row[2:2 + kmax], row[2 + kmax:]
+                tops.append([(int(ids[j]), vals[j]) for j in range(w)])
+            else:
+                tops.append([] if w is not None else None)
+        return SamplerOutput(token_ids, lps, tops)
