@@ -38,7 +38,7 @@ system-deps:
 	    apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null \
 	  || echo "warning: chromium/chromedriver not installed; the web page test (tests/ui) will fail"; }
 
-$(TINY_DIR)/config.json: $(STAMP)
+$(TINY_DIR)/config.json: $(STAMP) glmv/models/tiny.py glmv/templates/glm4v_chat.jinja
 	$(VENV)/bin/glmv make-tiny-model $(TINY_DIR) --preset tiny
 
 tiny: $(TINY_DIR)/config.json
