@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.sandbox
 import torch
 
 from glmv.inputs.prompt import MultiModalInputs, Prompt
