@@ -401,7 +401,7 @@ def _prefill_kernel(
     """One program = BLOCK_M query rows of one head of one sequence; heads vary fastest so that the GROUP heads
     reading the same KV head run side by side and share it through L2."""
     head = tl.program_id(0)
-    tile = tl.program_id(1)
+    tile = tl.num_programs(1) - 1 - tl.program_id(1)  # the longest (last, most keys) tiles start first: shorter tail
     seq = tl.program_id(2)
     q_start = tl.load(cu_seqlens_q_ptr + seq)
     q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
