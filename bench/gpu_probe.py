@@ -238,6 +238,7 @@ def probe_decode_tuning(kernels, bandwidth) -> None:
         T(programs_per_sm=1),
         T(programs_per_sm=4),
         T(programs_per_sm=8, min_tokens_per_split=128),
+        T(programs_per_sm=4, min_tokens_per_split=64),
     ]
     print("\n== decode launch-shape sweep (us per call; CUDA graph) ==", flush=True)
     shapes = [(1, 4096), (8, 4096), (64, 1024), (128, 4096)]
@@ -431,6 +432,9 @@ def main() -> int:
     batches = [1, 8, 32, 64, 128] if not args.quick else [1, 32, 128]
     contexts = [512, 1024, 4096] if not args.quick else [1024, 4096]
     probe_decode(batches, contexts, bandwidth, triton_attention)
+    if not args.quick:
+        print("\n(long contexts)", flush=True)
+        probe_decode([1, 16], [16384, 65536], bandwidth, triton_attention)
     probe_prefill(triton_attention, matmul_flops)
     probe_write_kv(triton_attention, bandwidth)
     if not (args.quick or args.no_sweep):
