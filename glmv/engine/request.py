@@ -208,12 +208,13 @@ class Request:
         """(3, end-start) M-RoPE positions of tokens start..end-1 of this sequence (CPU, long)."""
         if self.mrope_positions is None:
             return text_positions(start, end, 0)
-        split = min(max(start, 0), self.num_prompt_tokens)
-        if end <= self.num_prompt_tokens:
+        prompt_len = self.num_prompt_tokens
+        if end <= prompt_len:
             return self.mrope_positions[:, start:end]
-        head = self.mrope_positions[:, start:split] if start < split else None
-        tail = text_positions(max(start, self.num_prompt_tokens), end, self.rope_delta)
-        return tail if head is None else torch.cat([head, tail], dim=1)
+        tail = text_positions(max(start, prompt_len), end, self.rope_delta)
+        if start >= prompt_len:
+            return tail
+        return torch.cat([self.mrope_positions[:, start:prompt_len], tail], dim=1)
 
     def position_of(self, index: int) -> int:
         """The (equal) position of a token past the prompt, or of any token of a text-only prompt."""

@@ -1,0 +1,199 @@
+"""AsyncEngine: glmv's engine behind the EngineClient interface, stepping on a background thread.
+
+The loop thread owns the LLMEngine: it applies queued adds and aborts between steps, runs steps while there is work
+(sleeping on an event otherwise), and hands each step's RequestOutput deltas to the per-request asyncio queues with
+one call into the event loop per step. The model's tensor work runs outside the GIL, so the server's event loop stays
+responsive. `abort()` returns once the request's blocks are free (at most one step later); a stream whose consumer
+goes away aborts its request the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from glmv.config import EngineConfig, ModelConfig
+from glmv.engine.client import EngineOverloadedError
+from glmv.engine.engine import LLMEngine
+from glmv.engine.outputs import RequestOutput
+from glmv.inputs.prompt import Prompt
+from glmv.sampling import SamplingParams
+
+log = logging.getLogger("glmv.async_engine")
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop failed; requests in flight end with this error."""
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+class AsyncEngine:
+    def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, tokenizer: Any,
+                 engine: LLMEngine | None = None):
+        self.model_config = model_config
+        self.config = engine_config
+        self.engine = engine or LLMEngine(model_config, engine_config, tokenizer)
+        self.max_model_len = self.engine.max_model_len
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._streams: dict[str, _Stream] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._pending_adds = 0
+        self._stats: dict[str, float] = self.engine.stats()
+        self._start_lock = threading.Lock()
+
+    # ---- lifecycle ----
+    async def start(self) -> None:
+        self._ensure_started()
+
+    def _ensure_started(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping = False
+                self._thread = threading.Thread(target=self._loop, name="glmv-engine", daemon=True)
+                self._thread.start()
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            await asyncio.to_thread(thread.join, 30)
+        self._thread = None
+
+    def stats(self) -> dict[str, float]:
+        stats = dict(self._stats)
+        stats["waiting"] = stats.get("waiting", 0.0) + self._pending_adds
+        return stats
+
+    # ---- requests ----
+    async def generate(self, prompt: Prompt, params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
+        self.engine.check_request(prompt, params)  # PromptTooLongError / ValueError before anything is queued
+        if self.stats()["waiting"] >= self.config.max_waiting_requests:
+            raise EngineOverloadedError(
+                f"{int(self.stats()['waiting'])} requests are waiting (limit {self.config.max_waiting_requests}); "
+                "retry later."
+            )
+        self._ensure_started()
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        if request_id in self._streams:
+            raise ValueError(f"Request id {request_id!r} is already in use.")
+        self._streams[request_id] = stream
+        self._pending_adds += 1
+        self._send(("add", request_id, prompt, params))
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self._send(("abort", request_id, None))
+
+    async def abort(self, request_id: str) -> None:
+        """Abort a request and wait until its blocks are free."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._send(("abort", request_id, done))
+        await done
+
+    def _send(self, command: tuple) -> None:
+        self._commands.put(command)
+        self._wake.set()
+
+    # ---- the loop thread ----
+    def _deliver(self, items: list[tuple[str, object]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, object]]] = {}
+        for request_id, item in items:
+            stream = self._streams.get(request_id)
+            if stream is not None:
+                by_loop.setdefault(stream.loop, []).append((stream.queue, item))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, batch)
+            except RuntimeError:  # the consumer's loop is closed
+                pass
+
+    def _apply_commands(self) -> None:
+        out: list[tuple[str, object]] = []
+        resolved: list[asyncio.Future] = []
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            kind, request_id = command[0], command[1]
+            if kind == "add":
+                self._pending_adds -= 1
+                try:
+                    self.engine.add_request(request_id, command[2], command[3])
+                except Exception as exc:  # noqa: BLE001 - the request's stream raises it
+                    out.append((request_id, exc))
+            elif kind == "abort":
+                final = self.engine.abort_request(request_id)
+                if final is not None:
+                    out.append((request_id, final))
+                if command[2] is not None:
+                    resolved.append(command[2])
+        if out:
+            self._deliver(out)
+        for fut in resolved:
+            try:
+                fut.get_loop().call_soon_threadsafe(_resolve, fut)
+            except RuntimeError:
+                pass
+
+    def _loop(self) -> None:
+        import torch
+
+        torch.set_grad_enabled(False)
+        while not self._stopping:
+            self._apply_commands()
+            if not self.engine.has_unfinished_requests():
+                self._stats = self.engine.stats()
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as exc:  # noqa: BLE001 - fail the requests in flight, keep serving new ones
+                log.exception("engine step failed")
+                error = EngineDeadError(f"The engine failed while running this request: {type(exc).__name__}: {exc}")
+                self._deliver([(rid, error) for rid in self.engine.fail_all()])
+                continue
+            self._stats = self.engine.stats()
+            if outputs:
+                self._deliver([(o.request_id, o) for o in outputs])
+        # shutting down: end what is left
+        self._apply_commands()
+        error = EngineDeadError("The engine shut down before this request finished.")
+        self._deliver([(rid, error) for rid in self.engine.fail_all()])
+
+
+def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:
+    for q, item in batch:
+        q.put_nowait(item)
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
