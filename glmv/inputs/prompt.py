@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from glmv.inputs.loaded import LoadedMedia
 
 
 @dataclass
@@ -41,6 +45,10 @@ class Prompt:
     text: str | None = None  # the rendered prompt text, for echo and logs
     # Documents report what they contributed (e.g. "pages_read") so doors can tell the user.
     info: dict[str, object] = field(default_factory=dict)
+    # The decoded media before glmv's processor ran, with `text` (one placeholder per item): for engines that run
+    # their own processor (the vLLM backend, glmv/backends/vllm.py). None for text-only prompts.
+    raw_media: LoadedMedia | None = None
+    mm_processor_kwargs: dict[str, Any] = field(default_factory=dict)  # the request's, for such engines
 
     def __len__(self) -> int:
         return len(self.token_ids)
