@@ -12,7 +12,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from glmv.inputs.messages import load_messages
+from glmv.inputs.messages import load_messages_async
 from glmv.inputs.prompt import Prompt
 from glmv.server.chat_response import collect_chat, stream_chat
 from glmv.server.errors import OPENAPI_ERRORS, APIError
@@ -31,11 +31,17 @@ async def build_chat_prompt(req: ChatCompletionRequest, state: ServingState) -> 
         m.pop("reasoning_content", None)
         m.pop("reasoning", None)
     policy = state.server_config.media_policy
+    builder = state.builder
+    # Media are fetched concurrently on the event loop and decoded in worker threads; documents are sized to fit
+    # the context left after max_tokens (docs/INPUTS.md).
+    options = builder.media_options(policy, req.mm_processor_kwargs, req.media_io_kwargs,
+                                    max_model_len=state.max_model_len,
+                                    max_tokens=req.max_completion_tokens or req.max_tokens)
+    normalized, media = await load_messages_async(messages, policy, options, builder.media_cache)
 
     def work() -> Prompt:
-        normalized, media = load_messages(messages, policy)
-        text = state.builder.render(normalized, req.add_generation_prompt, **(req.chat_template_kwargs or {}))
-        return state.builder.build(text, media, req.mm_processor_kwargs)
+        text = builder.render(normalized, req.add_generation_prompt, **(req.chat_template_kwargs or {}))
+        return builder.build(text, media, req.mm_processor_kwargs)
 
     return await asyncio.to_thread(work)
 

@@ -35,6 +35,11 @@ class ServerConfig:
     limit_mm_per_prompt: dict[str, int] = field(default_factory=lambda: {"image": 300, "video": 1, "document": 1})
     allowed_local_media_path: Path | None = None
     allowed_media_domains: tuple[str, ...] = ()
+    # Media safety limits (docs/INPUTS.md); MediaPolicy holds the rest of the media defaults.
+    media_fetch_timeout: float = 20.0  # seconds for one media URL, redirects included
+    max_media_bytes: int = 128 << 20  # one image / video / document
+    max_image_pixels: int = 89_478_485  # width x height of one image or video frame (Pillow's bomb threshold)
+    max_document_pages: int = 100
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -46,8 +51,9 @@ class ServerConfig:
         for key in self.limit_mm_per_prompt:
             if key not in ("image", "video", "document"):
                 raise ValueError(f"--limit-mm-per-prompt: unknown modality {key!r} (image, video, document).")
+        self.media_policy  # noqa: B018 - validates the media settings at startup (ValueError)
 
-    @property
+    @cached_property
     def media_policy(self) -> MediaPolicy:
         return MediaPolicy(
             allowed_local_media_path=self.allowed_local_media_path,
@@ -55,6 +61,10 @@ class ServerConfig:
             max_images=self.limit_mm_per_prompt.get("image", 300),
             max_videos=self.limit_mm_per_prompt.get("video", 1),
             max_documents=self.limit_mm_per_prompt.get("document", 1),
+            fetch_timeout_s=self.media_fetch_timeout,
+            max_media_bytes=self.max_media_bytes,
+            max_image_pixels=self.max_image_pixels,
+            max_document_pages=self.max_document_pages,
         )
 
 
