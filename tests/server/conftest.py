@@ -1,0 +1,105 @@
+"""Live servers for the server tests: a real uvicorn on 127.0.0.1 (a free port), in a background thread, serving the
+tiny model, started from the same flags `glmv serve` parses.
+
+Running in-process lets a test look at the engine behind the server (e.g. to see that a request was aborted) while the
+client talks plain HTTP through the real `openai` SDK. Each test module shares one server (module-scoped fixtures).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+import uvicorn
+
+import glmv
+from glmv.cli.main import build_parser
+from glmv.cli.serve import configs_from_args, normalize_flag_spelling
+from glmv.server.app import create_app
+from glmv.server.launch import build_state
+from glmv.server.state import ServingState
+
+
+def available_engines() -> list[str]:
+    """The reference engine always; glmv's own engine as soon as it is in the tree."""
+    engines = ["transformers"]
+    if (Path(glmv.__file__).parent / "engine" / "async_engine.py").exists():
+        engines.append("glmv")
+    return engines
+
+
+ENGINES = available_engines()
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    state: ServingState
+    server: uvicorn.Server
+    thread: threading.Thread
+    engine: str
+
+    @property
+    def v1(self) -> str:
+        return self.base_url + "/v1"
+
+    def client(self, api_key: str = "sk-xxx", **kwargs) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.v1, api_key=api_key, max_retries=0, timeout=120, **kwargs)
+
+    def async_client(self, api_key: str = "sk-xxx", **kwargs) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.v1, api_key=api_key, max_retries=0, timeout=120, **kwargs)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_server(argv: list[str]) -> LiveServer:
+    """`glmv serve ARGV` on a free 127.0.0.1 port, in a thread; returns once it accepts connections."""
+    args = build_parser().parse_args(normalize_flag_spelling(["serve", *argv]))
+    engine_config, server_config = configs_from_args(args)
+    state = build_state(engine_config, server_config)
+    app = create_app(state)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"glmv-{port}")
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    return LiveServer(f"http://127.0.0.1:{port}", state, server, thread, engine_config.engine)
+
+
+def serve_args(model_dir: Path, engine: str, *extra: str) -> list[str]:
+    """Flags every test server shares: the tiny model in float32 on the CPU."""
+    return [str(model_dir), "--engine", engine, "--dtype", "float32", "--device", "cpu", *extra]
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    """Real media files made by real encoders (Pillow, PyAV), for file:// URLs."""
+    from tests.media_factory import make_image, make_video
+
+    d = tmp_path_factory.mktemp("media")
+    make_image(d / "demo1.png", 150, 100, seed=1)
+    make_image(d / "demo2-1.JPG", 120, 120, seed=2, fmt="JPEG")
+    make_image(d / "demo2-2.JPG", 140, 112, seed=3, fmt="JPEG")
+    make_video(d / "demo3.mp4", frames=8, fps=4)
+    return d
+
+
+def think_end_id(server: LiveServer) -> int:
+    ids = server.state.tokenizer.encode("</think>", add_special_tokens=False)
+    assert len(ids) == 1, "the tiny tokenizer has </think> as one added token"
+    return ids[0]
