@@ -18,7 +18,7 @@ def _configure_logging(level: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from glmv.cli import download, serve, tiny
+    from glmv.cli import batch, chat, download, serve, tiny
 
     parser = argparse.ArgumentParser(
         prog="glmv",
@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     download.add_parser(sub)
     tiny.add_parser(sub)
+    chat.add_parser(sub)
+    batch.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,303 @@
+"""`glmv batch INPUT.jsonl -o OUTPUT.jsonl MODEL`: run a file of chat requests offline, many at once.
+
+Input lines are OpenAI Batch requests ({"custom_id", "method": "POST", "url": "/v1/chat/completions", "body"}) or
+plain chat requests ({"messages": [...], ...}). Requests are all sent concurrently (up to --max-concurrency) so glmv's
+engine batches them; the output has one OpenAI Batch result line per input line, in input order:
+{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}, with the thinking in
+`reasoning_content`. A line that cannot be sent (bad JSON, wrong method) gets an error line; the run goes on.
+
+The requests go through the same API as `glmv serve` (glmv/cli/api.py): in this process, or to --url.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from glmv.cli.api import error_message, first_model, local_client, remote_client
+
+RETRY_STATUSES = (429, 503)  # the server is full: wait and resend
+MAX_RETRIES = 6
+
+
+@dataclass(frozen=True)
+class BatchLine:
+    """One input line, parsed. `problem` says why it cannot be sent (then body is None)."""
+
+    index: int  # 0-based among non-blank lines: the output position
+    line_no: int  # 1-based line number in the file, for messages
+    custom_id: str
+    url: str
+    body: dict[str, Any] | None
+    problem: str | None = None
+
+
+def parse_line(index: int, line_no: int, text: str) -> BatchLine:
+    fallback_id = f"line-{line_no}"
+
+    def bad(problem: str, custom_id: str = fallback_id) -> BatchLine:
+        return BatchLine(index, line_no, custom_id, "", None, f"line {line_no}: {problem}")
+
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return bad(f"not valid JSON ({exc.msg} at column {exc.colno}).")
+    if not isinstance(obj, dict):
+        return bad("expected a JSON object.")
+    custom_id = obj.get("custom_id")
+    if custom_id is not None and not isinstance(custom_id, str):
+        return bad("custom_id must be a string.")
+    custom_id = custom_id or fallback_id
+    if "body" in obj:  # the OpenAI Batch request shape
+        method = obj.get("method", "POST")
+        url = obj.get("url", "/v1/chat/completions")
+        if method != "POST":
+            return bad(f"method must be POST, got {method!r}.", custom_id)
+        if not isinstance(url, str) or not url.startswith("/v1/"):
+            return bad(f"url must be an API path such as /v1/chat/completions, got {url!r}.", custom_id)
+        if not isinstance(obj["body"], dict):
+            return bad("body must be a JSON object (the chat completion request).", custom_id)
+        return BatchLine(index, line_no, custom_id, url, dict(obj["body"]))
+    if "messages" in obj:  # a plain chat request
+        body = {k: v for k, v in obj.items() if k != "custom_id"}
+        return BatchLine(index, line_no, custom_id, "/v1/chat/completions", body)
+    return bad('expected an OpenAI Batch request {"custom_id", "method", "url", "body"} or a chat request with '
+               '"messages".', custom_id)
+
+
+def read_lines(path: str) -> tuple[int, Iterator[BatchLine]]:
+    """The number of requests and a lazy iterator over them (a file is read twice rather than held in memory)."""
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+        items = [(n, t) for n, t in enumerate(lines, 1) if t.strip()]
+        return len(items), (parse_line(i, n, t) for i, (n, t) in enumerate(items))
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"{path}: no such input file.")
+    with file.open(encoding="utf-8") as f:
+        total = sum(1 for t in f if t.strip())
+
+    def generate() -> Iterator[BatchLine]:
+        with file.open(encoding="utf-8", errors="replace") as f:
+            index = 0
+            for line_no, text in enumerate(f, 1):
+                if text.strip():
+                    yield parse_line(index, line_no, text)
+                    index += 1
+
+    return total, generate()
+
+
+def result_line(item: BatchLine, status: int | None, body: Any, error: dict | None) -> dict[str, Any]:
+    response = None
+    if status is not None:
+        request_id = body.get("id") if isinstance(body, dict) else None
+        response = {"status_code": status, "request_id": request_id, "body": body}
+    return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": item.custom_id, "response": response, "error": error}
+
+
+class OrderedWriter:
+    """Writes results in input order as soon as every earlier one is written."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.next_index = 0
+        self.waiting: dict[int, str] = {}
+
+    def put(self, index: int, result: dict[str, Any]) -> None:
+        self.waiting[index] = json.dumps(result, ensure_ascii=False)
+        while self.next_index in self.waiting:
+            self.out.write(self.waiting.pop(self.next_index) + "\n")
+            self.next_index += 1
+        self.out.flush()
+
+
+@dataclass
+class BatchSummary:
+    total: int = 0
+    ok: int = 0
+    failed: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+
+async def send_one(client: httpx.AsyncClient, item: BatchLine, model: str | None, force_model: bool) -> dict:
+    """Send one request (resending while the server says it is full) and return its result line."""
+    body = dict(item.body or {})
+    body["stream"] = False
+    body.pop("stream_options", None)
+    if model and (force_model or not body.get("model")):
+        body["model"] = model
+    delay = 0.5
+    for attempt in range(MAX_RETRIES + 1):
+        try:
+            resp = await client.post(item.url, json=body)
+        except httpx.HTTPError as exc:
+            return result_line(item, None, None, {"code": "request_failed", "message": f"{type(exc).__name__}: {exc}"})
+        if resp.status_code in RETRY_STATUSES and attempt < MAX_RETRIES:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            continue
+        break
+    try:
+        payload = resp.json()
+    except ValueError:
+        payload = {"error": {"message": error_message(resp.status_code, resp.content)}}
+    return result_line(item, resp.status_code, payload, None)
+
+
+async def run_batch(client: httpx.AsyncClient, total: int, items: Iterator[BatchLine], out: TextIO,
+                    concurrency: int, model: str | None, force_model: bool, progress: bool | None) -> BatchSummary:
+    """Send every request with at most `concurrency` in flight; write results in input order."""
+    from tqdm import tqdm
+
+    summary = BatchSummary(total=total)
+    writer = OrderedWriter(out)
+    slots = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=total, unit="req", desc="glmv batch", file=sys.stderr, disable=progress, dynamic_ncols=True)
+    started = time.monotonic()
+
+    async def handle(item: BatchLine) -> None:
+        try:
+            if item.problem is not None:
+                result = result_line(item, None, None, {"code": "invalid_request", "message": item.problem})
+            else:
+                result = await send_one(client, item, model, force_model)
+        finally:
+            slots.release()
+        response = result["response"]
+        if response is not None and response["status_code"] == 200:
+            summary.ok += 1
+            usage = response["body"].get("usage") or {}
+            summary.completion_tokens += int(usage.get("completion_tokens") or 0)
+        else:
+            summary.failed += 1
+        writer.put(item.index, result)
+        bar.update(1)
+        if summary.failed:
+            bar.set_postfix(failed=summary.failed, refresh=False)
+
+    tasks = []
+    try:
+        for item in items:
+            await slots.acquire()
+            tasks.append(asyncio.create_task(handle(item)))
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        bar.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets options sit between the positionals, as in `glmv batch IN.jsonl -o OUT.jsonl MODEL`.
+
+    Plain argparse matches all positionals it can at the first run of them (MODEL would be left out and then
+    refused); parse_known_intermixed_args matches options first, then positionals wherever they are.
+    """
+
+    _parsing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._parsing:  # parse_known_intermixed_args calls back into parse_known_args
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
+
+
+def add_parser(sub) -> None:
+    from glmv.cli.serve import add_engine_args
+
+    p = sub.add_parser(
+        "batch",
+        help="run a JSONL file of chat requests offline (OpenAI Batch format)",
+        description="Run every request of a JSONL file through GLM-4.1V, concurrently so the engine batches them, "
+        "and write OpenAI Batch result lines in input order. Input lines: OpenAI Batch requests "
+        '{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": {...}} or plain chat requests '
+        '{"messages": [...], ...}. Media must be data: URIs or http(s) URLs (or file:// under '
+        "--allowed-local-media-path). The model runs in this process, or on a server given with --url.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.__class__ = _IntermixedParser  # sub.add_parser always builds a plain ArgumentParser
+    p.add_argument("input", help="the requests, one JSON object per line ('-' reads stdin)")
+    p.add_argument("model", nargs="?", default=None,
+                   help="a local folder, a Hugging Face id or (with --hub modelscope) a ModelScope id; without --url "
+                   "every line runs on it whatever its body's 'model' says (default: zai-org/GLM-4.1V-9B-Thinking); "
+                   "with --url, the model for lines that name none (default: the server's first model)")
+    g = p.add_argument_group("batch")
+    g.add_argument("-o", "--output", default="-", help="where result lines go ('-' writes stdout)")
+    g.add_argument("--max-concurrency", type=int, default=256,
+                   help="most requests in flight at once; keep it above the engine's --max-num-seqs so the batch "
+                   "stays full")
+    g.add_argument("--url", default=None,
+                   help="send the requests to a running glmv (or other OpenAI-compatible) server at this address, "
+                   "e.g. http://127.0.0.1:8000, instead of loading the model here (engine flags are then ignored)")
+    g.add_argument("--api-key", default=os.environ.get("GLMV_API_KEY") or os.environ.get("OPENAI_API_KEY"),
+                   help="API key for --url servers started with --api-key (also from GLMV_API_KEY)")
+    g.add_argument("--allowed-local-media-path", default=None,
+                   help="let requests read file:// media under this folder (in-process runs only; off by default)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is "
+                   "not a terminal)")
+    g.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                   help="log level of the in-process engine")
+    add_engine_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from glmv.models.loader import DEFAULT_MODEL
+
+    if args.max_concurrency < 1:
+        raise ValueError(f"--max-concurrency must be at least 1, got {args.max_concurrency}.")
+    total, items = read_lines(args.input)
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    progress = True if args.no_progress else None  # tqdm: True disables, None disables off a terminal
+    try:
+        if args.url:
+            async with remote_client(args.url, args.api_key, args.max_concurrency) as client:
+                model = args.model or (await first_model(client) if total else None)
+                summary = await run_batch(client, total, items, out, args.max_concurrency, model, False, progress)
+        else:
+            model = args.model or DEFAULT_MODEL
+            async with local_client(_engine_config(args, model), (model,), _media_root(args)) as client:
+                summary = await run_batch(client, total, items, out, args.max_concurrency, model, True, progress)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    rate = summary.completion_tokens / summary.seconds if summary.seconds > 0 else 0.0
+    where = "stdout" if args.output == "-" else args.output
+    print(f"glmv batch: {summary.total} results to {where}: {summary.ok} ok, {summary.failed} failed; "
+          f"{summary.completion_tokens} output tokens in {summary.seconds:.2f} s ({rate:.1f} tok/s)",
+          file=sys.stderr)
+    return 0
+
+
+def _engine_config(args: argparse.Namespace, model: str):
+    from glmv.cli.serve import engine_config_from_args
+
+    args.model = model
+    return engine_config_from_args(args)
+
+
+def _media_root(args: argparse.Namespace) -> Path | None:
+    return Path(args.allowed_local_media_path) if args.allowed_local_media_path else None

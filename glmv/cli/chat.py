@@ -1,0 +1,515 @@
+"""`glmv chat MODEL`: an interactive terminal chat, with the model in this process or a server at --url.
+
+The thinking streams dim grey above the answer (or is hidden with /think off); images, a video or a document are
+attached with /image, /video and /file before a message. The conversation keeps answers only, as GLM-4.1V expects.
+Ctrl-C stops the answer being written and returns to the prompt; Ctrl-D or /exit leaves. Piped stdin works too:
+each line is one message (or command), and the output carries plain-text labels instead of colours.
+
+The model runs behind the same API as `glmv serve` (see glmv/cli/api.py); a background thread owns the asyncio
+loop, the main thread owns the terminal, so Ctrl-C always lands where it can stop a generation cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import mimetypes
+import os
+import queue
+import shlex
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from glmv.cli.api import ChatEvent, first_model, local_client, remote_client, stream_chat
+
+HISTORY_FILE = Path(os.environ.get("GLMV_CHAT_HISTORY", Path.home() / ".cache" / "glmv" / "chat_history"))
+DIM, RED, BOLD, RESET = "\x1b[2;90m", "\x1b[31m", "\x1b[1m", "\x1b[0m"
+
+_EXTRA_TYPES = {".mkv": "video/x-matroska", ".flv": "video/x-flv", ".wmv": "video/x-ms-wmv", ".m4v": "video/x-m4v",
+                ".webp": "image/webp", ".webm": "video/webm",
+                ".pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation"}
+_DOCUMENT_SUFFIXES = (".pdf", ".ppt", ".pptx")
+
+HELP = """Commands:
+  /image PATH [PATH ...]  attach images to your next message
+  /video PATH             attach a video to your next message
+  /file PATH              attach a document (PDF, PPT, PPTX) to your next message
+  /think on|off           show or hide the model's thinking (the model always thinks)
+  /budget N|off           thinking budget: after N thinking tokens the model must answer
+  /system TEXT|off        set or clear the system prompt
+  /detach                 drop the attachments waiting for your next message
+  /reset                  forget the conversation and pending attachments
+  /help                   this list
+  /exit                   leave (also Ctrl-D)
+Ctrl-C stops the answer being written."""
+
+
+# ----------------------------------------------------------------------------------------------- conversation
+
+
+def data_uri(path: Path) -> str:
+    mime = _EXTRA_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def media_part(kind: str, path_text: str) -> dict[str, Any]:
+    """The OpenAI content part for a local file; ValueError with what to change if it cannot be one."""
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file.")
+    if kind == "file" and path.suffix.lower() not in _DOCUMENT_SUFFIXES:
+        raise ValueError(f"{path.name}: /file takes a PDF, PPT or PPTX document; use /image or /video for media.")
+    url = data_uri(path)
+    if kind == "image":
+        return {"type": "image_url", "image_url": {"url": url}}
+    if kind == "video":
+        return {"type": "video_url", "video_url": {"url": url}}
+    return {"type": "file", "file": {"file_data": url, "filename": path.name}}
+
+
+@dataclass
+class Conversation:
+    """What is sent each turn: the system prompt, user turns with their media, and assistant answers only."""
+
+    system: str | None = None
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)  # media parts for the next user message
+
+    def messages(self, text: str) -> list[dict[str, Any]]:
+        """The full message list for sending `text` (with the pending media) as the next user turn."""
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        content: str | list = [*self.pending, {"type": "text", "text": text}] if self.pending else text
+        if self.pending and not text:
+            content = list(self.pending)
+        return [*head, *self.turns, {"role": "user", "content": content}]
+
+    def commit(self, user_message: dict[str, Any], answer: str) -> None:
+        self.turns += [user_message, {"role": "assistant", "content": answer}]
+        self.pending = []
+
+    def reset(self) -> None:
+        self.turns.clear()
+        self.pending.clear()
+
+
+# ----------------------------------------------------------------------------------------------- output
+
+
+class AnswerPrinter:
+    """Writes one streamed answer: thinking dim grey (or labelled when colours are off), then the answer."""
+
+    def __init__(self, out: TextIO, color: bool, show_thinking: bool):
+        self.out = out
+        self.color = color
+        self.show_thinking = show_thinking
+        self.section: str | None = None  # None, "reasoning" or "content"
+        self.reasoning_text = ""
+        self.answer_text = ""
+
+    def _enter(self, section: str) -> None:
+        if self.section == section:
+            return
+        if self.section == "reasoning":
+            self.out.write((RESET if self.color else "") + "\n\n")
+        if section == "reasoning":
+            self.out.write(DIM if self.color else "Thinking: ")
+        elif not self.color and self.show_thinking:
+            self.out.write("Answer: ")
+        self.section = section
+
+    def reasoning(self, text: str) -> None:
+        self.reasoning_text += text
+        if self.show_thinking:
+            if self.section is None:
+                text = text.lstrip()
+            self._enter("reasoning")
+            self.out.write(text)
+            self.out.flush()
+
+    def content(self, text: str) -> None:
+        if not self.answer_text:
+            text = text.lstrip()
+            if not text:
+                return
+        self.answer_text += text
+        self._enter("content")
+        self.out.write(text)
+        self.out.flush()
+
+    def close(self, note: str | None = None) -> None:
+        if self.section == "reasoning" and self.color:
+            self.out.write(RESET)
+        if self.section is not None:
+            self.out.write("\n")
+        if note:
+            self.out.write((DIM + note + RESET if self.color else note) + "\n")
+        self.out.flush()
+
+
+# ----------------------------------------------------------------------------------------------- the session
+
+
+class ChatSession:
+    """The asyncio side: one event loop in a daemon thread holding the API client (in-process app or --url)."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="glmv-chat-loop", daemon=True)
+        self.thread.start()
+        self._client_cm = None
+        self.client = None
+        self.model: str | None = None
+
+    def _run(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def open(self) -> str:
+        """Load the model (or connect) and return the model name requests will use."""
+        args = self.args
+        if args.url:
+            self.client = remote_client(args.url, args.api_key)
+            self.model = args.model or self._run(first_model(self.client))
+        else:
+            from glmv.cli.serve import engine_config_from_args
+
+            self.model = args.model
+            self._client_cm = local_client(engine_config_from_args(args), (args.model,))
+            self.client = self._run(self._client_cm.__aenter__())
+        return self.model
+
+    def close(self) -> None:
+        try:
+            if self._client_cm is not None:
+                self._run(self._client_cm.__aexit__(None, None, None), timeout=30)
+            elif self.client is not None:
+                self._run(self.client.aclose(), timeout=10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+
+    def stream(self, body: dict, sink: queue.SimpleQueue, finished: threading.Event):
+        """Start streaming `body` into `sink` (ChatEvent, then None); returns the concurrent future to cancel."""
+
+        async def pump() -> None:
+            try:
+                async for event in stream_chat(self.client, body):
+                    sink.put(event)
+            except Exception as exc:  # noqa: BLE001 - shown to the user, the chat goes on
+                sink.put(ChatEvent("error", f"{type(exc).__name__}: {exc}"))
+            finally:
+                sink.put(None)
+                finished.set()
+
+        return asyncio.run_coroutine_threadsafe(pump(), self.loop)
+
+
+@dataclass
+class ChatSettings:
+    show_thinking: bool = True
+    thinking_budget: int | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ChatRepl:
+    """The terminal side: reads lines, runs commands, sends messages and prints answers as they stream."""
+
+    def __init__(self, session: ChatSession, settings: ChatSettings, conversation: Conversation,
+                 stdin: TextIO, stdout: TextIO, stderr: TextIO, interactive: bool, color: bool):
+        self.session = session
+        self.settings = settings
+        self.conversation = conversation
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.interactive = interactive
+        self.color = color
+        self.failures = 0
+
+    # -- input
+    def read_line(self) -> str | None:
+        """The next line, or None at end of input. Ctrl-C at the prompt clears the line (interactive only)."""
+        while True:
+            try:
+                if self.interactive:
+                    return input(self._prompt())
+                line = self.stdin.readline()
+                return None if line == "" else line.rstrip("\n")
+            except EOFError:
+                if self.interactive:
+                    self.stdout.write("\n")
+                return None
+            except KeyboardInterrupt:
+                if not self.interactive:
+                    return None
+                self.stdout.write("^C (Ctrl-D or /exit to leave)\n")
+
+    def _prompt(self) -> str:
+        marks = f"[{len(self.conversation.pending)} attached] " if self.conversation.pending else ""
+        # \001..\002 tell readline the colour codes take no room, or long lines wrap wrongly.
+        return f"\001{BOLD}\002{marks}you>\001{RESET}\002 " if self.color else f"{marks}you> "
+
+    def note(self, text: str, error: bool = False) -> None:
+        stream = self.stderr if error else self.stdout
+        if self.color:
+            text = (RED if error else DIM) + text + RESET
+        stream.write(text + "\n")
+        stream.flush()
+
+    # -- the loop
+    def run(self) -> int:
+        while True:
+            line = self.read_line()
+            if line is None:
+                return 1 if self.failures and not self.interactive else 0
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                if self.command(line) == "exit":
+                    return 1 if self.failures and not self.interactive else 0
+                continue
+            self.send(line)
+
+    def command(self, line: str) -> str | None:
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            self.note(f"Cannot read that command: {exc}.", error=True)
+            return None
+        name, rest = words[0].lower(), words[1:]
+        s = self.settings
+        try:
+            if name in ("/exit", "/quit"):
+                return "exit"
+            if name == "/help":
+                self.note(HELP)
+            elif name in ("/image", "/video", "/file"):
+                if not rest or (name != "/image" and len(rest) > 1):
+                    raise ValueError(f"Usage: {name} PATH" + (" [PATH ...]" if name == "/image" else ""))
+                parts = [media_part(name[1:], p) for p in rest]
+                self.conversation.pending += parts
+                self.note(f"Attached {', '.join(Path(p).name for p in rest)}; it goes with your next message.")
+            elif name == "/detach":
+                count, self.conversation.pending = len(self.conversation.pending), []
+                self.note(f"Dropped {count} attachment(s).")
+            elif name == "/reset":
+                self.conversation.reset()
+                self.note("Conversation cleared.")
+            elif name == "/think":
+                if rest and rest[0].lower() not in ("on", "off"):
+                    raise ValueError("Usage: /think on|off")
+                s.show_thinking = (rest[0].lower() == "on") if rest else not s.show_thinking
+                self.note(f"Thinking is {'shown' if s.show_thinking else 'hidden'}.")
+            elif name == "/budget":
+                if len(rest) != 1:
+                    raise ValueError("Usage: /budget N|off")
+                s.thinking_budget = None if rest[0].lower() in ("off", "none") else _non_negative_int(rest[0])
+                self.note(f"Thinking budget: {s.thinking_budget if s.thinking_budget is not None else 'off'}.")
+            elif name == "/system":
+                text = line.split(None, 1)[1].strip() if rest else ""
+                self.conversation.system = None if text.lower() in ("", "off") else text
+                self.note("System prompt " + ("cleared." if self.conversation.system is None else "set."))
+            else:
+                raise ValueError(f"Unknown command {name}; /help lists them.")
+        except ValueError as exc:
+            self.note(str(exc), error=True)
+            self.failures += 0 if self.interactive else 1
+        return None
+
+    def request_body(self, messages: list[dict]) -> dict:
+        s = self.settings
+        body: dict[str, Any] = {"model": self.session.model, "messages": messages,
+                                "stream_options": {"include_usage": True}}
+        if s.temperature is not None:
+            body["temperature"] = s.temperature
+        if s.max_tokens is not None:
+            body["max_tokens"] = s.max_tokens
+        if s.thinking_budget is not None:
+            body["thinking_budget"] = s.thinking_budget
+        return body | {k: v for k, v in s.extra.items() if k not in ("messages", "stream")}
+
+    def send(self, text: str) -> None:
+        messages = self.conversation.messages(text)
+        printer = AnswerPrinter(self.stdout, self.color, self.settings.show_thinking)
+        sink: queue.SimpleQueue = queue.SimpleQueue()
+        finished = threading.Event()
+        started = time.monotonic()
+        future = self.session.stream(self.request_body(messages), sink, finished)
+        error = finish = usage = None
+        stopped = False
+        try:
+            while (event := sink.get()) is not None:
+                if event.kind == "reasoning":
+                    printer.reasoning(event.text)
+                elif event.kind == "content":
+                    printer.content(event.text)
+                elif event.kind == "finish":
+                    finish = event.text
+                elif event.kind == "usage":
+                    usage = event.usage
+                elif event.kind == "error":
+                    error = event.text
+        except KeyboardInterrupt:
+            stopped = True
+            future.cancel()  # closes the response: the server sees the client leave and aborts the request
+            finished.wait(timeout=15)
+        printer.close(self._summary(finish, usage, time.monotonic() - started, stopped))
+        if error is not None and not printer.answer_text and not printer.reasoning_text:
+            self.note(f"Error: {error}", error=True)  # nothing generated: the turn is not kept
+            self.failures += 1
+            return
+        if error is not None:
+            self.note(f"Error: {error}", error=True)
+            self.failures += 1
+        self.conversation.commit(messages[-1], printer.answer_text.strip())
+
+    def _summary(self, finish: str | None, usage: dict | None, seconds: float, stopped: bool) -> str | None:
+        if stopped:
+            return "[stopped]"
+        if finish == "length":
+            return "[cut off at the token limit: raise --max-tokens or set /budget N]"
+        if not self.interactive or not usage:
+            return None
+        tokens = usage.get("completion_tokens", 0)
+        return f"[{tokens} tokens, {tokens / seconds:.1f} tok/s]" if seconds > 0 else None
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"Expected a whole number, got {text!r}.") from None
+    if value < 0:
+        raise ValueError(f"Expected a number >= 0, got {value}.")
+    return value
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('expected a JSON object such as \'{"top_p": 0.6}\'')
+    return value
+
+
+def _setup_readline() -> None:
+    """Line editing, a history file, and Tab completion of commands and paths (interactive terminals only)."""
+    try:
+        import readline
+    except ImportError:
+        return
+    try:
+        HISTORY_FILE.parent.mkdir(parents=True, exist_ok=True)
+        readline.read_history_file(HISTORY_FILE)
+    except OSError:
+        pass
+    readline.set_history_length(2000)
+    import atexit
+    import glob
+
+    def save() -> None:
+        try:
+            readline.write_history_file(HISTORY_FILE)
+        except OSError:
+            pass
+
+    atexit.register(save)
+    commands = ["/image ", "/video ", "/file ", "/detach", "/think ", "/budget ", "/system ", "/reset", "/help",
+                "/exit"]
+
+    def complete(text: str, state: int) -> str | None:
+        line = readline.get_line_buffer()
+        if line.startswith(("/image ", "/video ", "/file ")):
+            options = [p + ("/" if os.path.isdir(p) else "") for p in glob.glob(os.path.expanduser(text) + "*")]
+        else:
+            options = [c for c in commands if c.startswith(text)] if line.startswith("/") else []
+        return options[state] if state < len(options) else None
+
+    readline.set_completer_delims(" \t")
+    readline.set_completer(complete)
+    readline.parse_and_bind("tab: complete")
+
+
+# ----------------------------------------------------------------------------------------------- command line
+
+
+def add_parser(sub) -> None:
+    from glmv.cli.serve import add_engine_args
+
+    p = sub.add_parser(
+        "chat",
+        help="chat with the model in the terminal",
+        description="Chat with GLM-4.1V in the terminal: the thinking streams dim grey above the answer; attach "
+        "media with /image, /video, /file (type /help in the chat). The model runs in this process, or on a "
+        "server given with --url. Works with piped stdin too: one message or command per line.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", nargs="?", default=None,
+                   help="a local folder, a Hugging Face id or (with --hub modelscope) a ModelScope id; with --url, "
+                   "the served model name (default then: the server's first model; without --url: "
+                   "zai-org/GLM-4.1V-9B-Thinking)")
+    g = p.add_argument_group("chat")
+    g.add_argument("--url", default=None,
+                   help="talk to a running glmv (or other OpenAI-compatible) server at this address, e.g. "
+                   "http://127.0.0.1:8000, instead of loading the model here (engine flags are then ignored)")
+    g.add_argument("--api-key", default=os.environ.get("GLMV_API_KEY") or os.environ.get("OPENAI_API_KEY"),
+                   help="API key for --url servers started with --api-key (also from GLMV_API_KEY)")
+    g.add_argument("--system", default=None, help="system prompt for the conversation (/system changes it)")
+    g.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (default: the checkpoint's generation_config)")
+    g.add_argument("--max-tokens", type=int, default=None,
+                   help="most tokens per answer, thinking included (default: up to the context length)")
+    g.add_argument("--thinking-budget", type=int, default=None,
+                   help="per-message thinking budget in tokens: then the model must answer (/budget changes it)")
+    g.add_argument("--extra-body", type=_json_object, default={}, metavar="JSON",
+                   help='more request fields, e.g. \'{"top_p": 0.6, "repetition_penalty": 1.1, "seed": 1}\'')
+    g.add_argument("--hide-thinking", action="store_true", help="start with the thinking hidden (/think on shows it)")
+    g.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="attach an image to the first message (repeatable)")
+    g.add_argument("--no-color", action="store_true",
+                   help="plain text output with 'Thinking:'/'Answer:' labels (default when stdout is not a terminal "
+                   "or NO_COLOR is set)")
+    g.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                   help="log level of the in-process engine")
+    add_engine_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from glmv.models.loader import DEFAULT_MODEL
+
+    if args.url is None and args.model is None:
+        args.model = DEFAULT_MODEL
+    for name in ("max_tokens", "thinking_budget"):
+        value = getattr(args, name)
+        if value is not None and value < (1 if name == "max_tokens" else 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {1 if name == 'max_tokens' else 0}.")
+    interactive = sys.stdin.isatty()
+    color = sys.stdout.isatty() and not args.no_color and not os.environ.get("NO_COLOR")
+    conversation = Conversation(system=args.system)
+    conversation.pending = [media_part("image", p) for p in args.image]
+    settings = ChatSettings(show_thinking=not args.hide_thinking, thinking_budget=args.thinking_budget,
+                            temperature=args.temperature, max_tokens=args.max_tokens, extra=args.extra_body)
+    session = ChatSession(args)
+    if interactive:
+        where = args.url or "this process"
+        print(f"Loading {args.model or 'the server model'} ({where})...", file=sys.stderr, flush=True)
+    try:
+        model = session.open()
+        if interactive:
+            _setup_readline()
+            print(f"Chatting with {model}. /help lists commands; Ctrl-C stops an answer, Ctrl-D leaves.",
+                  file=sys.stderr, flush=True)
+        repl = ChatRepl(session, settings, conversation, sys.stdin, sys.stdout, sys.stderr, interactive, color)
+        return repl.run()
+    finally:
+        session.close()
