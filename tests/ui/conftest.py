@@ -1,58 +1,19 @@
-"""Fixtures for the web page tests: the real server (build_state + create_app + mount_ui) on 127.0.0.1 in a thread,
-serving the scripted tiny model, and a headless Debian chromium driven by selenium through /usr/bin/chromedriver.
-
-The server is wrapped in a small ASGI recorder so tests can check exactly what the page sent (messages, parts,
-headers) without trusting the page's own account of it.
-"""
+"""Fixtures for the web page tests: the real server with the page mounted (tests/cli/live_server.py), serving the
+scripted tiny model, and a headless Debian chromium driven by selenium through /usr/bin/chromedriver."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from glmv.config import EngineConfig
-from glmv.server.app import create_app
-from glmv.server.launch import build_state
-from glmv.server.state import ServerConfig
-from glmv.ui.routes import mount_ui
+from tests.cli.live_server import RecordingApp, start_server
 from tests.cli.scripted_model import ScriptedModel, make_scripted_model
 
-SERVED_NAME = "glmv-test"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
-class RecordingApp:
-    """ASGI wrapper that keeps the JSON body and headers of every POST /v1/chat/completions."""
-
-    def __init__(self, app):
-        self.app = app
-        self.requests: list[dict] = []
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].endswith("/v1/chat/completions"):
-            await self.app(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
-
-        async def recording_receive():
-            message = await receive()
-            if message["type"] == "http.request":
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body"):
-                    self.requests.append({"headers": headers, "body": json.loads(b"".join(chunks) or b"null")})
-            return message
-
-        await self.app(scope, recording_receive, send)
 
 
 @dataclass
@@ -60,8 +21,6 @@ class PageServer:
     url: str
     model: ScriptedModel
     recorder: RecordingApp
-    server: uvicorn.Server = field(repr=False)
-    thread: threading.Thread = field(repr=False)
 
 
 @pytest.fixture(scope="session")
@@ -71,27 +30,9 @@ def scripted_model(tiny_model_dir, tmp_path_factory) -> ScriptedModel:
 
 @pytest.fixture(scope="module")
 def page_server(scripted_model):
-    state = build_state(EngineConfig(model=str(scripted_model.path), device="cpu"),
-                        ServerConfig(served_model_names=(SERVED_NAME,)))
-    app = create_app(state)
-    mount_ui(app)
-    recorder = RecordingApp(app)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(recorder, log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"ui-{port}")
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the page test server did not start")
-        time.sleep(0.02)
-    yield PageServer(f"http://127.0.0.1:{port}", scripted_model, recorder, server, thread)
-    server.should_exit = True
-    thread.join(timeout=30)
+    live = start_server(scripted_model.path, with_ui=True)
+    yield PageServer(live.url, scripted_model, live.recorder)
+    live.stop()
 
 
 @pytest.fixture(scope="module")

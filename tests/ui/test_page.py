@@ -9,8 +9,8 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.cli.live_server import SERVED_NAME
 from tests.media_factory import make_image, make_video
-from tests.ui.conftest import SERVED_NAME
 
 SCREENSHOT = "/tmp/glmv_ui_page.png"
 ATTACHMENTS_SCREENSHOT = "/tmp/glmv_ui_attachments.png"

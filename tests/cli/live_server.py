@@ -1,0 +1,94 @@
+"""A real glmv server for the door tests: build_state + create_app (+ mount_ui) under uvicorn on 127.0.0.1 in a
+thread, wrapped in a recorder that keeps what each door actually sent (bodies, headers) and how many requests
+were in flight at once. Shared by tests/ui (the page) and tests/cli (chat --url, batch --url).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+
+from glmv.config import EngineConfig
+from glmv.server.app import create_app
+from glmv.server.launch import build_state
+from glmv.server.state import ServerConfig
+from glmv.ui.routes import mount_ui
+
+SERVED_NAME = "glmv-test"
+
+
+class RecordingApp:
+    """ASGI wrapper that keeps the JSON body and headers of every POST to .../chat/completions."""
+
+    def __init__(self, app):
+        self.app = app
+        self.requests: list[dict] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].endswith("/v1/chat/completions"):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+
+        async def recording_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    self.requests.append({"headers": headers, "body": json.loads(b"".join(chunks) or b"null")})
+            return message
+
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await self.app(scope, recording_receive, send)
+        finally:
+            self.in_flight -= 1
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.max_in_flight = 0
+
+
+@dataclass
+class LiveServer:
+    url: str
+    recorder: RecordingApp
+    server: uvicorn.Server = field(repr=False)
+    thread: threading.Thread = field(repr=False)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_server(model_dir: Path, with_ui: bool = True) -> LiveServer:
+    """Serve model_dir as SERVED_NAME (default engine, CPU) on a free 127.0.0.1 port; returns once it listens."""
+    state = build_state(EngineConfig(model=str(model_dir), device="cpu"), ServerConfig(served_model_names=(SERVED_NAME,)))
+    app = create_app(state)
+    if with_ui:
+        mount_ui(app)
+    recorder = RecordingApp(app)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(recorder, log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"doors-{port}")
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the door test server did not start")
+        time.sleep(0.02)
+    return LiveServer(f"http://127.0.0.1:{port}", recorder, server, thread)
