@@ -37,7 +37,7 @@ class RequestBodyGuard:
     """Refuses bodies larger than `max_bytes` with 413 before anything parses them, and non-JSON bodies with 415.
 
     The body is read here, counted as it arrives (a lying or missing Content-Length cannot get past the limit), and
-    handed to the app in one piece. A request without a Content-Type is read as JSON, as FastAPI does.
+    handed to the app in one piece. A request without a Content-Type is read as JSON.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int):
@@ -49,7 +49,10 @@ class RequestBodyGuard:
             await self.app(scope, receive, send)
             return
         content_type = _header(scope, b"content-type")
-        if content_type and not is_json_content_type(content_type):
+        if not content_type:  # no Content-Type: read the body as JSON (FastAPI would refuse it as a string)
+            headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        elif not is_json_content_type(content_type):
             await error_response(415, f"Unsupported Content-Type '{content_type}': send the body as JSON with "
                                  "'Content-Type: application/json'.", None, "unsupported_media_type")(
                 scope, receive, send)
