@@ -30,9 +30,11 @@ def decode_image(data: bytes, fmt: str, where: str, max_pixels: int) -> Image.Im
         img = Image.open(io.BytesIO(data), formats=[pil_format])  # reads the header only
         check_pixels(img.size, where, max_pixels)
         img.load()  # the first frame of an animation
-    except Image.DecompressionBombError:
+    except InvalidInputError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, at twice its threshold
         raise InvalidInputError(f"{where}: the image declares more pixels than this server's limit of "
-                                f"{max_pixels:,}.", status=413, param=where, code="image_too_large") from None
+                                f"{max_pixels:,} ({exc})", status=413, param=where, code="image_too_large") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as exc:
         raise InvalidInputError(f"{where}: the {fmt.upper()} image is damaged or truncated ({exc}).", param=where,
                                 code="invalid_image") from None

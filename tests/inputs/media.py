@@ -62,6 +62,8 @@ def video_bytes(container: str, codec: str, frames: int = 12, fps: int = 6, widt
             frame = av.VideoFrame.from_ndarray(frame_of(i, width, height), format="rgb24")
             if pts_seconds is not None:
                 frame.pts, frame.time_base = int(round(pts_seconds[i] * 1000)), Fraction(1, 1000)
+            else:
+                frame.pts, frame.time_base = i, Fraction(1, fps)
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
