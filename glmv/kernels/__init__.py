@@ -1,4 +1,4 @@
-"""GPU kernels (Triton) behind the engine's attention interface; import-safe where Triton or CUDA is absent.
+"""GPU kernels (Triton): paged attention and fused layer steps; import-safe where Triton or CUDA is absent.
 
 `available()` says whether the kernels can run here. The kernel functions load Triton on first use, so importing
 `glmv.kernels` never fails on a machine without it (CI, CPU laptops):
@@ -6,6 +6,9 @@
     from glmv import kernels
     if kernels.available():
         out = kernels.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale)
+
+triton_attention: write_kv, paged_decode_attention, paged_prefill_attention (glmv/engine/attention.py's signatures).
+triton_fused: rms_norm, residual_rms_norm, silu_mul, rotary_write_kv (glmv/models/glm4v.py's steps, one launch each).
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ __all__ = [
     "paged_prefill_attention",
     "DecodeTuning",
     "PrefillTuning",
+    "rms_norm",
+    "residual_rms_norm",
+    "silu_mul",
+    "rotary_write_kv",
 ]
 
 _ATTENTION_NAMES = {
@@ -33,6 +40,9 @@ _ATTENTION_NAMES = {
     "DecodeTuning",
     "PrefillTuning",
 }
+
+
+_FUSED_NAMES = {"rms_norm", "residual_rms_norm", "silu_mul", "rotary_write_kv"}
 
 
 def interpreting() -> bool:
@@ -52,9 +62,10 @@ def available() -> bool:
 
 
 def __getattr__(name: str) -> Any:
-    if name in _ATTENTION_NAMES:
+    if name in _ATTENTION_NAMES or name in _FUSED_NAMES:
+        source = "triton_attention" if name in _ATTENTION_NAMES else "triton_fused"
         try:
-            module = importlib.import_module("glmv.kernels.triton_attention")
+            module = importlib.import_module(f"glmv.kernels.{source}")
         except ImportError as exc:
             # An AttributeError keeps `getattr(kernels, name, None)` (the engine's backend probe) falling back quietly.
             raise AttributeError(f"glmv.kernels.{name} needs Triton, which failed to import: {exc}") from exc

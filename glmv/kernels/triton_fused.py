@@ -1,0 +1,227 @@
+"""Triton kernels that fuse the decoder layer's small elementwise steps: RMSNorms, residual adds, SiLU-gating, rotary.
+
+Why: at decode batch sizes these tensors are a few KB to a few MB, so eager PyTorch's cost is the number of kernels,
+not bytes. GLM-4's layer runs four RMSNorms (about eight kernels each in eager PyTorch), two residual adds, a chunk +
+SiLU + multiply, and a rotary of q and k (a dozen kernels) before the KV write: hundreds of launches per step over 40
+layers, each ~2 us even inside a CUDA graph. Each function here is one launch.
+
+Every function rounds where eager PyTorch rounds (products and sums in float32, results cast to the input dtype at the
+same points as glmv/models' torch code), so bf16 outputs match the torch path to the last bit or nearly so:
+
+    rms_norm(x, w, eps)                          == w * (x.float() * rsqrt(mean(x.float()**2) + eps)).to(x.dtype)
+    residual_rms_norm(x, res, w_post, w_next, eps) == (h := res + rms_norm(x, w_post, eps), rms_norm(h, w_next, eps))
+    silu_mul(gate_up)                            == up * silu(gate), with gate, up = gate_up.chunk(2, dim=-1)
+    rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, slot_mapping) -> q rotated; k rotated and v stored at slots
+        (GLM's interleaved partial rotary: pair (2j, 2j+1) of the first 2*cos.shape[-1] dims turns by angle j)
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _row_warps(block: int) -> int:
+    return max(1, min(16, block // 512))
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x as [rows, hidden] with a contiguous last dim (a view when possible)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+@triton.jit
+def _rms_scale(h, w, eps, HIDDEN: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """weight * (h * rstd).to(dtype), rounded as eager PyTorch rounds (h float32, masked lanes zero)."""
+    var = tl.sum(h * h, axis=0) / HIDDEN
+    normed = (h * tl.rsqrt(var + eps)).to(OUT_DTYPE).to(tl.float32)
+    return (normed * w).to(OUT_DTYPE)
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, stride_x, stride_o, eps, HIDDEN: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < HIDDEN
+    h = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    out = _rms_scale(h, w, eps, HIDDEN, out_ptr.dtype.element_ty)
+    tl.store(out_ptr + row * stride_o + offs, out, mask=mask)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim in one launch (see the module docstring for the exact rounding)."""
+    rows = _rows(x)
+    hidden = rows.shape[-1]
+    out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
+    if rows.shape[0]:
+        block = _next_pow2(hidden)
+        _rms_norm_kernel[(rows.shape[0],)](
+            rows, weight, out, rows.stride(0), out.stride(0), eps, HIDDEN=hidden, BLOCK=block,
+            num_warps=_row_warps(block),
+        )  # fmt: skip
+    return out.view(x.shape)
+
+
+@triton.jit
+def _residual_rms_norm_kernel(
+    x_ptr, res_ptr, w_post_ptr, w_next_ptr, hidden_ptr, normed_ptr,
+    stride_x, stride_r, stride_h, stride_n, eps,
+    HIDDEN: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < HIDDEN
+    dtype = hidden_ptr.dtype.element_ty
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+    w_post = tl.load(w_post_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    post = _rms_scale(x, w_post, eps, HIDDEN, dtype)
+    res = tl.load(res_ptr + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)
+    hidden = (res + post.to(tl.float32)).to(dtype)
+    tl.store(hidden_ptr + row * stride_h + offs, hidden, mask=mask)
+    w_next = tl.load(w_next_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    normed = _rms_scale(hidden.to(tl.float32), w_next, eps, HIDDEN, dtype)
+    tl.store(normed_ptr + row * stride_n + offs, normed, mask=mask)
+
+
+def residual_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, post_weight: torch.Tensor, next_weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GLM-4's sub-layer exit and the next entry in one launch: returns (hidden, normed) where
+    hidden = residual + rms_norm(x, post_weight) and normed = rms_norm(hidden, next_weight)."""
+    xs, rs = _rows(x), _rows(residual)
+    hidden_size = xs.shape[-1]
+    hidden = torch.empty(xs.shape, dtype=x.dtype, device=x.device)
+    normed = torch.empty_like(hidden)
+    if xs.shape[0]:
+        block = _next_pow2(hidden_size)
+        _residual_rms_norm_kernel[(xs.shape[0],)](
+            xs, rs, post_weight, next_weight, hidden, normed,
+            xs.stride(0), rs.stride(0), hidden.stride(0), normed.stride(0), eps,
+            HIDDEN=hidden_size, BLOCK=block, num_warps=_row_warps(block),
+        )  # fmt: skip
+    return hidden.view(x.shape), normed.view(x.shape)
+
+
+@triton.jit
+def _silu_mul_kernel(gu_ptr, out_ptr, stride_gu, stride_o, INTER: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < INTER
+    dtype = out_ptr.dtype.element_ty
+    g = tl.load(gu_ptr + row * stride_gu + offs, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + row * stride_gu + INTER + offs, mask=mask, other=0.0).to(tl.float32)
+    act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + offs, (u * act).to(dtype), mask=mask)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """up * silu(gate) for gate_up = [..., 2 * inter] (gate first, as `chunk(2, dim=-1)` splits it)."""
+    rows = _rows(gate_up)
+    inter = rows.shape[-1] // 2
+    out = torch.empty((*gate_up.shape[:-1], inter), dtype=gate_up.dtype, device=gate_up.device)
+    if rows.shape[0]:
+        block = min(1024, _next_pow2(inter))
+        _silu_mul_kernel[(rows.shape[0], triton.cdiv(inter, block))](
+            rows, out.view(-1, inter), rows.stride(0), inter, INTER=inter, BLOCK=block, num_warps=4
+        )
+    return out
+
+
+@triton.jit
+def _rotate_pairs(base, stride_h, cos, sin, offs_h, offs_p, mask, ROUND: tl.constexpr, DTYPE: tl.constexpr):
+    """Load the heads at base as (even, odd) dim pairs [HEADS, PAIRS] and rotate them (rounded like eager torch)."""
+    ptr = base + offs_h[:, None] * stride_h + 2 * offs_p[None, :]
+    x1 = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(ptr + 1, mask=mask, other=0.0).to(tl.float32)
+    if ROUND:  # each product, then each sum, rounded to the tensor dtype as separate torch ops would
+        a = (x1 * cos).to(DTYPE).to(tl.float32) - (x2 * sin).to(DTYPE).to(tl.float32)
+        b = (x2 * cos).to(DTYPE).to(tl.float32) + (x1 * sin).to(DTYPE).to(tl.float32)
+    else:
+        a = x1 * cos - x2 * sin
+        b = x2 * cos + x1 * sin
+    return a.to(DTYPE), b.to(DTYPE)
+
+
+@triton.jit
+def _rotary_write_kv_kernel(
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ct, stride_st,
+    stride_ot, stride_oh, stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
+    HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, PAIRS_PAD: tl.constexpr, ROT_PAIRS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    ROUND: tl.constexpr,
+):  # fmt: skip
+    token = tl.program_id(0).to(tl.int64)
+    dtype = q_out_ptr.dtype.element_ty
+    offs_p = tl.arange(0, PAIRS_PAD)
+    pair_ok = offs_p < HEAD_DIM // 2
+    turns = offs_p < ROT_PAIRS  # pairs past the rotary part pass through (cos 1, sin 0 leave them exact)
+    cos = tl.load(cos_ptr + token * stride_ct + offs_p, mask=turns, other=1.0).to(tl.float32)
+    sin = tl.load(sin_ptr + token * stride_st + offs_p, mask=turns, other=0.0).to(tl.float32)
+
+    offs_h = tl.arange(0, HEADS_PAD)
+    mask = (offs_h[:, None] < HEADS) & pair_ok[None, :]
+    a, b = _rotate_pairs(q_ptr + token * stride_qt, stride_qh, cos[None, :], sin[None, :], offs_h, offs_p, mask,
+                         ROUND, dtype)  # fmt: skip
+    out = q_out_ptr + token * stride_ot + offs_h[:, None] * stride_oh + 2 * offs_p[None, :]
+    tl.store(out, a, mask=mask)
+    tl.store(out + 1, b, mask=mask)
+
+    slot = tl.load(slot_ptr + token).to(tl.int64)
+    block = slot // BLOCK_SIZE
+    offset = slot % BLOCK_SIZE
+    offs_kh = tl.arange(0, KV_HEADS_PAD)
+    kv_mask = (offs_kh[:, None] < KV_HEADS) & pair_ok[None, :] & (slot >= 0)
+    a, b = _rotate_pairs(k_ptr + token * stride_kt, stride_kh, cos[None, :], sin[None, :], offs_kh, offs_p, kv_mask,
+                         ROUND, dtype)  # fmt: skip
+    dst = k_cache_ptr + block * stride_kcb + offset * stride_kcs + offs_kh[:, None] * stride_kch + 2 * offs_p[None, :]
+    tl.store(dst, a, mask=kv_mask)
+    tl.store(dst + 1, b, mask=kv_mask)
+    src = v_ptr + token * stride_vt + offs_kh[:, None] * stride_vh + 2 * offs_p[None, :]
+    dst = v_cache_ptr + block * stride_vcb + offset * stride_vcs + offs_kh[:, None] * stride_vch + 2 * offs_p[None, :]
+    tl.store(dst, tl.load(src, mask=kv_mask), mask=kv_mask)
+    tl.store(dst + 1, tl.load(src + 1, mask=kv_mask), mask=kv_mask)
+
+
+def rotary_write_kv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    """Rotate q and k (GLM's interleaved partial rotary), store rotated k and v at their slots, return rotated q.
+
+    q [T, heads, head_dim], k/v [T, kv_heads, head_dim] (strided views of a fused qkv output are fine);
+    cos/sin [T, rotary_dim/2] in q's dtype; negative slots store nothing. Returns a new contiguous q.
+    """
+    tokens, heads, head_dim = q.shape
+    kv_heads = k.shape[1]
+    if head_dim % 2 or q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError("rotary_write_kv needs an even head_dim and q, k, v with a contiguous last dim")
+    if cos.stride(-1) != 1 or sin.stride(-1) != 1:
+        cos, sin = cos.contiguous(), sin.contiguous()
+    q_out = torch.empty((tokens, heads, head_dim), dtype=q.dtype, device=q.device)
+    if tokens == 0:
+        return q_out
+    _rotary_write_kv_kernel[(tokens,)](
+        q, k, v, cos, sin, q_out, k_cache, v_cache, slot_mapping,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos.stride(0), sin.stride(0),
+        q_out.stride(0), q_out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        HEADS=heads, HEADS_PAD=_next_pow2(heads), KV_HEADS=kv_heads, KV_HEADS_PAD=_next_pow2(kv_heads),
+        HEAD_DIM=head_dim, PAIRS_PAD=_next_pow2(head_dim // 2), ROT_PAIRS=cos.shape[-1], BLOCK_SIZE=k_cache.shape[1],
+        ROUND=q.dtype != torch.float32,
+        num_warps=4 if heads * head_dim >= 2048 else 1,
+    )  # fmt: skip
+    return q_out

@@ -1,0 +1,167 @@
+"""Fused layer kernels (RMSNorm, residual + two norms, SiLU-gating, rotary + KV write) against eager PyTorch.
+
+GPU tests, like test_triton_attention.py: CUDA, or the CPU through `TRITON_INTERPRET=1`; skipped elsewhere. The
+references restate glmv/models' torch steps; bf16 results must agree to within one bf16 rounding step.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glmv import kernels
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not kernels.available(), reason="needs Triton with a CUDA device, or TRITON_INTERPRET=1"),
+]
+
+ON_GPU = torch.cuda.is_available() and not kernels.interpreting()
+DEVICE = "cuda" if ON_GPU else "cpu"
+DTYPES = [torch.bfloat16, torch.float16] if ON_GPU else [torch.float32, torch.bfloat16]
+# One rounding step of the output dtype (products and sums may land on the other side of a rounding boundary).
+RTOL = {torch.bfloat16: 2**-7, torch.float16: 2**-10, torch.float32: 1e-5}
+if kernels.interpreting():
+    RTOL[torch.bfloat16] = 2**-5  # Triton's interpreter casts to bf16 by truncation, not round-to-nearest (seen, 3.8)
+
+if kernels.interpreting():
+    torch.set_num_threads(1)
+
+
+def ref_rms_norm(x, weight, eps):
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def ref_rotary(x, cos, sin):
+    rot = cos.shape[-1] * 2
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
+    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+    return torch.cat((torch.stack((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).flatten(-2), x_pass), dim=-1)
+
+
+def rotary_magnitude(x, cos, sin):
+    """|x1 c| + |x2 s| per output: the size of the terms a rotated value is summed from (its rounding scale)."""
+    rot = cos.shape[-1] * 2
+    x = x.float().abs()
+    x1, x2 = x[..., :rot][..., 0::2], x[..., :rot][..., 1::2]
+    c, s = cos.float().abs().unsqueeze(1), sin.float().abs().unsqueeze(1)
+    return torch.cat((torch.stack((x1 * c + x2 * s, x2 * c + x1 * s), dim=-1).flatten(-2), x[..., rot:]), dim=-1)
+
+
+def assert_close_to_scale(out, ref, scale, dtype):
+    """|out - ref| within one rounding step of the terms summed (a sum that cancels keeps their absolute error)."""
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    assert torch.isfinite(out).all()
+    err = (out.float() - ref.float()).abs().cpu()
+    bound = RTOL[dtype] * scale.float().cpu() + 1e-6
+    assert (err <= bound).all(), f"{int((err > bound).sum())} elements off; worst excess {(err - bound).max():.3g}"
+
+
+def rand(*shape, dtype, gen, scale=1.0):
+    return (torch.randn(*shape, generator=gen) * scale).to(dtype).to(DEVICE)
+
+
+def assert_close(out, ref, dtype):
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.cpu(), ref.cpu(), rtol=RTOL[dtype], atol=RTOL[dtype] * 1e-2)
+
+
+HIDDEN_SIZES = [128, 1536, 4096] if ON_GPU else [128, 96]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", HIDDEN_SIZES)
+def test_rms_norm_matches_torch(hidden, dtype):
+    gen = torch.Generator().manual_seed(hidden)
+    x = rand(3, 5, hidden, dtype=dtype, gen=gen, scale=3.0)
+    w = rand(hidden, dtype=dtype, gen=gen)
+    out = kernels.rms_norm(x, w, 1e-5)
+    assert_close(out, ref_rms_norm(x, w, 1e-5), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", HIDDEN_SIZES)
+def test_residual_rms_norm_matches_the_glm_layer_exit(hidden, dtype):
+    gen = torch.Generator().manual_seed(hidden + 1)
+    x = rand(7, hidden, dtype=dtype, gen=gen, scale=2.0)
+    residual = rand(7, hidden, dtype=dtype, gen=gen, scale=5.0)
+    w_post, w_next = rand(hidden, dtype=dtype, gen=gen), rand(hidden, dtype=dtype, gen=gen)
+    hidden_out, normed = kernels.residual_rms_norm(x, residual, w_post, w_next, 1e-5)
+    post = ref_rms_norm(x, w_post, 1e-5)
+    assert_close_to_scale(hidden_out, residual + post, residual.abs().float() + post.abs().float(), dtype)
+    # the second norm is checked on the kernel's own hidden, so a rounding flip in the first does not cascade
+    assert_close(normed, ref_rms_norm(hidden_out, w_next, 1e-5), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("inter", [256, 13696] if ON_GPU else [256, 40])
+def test_silu_mul_matches_chunk_silu_mul(inter, dtype):
+    gen = torch.Generator().manual_seed(inter)
+    gate_up = rand(6, 2 * inter, dtype=dtype, gen=gen, scale=3.0)
+    gate, up = gate_up.chunk(2, dim=-1)
+    assert_close(kernels.silu_mul(gate_up), up * F.silu(gate), dtype)
+
+
+ROTARY_DIMS = [(4, 2, 32, 8)]  # heads, kv_heads, head_dim, rotary pairs (GLM: a quarter of head_dim)
+if ON_GPU:
+    ROTARY_DIMS.append((32, 2, 128, 32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,kv_heads,head_dim,pairs", ROTARY_DIMS)
+def test_rotary_write_kv_rotates_q_and_k_and_stores_k_and_v(heads, kv_heads, head_dim, pairs, dtype):
+    gen = torch.Generator().manual_seed(head_dim)
+    tokens, num_blocks, block_size = 11, 4, 16
+    qkv = rand(tokens, (heads + 2 * kv_heads) * head_dim, dtype=dtype, gen=gen)
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q = q.view(tokens, heads, head_dim)  # strided views, as the model's fused projection gives them
+    k = k.view(tokens, kv_heads, head_dim)
+    v = v.view(tokens, kv_heads, head_dim)
+    angles = torch.rand(tokens, pairs, generator=gen) * 100
+    cos, sin = angles.cos().to(dtype).to(DEVICE), angles.sin().to(dtype).to(DEVICE)
+    k_cache = rand(num_blocks, block_size, kv_heads, head_dim, dtype=dtype, gen=gen)
+    v_cache = rand(num_blocks, block_size, kv_heads, head_dim, dtype=dtype, gen=gen)
+    before_k, before_v = k_cache.clone(), v_cache.clone()
+    slots = torch.randperm(num_blocks * block_size, generator=gen)[:tokens]
+    slots[4] = -1  # a padding token: nothing stored
+
+    q_rot = kernels.rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, slots.to(DEVICE))
+
+    assert_close_to_scale(q_rot, ref_rotary(q, cos, sin), rotary_magnitude(q, cos, sin), dtype)
+    keep = slots >= 0
+    exp_k = before_k.view(-1, kv_heads, head_dim).clone()
+    exp_v = before_v.view(-1, kv_heads, head_dim).clone()
+    exp_k[slots[keep].to(DEVICE)] = ref_rotary(k, cos, sin)[keep.to(DEVICE)]
+    exp_v[slots[keep].to(DEVICE)] = v[keep.to(DEVICE)]
+    written = slots[keep].to(DEVICE)
+    assert_close_to_scale(k_cache.view(-1, kv_heads, head_dim)[written], exp_k[written],
+                          rotary_magnitude(k, cos, sin)[keep.to(DEVICE)], dtype)  # fmt: skip
+    assert torch.equal(v_cache.view(-1, kv_heads, head_dim), exp_v)
+    untouched = torch.ones(num_blocks * block_size, dtype=torch.bool)
+    untouched[slots[keep]] = False
+    assert torch.equal(k_cache.view(-1, kv_heads, head_dim)[untouched.to(DEVICE)], exp_k[untouched.to(DEVICE)])
+
+
+def test_models_torch_steps_are_what_the_kernels_fuse():
+    """If glmv/models' torch functions change their math, these kernels must follow: compare against them."""
+    glm4v = pytest.importorskip("glmv.models.glm4v")
+    vision = pytest.importorskip("glmv.models.vision")
+    gen = torch.Generator().manual_seed(3)
+    dtype = DTYPES[0]
+    x = rand(5, 128, dtype=dtype, gen=gen, scale=2.0)
+    w = rand(128, dtype=dtype, gen=gen)
+    assert_close(kernels.rms_norm(x, w, 1e-5), vision.rms_norm(x, w, 1e-5), dtype)
+    q = rand(5, 4, 32, dtype=dtype, gen=gen)
+    k = rand(5, 2, 32, dtype=dtype, gen=gen)
+    angles = torch.rand(5, 8, generator=gen) * 10
+    cos, sin = angles.cos().to(dtype).to(DEVICE), angles.sin().to(dtype).to(DEVICE)
+    k_cache = torch.zeros(1, 16, 2, 32, dtype=dtype, device=DEVICE)
+    v_cache = torch.zeros_like(k_cache)
+    q_rot = kernels.rotary_write_kv(q, k, k, cos, sin, k_cache, v_cache, torch.arange(5, device=DEVICE))
+    assert_close_to_scale(q_rot, glm4v.apply_rotary(q, cos, sin), rotary_magnitude(q, cos, sin), dtype)
+    assert_close_to_scale(k_cache[0, :5], glm4v.apply_rotary(k, cos, sin), rotary_magnitude(k, cos, sin), dtype)
