@@ -61,11 +61,14 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request, state: Serv
                        "continue_final_message", "invalid_request")
     prompt = await build_chat_prompt(req, state)
     gen = TrackedGeneration(state, prompt, params, random_id("chatcmpl"), model, arrival)
-    await gen.start()
-    if req.stream:
-        return GenerationStream(stream_chat(req, raw, gen, state, model), [gen])
     try:
-        body = await unless_disconnected(raw, collect_chat(req, gen, state, model))
+        # A client may leave while its request waits for the first token (queued, long prefill), or, without
+        # streaming, at any point before the answer: either way the engine request is aborted.
+        await unless_disconnected(raw, gen.start(), [gen])
+        if req.stream:
+            return GenerationStream(stream_chat(req, raw, gen, state, model), [gen])
+        body = await unless_disconnected(raw, collect_chat(req, gen, state, model), [gen])
     except ClientDisconnected:
+        await gen.close(499)
         return Response(status_code=499)
     return JSONResponse(body)

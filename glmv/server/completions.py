@@ -242,12 +242,14 @@ async def create_completion(req: CompletionRequest, raw: Request) -> Response:
     request_id = random_id("cmpl")
     gens = [TrackedGeneration(state, p, params, request_id if len(prompts) == 1 else f"{request_id}-{i}", model,
                               arrival) for i, p in enumerate(prompts)]
-    await start_all(gens)
     run = CompletionRun(req, state, model, request_id, gens)
-    if req.stream:
-        return GenerationStream(run.stream(raw), gens)
     try:
-        body = await unless_disconnected(raw, run.collect())
+        await unless_disconnected(raw, start_all(gens), gens)
+        if req.stream:
+            return GenerationStream(run.stream(raw), gens)
+        body = await unless_disconnected(raw, run.collect(), gens)
     except ClientDisconnected:
+        for g in gens:
+            await g.close(499)
         return Response(status_code=499)
     return JSONResponse(body)

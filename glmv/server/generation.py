@@ -166,11 +166,14 @@ async def wait_for_disconnect(raw: Request) -> None:
             return
 
 
-async def unless_disconnected(raw: Request, work: Awaitable[T]) -> T:
-    """Run `work`; if the client disconnects first, cancel it and raise ClientDisconnected.
+async def unless_disconnected(raw: Request, work: Awaitable[T], gens: list[TrackedGeneration]) -> T:
+    """Run `work`; if the client disconnects first, abort `gens` in the engine, cancel `work` and raise
+    ClientDisconnected.
 
     Non-streaming requests need this: nothing is written until the end, so nothing else would notice that the
-    client is gone, and the engine would generate (and hold KV blocks) for nobody.
+    client is gone, and the engine would generate (and hold KV blocks) for nobody. The engine requests are aborted
+    before `work` is cancelled because an engine may only let go of a cancelled waiter once the requests ahead of
+    it have ended.
     """
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(wait_for_disconnect(raw))
@@ -183,6 +186,8 @@ async def unless_disconnected(raw: Request, work: Awaitable[T]) -> T:
     if task in done:
         watcher.cancel()
         return task.result()
+    for g in gens:
+        await g.abort()
     task.cancel()
     with contextlib.suppress(BaseException):
         await task
