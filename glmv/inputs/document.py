@@ -152,7 +152,7 @@ def _page_scale(size: tuple[float, float], scale: float, max_page_pixels: int) -
 
 def _page_tokens(size: tuple[float, float], scale: float, bounds: PixelBounds, geometry: VisionGeometry) -> int:
     width, height = size
-    px_w, px_h = max(1, round(width * scale)), max(1, round(height * scale))
+    px_w, px_h = max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))  # as pdfium sizes its bitmap
     try:
         return image_tokens(px_h, px_w, bounds, geometry)
     except ValueError:

@@ -138,12 +138,13 @@ class PromptBuilder:
             video_hashes=[f[3] for f in videos],
         )
         return Prompt(token_ids=list(ids), mm_token_type_ids=self.mm_token_type_ids(ids), mm=mm, text=text,
-                      info=dict(media.info))
+                      info=dict(media.info), raw_media=media, mm_processor_kwargs=dict(mm_processor_kwargs or {}))
 
     def mm_token_type_ids(self, ids: list[int]) -> list[int]:
         """0 text, 1 image token, 2 image token inside a video (between the video markers), as the processor."""
         arr = np.asarray(ids)
-        inside_video = np.cumsum(arr == self._ids["<|begin_of_video|>"]) > np.cumsum(arr == self._ids["<|end_of_video|>"])
+        starts = np.cumsum(arr == self._ids["<|begin_of_video|>"])
+        inside_video = starts > np.cumsum(arr == self._ids["<|end_of_video|>"])
         is_media = arr == self._ids[self.image_token]
         types = np.zeros_like(arr)
         types[is_media & inside_video] = 2

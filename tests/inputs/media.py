@@ -98,7 +98,7 @@ def _encode_audio(out, stream, seconds: float) -> None:
 
 def pdf_bytes(pages: int = 3, size: tuple[int, int] = (595, 842)) -> bytes:
     """A multi-page PDF (A4 in points by default) written by Pillow, one distinct grey level per page."""
-    width, height = size
+    width, height = int(size[0]), int(size[1])
     images = [Image.new("RGB", (width, height), (40 + 50 * i % 200,) * 3) for i in range(pages)]
     buf = io.BytesIO()
     images[0].save(buf, format="PDF", save_all=True, append_images=images[1:], resolution=72.0)
