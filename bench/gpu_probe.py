@@ -222,12 +222,18 @@ def probe_decode_wide_tables(kernels, bandwidth) -> None:
             print(f"wide-table batch={batch} FAILED:\n{traceback.format_exc()}", flush=True)
 
 
-def probe_decode_tuning(kernels, bandwidth) -> None:
+def probe_decode_tuning(kernels, bandwidth, full: bool) -> None:
     """Launch-shape sweep on a few decode shapes: picks DecodeTuning's defaults."""
     scale = HEAD_DIM**-0.5
     T = kernels.DecodeTuning
     variants = [
         T(),
+        T(min_tokens_per_split=256),
+        T(block_n=128, num_warps=8, num_stages=3),
+        T(programs_per_sm=4, min_tokens_per_split=64),
+    ]
+    if full:
+        variants += [
         T(block_n=32, num_warps=4, num_stages=2),
         T(block_n=64, num_warps=4, num_stages=2),
         T(block_n=64, num_warps=4, num_stages=4),
@@ -238,8 +244,7 @@ def probe_decode_tuning(kernels, bandwidth) -> None:
         T(programs_per_sm=1),
         T(programs_per_sm=4),
         T(programs_per_sm=8, min_tokens_per_split=128),
-        T(programs_per_sm=4, min_tokens_per_split=64),
-    ]
+    ]  # fmt: skip
     print("\n== decode launch-shape sweep (us per call; CUDA graph) ==", flush=True)
     shapes = [(1, 4096), (8, 4096), (64, 1024), (128, 4096)]
     print(f"{'variant':<62}" + "".join(f"{f'b{b}/c{c}':>11}" for b, c in shapes), flush=True)
@@ -291,6 +296,14 @@ def make_prefill(chunks: list[tuple[int, int]]):
     return q, k_cache, v_cache, tables, cu, lens, max(q_lens)
 
 
+def sdpa_expanded(q, k, v):
+    """SDPA's flash path needs as many KV heads as query heads: expand, then attend (both timed)."""
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
 def causal_flops(chunks) -> float:
     total = 0
     for context, new in chunks:
@@ -323,8 +336,8 @@ def torch_prefill_reference(q, k_cache, v_cache, tables, cu, lens, scale, chunks
 def probe_prefill(kernels, matmul_flops) -> None:
     scale = HEAD_DIM**-0.5
     print("\n== prefill: ms per call; TFLOP/s counts the causal half only ==", flush=True)
-    print(f"{'case':<26} {'GFLOP':>7} {'floor ms':>9} {'triton ms':>10} {'TFLOP/s':>8} {'torch ms':>9} "
-          f"{'dense ms':>9} {'speedup':>8} {'err':>8}", flush=True)  # fmt: skip
+    print(f"{'case':<26} {'GFLOP':>7} {'floor ms':>9} {'triton ms':>10} {'graphed':>8} {'TFLOP/s':>8} {'torch ms':>9} "
+          f"{'flash ms':>9} {'gqa ms':>8} {'speedup':>8} {'err':>8}", flush=True)  # fmt: skip
     cases = {
         "1 x 1024": [(0, 1024)],
         "1 x 4096": [(0, 4096)],
@@ -340,31 +353,38 @@ def probe_prefill(kernels, matmul_flops) -> None:
             ref_run = partial(torch_prefill_reference, *inputs[:6], scale, chunks)
             err = rel_err(run(), ref_run())
             t_torch = event_time_ms(ref_run, iters=10)
-            t_dense = float("nan")
-            if len(chunks) == 1 and chunks[0][0] == 0:  # SDPA flash on contiguous, head-expanded KV: no gather
+            t_graph = graph_time_ms([run])  # kernel time without the host's launch cost
+            t_dense = t_gqa = float("nan")
+            if len(chunks) == 1 and chunks[0][0] == 0:  # SDPA on contiguous KV (no pages), the fresh-prompt case
                 n = chunks[0][1]
                 qd = inputs[0].transpose(0, 1).unsqueeze(0)
-                kd = torch.randn(1, HEADS, n, HEAD_DIM, dtype=DTYPE, device=DEVICE)
+                kd = torch.randn(1, KV_HEADS, n, HEAD_DIM, dtype=DTYPE, device=DEVICE)
                 vd = torch.randn_like(kd)
-                t_dense = event_time_ms(partial(F.scaled_dot_product_attention, qd, kd, vd, is_causal=True), iters=20)
+                # expand KV heads to all query heads (timed) so SDPA takes its flash kernel
+                t_dense = graph_time_ms([partial(sdpa_expanded, qd, kd, vd)])
+                t_gqa = graph_time_ms([partial(F.scaled_dot_product_attention, qd, kd, vd, is_causal=True,
+                                               enable_gqa=True)])  # fmt: skip
             flops = causal_flops(chunks)
             floor_ms = flops / matmul_flops * 1e3
-            row = dict(case=name, gflop=flops / 1e9, floor_ms=floor_ms, triton_ms=t, tflops=flops / (t * 1e-3) / 1e12,
-                       torch_ms=t_torch, sdpa_dense_ms=t_dense, rel_err=err)  # fmt: skip
+            row = dict(case=name, gflop=flops / 1e9, floor_ms=floor_ms, triton_ms=t, triton_graphed_ms=t_graph,
+                       tflops=flops / (t_graph * 1e-3) / 1e12, torch_ms=t_torch, sdpa_expand_flash_ms=t_dense,
+                       sdpa_gqa_ms=t_gqa, rel_err=err)  # fmt: skip
             record("prefill", **row)
-            print(f"{name:<26} {flops / 1e9:>7.1f} {floor_ms:>9.3f} {t:>10.3f} {row['tflops']:>8.0f} {t_torch:>9.3f} "
-                  f"{t_dense:>9.3f} {t_torch / t:>7.1f}x {err:>8.1e}", flush=True)  # fmt: skip
+            print(f"{name:<26} {flops / 1e9:>7.1f} {floor_ms:>9.3f} {t:>10.3f} {t_graph:>8.3f} {row['tflops']:>8.0f} "
+                  f"{t_torch:>9.3f} {t_dense:>9.3f} {t_gqa:>8.3f} {t_torch / t:>7.1f}x {err:>8.1e}",
+                  flush=True)  # fmt: skip
             inputs = run = ref_run = None
             torch.cuda.empty_cache()
         except Exception:  # noqa: BLE001
             print(f"prefill {name} FAILED:\n{traceback.format_exc()}", flush=True)
 
 
-def probe_prefill_tuning(kernels) -> None:
+def probe_prefill_tuning(kernels, full: bool) -> None:
     scale = HEAD_DIM**-0.5
     T = kernels.PrefillTuning
-    variants = [
-        T(),
+    variants = [T(), T(block_m=128, block_n=128, num_warps=8, num_stages=2), T(block_m=64, block_n=32, num_warps=4)]
+    if full:
+        variants += [
         T(block_m=128, block_n=128, num_warps=8, num_stages=3),
         T(block_m=128, block_n=64, num_warps=4, num_stages=3),
         T(block_m=128, block_n=64, num_warps=8, num_stages=2),
@@ -372,7 +392,7 @@ def probe_prefill_tuning(kernels) -> None:
         T(block_m=64, block_n=64, num_warps=4, num_stages=3),
         T(block_m=64, block_n=128, num_warps=4, num_stages=3),
         T(block_m=128, block_n=32, num_warps=4, num_stages=4),
-    ]
+    ]  # fmt: skip
     print("\n== prefill launch-shape sweep (ms per call) ==", flush=True)
     cases = [[(0, 4096)], [(3072, 1024)], [(0, 512)] * 8]
     inputs = [make_prefill(c) for c in cases]
@@ -408,10 +428,85 @@ def probe_write_kv(kernels, bandwidth) -> None:
               f"(floor {moved / bandwidth * 1e6:.2f} us)", flush=True)  # fmt: skip
 
 
+def torch_rms_norm(x, weight, eps=1e-5):
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def torch_rotary(x, cos, sin):
+    rot = cos.shape[-1] * 2
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
+    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+    return torch.cat((torch.stack((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).flatten(-2), x_pass), dim=-1)
+
+
+def torch_layer_exit(x, residual, w_post, w_next):
+    hidden = residual + torch_rms_norm(x, w_post)
+    return hidden, torch_rms_norm(hidden, w_next)
+
+
+def torch_silu_mul(gate_up):
+    gate, up = gate_up.chunk(2, dim=-1)
+    return up * F.silu(gate)
+
+
+def torch_rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, slots):
+    q = torch_rotary(q, cos, sin)
+    torch_write_kv(torch_rotary(k, cos, sin), v, k_cache, v_cache, slots)
+    return q
+
+
+def probe_fused(fused) -> None:
+    """The decoder layer's small steps: one fused launch against eager PyTorch's chain, both inside CUDA graphs."""
+    hidden, inter, pairs = 4096, 13696, 32
+    print("\n== fused layer steps vs eager torch (us per call, CUDA graph; per-step = 40 layers) ==", flush=True)
+    print(f"{'tokens':>6} {'step':<22} {'triton us':>10} {'torch us':>9} {'saved/layer':>12}", flush=True)
+    for tokens in (1, 64, 256, 4096):
+        x = torch.randn(tokens, hidden, dtype=DTYPE, device=DEVICE)
+        residual = torch.randn_like(x)
+        w1 = torch.randn(hidden, dtype=DTYPE, device=DEVICE)
+        w2 = torch.randn_like(w1)
+        gate_up = torch.randn(tokens, 2 * inter, dtype=DTYPE, device=DEVICE)
+        qkv = torch.randn(tokens, (HEADS + 2 * KV_HEADS) * HEAD_DIM, dtype=DTYPE, device=DEVICE)
+        q, k, v = qkv.split([HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], dim=-1)
+        q, k, v = (t.view(tokens, -1, HEAD_DIM) for t in (q, k, v))
+        angles = torch.rand(tokens, pairs, device=DEVICE) * 100
+        cos, sin = angles.cos().to(DTYPE), angles.sin().to(DTYPE)
+        k_cache = torch.randn(max(64, tokens // 16 + 1), BLOCK_SIZE, KV_HEADS, HEAD_DIM, dtype=DTYPE, device=DEVICE)
+        v_cache = torch.randn_like(k_cache)
+        slots = torch.randperm(k_cache.shape[0] * BLOCK_SIZE, device=DEVICE)[:tokens]
+        steps = {
+            "rms_norm": (partial(fused.rms_norm, x, w1, 1e-5), partial(torch_rms_norm, x, w1)),
+            "residual_rms_norm": (partial(fused.residual_rms_norm, x, residual, w1, w2, 1e-5),
+                                  partial(torch_layer_exit, x, residual, w1, w2)),
+            "silu_mul": (partial(fused.silu_mul, gate_up), partial(torch_silu_mul, gate_up)),
+            "rotary_write_kv": (partial(fused.rotary_write_kv, q, k, v, cos, sin, k_cache, v_cache, slots),
+                                partial(torch_rotary_write_kv, q, k, v, cos, sin, k_cache, v_cache, slots)),
+        }  # fmt: skip
+        saved = 0.0
+        for name, (ours, theirs) in steps.items():
+            try:
+                t_ours = graph_time_ms([ours] * 4) * 1e3
+                t_theirs = graph_time_ms([theirs] * 4) * 1e3
+                per_layer = {"rms_norm": 0, "residual_rms_norm": 2, "silu_mul": 1, "rotary_write_kv": 1}[name]
+                saved += per_layer * (t_theirs - t_ours)
+                record("fused", tokens=tokens, step=name, triton_us=t_ours, torch_us=t_theirs)
+                print(f"{tokens:>6} {name:<22} {t_ours:>10.2f} {t_theirs:>9.2f} {t_theirs - t_ours:>11.2f}", flush=True)
+            except Exception:  # noqa: BLE001
+                print(f"fused {name} tokens={tokens} FAILED:\n{traceback.format_exc()}", flush=True)
+        record("fused_step_saving", tokens=tokens, saved_us_per_step=40 * saved)
+        print(f"{tokens:>6} {'=> saved per step':<22} {40 * saved:>10.0f} us (2 exits + silu_mul + rotary, x40)",
+              flush=True)  # fmt: skip
+    torch.cuda.empty_cache()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer shapes, no sweeps")
     parser.add_argument("--no-sweep", action="store_true", help="skip the launch-shape sweeps")
+    parser.add_argument("--full-sweep", action="store_true", help="every launch-shape variant, not just the finalists")
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -420,7 +515,7 @@ def main() -> int:
     import triton
 
     from glmv import kernels
-    from glmv.kernels import triton_attention
+    from glmv.kernels import triton_attention, triton_fused
 
     props = torch.cuda.get_device_properties(0)
     print(f"device: {props.name}, {props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB; "
@@ -437,10 +532,11 @@ def main() -> int:
         probe_decode([1, 16], [16384, 65536], bandwidth, triton_attention)
     probe_prefill(triton_attention, matmul_flops)
     probe_write_kv(triton_attention, bandwidth)
+    probe_fused(triton_fused)
     if not (args.quick or args.no_sweep):
         probe_decode_wide_tables(triton_attention, bandwidth)
-        probe_decode_tuning(triton_attention, bandwidth)
-        probe_prefill_tuning(triton_attention)
+        probe_decode_tuning(triton_attention, bandwidth, args.full_sweep)
+        probe_prefill_tuning(triton_attention, args.full_sweep)
     print(f"\nprobe took {time.time() - started:.0f} s", flush=True)
     RESULTS["device"] = [dict(name=props.name, sms=props.multi_processor_count, torch=torch.__version__,
                               triton=triton.__version__)]  # fmt: skip

@@ -37,7 +37,7 @@ class DecodeTuning:
     num_warps: int = 4
     num_stages: int = 3
     programs_per_sm: int = 2  # split the context until batch * kv_heads * splits reaches this many programs per SM
-    min_tokens_per_split: int = 256  # never split finer than this: the merge costs more than it saves
+    min_tokens_per_split: int = 128  # never split finer than this: the merge costs more than it saves
     max_splits: int = 64
 
 
