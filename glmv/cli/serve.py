@@ -51,6 +51,14 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="server-wide thinking budget: after this many reasoning tokens glmv closes the thought and "
                    "makes the model answer (per request: thinking_budget)")
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="GPUs per model (vllm engine only)")
+    g.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1,
+                   help="pipeline stages, e.g. one per node (vllm engine only; docs/SCALE_OUT.md)")
+    g.add_argument("--vllm-python", default=None,
+                   help="a Python that has vLLM (vllm engine; default: GLMV_VLLM_PYTHON, .cache/vllm-cpu-venv, "
+                   "then the current Python)")
+    g.add_argument("--vllm-engine-args", type=_json_dict, default={},
+                   help='more vLLM engine arguments as JSON, e.g. \'{"distributed_executor_backend": "ray"}\' '
+                   "(vllm engine only)")
     g.add_argument("--max-waiting-requests", type=int, default=1024,
                    help="requests that may wait in the queue beyond --max-num-seqs; more get 503 with Retry-After "
                    "(default: 1024)")
@@ -68,6 +76,8 @@ def engine_config_from_args(args: argparse.Namespace):
         enforce_eager=args.enforce_eager, chat_template=args.chat_template, generation_config=args.generation_config,
         hub=args.hub, revision=args.revision, seed=args.seed, max_thinking_tokens=args.max_thinking_tokens,
         tensor_parallel_size=args.tensor_parallel_size, max_waiting_requests=args.max_waiting_requests,
+        pipeline_parallel_size=args.pipeline_parallel_size, vllm_python=args.vllm_python,
+        vllm_engine_args=args.vllm_engine_args,
     )
 
 
