@@ -1,0 +1,94 @@
+"""The media cache: LRU bounded by bytes; a resent picture or clip is neither decoded nor preprocessed again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from glmv.inputs import messages as loader
+from glmv.inputs.cache import MediaCache, content_hash, sizeof
+from tests.inputs.media import data_uri, image_bytes, image_part, text_part, user, video_bytes, video_part
+
+
+def test_lru_evicts_least_recent_by_bytes():
+    cache = MediaCache(max_bytes=300)
+    for key in "abc":
+        cache.put(key, np.zeros(100, dtype=np.uint8))
+    assert cache.bytes_used == 300 and len(cache) == 3
+    assert cache.get("a") is not None  # "a" is now the most recent
+    cache.put("d", np.zeros(100, dtype=np.uint8))
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("d") is not None
+    assert cache.stats.evictions == 1 and cache.bytes_used == 300
+    cache.put("huge", np.zeros(1000, dtype=np.uint8))  # larger than the whole cache: not kept, nothing evicted
+    assert cache.get("huge") is None and len(cache) == 3
+    cache.put("a", np.zeros(50, dtype=np.uint8))  # replacing an entry frees its old size
+    assert cache.bytes_used == 250
+
+
+def test_sizeof_counts_media():
+    from PIL import Image
+
+    assert sizeof(torch.zeros(10, dtype=torch.float32)) == 40
+    assert sizeof(Image.new("RGB", (10, 10))) == 300
+    assert sizeof([np.zeros(5, dtype=np.uint8), (np.zeros(5, dtype=np.uint8),)]) == 10
+
+
+def test_content_hash_is_by_content():
+    assert content_hash(b"abc") == content_hash(b"abc") != content_hash(b"abd")
+
+
+@pytest.fixture
+def counting(monkeypatch, builder):
+    builder.media_cache.clear()
+    counts = {"decode_image": 0, "decode_video": 0, "image_processor": 0}
+    real_image, real_video = loader.decode_image, loader.decode_video
+
+    def decode_image(*a, **k):
+        counts["decode_image"] += 1
+        return real_image(*a, **k)
+
+    def decode_video(*a, **k):
+        counts["decode_video"] += 1
+        return real_video(*a, **k)
+
+    class CountingProcessor:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, *a, **k):
+            counts["image_processor"] += 1
+            return self.inner(*a, **k)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(loader, "decode_image", decode_image)
+    monkeypatch.setattr(loader, "decode_video", decode_video)
+    monkeypatch.setattr(builder.processor, "image_processor", CountingProcessor(builder.processor.image_processor))
+    return counts
+
+
+def test_a_resent_image_is_not_decoded_or_preprocessed_again(build_prompt, counting):
+    img = data_uri(image_bytes("jpg", 300, 200, seed=9))
+    first, _, _ = build_prompt(user(image_part(img), text_part("What is it?")))
+    turn2 = user(image_part(img), text_part("What is it?")) + [{"role": "assistant", "content": "A test."}] + \
+        user(text_part("Sure?"))
+    second, _, _ = build_prompt(turn2)
+    assert counting == {"decode_image": 1, "decode_video": 0, "image_processor": 1}
+    assert torch.equal(first.mm.pixel_values, second.mm.pixel_values)
+    assert first.mm.image_hashes == second.mm.image_hashes
+    # Other bounds: the decoded picture is reused, the patches are made anew.
+    third, _, _ = build_prompt(user(image_part(img)), mm_processor_kwargs={"max_pixels": 112 * 112})
+    assert counting["decode_image"] == 1 and counting["image_processor"] == 2
+    assert third.mm.image_hashes != first.mm.image_hashes  # different patches, different prefix-cache key
+
+
+def test_a_resent_video_is_not_decoded_again(build_prompt, counting):
+    vid = data_uri(video_bytes("mp4", "libx264", frames=12, fps=6))
+    first, _, _ = build_prompt(user(video_part(vid)))
+    second, _, _ = build_prompt(user(video_part(vid)))
+    assert counting["decode_video"] == 1
+    assert torch.equal(first.mm.pixel_values_videos, second.mm.pixel_values_videos)
+    build_prompt(user(video_part(vid)), media_io_kwargs={"video": {"fps": 4}})  # other sampling: decoded anew
+    assert counting["decode_video"] == 2
