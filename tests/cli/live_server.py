@@ -17,7 +17,7 @@ import uvicorn
 from glmv.config import EngineConfig
 from glmv.server.app import create_app
 from glmv.server.launch import build_state
-from glmv.server.state import ServerConfig
+from glmv.server.state import ServerConfig, ServingState
 from glmv.ui.routes import mount_ui
 
 SERVED_NAME = "glmv-test"
@@ -63,6 +63,7 @@ class RecordingApp:
 class LiveServer:
     url: str
     recorder: RecordingApp
+    state: ServingState  # to look at the engine behind the server (e.g. that an aborted request stopped running)
     server: uvicorn.Server = field(repr=False)
     thread: threading.Thread = field(repr=False)
 
@@ -91,4 +92,4 @@ def start_server(model_dir: Path, with_ui: bool = True) -> LiveServer:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the door test server did not start")
         time.sleep(0.02)
-    return LiveServer(f"http://127.0.0.1:{port}", recorder, server, thread)
+    return LiveServer(f"http://127.0.0.1:{port}", recorder, state, server, thread)
