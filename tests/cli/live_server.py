@@ -72,9 +72,10 @@ class LiveServer:
         self.thread.join(timeout=30)
 
 
-def start_server(model_dir: Path, with_ui: bool = True) -> LiveServer:
+def start_server(model_dir: Path, with_ui: bool = True, api_key: str | None = None) -> LiveServer:
     """Serve model_dir as SERVED_NAME (default engine, CPU) on a free 127.0.0.1 port; returns once it listens."""
-    state = build_state(EngineConfig(model=str(model_dir), device="cpu"), ServerConfig(served_model_names=(SERVED_NAME,)))
+    server_config = ServerConfig(served_model_names=(SERVED_NAME,), api_keys=(api_key,) if api_key else ())
+    state = build_state(EngineConfig(model=str(model_dir), device="cpu"), server_config)
     app = create_app(state)
     if with_ui:
         mount_ui(app)

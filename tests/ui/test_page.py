@@ -242,3 +242,29 @@ def test_markdown_renderer_escapes_model_text(browser, page_server, text, must_h
         assert piece in html
     for piece in must_not_have:
         assert piece not in html
+
+
+def test_server_with_api_key_asks_for_it(browser, scripted_model):
+    from selenium.webdriver.common.keys import Keys
+
+    from tests.cli.live_server import start_server
+
+    live = start_server(scripted_model.path, with_ui=True, api_key="sk-secret")
+    try:
+        browser.get(live.url + "/ui")
+        browser.execute_script("localStorage.clear(); sessionStorage.clear();")
+        browser.get(live.url + "/ui")  # the page itself needs no key; the API does
+        WebDriverWait(browser, 20).until(lambda d: "Error 401" in d.find_element(By.ID, "status").text)
+        assert "API key" in browser.find_element(By.ID, "status").text
+        assert browser.find_element(By.ID, "settings").is_displayed()  # opened for the user
+        browser.find_element(By.ID, "api-key").send_keys("sk-secret", Keys.TAB)
+        WebDriverWait(browser, 20).until(
+            lambda d: d.execute_script("return document.getElementById('model').value") == SERVED_NAME)
+        type_prompt(browser, "Now with the key")
+        browser.find_element(By.ID, "send").click()
+        bubble = wait_finished(browser, 1)
+        assert bubble.get_attribute("data-state") == "done"
+        assert bubble.find_element(By.CLASS_NAME, "answer").text.strip() == scripted_model.answer
+        assert live.recorder.requests[-1]["headers"]["authorization"] == "Bearer sk-secret"
+    finally:
+        live.stop()
