@@ -1,4 +1,4 @@
-"""mount_ui: serves the web chat page at GET / and /ui, and its assets under /ui/static/.
+"""mount_ui: serves the web chat page at GET / and /ui, and its scripts and styles under /ui/static/.
 
 The page is plain files (no build step, no CDN). It talks to this same server's /v1 API, so the only thing the
 server tells it is where that API lives: the page's `{{BASE}}` placeholder becomes the app's root path, which keeps
@@ -8,11 +8,11 @@ the page working behind a proxy that mounts glmv under a prefix (`--root-path`).
 from __future__ import annotations
 
 import html
+import mimetypes
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import FileResponse, HTMLResponse, Response
 
 STATIC_DIR = Path(__file__).with_name("static")
 
@@ -39,6 +39,17 @@ def mount_ui(app: FastAPI) -> None:
                      "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"},
         )
 
+    # The assets are a fixed list read at mount time (no path from the URL ever reaches the file system). Plain
+    # routes rather than a StaticFiles mount: they match with or without the --root-path prefix, like the API.
+    assets = {f.name: mimetypes.guess_type(f.name)[0] or "application/octet-stream"
+              for f in STATIC_DIR.iterdir() if f.is_file() and f.name != "index.html"}
+
+    async def asset(name: str) -> Response:
+        if name not in assets:
+            return Response(status_code=404)
+        return FileResponse(STATIC_DIR / name, media_type=assets[name],
+                            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
     app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
     app.add_api_route("/ui", page, methods=["GET"], include_in_schema=False)
-    app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="glmv-ui-static")
+    app.add_api_route("/ui/static/{name}", asset, methods=["GET"], include_in_schema=False)
