@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,9 @@ async def local_client(engine_config, served_model_names: tuple[str, ...],
 
 
 def remote_client(url: str, api_key: str | None, max_connections: int = 100) -> httpx.AsyncClient:
-    """A client for a running OpenAI-compatible server. `url` may end in /v1 or not."""
+    """A client for a running OpenAI-compatible server. `url` may end in /v1 or not; without api_key the
+    GLMV_API_KEY, then OPENAI_API_KEY environment variables are used."""
+    api_key = api_key or os.environ.get("GLMV_API_KEY") or os.environ.get("OPENAI_API_KEY")
     base = url.rstrip("/")
     if base.endswith("/v1"):
         base = base[: -len("/v1")]

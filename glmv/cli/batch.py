@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 import uuid
@@ -248,8 +247,9 @@ def add_parser(sub) -> None:
     g.add_argument("--url", default=None,
                    help="send the requests to a running glmv (or other OpenAI-compatible) server at this address, "
                    "e.g. http://127.0.0.1:8000, instead of loading the model here (engine flags are then ignored)")
-    g.add_argument("--api-key", default=os.environ.get("GLMV_API_KEY") or os.environ.get("OPENAI_API_KEY"),
-                   help="API key for --url servers started with --api-key (also from GLMV_API_KEY)")
+    g.add_argument("--api-key", default=None,
+                   help="API key for --url servers started with --api-key (when not given: $GLMV_API_KEY, then "
+                   "$OPENAI_API_KEY; read at run time so --help never prints it)")
     g.add_argument("--allowed-local-media-path", default=None,
                    help="let requests read file:// media under this folder (in-process runs only; off by default)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is "

@@ -461,8 +461,9 @@ def add_parser(sub) -> None:
     g.add_argument("--url", default=None,
                    help="talk to a running glmv (or other OpenAI-compatible) server at this address, e.g. "
                    "http://127.0.0.1:8000, instead of loading the model here (engine flags are then ignored)")
-    g.add_argument("--api-key", default=os.environ.get("GLMV_API_KEY") or os.environ.get("OPENAI_API_KEY"),
-                   help="API key for --url servers started with --api-key (also from GLMV_API_KEY)")
+    g.add_argument("--api-key", default=None,
+                   help="API key for --url servers started with --api-key (when not given: $GLMV_API_KEY, then "
+                   "$OPENAI_API_KEY; read at run time so --help never prints it)")
     g.add_argument("--system", default=None, help="system prompt for the conversation (/system changes it)")
     g.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature (default: the checkpoint's generation_config)")
