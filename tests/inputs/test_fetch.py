@@ -278,3 +278,40 @@ def test_loader_refuses_before_fetching_anything_when_counts_are_over(build_prom
 def test_loader_fetches_over_http(build_prompt, server):
     prompt, media, _ = build_prompt(user(image_part(f"{server}/img.png")), policy=LOCAL)
     assert media.images[0].size == (64, 48) and prompt.mm.pixel_values is not None
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """HTTPS on 127.0.0.1 with a self-signed certificate for 'localhost'; records the TLS server names it was sent."""
+    import ssl
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    names: list[str | None] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: names.append(name)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Media)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield {"url": f"https://localhost:{httpd.server_address[1]}", "cert": cert, "names": names}
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_https_connects_to_the_checked_address_with_the_hosts_name(tls_server, monkeypatch):
+    policy = MediaPolicy(allowed_media_domains=("localhost",), fetch_timeout_s=3.0)
+    err = _refused(f"{tls_server['url']}/img.png", policy)  # a self-signed certificate is not trusted
+    assert "CERTIFICATE_VERIFY_FAILED" in str(err) or "certificate" in str(err).lower()
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_server["cert"]))  # now trusted, like a corporate CA
+    assert _fetch(f"{tls_server['url']}/img.png", policy).data == PNG
+    assert tls_server["names"][-1] == "localhost"  # SNI carries the name though the socket went to 127.0.0.1
+    port = tls_server["url"].rsplit(":", 1)[1]
+    ip_policy = MediaPolicy(allowed_media_domains=("127.0.0.1",), fetch_timeout_s=3.0)
+    err = _refused(f"https://127.0.0.1:{port}/img.png", ip_policy)  # the certificate names localhost only
+    assert "certificate" in str(err).lower() or "hostname" in str(err).lower()
