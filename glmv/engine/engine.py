@@ -138,11 +138,12 @@ class LLMEngine:
     # ---- the step ----
     def step(self) -> list[RequestOutput]:
         sched = self.scheduler.schedule()
-        if sched.empty:
-            return []
-        run = self.runner.execute(sched)
+        run = self.runner.execute(sched) if not sched.empty else None
+        # Even an empty step can bring an n>1 parent to its fork point (its whole prefix came from the cache).
         for parent in self.scheduler.update(sched):
             self._fork(parent)
+        if run is None:
+            return []
         self.steps += 1
         changed: dict[str, list[CompletionOutput]] = {}
         if run.result is not None:

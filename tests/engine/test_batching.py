@@ -121,3 +121,13 @@ def test_n_greater_than_one_forks_shared_prompt_blocks(make_engine, prompts):
         assert done[i] == alone(make_engine, prompt, SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True,
                                                                     seed=100 + i))
     assert engine.pool.all_free()
+
+
+def test_n_greater_than_one_whose_fork_prefix_is_all_cached(make_engine, prompts):
+    """The parent's whole-block prefix comes from the prefix cache: it forks without computing anything."""
+    engine = make_engine()
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=5, ignore_eos=True, seed=9)
+    first = run_to_completion(engine, {0: [("a", prompts["text"], params)]})
+    again = run_to_completion(engine, {0: [("b", prompts["text"], params)]}, max_steps=50)
+    assert {i: c.token_ids for i, c in again["b"].items()} == {i: c.token_ids for i, c in first["a"].items()}
+    assert engine.pool.all_free()
