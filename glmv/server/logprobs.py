@@ -47,8 +47,12 @@ class LegacyLogprobs:
 
     def add(self, items: list[TokenLogprob], top_n: int) -> None:
         for item in items:
-            top = {tok: _finite(lp) for _tid, tok, lp in item.top[:top_n]}
-            if top_n and item.token not in top:
+            # Keyed by text, so distinct ids that decode alike (e.g. partial UTF-8 bytes as U+FFFD) share a key:
+            # keep the likeliest, and let the sampled token's own logprob win its key.
+            top: dict[str, float] = {}
+            for _tid, tok, lp in item.top[:top_n]:
+                top[tok] = max(top.get(tok, MIN_LOGPROB), _finite(lp))
+            if top_n:
                 top[item.token] = _finite(item.logprob)
             self._push(item.token, _finite(item.logprob), top)
 
