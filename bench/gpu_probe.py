@@ -502,6 +502,52 @@ def probe_fused(fused) -> None:
     torch.cuda.empty_cache()
 
 
+def host_us_per_call(fn: Callable[[], object], calls: int = 200) -> float:
+    """Host time per call with nothing synchronizing: what eager (not graph-captured) use pays per launch."""
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
+def probe_host_cost(attention, fused) -> None:
+    """Eager launch cost on the host (Python wrapper + Triton launcher) against one plain torch op."""
+    print("\n== host cost per eager call (us; no sync; GPU work tiny) ==", flush=True)
+    scale = HEAD_DIM**-0.5
+    sets = DecodeSets(8, 512, target_bytes=0)
+    pre = make_prefill([(0, 64), (100, 32)])
+    x = torch.randn(1, 4096, dtype=DTYPE, device=DEVICE)
+    w = torch.randn(4096, dtype=DTYPE, device=DEVICE)
+    qkv = torch.randn(1, (HEADS + 2 * KV_HEADS) * HEAD_DIM, dtype=DTYPE, device=DEVICE)
+    q, k, v = (
+        t.view(1, -1, HEAD_DIM) for t in qkv.split([HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM], -1)
+    )
+    cos = torch.randn(1, 32, dtype=DTYPE, device=DEVICE)
+    slots = torch.arange(1, device=DEVICE)
+    cases = {
+        "torch.add (one op)": partial(torch.add, x, x),
+        "paged_decode_attention": partial(sets.call, 0, attention.paged_decode_attention, scale),
+        "paged_prefill_attention": partial(attention.paged_prefill_attention, *pre[:6], scale, pre[6]),
+        "write_kv": partial(attention.write_kv, k, v, sets.k_cache, sets.v_cache, slots),
+        "rms_norm": partial(fused.rms_norm, x, w, 1e-5),
+        "residual_rms_norm": partial(fused.residual_rms_norm, x, x, w, w, 1e-5),
+        "rotary_write_kv": partial(fused.rotary_write_kv, q, k, v, cos, cos, sets.k_cache, sets.v_cache, slots),
+        "torch rms_norm (chain)": partial(torch_rms_norm, x, w),
+    }
+    for name, fn in cases.items():
+        try:
+            us = host_us_per_call(fn)
+            record("host_cost", call=name, us=us)
+            print(f"  {name:<26} {us:7.1f}", flush=True)
+        except Exception:  # noqa: BLE001
+            print(f"host cost {name} FAILED:\n{traceback.format_exc()}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer shapes, no sweeps")
@@ -533,6 +579,7 @@ def main() -> int:
     probe_prefill(triton_attention, matmul_flops)
     probe_write_kv(triton_attention, bandwidth)
     probe_fused(triton_fused)
+    probe_host_cost(triton_attention, triton_fused)
     if not (args.quick or args.no_sweep):
         probe_decode_wide_tables(triton_attention, bandwidth)
         probe_decode_tuning(triton_attention, bandwidth, args.full_sweep)

@@ -135,18 +135,19 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _rotate_pairs(base, stride_h, cos, sin, offs_h, offs_p, mask, ROUND: tl.constexpr, DTYPE: tl.constexpr):
-    """Load the heads at base as (even, odd) dim pairs [HEADS, PAIRS] and rotate them (rounded like eager torch)."""
-    ptr = base + offs_h[:, None] * stride_h + 2 * offs_p[None, :]
-    x1 = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(ptr + 1, mask=mask, other=0.0).to(tl.float32)
-    if ROUND:  # each product, then each sum, rounded to the tensor dtype as separate torch ops would
+def _rotate_rows(base, stride_h, cos, sin, offs_h, offs_d, mask, ROWS: tl.constexpr, DIM: tl.constexpr,
+                 ROUND: tl.constexpr, DTYPE: tl.constexpr):  # fmt: skip
+    """Load rows [ROWS, DIM] with whole-row (vectorized) loads, rotate each (even, odd) dim pair by its angle, and
+    return the rows re-interleaved, rounded like eager torch (each product, then each sum, to the tensor dtype)."""
+    x = tl.load(base + offs_h[:, None] * stride_h + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    x1, x2 = tl.split(tl.reshape(x, (ROWS, DIM // 2, 2)))
+    if ROUND:
         a = (x1 * cos).to(DTYPE).to(tl.float32) - (x2 * sin).to(DTYPE).to(tl.float32)
         b = (x2 * cos).to(DTYPE).to(tl.float32) + (x1 * sin).to(DTYPE).to(tl.float32)
     else:
         a = x1 * cos - x2 * sin
         b = x2 * cos + x1 * sin
-    return a.to(DTYPE), b.to(DTYPE)
+    return tl.reshape(tl.join(a, b), (ROWS, DIM)).to(DTYPE)
 
 
 @triton.jit
@@ -155,39 +156,36 @@ def _rotary_write_kv_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ct, stride_st,
     stride_ot, stride_oh, stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
     HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
-    HEAD_DIM: tl.constexpr, PAIRS_PAD: tl.constexpr, ROT_PAIRS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, ROT_PAIRS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     ROUND: tl.constexpr,
 ):  # fmt: skip
     token = tl.program_id(0).to(tl.int64)
     dtype = q_out_ptr.dtype.element_ty
-    offs_p = tl.arange(0, PAIRS_PAD)
-    pair_ok = offs_p < HEAD_DIM // 2
+    offs_p = tl.arange(0, HEAD_DIM_PAD // 2)
     turns = offs_p < ROT_PAIRS  # pairs past the rotary part pass through (cos 1, sin 0 leave them exact)
-    cos = tl.load(cos_ptr + token * stride_ct + offs_p, mask=turns, other=1.0).to(tl.float32)
-    sin = tl.load(sin_ptr + token * stride_st + offs_p, mask=turns, other=0.0).to(tl.float32)
+    cos = tl.load(cos_ptr + token * stride_ct + offs_p, mask=turns, other=1.0).to(tl.float32)[None, :]
+    sin = tl.load(sin_ptr + token * stride_st + offs_p, mask=turns, other=0.0).to(tl.float32)[None, :]
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    d_ok = offs_d < HEAD_DIM
 
     offs_h = tl.arange(0, HEADS_PAD)
-    mask = (offs_h[:, None] < HEADS) & pair_ok[None, :]
-    a, b = _rotate_pairs(q_ptr + token * stride_qt, stride_qh, cos[None, :], sin[None, :], offs_h, offs_p, mask,
-                         ROUND, dtype)  # fmt: skip
-    out = q_out_ptr + token * stride_ot + offs_h[:, None] * stride_oh + 2 * offs_p[None, :]
-    tl.store(out, a, mask=mask)
-    tl.store(out + 1, b, mask=mask)
+    mask = (offs_h[:, None] < HEADS) & d_ok[None, :]
+    q = _rotate_rows(q_ptr + token * stride_qt, stride_qh, cos, sin, offs_h, offs_d, mask, HEADS_PAD, HEAD_DIM_PAD,
+                     ROUND, dtype)  # fmt: skip
+    tl.store(q_out_ptr + token * stride_ot + offs_h[:, None] * stride_oh + offs_d[None, :], q, mask=mask)
 
     slot = tl.load(slot_ptr + token).to(tl.int64)
     block = slot // BLOCK_SIZE
     offset = slot % BLOCK_SIZE
     offs_kh = tl.arange(0, KV_HEADS_PAD)
-    kv_mask = (offs_kh[:, None] < KV_HEADS) & pair_ok[None, :] & (slot >= 0)
-    a, b = _rotate_pairs(k_ptr + token * stride_kt, stride_kh, cos[None, :], sin[None, :], offs_kh, offs_p, kv_mask,
-                         ROUND, dtype)  # fmt: skip
-    dst = k_cache_ptr + block * stride_kcb + offset * stride_kcs + offs_kh[:, None] * stride_kch + 2 * offs_p[None, :]
-    tl.store(dst, a, mask=kv_mask)
-    tl.store(dst + 1, b, mask=kv_mask)
-    src = v_ptr + token * stride_vt + offs_kh[:, None] * stride_vh + 2 * offs_p[None, :]
-    dst = v_cache_ptr + block * stride_vcb + offset * stride_vcs + offs_kh[:, None] * stride_vch + 2 * offs_p[None, :]
-    tl.store(dst, tl.load(src, mask=kv_mask), mask=kv_mask)
-    tl.store(dst + 1, tl.load(src + 1, mask=kv_mask), mask=kv_mask)
+    kv_mask = (offs_kh[:, None] < KV_HEADS) & d_ok[None, :] & (slot >= 0)
+    k = _rotate_rows(k_ptr + token * stride_kt, stride_kh, cos, sin, offs_kh, offs_d, kv_mask, KV_HEADS_PAD,
+                     HEAD_DIM_PAD, ROUND, dtype)  # fmt: skip
+    dst = k_cache_ptr + block * stride_kcb + offset * stride_kcs + offs_kh[:, None] * stride_kch + offs_d[None, :]
+    tl.store(dst, k, mask=kv_mask)
+    v = tl.load(v_ptr + token * stride_vt + offs_kh[:, None] * stride_vh + offs_d[None, :], mask=kv_mask)
+    dst = v_cache_ptr + block * stride_vcb + offset * stride_vcs + offs_kh[:, None] * stride_vch + offs_d[None, :]
+    tl.store(dst, v, mask=kv_mask)
 
 
 def rotary_write_kv(
@@ -220,7 +218,7 @@ def rotary_write_kv(
         q_out.stride(0), q_out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         HEADS=heads, HEADS_PAD=_next_pow2(heads), KV_HEADS=kv_heads, KV_HEADS_PAD=_next_pow2(kv_heads),
-        HEAD_DIM=head_dim, PAIRS_PAD=_next_pow2(head_dim // 2), ROT_PAIRS=cos.shape[-1], BLOCK_SIZE=k_cache.shape[1],
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=_next_pow2(head_dim), ROT_PAIRS=cos.shape[-1], BLOCK_SIZE=k_cache.shape[1],
         ROUND=q.dtype != torch.float32,
         num_warps=4 if heads * head_dim >= 2048 else 1,
     )  # fmt: skip

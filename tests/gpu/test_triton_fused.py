@@ -65,10 +65,12 @@ def rand(*shape, dtype, gen, scale=1.0):
     return (torch.randn(*shape, generator=gen) * scale).to(dtype).to(DEVICE)
 
 
-def assert_close(out, ref, dtype):
+def assert_close(out, ref, dtype, steps=1):
+    """Within `steps` rounding steps of the output dtype (a chain of roundings may flip each one)."""
     assert out.dtype == ref.dtype and out.shape == ref.shape
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out.cpu(), ref.cpu(), rtol=RTOL[dtype], atol=RTOL[dtype] * 1e-2)
+    rtol = steps * RTOL[dtype]
+    torch.testing.assert_close(out.cpu(), ref.cpu(), rtol=rtol, atol=rtol * 1e-2)
 
 
 HIDDEN_SIZES = [128, 1536, 4096] if ON_GPU else [128, 96]
@@ -104,10 +106,11 @@ def test_silu_mul_matches_chunk_silu_mul(inter, dtype):
     gen = torch.Generator().manual_seed(inter)
     gate_up = rand(6, 2 * inter, dtype=dtype, gen=gen, scale=3.0)
     gate, up = gate_up.chunk(2, dim=-1)
-    assert_close(kernels.silu_mul(gate_up), up * F.silu(gate), dtype)
+    # two roundings in a row (silu's, then the product's), and Triton's exp may differ from torch's by an ulp
+    assert_close(kernels.silu_mul(gate_up), up * F.silu(gate), dtype, steps=2)
 
 
-ROTARY_DIMS = [(4, 2, 32, 8)]  # heads, kv_heads, head_dim, rotary pairs (GLM: a quarter of head_dim)
+ROTARY_DIMS = [(4, 2, 32, 8), (3, 1, 48, 12)]  # heads, kv_heads, head_dim, rotary pairs (GLM: head_dim / 4)
 if ON_GPU:
     ROTARY_DIMS.append((32, 2, 128, 32))
 
