@@ -124,7 +124,9 @@ async def local_client(engine_config, served_model_names: tuple[str, ...],
 
     server_config = ServerConfig(served_model_names=served_model_names,
                                  allowed_local_media_path=allowed_local_media_path)
-    state = await asyncio.to_thread(build_state, engine_config, server_config)
+    # Loaded right here, blocking this loop on purpose: nothing else runs yet, and a Ctrl-C during a long load
+    # then ends the process at once (a worker thread would keep it alive until the load finished).
+    state = build_state(engine_config, server_config)
     app = create_app(state)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=InProcessTransport(app), base_url="http://glmv.local",

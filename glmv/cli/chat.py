@@ -180,19 +180,24 @@ class ChatSession:
             from glmv.cli.serve import engine_config_from_args
 
             self.model = args.model
-            self._client_cm = local_client(engine_config_from_args(args), (args.model,))
-            self.client = self._run(self._client_cm.__aenter__())
+            client_cm = local_client(engine_config_from_args(args), (args.model,))
+            self.client = self._run(client_cm.__aenter__())
+            self._client_cm = client_cm  # entered: close() must exit it
         return self.model
 
     def close(self) -> None:
+        """Shut the engine (or connection) down; after a Ctrl-C during loading there is nothing to wait for."""
         try:
             if self._client_cm is not None:
                 self._run(self._client_cm.__aexit__(None, None, None), timeout=30)
             elif self.client is not None:
                 self._run(self.client.aclose(), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - leaving anyway; say why it was not clean
+            print(f"glmv chat: shutdown was not clean: {exc!r}", file=sys.stderr)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
+            if self.client is not None:  # else the loop may still be busy loading: the daemon thread just ends
+                self.thread.join(timeout=10)
 
     def stream(self, body: dict, sink: queue.SimpleQueue, finished: threading.Event):
         """Start streaming `body` into `sink` (ChatEvent, then None); returns the concurrent future to cancel."""
@@ -359,7 +364,10 @@ class ChatRepl:
         except KeyboardInterrupt:
             stopped = True
             future.cancel()  # closes the response: the server sees the client leave and aborts the request
-            finished.wait(timeout=15)
+            try:
+                finished.wait(timeout=15)
+            except KeyboardInterrupt:
+                pass  # a second Ctrl-C: stop waiting for the clean-up, it goes on in the background
         printer.close(self._summary(finish, usage, time.monotonic() - started, stopped))
         if error is not None and not printer.answer_text and not printer.reasoning_text:
             self.note(f"Error: {error}", error=True)  # nothing generated: the turn is not kept

@@ -54,11 +54,11 @@ def test_piped_chat_in_process(scripted_model, tmp_path):
         assert tag not in done.stdout
 
 
-def test_piped_errors_are_reported_and_set_the_exit_code(scripted_model, tmp_path):
+def test_piped_errors_are_reported_and_set_the_exit_code(live_server, scripted_model, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("plain text")
     script = f"/file {notes}\n/image {tmp_path / 'missing.png'}\n/budget lots\n/frobnicate\n/image {notes}\nhi\n"
-    done = run_glmv(["chat", str(scripted_model.path), "--device", "cpu"], script)
+    done = run_glmv(["chat", "--url", live_server.url], script)
     assert done.returncode == 1
     assert "notes.txt: /file takes a PDF, PPT or PPTX document" in done.stderr
     assert "missing.png: no such file." in done.stderr
