@@ -24,7 +24,7 @@ from glmv.inputs.fetch import ByteBudget, FetchedMedia, fetch_media
 from glmv.inputs.image import decode_image
 from glmv.inputs.loaded import LoadedMedia
 from glmv.inputs.mediatype import SUPPORTED_TEXT, MediaKind, describe_unknown, sniff
-from glmv.inputs.options import MediaOptions
+from glmv.inputs.options import MediaOptions, resolve_media_options
 from glmv.inputs.policy import MediaPolicy
 from glmv.inputs.sizing import image_tokens, video_tokens
 from glmv.inputs.video import DecodedVideo, decode_video
@@ -64,16 +64,16 @@ async def load_messages_async(messages: list[dict[str, Any]], policy: MediaPolic
                               options: MediaOptions | None = None,
                               cache: MediaCache | None = None) -> tuple[list[dict[str, Any]], LoadedMedia]:
     """Template-ready messages (media parts reduced to `{"type": "image"|"video"}`) and their decoded media."""
-    options = options or MediaOptions()
+    options = options or resolve_media_options(policy)
     texts, parts = _scan(messages)
     _check_counts(parts, policy)
     budget = ByteBudget(policy.max_prompt_media_bytes)
-    fetched = await asyncio.gather(*(fetch_media(p.url, policy, p.where, budget) for p in parts))
+    fetched = await _all(fetch_media(p.url, policy, p.where, budget) for p in parts)
     decoded_bytes = _DecodedBytes(policy.max_prompt_decoded_bytes)
     decoded: dict[int, Any] = {}
     jobs = [(i, p, f) for i, (p, f) in enumerate(zip(parts, fetched, strict=True)) if p.kind != "document"]
-    results = await asyncio.gather(*(asyncio.to_thread(_decode_one, p, f, policy, options, cache, decoded_bytes)
-                                     for _, p, f in jobs))
+    results = await _all(asyncio.to_thread(_decode_one, p, f, policy, options, cache, decoded_bytes)
+                         for _, p, f in jobs)
     for (i, _, _), result in zip(jobs, results, strict=True):
         decoded[i] = result
     _check_media_fit(parts, decoded, options)
@@ -82,6 +82,20 @@ async def load_messages_async(messages: list[dict[str, Any]], policy: MediaPolic
             room = _document_room(texts, messages, parts, decoded, options)
             decoded[i] = await asyncio.to_thread(_render_one, p, f, policy, options, room, cache, decoded_bytes)
     return _assemble(messages, parts, decoded)
+
+
+async def _all(coroutines) -> list[Any]:
+    """Run concurrently; on the first failure cancel the rest (no download keeps running for a refused prompt) and
+    raise that failure itself, not an ExceptionGroup."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coroutines]
+    except BaseExceptionGroup as eg:
+        first = eg.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    return [t.result() for t in tasks]
 
 
 def _scan(messages: list[dict[str, Any]]) -> tuple[list[str], list[_MediaPart]]:
