@@ -101,6 +101,7 @@ class LLMEngine:
             seqs = [make(f"{request_id}#{i}", i, seed + i) for i in range(n)]
         self.groups[request_id] = _Group(request_id, prompt, params, seed, seqs, forked=n == 1 or fork_at == 0)
         for seq in seqs:
+            self._start_output(seq, append_forced=True)
             self.scheduler.add(seq)
         self.prompt_tokens_total += len(prompt)
 
@@ -159,6 +160,8 @@ class LLMEngine:
     def _fork(self, parent: Request) -> None:
         group = self.groups[parent.group_id]
         children = [parent.fork(i, group.seed + i) for i in range(parent.num_children)]
+        for child in children:  # tokens the budget forced at the start are in the shared prefix already
+            self._start_output(child, append_forced=False)
         self.scheduler.fork(parent, children)
         group.sequences = children
         group.forked = True
@@ -178,12 +181,20 @@ class LLMEngine:
         return outputs
 
     # ---- postprocess one sequence ----
-    def _start_output(self, req: Request) -> None:
+    def _start_output(self, req: Request, append_forced: bool) -> None:
+        """Detokenizer and thinking budget of a new sequence. Ids the budget forces before the first token (a limit
+        of zero) become known tokens now, prefilled with the prompt, and are reported with the first output."""
         p = req.params
         req.detokenizer = IncrementalDetokenizer(self.tokenizer, req.prompt.token_ids, p.stop, p.skip_special_tokens,
                                                  p.include_stop_str_in_output, p.spaces_between_special_tokens)
         budget = p.thinking_budget if p.thinking_budget is not None else self.config.max_thinking_tokens
-        req.budget = make_budget(self.tokenizer, budget)
+        req.budget = make_budget(self.tokenizer, budget, max_tokens=req.max_tokens,
+                                 reserved_answer_tokens=p.reserved_answer_tokens, prompt_token_ids=req.prompt.token_ids)
+        forced = req.budget.on_start() if req.budget is not None else []
+        if append_forced:
+            req.token_ids += forced
+            req.num_forced_tokens += len(forced)
+        req.unreported = list(forced)
 
     def _stop_ids(self, params: SamplingParams) -> set[int]:
         ids = set() if params.ignore_eos else set(self.model_config.eos_token_ids)
@@ -191,36 +202,39 @@ class LLMEngine:
 
     def _append(self, req: Request, token: int, logprob: float | None,
                 top: list[tuple[int, float]] | None) -> CompletionOutput:
-        if req.detokenizer is None:
-            self._start_output(req)
         params, detok = req.params, req.detokenizer
         stop_ids = self._stop_ids(params)
-        pending = [(token, False)]
+        # (token, forced, already in token_ids): start-forced ids first, then the sampled one, then what it forces
+        pending = [(t, True, True) for t in req.unreported] + [(token, False, False)]
+        req.unreported = []
         if req.budget is not None:
-            pending += [(t, True) for t in req.budget.on_token(token)]
+            pending += [(t, True, False) for t in req.budget.on_token(token)]
         new_ids: list[int] = []
         logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         text = ""
         status = None
-        for tok, forced in pending:
-            req.token_ids.append(tok)
+        count = req.num_output_tokens - sum(1 for p in pending if p[2])  # output tokens handed out so far
+        for tok, forced, appended in pending:
+            if not appended:
+                req.token_ids.append(tok)
+                req.num_forced_tokens += forced
             new_ids.append(tok)
+            count += 1
             self.generation_tokens_total += 1
-            if forced:
-                req.num_forced_tokens += 1
             if logprobs is not None:
                 logprobs.append(self._token_logprob(tok, 0.0 if forced else logprob, [] if forced else top))
-            if not forced and tok in stop_ids and req.num_output_tokens >= params.min_tokens:
+            if not forced and tok in stop_ids and count >= params.min_tokens:
                 status, req.stop_reason = RequestStatus.FINISHED_STOPPED, tok
                 text += detok.flush()
             else:
                 text += detok.step([tok])
                 if detok.stop_string is not None:
                     status, req.stop_reason = RequestStatus.FINISHED_STOPPED, detok.stop_string
-            if status is None and (req.num_output_tokens >= req.max_tokens or req.num_tokens >= self.max_model_len):
+            if status is None and (count >= req.max_tokens or req.num_prompt_tokens + count >= self.max_model_len):
                 status = RequestStatus.FINISHED_LENGTH
                 text += detok.flush()
             if status is not None:
+                del req.token_ids[req.num_prompt_tokens + count:]  # start-forced ids past the end are dropped
                 self.scheduler.finish(req, status)
                 break
         return self._completion(req, text, new_ids, logprobs)

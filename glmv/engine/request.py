@@ -157,6 +157,7 @@ class Request:
     mm_embeds: dict[int, torch.Tensor] = field(default_factory=dict)  # media index -> embeddings (model runner)
     detokenizer: Any = None  # engine's per-sequence output state
     budget: Any = None
+    unreported: list[int] = field(default_factory=list)  # forced output ids not yet handed out
     order: int = field(default_factory=lambda: next(_ids))  # arrival order, for stable priorities
 
     @classmethod

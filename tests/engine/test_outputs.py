@@ -112,3 +112,24 @@ def test_context_length_ends_generation(make_engine, prompts):
     out = run_one(make_engine, prompts["text"], SamplingParams(temperature=0.0, ignore_eos=True),
                   max_model_len=n + 5)
     assert out.num_tokens == 5 and out.finish_reason is FinishReason.LENGTH
+
+
+def test_zero_budget_forces_before_the_first_token(make_engine, prompts, tokenizer):
+    forced = tokenizer.encode("</think><answer>", add_special_tokens=False)
+    out = run_one(make_engine, prompts["text"], greedy(6, thinking_budget=0))
+    assert out.token_ids[: len(forced)] == forced and out.num_tokens == 6 and out.forced_tokens == len(forced)
+    assert out.text.startswith("</think><answer>")
+    n2 = make_engine()
+    n2.add_request("n2", prompts["image"], SamplingParams(n=2, temperature=1.0, max_tokens=5, seed=4, ignore_eos=True,
+                                                          thinking_budget=0))
+    done = run_to_completion(n2)["n2"]
+    assert all(done[i].token_ids[: len(forced)] == forced and done[i].num_tokens == 5 for i in (0, 1))
+    assert n2.pool.all_free()
+
+
+def test_reserved_answer_tokens_close_the_thought_in_time(make_engine, prompts, tokenizer):
+    forced = tokenizer.encode("</think><answer>", add_special_tokens=False)
+    out = run_one(make_engine, prompts["text"], greedy(12, reserved_answer_tokens=4))
+    at = 12 - 4 - len(forced)
+    assert out.token_ids[at:at + len(forced)] == forced and out.num_tokens == 12
+    assert out.finish_reason is FinishReason.LENGTH
