@@ -71,12 +71,13 @@ def address_refusal(ip: IPAddress) -> str | None:
 async def resolve_checked(host: str, port: int, allowed_domains: tuple[str, ...], where: str) -> str:
     """Resolve `host` and return the one address to connect to, or refuse (400) by the rules above.
 
-    With --allowed-media-domains set, only hosts on that list are reachable, and those may be private (the
-    operator vouched for them). Without it, any host is reachable whose every address is public.
+    With --allowed-media-domains set, only hosts on that list are reachable (as in vLLM), and those may be private
+    (the operator vouched for them); an entry `*` keeps every other host reachable too, on public addresses only.
+    Without the flag, any host is reachable whose every address is public.
     """
     host = normalize_host(host)
-    listed = host_is_listed(host, allowed_domains)
-    if allowed_domains and not listed:
+    listed = host_is_listed(host, tuple(d for d in allowed_domains if d != "*"))
+    if allowed_domains and not listed and "*" not in allowed_domains:
         raise InvalidInputError(
             f"{where}: the host '{host}' is not in --allowed-media-domains ({', '.join(allowed_domains)}).",
             param=where, code="media_host_not_allowed")

@@ -267,6 +267,16 @@ def test_listed_hosts_may_be_private():
         asyncio.run(resolve_checked("127.0.0.1", 80, (), WHERE))
 
 
+def test_star_keeps_other_hosts_reachable_but_only_on_public_addresses():
+    assert asyncio.run(resolve_checked("8.8.8.8", 80, ("internal.test", "*"), WHERE)) == "8.8.8.8"
+    with pytest.raises(InvalidInputError) as err:
+        asyncio.run(resolve_checked("8.8.8.8", 80, ("internal.test",), WHERE))
+    assert "not in --allowed-media-domains" in str(err.value)
+    with pytest.raises(InvalidInputError) as err:
+        asyncio.run(resolve_checked("127.0.0.1", 80, ("internal.test", "*"), WHERE))
+    assert "loopback" in str(err.value)
+
+
 def test_loader_refuses_before_fetching_anything_when_counts_are_over(build_prompt, server):
     """Too many images: refused from the part list alone (the URL would be refused anyway, but later)."""
     policy = MediaPolicy(max_images=1)
