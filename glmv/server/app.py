@@ -32,8 +32,8 @@ def create_app(state: ServingState) -> FastAPI:
             await state.engine.shutdown()
 
     cfg = state.server_config
-    app = FastAPI(title="glmv", version=__version__, description=DESCRIPTION, lifespan=lifespan,
-                  root_path=cfg.root_path)
+    # --root-path is given to uvicorn (launch.py), which puts it in every request's scope, as FastAPI advises.
+    app = FastAPI(title="glmv", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.serving = state
     install_error_handlers(app)
     for module in (models, chat, completions, tokenize, metrics):

@@ -33,4 +33,5 @@ def run_server(engine_config: EngineConfig, server_config: ServerConfig) -> None
     app = create_app(state)
     log.info("serving %s on http://%s:%d/v1", ", ".join(state.model_names), server_config.host, server_config.port)
     uvicorn.run(app, host=server_config.host, port=server_config.port, log_level=server_config.log_level,
-                access_log=not server_config.disable_uvicorn_access_log, timeout_graceful_shutdown=5)
+                access_log=not server_config.disable_uvicorn_access_log, root_path=server_config.root_path,
+                timeout_graceful_shutdown=5)
