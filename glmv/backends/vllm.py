@@ -3,8 +3,8 @@
 vLLM runs in a worker process with its own Python (see vllm_process.py / vllm_worker.py); this class turns glmv's
 Prompt and SamplingParams into vLLM's and vLLM's outputs back into glmv's RequestOutput deltas, so every door
 (server, chat, batch, web page) and glmv's reasoning split work unchanged on top of it:
-- text prompts go as token ids; prompts with media go as the rendered text plus the decoded media
-  (Prompt.raw_media), because vLLM runs its own processor;
+- text prompts go as their token ids; prompts with media as the token ids of the rendered text (one placeholder
+  per item) plus the decoded media (Prompt.raw_media), because vLLM runs its own processor and expands them;
 - stop ids come from glmv's ModelConfig (the checkpoint's generation_config, `</answer>` included), sent explicitly,
   so a vLLM that ignores generation_config still stops after the answer;
 - the thinking budget (per request or --max-thinking-tokens, and the reserved answer budget) uses glmv's own
@@ -72,10 +72,15 @@ def engine_args_for(model_config: ModelConfig, cfg: EngineConfig) -> dict[str, A
     return args
 
 
-def _wire_prompt(prompt: Prompt, extra_ids: list[int] | None = None, extra_text: str = "") -> dict[str, Any]:
-    """The prompt as the worker takes it: token ids, or (with media) rendered text plus raw media."""
+def _wire_prompt(prompt: Prompt, tokenizer: Any, extra_ids: list[int] | None = None) -> dict[str, Any]:
+    """The prompt as the worker takes it: token ids, plus (with media) the decoded media.
+
+    With media, the ids are those of the rendered text (one placeholder per item), not glmv's expanded ones:
+    vLLM runs its own processor, which expands the placeholders. `extra_ids` (a continuation) follow either way.
+    """
+    extra = list(extra_ids or [])
     if prompt.mm.empty and prompt.raw_media is None:
-        return {"prompt_token_ids": list(prompt.token_ids) + list(extra_ids or [])}
+        return {"prompt_token_ids": list(prompt.token_ids) + extra}
     media = prompt.raw_media
     if media is None or prompt.text is None:
         raise RuntimeError(
@@ -94,7 +99,8 @@ def _wire_prompt(prompt: Prompt, extra_ids: list[int] | None = None, extra_text:
         arr = np.ascontiguousarray(frames.numpy() if hasattr(frames, "numpy") else frames)
         videos.append({"shape": list(arr.shape), "dtype": str(arr.dtype), "data": arr.tobytes(),
                        "metadata": _video_metadata(meta, arr.shape[0])})
-    return {"prompt": prompt.text + extra_text, "images": images, "videos": videos,
+    ids = list(tokenizer.encode(prompt.text, add_special_tokens=False))
+    return {"prompt_token_ids": ids + extra, "images": images, "videos": videos,
             "mm_processor_kwargs": dict(prompt.mm_processor_kwargs or {})}
 
 
@@ -141,6 +147,29 @@ def _logprobs(rows: list | None) -> list[TokenLogprob] | None:
 class _Stream:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
+
+
+@dataclass
+class _SequenceText:
+    """The tokens and text one sequence has streamed so far, across passes.
+
+    vLLM holds back the bytes of a character that the last token left incomplete and drops them when the sequence
+    (or a pass) ends; glmv's detokenizer flushes them (as U+FFFD), so the backend does too.
+    """
+
+    ids: list[int]
+    text: str = ""
+
+    def add(self, out: CompletionOutput) -> CompletionOutput:
+        self.ids += out.token_ids
+        self.text += out.text
+        return out
+
+    def held_back(self, tokenizer: Any, skip_special_tokens: bool) -> str:
+        whole = tokenizer.decode(self.ids, skip_special_tokens=skip_special_tokens)
+        tail = whole[len(self.text):] if whole.startswith(self.text) else ""
+        self.text += tail
+        return tail
 
 
 class VllmEngine:
@@ -253,19 +282,21 @@ class VllmEngine:
     # ---- no thinking budget: one vLLM request carries all n sequences ----
     async def _single_pass(self, prompt: Prompt, params: SamplingParams, request_id: str, max_new: int
                            ) -> AsyncIterator[RequestOutput]:
-        counts: dict[int, int] = defaultdict(int)
+        seqs: dict[int, _SequenceText] = defaultdict(lambda: _SequenceText([]))
         done: set[int] = set()
         wire = _wire_params(params, self.model_config.eos_token_ids, max_tokens=max_new)
-        async for msg in self._vllm_stream(request_id, _wire_prompt(prompt), wire):
+        async for msg in self._vllm_stream(request_id, _wire_prompt(prompt, self.tokenizer), wire):
             if msg["type"] == "aborted":
-                outs = [CompletionOutput(i, "", [], counts[i], FinishReason.ABORT) for i in range(params.n)
+                outs = [CompletionOutput(i, "", [], len(seqs[i].ids), FinishReason.ABORT) for i in range(params.n)
                         if i not in done]
                 yield RequestOutput(request_id, outs, prompt.token_ids, finished=True)
                 return
             outs = []
             for o in msg["outputs"]:
-                counts[o["index"]] += len(o["token_ids"])
-                out = self._completion(o, o["index"], counts[o["index"]])
+                seq = seqs[o["index"]]
+                out = seq.add(self._completion(o, o["index"], len(seq.ids) + len(o["token_ids"])))
+                if out.finish_reason is FinishReason.LENGTH:  # stops cut their text on purpose; lengths do not
+                    out.text += seq.held_back(self.tokenizer, params.skip_special_tokens)
                 if out.finished:
                     done.add(o["index"])
                 outs.append(out)
@@ -318,50 +349,53 @@ class VllmEngine:
                                  max_new: int, budget: ThinkingBudget) -> AsyncIterator[CompletionOutput]:
         seed = None if params.seed is None else params.seed + index
         eos = self.model_config.eos_token_ids
-        generated: list[int] = []
+        seq = _SequenceText([])
         forced = budget.on_start()
         limit = budget.limit
         if not forced and limit is not None and limit > 0:
             first_max = min(limit, max_new)
             wire = _wire_params(params, eos, n=1, seed=seed, max_tokens=first_max,
                                 min_tokens=min(params.min_tokens, first_max))
-            async for msg in self._vllm_stream(request_id, _wire_prompt(prompt), wire):
+            async for msg in self._vllm_stream(request_id, _wire_prompt(prompt, self.tokenizer), wire):
                 if msg["type"] == "aborted":
-                    yield CompletionOutput(index, "", [], len(generated), FinishReason.ABORT)
+                    yield CompletionOutput(index, "", [], len(seq.ids), FinishReason.ABORT)
                     return
                 for o in msg["outputs"]:
                     for t in o["token_ids"]:
                         forced = budget.on_token(t) or forced
-                    generated += o["token_ids"]
-                    at_limit = o["finish_reason"] == "length" and len(generated) < max_new
-                    out = self._completion(o, index, len(generated), hold_finish=at_limit)
+                    count = len(seq.ids) + len(o["token_ids"])
+                    at_limit = o["finish_reason"] == "length" and count < max_new
+                    out = seq.add(self._completion(o, index, count, hold_finish=at_limit))
+                    if out.finish_reason is FinishReason.LENGTH:
+                        out.text += seq.held_back(self.tokenizer, params.skip_special_tokens)
                     yield out
                     if out.finished:
                         return
-        if not forced and not generated:
+        if not forced and not seq.ids:
             return  # the first pass made nothing: nothing to continue
-        count = len(generated)
-        if forced:
-            count += len(forced)
-            yield CompletionOutput(index, self.tokenizer.decode(forced, skip_special_tokens=False), list(forced),
-                                   count, forced_tokens=len(forced))
-        remaining = max_new - count
+        generated = list(seq.ids)
+        held_back = seq.held_back(self.tokenizer, params.skip_special_tokens)
+        if held_back or forced:
+            text = held_back + (self.tokenizer.decode(forced, skip_special_tokens=False) if forced else "")
+            seq.ids += forced
+            seq.text += text[len(held_back):]
+            yield CompletionOutput(index, text, list(forced), len(seq.ids), forced_tokens=len(forced))
+        remaining = max_new - len(seq.ids)
         if remaining <= 0:
-            yield CompletionOutput(index, "", [], count, FinishReason.LENGTH)
+            yield CompletionOutput(index, "", [], len(seq.ids), FinishReason.LENGTH, forced_tokens=len(forced))
             return
-        tail = generated + list(forced)
-        wire_prompt = _wire_prompt(prompt, extra_ids=tail,
-                                   extra_text=self.tokenizer.decode(tail, skip_special_tokens=False))
+        wire_prompt = _wire_prompt(prompt, self.tokenizer, extra_ids=generated + list(forced))
         wire = _wire_params(params, eos, n=1, seed=seed, max_tokens=remaining,
-                            min_tokens=max(0, params.min_tokens - count))
+                            min_tokens=max(0, params.min_tokens - len(seq.ids)))
         async for msg in self._vllm_stream(request_id, wire_prompt, wire):
             if msg["type"] == "aborted":
-                yield CompletionOutput(index, "", [], count, FinishReason.ABORT, forced_tokens=len(forced))
+                yield CompletionOutput(index, "", [], len(seq.ids), FinishReason.ABORT, forced_tokens=len(forced))
                 return
             for o in msg["outputs"]:
-                count += len(o["token_ids"])
-                out = self._completion(o, index, count)
+                out = seq.add(self._completion(o, index, len(seq.ids) + len(o["token_ids"])))
                 out.forced_tokens = len(forced)
+                if out.finish_reason is FinishReason.LENGTH:
+                    out.text += seq.held_back(self.tokenizer, params.skip_special_tokens)
                 yield out
                 if out.finished:
                     return

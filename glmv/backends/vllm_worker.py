@@ -72,10 +72,11 @@ def recv_msg(sock: socket.socket) -> dict[str, Any] | None:
 
 
 def _media_to_vllm(prompt: dict[str, Any]) -> dict[str, Any]:
-    """Wire prompt -> vLLM prompt dict: token ids, or text plus decoded media for vLLM's own processor."""
+    """Wire prompt -> vLLM prompt dict: token ids (or text), plus decoded media for vLLM's own processor."""
     if "prompt_token_ids" in prompt:
-        return {"prompt_token_ids": list(prompt["prompt_token_ids"])}
-    out: dict[str, Any] = {"prompt": prompt["prompt"]}
+        out: dict[str, Any] = {"prompt_token_ids": list(prompt["prompt_token_ids"])}
+    else:
+        out = {"prompt": prompt["prompt"]}
     mm: dict[str, Any] = {}
     if prompt.get("images"):
         from PIL import Image
@@ -258,6 +259,9 @@ def main() -> int:
     import argparse
     import asyncio
 
+    # Python put this file's folder first on sys.path, where glmv's own vllm.py would shadow the real vLLM.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     parser = argparse.ArgumentParser(description="glmv's vLLM worker (started by glmv, not by hand)")
     parser.add_argument("--socket", required=True, help="the Unix socket glmv listens on")
     args = parser.parse_args()
