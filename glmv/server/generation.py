@@ -23,7 +23,7 @@ from glmv.engine.client import PromptTooLongError
 from glmv.engine.outputs import RequestOutput
 from glmv.inputs.prompt import Prompt
 from glmv.sampling import FinishReason, SamplingParams
-from glmv.server.errors import overloaded_error, to_api_error
+from glmv.server.errors import APIError, overloaded_error, to_api_error
 from glmv.server.state import ServingState
 
 request_log = logging.getLogger("glmv.server.requests")
@@ -65,6 +65,11 @@ class TrackedGeneration:
         wanted = len(self.prompt) + (self.params.max_tokens or 1)
         if len(self.prompt) >= max_len or wanted > max_len:
             raise to_api_error(PromptTooLongError(len(self.prompt), max_len, self.params.max_tokens))
+        room = max_len - len(self.prompt)
+        if self.params.min_tokens > room:
+            raise APIError(400, f"min_tokens ({self.params.min_tokens}) is more than the {room} tokens left in the "
+                           f"context ({max_len}) after the {len(self.prompt)} prompt tokens.", "min_tokens",
+                           "invalid_request")
         if state.inflight >= state.max_inflight:
             state.metrics.rejected.inc()
             raise overloaded_error(f"The server is full ({state.inflight} requests in flight); retry shortly.")
