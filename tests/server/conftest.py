@@ -49,10 +49,10 @@ class LiveServer:
         return self.base_url + "/v1"
 
     def client(self, api_key: str = "sk-xxx", **kwargs) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.v1, api_key=api_key, max_retries=0, timeout=120, **kwargs)
+        return openai.OpenAI(base_url=self.v1, api_key=api_key, max_retries=0, timeout=30, **kwargs)
 
     def async_client(self, api_key: str = "sk-xxx", **kwargs) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.v1, api_key=api_key, max_retries=0, timeout=120, **kwargs)
+        return openai.AsyncOpenAI(base_url=self.v1, api_key=api_key, max_retries=0, timeout=30, **kwargs)
 
     def stop(self) -> None:
         self.server.should_exit = True

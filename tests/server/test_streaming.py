@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import openai
 import pytest
 
 from tests.server.conftest import ENGINES, serve_args, start_server
@@ -146,3 +147,28 @@ def test_completions_stream_equals_non_stream(server):
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == [whole.choices[0].finish_reason]
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_chat_logprobs(server):
+    client = server.client()
+    kw = dict(model="tiny", messages=MESSAGES, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3)
+    if not getattr(server.state.engine, "computes_logprobs", True):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(**kw)
+        assert err.value.body["param"] == "logprobs"
+        return
+    whole = client.chat.completions.create(**kw)
+    content = whole.choices[0].logprobs.content
+    assert len(content) == 8
+    for entry in content:
+        assert entry.logprob <= 0
+        assert entry.bytes == list(entry.token.encode("utf-8"))
+        assert 1 <= len(entry.top_logprobs) <= 3
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob, abs=1e-4)  # greedy: the top token
+        assert [t.logprob for t in entry.top_logprobs] == sorted((t.logprob for t in entry.top_logprobs),
+                                                                 reverse=True)
+    streamed = [e for c in client.chat.completions.create(stream=True, **kw) if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content]
+    assert [(e.token, round(e.logprob, 4)) for e in streamed] == [(e.token, round(e.logprob, 4)) for e in content]
+    plain = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, temperature=0)
+    assert plain.choices[0].logprobs is None
