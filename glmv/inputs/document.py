@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pypdfium2 as pdfium
 from PIL import Image
 
+from glmv.inputs.cache import MediaCache
 from glmv.inputs.errors import InvalidInputError
 from glmv.inputs.office import convert_to_pdf
 from glmv.inputs.sizing import PixelBounds, VisionGeometry, image_tokens
@@ -60,8 +61,13 @@ def document_to_pdf(data: bytes, fmt: str, where: str, settings: DocumentSetting
 
 
 def render_document(pdf_bytes: bytes, where: str, settings: DocumentSettings, token_budget: int | None,
-                    bounds: PixelBounds, geometry: VisionGeometry, max_page_pixels: int) -> RenderedDocument:
-    """Render the pages that fit `token_budget` (None: no budget, read up to max_pages at full dpi)."""
+                    bounds: PixelBounds, geometry: VisionGeometry, max_page_pixels: int,
+                    cache: MediaCache | None = None, digest: str | None = None) -> RenderedDocument:
+    """Render the pages that fit `token_budget` (None: no budget, read up to max_pages at full dpi).
+
+    With a cache, rendered pages are kept under the plan (pages, scale) rather than the budget, so the next turn of
+    a chat about the same document, whose budget is a little smaller, reuses them when the plan is unchanged.
+    """
     # Larger than the processor keeps is wasted work: it would shrink the page again.
     max_page_pixels = min(max_page_pixels, bounds.max_pixels // geometry.temporal_patch_size)
     with _PDFIUM:
@@ -72,6 +78,10 @@ def render_document(pdf_bytes: bytes, where: str, settings: DocumentSettings, to
                 raise InvalidInputError(f"{where}: the document has no pages.", param=where, code="invalid_document")
             sizes = [_page_size(pdf, i) for i in range(min(total, settings.max_pages))]
             plan = plan_pages(sizes, settings, token_budget, bounds, geometry, max_page_pixels, where)
+            key = ("document-pages", digest, plan, max_page_pixels)
+            cached = cache.get(key) if cache is not None and digest is not None else None
+            if cached is not None:
+                return cached
             pages = [_render_page(pdf, i, _page_scale(sizes[i], plan.scale, max_page_pixels))
                      for i in range(plan.count)]
         except pdfium.PdfiumError as exc:
@@ -79,7 +89,10 @@ def render_document(pdf_bytes: bytes, where: str, settings: DocumentSettings, to
                                     code="invalid_document") from None
         finally:
             pdf.close()
-    return RenderedDocument(pages=pages, pages_total=total, dpi=plan.scale * _POINTS_PER_INCH)
+    document = RenderedDocument(pages=pages, pages_total=total, dpi=plan.scale * _POINTS_PER_INCH)
+    if cache is not None and digest is not None:
+        cache.put(key, document)
+    return document
 
 
 def plan_pages(sizes: list[tuple[float, float]], settings: DocumentSettings, token_budget: int | None,

@@ -254,14 +254,13 @@ def _decode_one(p: _MediaPart, f: FetchedMedia, policy: MediaPolicy, options: Me
 def _render_one(p: _MediaPart, f: FetchedMedia, policy: MediaPolicy, options: MediaOptions, room: int | None,
                 cache: MediaCache | None, decoded_bytes: _DecodedBytes) -> tuple[RenderedDocument, str]:
     fmt, digest = _sniffed(p, f, "document")
-    key = ("document", digest, options.document, room, options.image_bounds, options.geometry)
-    doc = cache.get(key) if cache is not None else None
-    if doc is None:
-        pdf = document_to_pdf(f.data, fmt, p.where, options.document)
-        doc = render_document(pdf, p.where, options.document, room, options.image_bounds, options.geometry,
-                              policy.max_image_pixels)
-        if cache is not None:
-            cache.put(key, doc)
+    pdf = cache.get(("pdf", digest)) if cache is not None and fmt != "pdf" else None
+    if pdf is None:
+        pdf = document_to_pdf(f.data, fmt, p.where, options.document)  # LibreOffice for PPT/PPTX: seconds
+        if cache is not None and fmt != "pdf":
+            cache.put(("pdf", digest), pdf, len(pdf))
+    doc = render_document(pdf, p.where, options.document, room, options.image_bounds, options.geometry,
+                          policy.max_image_pixels, cache, digest)
     decoded_bytes.add(sizeof(doc.pages), p.where)
     return doc, digest
 

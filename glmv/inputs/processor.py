@@ -87,7 +87,7 @@ class PromptBuilder:
         return Prompt(token_ids=list(ids), text=None)
 
     def count_text_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     # -- media --------------------------------------------------------------------------------------------------
     def media_options(self, policy: MediaPolicy, mm_processor_kwargs: dict[str, Any] | None = None,
@@ -128,12 +128,12 @@ class PromptBuilder:
             else:
                 expanded.append(piece)
         full = "".join(expanded)
-        ids = self.tokenizer(full, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(full, add_special_tokens=False, verbose=False)["input_ids"]
         mm = MultiModalInputs(
-            pixel_values=torch.cat([f[0] for f in images]) if images else None,
-            image_grid_thw=torch.cat([f[1] for f in images]) if images else None,
-            pixel_values_videos=torch.cat([f[0] for f in videos]) if videos else None,
-            video_grid_thw=torch.cat([f[1] for f in videos]) if videos else None,
+            pixel_values=_cat([f[0] for f in images]),
+            image_grid_thw=_cat([f[1] for f in images]),
+            pixel_values_videos=_cat([f[0] for f in videos]),
+            video_grid_thw=_cat([f[1] for f in videos]),
             image_hashes=[f[3] for f in images],
             video_hashes=[f[3] for f in videos],
         )
@@ -216,6 +216,13 @@ def processor_defaults(processor: Any) -> ProcessorDefaults:
 def _bounds(size: Any) -> PixelBounds:
     get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
     return PixelBounds(min_pixels=int(get("shortest_edge")), max_pixels=int(get("longest_edge")))
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """Concatenated; a single (possibly cached) tensor is shared, not copied: engines treat inputs as read-only."""
+    if not tensors:
+        return None
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def _media_key(digest: str, grid: torch.Tensor) -> str:

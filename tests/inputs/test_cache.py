@@ -92,3 +92,30 @@ def test_a_resent_video_is_not_decoded_again(build_prompt, counting):
     assert torch.equal(first.mm.pixel_values_videos, second.mm.pixel_values_videos)
     build_prompt(user(video_part(vid)), media_io_kwargs={"video": {"fps": 4}})  # other sampling: decoded anew
     assert counting["decode_video"] == 2
+
+
+def test_a_document_in_a_longer_chat_is_not_rendered_or_converted_again(build_prompt, builder, monkeypatch):
+    from glmv.inputs import document
+    from tests.inputs.media import file_part, pdf_bytes, pptx_bytes
+
+    builder.media_cache.clear()
+    counts = {"render": 0, "convert": 0}
+    real_render = document._render_page
+
+    def render(*a, **k):
+        counts["render"] += 1
+        return real_render(*a, **k)
+
+    def convert(data, fmt, where, settings):  # stands in for LibreOffice: any PPTX becomes a 2-page PDF
+        counts["convert"] += 1
+        return pdf_bytes(2, size=(200, 150))
+
+    monkeypatch.setattr(document, "_render_page", render)
+    monkeypatch.setattr(loader, "document_to_pdf", convert)
+    deck = file_part(data_uri(pptx_bytes(2)), "deck.pptx")
+    turn1 = user(deck, text_part("Summarize the deck."))
+    first, _, _ = build_prompt(turn1, max_tokens=256)
+    turn2 = turn1 + [{"role": "assistant", "content": "It has two slides."}] + user(text_part("And slide 2?"))
+    second, _, _ = build_prompt(turn2, max_tokens=256)
+    assert counts == {"render": 2, "convert": 1}
+    assert first.info == second.info and first.mm.image_hashes == second.mm.image_hashes
