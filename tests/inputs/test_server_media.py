@@ -89,7 +89,7 @@ def client(tiny_model_dir, files):
     engine_config = EngineConfig(model=str(tiny_model_dir), engine="transformers", device="cpu", dtype="float32",
                                  max_model_len=4096)
     server_config = ServerConfig(port=0, served_model_names=("tiny",), allowed_local_media_path=files["root"],
-                                 allowed_media_domains=("localhost",), media_fetch_timeout=1.0,
+                                 allowed_media_domains=("localhost",), media_fetch_timeout=2.0,
                                  max_media_bytes=2 << 20, limit_mm_per_prompt={"image": 3, "video": 1, "document": 1})
     state = build_state(engine_config, server_config)
     sock = socket.socket()
@@ -138,7 +138,7 @@ def test_good_media_are_answered(client, files, media_site):
     ("file outside the allowed path", 400, "outside"),
     ("symlink escape", 400, "outside"),
     ("download over the cap", 413, "2 MiB"),
-    ("url that never answers", 400, "within 1 s"),
+    ("url that never answers", 400, "within 2 s"),
     ("image with a video", 400, "cannot share a prompt"),
     ("too many images", 400, "at most 3 images"),
     ("bad media_io_kwargs", 400, "fps"),
