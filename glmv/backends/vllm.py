@@ -128,7 +128,7 @@ def _wire_params(params: SamplingParams, eos_ids: tuple[int, ...], **override: A
         "frequency_penalty": params.frequency_penalty, "seed": params.seed, "stop": list(params.stop),
         "stop_token_ids": stop_ids, "include_stop_str_in_output": params.include_stop_str_in_output,
         "ignore_eos": params.ignore_eos, "min_tokens": params.min_tokens, "logprobs": params.logprobs,
-        "prompt_logprobs": params.prompt_logprobs, "skip_special_tokens": params.skip_special_tokens,
+        "skip_special_tokens": params.skip_special_tokens,  # prompt_logprobs: no glmv output carries them
         "spaces_between_special_tokens": params.spaces_between_special_tokens,
         "logit_bias": {int(k): float(v) for k, v in params.logit_bias.items()} or None,
     }

@@ -191,3 +191,21 @@ def test_chat_with_an_image_over_http_splits_reasoning_from_the_answer(vllm_serv
             reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
             content += delta.content or ""
     assert (reasoning, content) == ("ZZZZ", message.content)
+
+
+def test_logprobs_come_back_per_token(engine, prompts):
+    async def go():
+        params = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True, logprobs=2)
+        rows = []
+        async for out in engine.generate(prompts["text"], params, "logprobs"):
+            for c in out.outputs:
+                assert c.logprobs is not None and len(c.logprobs) == len(c.token_ids)
+                rows += list(zip(c.token_ids, c.logprobs, strict=True))
+        return rows
+
+    rows = run(go())
+    assert len(rows) == 5
+    for token, lp in rows:
+        assert lp.token_id == token and lp.logprob <= 0.0
+        assert len(lp.top) == 2 and lp.top[0][0] == token  # greedy: the chosen token is the most likely
+        assert lp.top[0][2] >= lp.top[1][2] and abs(lp.top[0][2] - lp.logprob) < 1e-4
