@@ -9,7 +9,9 @@ What runs, in this order, each alone on the machine:
 - `glmv`: `glmv serve --engine glmv` (glmv.engine.async_engine.AsyncEngine), driven over HTTP;
 - `vllm-best`: `vllm serve` with its worker bound to every core and torch.compile (vLLM's CPU default);
 - `vllm-default`: `vllm serve` as it starts by default (its worker thread-bound to one core, one kept for the
-  scheduler, with compilation).
+  scheduler, with compilation);
+- `glmv-vllm` (only when named in --engines): `glmv serve --engine vllm`, glmv's API on top of the same vLLM as
+  `vllm-best` (glmv/backends/vllm.py), to show what the scale-out path costs over bare vLLM.
 Servers get `/v1/completions` requests with the same token-id prompts from bench/loadgen.py (streaming, greedy,
 ignore_eos so every request makes exactly --max-tokens tokens). Prompts are random ordinary tokens, distinct for
 every request so no engine gets prefix-cache hits. vLLM serves with image/video limits 0: the prompts are text-only,
@@ -46,7 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 from loadgen import CompletionsTarget, EngineTarget, LevelResult, Target, run_level  # noqa: E402
 
-ENGINES = ("hf", "glmv", "vllm-best", "vllm-default")
+ENGINES = ("hf", "glmv", "vllm-best", "vllm-default", "glmv-vllm")
+DEFAULT_ENGINES = ENGINES[:4]
 # vLLM's figures on this machine from the issue (same model shape, prompts and lengths), for the record.
 ISSUE_FIGURES = {"vllm-best": {1: 88.0, 8: 514.0, 32: 890.0}, "vllm-default": {1: 71.0, 8: 326.0, 32: 486.0},
                  "hf": {1: 58.5}}
@@ -189,6 +192,19 @@ def glmv_server(args: argparse.Namespace, log_dir: Path) -> Server:
     return Server("glmv", cmd, child_env({"HF_HUB_OFFLINE": "1"}), log_dir / "glmv.log", port)
 
 
+def glmv_on_vllm_server(args: argparse.Namespace, log_dir: Path) -> Server:
+    port = free_port()
+    engine_args = {"limit_mm_per_prompt": {"image": 0, "video": 0}}
+    cmd = [str(ROOT / ".venv" / "bin" / "glmv"), "serve", str(args.model_dir), "--engine", "vllm", "--vllm-python",
+           str(args.vllm_venv / "bin" / "python"), "--device", "cpu", "--dtype", "bfloat16", "--max-model-len",
+           str(args.max_model_len), "--vllm-engine-args", json.dumps(engine_args), "--host", "127.0.0.1", "--port",
+           str(port), "--served-model-name", "bench", "--log-level", "warning"]
+    if args.vllm_eager:
+        cmd.append("--enforce-eager")
+    extra = dict(VLLM_ENV, HF_HUB_OFFLINE="1", VLLM_CPU_OMP_THREADS_BIND=f"0-{os.cpu_count() - 1}")
+    return Server("glmv-vllm", cmd, child_env(extra), log_dir / "glmv-vllm.log", port)
+
+
 def glmv_engine_missing() -> str | None:
     """Why glmv's own engine cannot be benchmarked yet (None when it can)."""
     try:
@@ -294,21 +310,21 @@ def report(rows: dict[str, EngineRow], levels: list[int]) -> str:
         errs = sum(lv.errors for lv in row.levels.values())
         lines.append(f"{row.label:<34}" + "".join(f"{t:>13}" for t in tps) + "".join(f"{t:>16}" for t in ttfts)
                      + (f"   ({errs} failed requests)" if errs else ""))
-    glmv = rows.get("glmv")
-    for peer_name, peer_label in (("vllm-best", "vLLM best"), ("vllm-default", "vLLM default"), ("hf", "HF")):
-        peer = rows.get(peer_name)
-        if glmv is None or peer is None or glmv.unavailable or peer.unavailable:
+    pairs = (("glmv", "vllm-best", "glmv / vLLM best"), ("glmv", "vllm-default", "glmv / vLLM default"),
+             ("glmv", "hf", "glmv / HF"), ("glmv-vllm", "vllm-best", "glmv on vLLM / vLLM best"))
+    for ours_name, peer_name, title in pairs:
+        ours, peer = rows.get(ours_name), rows.get(peer_name)
+        if ours is None or peer is None or ours.unavailable or peer.unavailable:
             continue
         ratios, ttft_ratios = [], []
         for c in levels:
-            g, p = glmv.levels.get(c), peer.levels.get(c)
-            p_tps = p.tok_per_s if p else (peer.extra.get("offline_batch", {}).get("tok_per_s")
-                                           if peer.extra.get("offline_batch", {}).get("batch") == c else None)
+            g, p = ours.levels.get(c), peer.levels.get(c)
+            batch = peer.extra.get("offline_batch", {})
+            p_tps = p.tok_per_s if p else (batch.get("tok_per_s") if batch.get("batch") == c else None)
             ratios.append(times(g.tok_per_s / p_tps if g and p_tps else None))
             gt, pt = (g.ttft_median_ms if g else None), (p.ttft_median_ms if p else None)
             ttft_ratios.append(times(gt / pt if gt and pt else None))
-        lines.append(f"{'glmv / ' + peer_label:<34}" + "".join(f"{r:>13}" for r in ratios)
-                     + "".join(f"{r:>16}" for r in ttft_ratios))
+        lines.append(f"{title:<34}" + "".join(f"{r:>13}" for r in ratios) + "".join(f"{r:>16}" for r in ttft_ratios))
     if any("offline_batch" in r.extra for r in rows.values()):
         lines.append("* HF: one offline batch through generate() (no server, no TTFT).")
     lines.append("Ratios: tok/s higher is better for glmv; TTFT ratio lower is better for glmv.")
@@ -320,7 +336,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="smoke test of the harness: 16 output tokens, concurrency 1 and 8, one wave, eager vLLM")
-    p.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated subset of {', '.join(ENGINES)}")
+    p.add_argument("--engines", default=",".join(DEFAULT_ENGINES), help=f"comma-separated, from {', '.join(ENGINES)}")
     p.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrency levels")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--max-tokens", type=int, default=128, help="output tokens per request (ignore_eos)")
@@ -353,7 +369,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ensure_model(args.model_dir, args.preset)
-    if any(e.startswith("vllm") for e in args.engine_names):
+    if any("vllm" in e for e in args.engine_names):
         ensure_vllm_venv(args.vllm_venv)
     per_level = {c: max(args.waves * c, 4 if c == 1 else c) for c in args.levels}
     total = sum(per_level.values()) + max(args.levels)
@@ -367,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = args.out / f"cpu_bench-{stamp}-logs"
     labels = {"hf": "HF generate (reference engine)", "glmv": "glmv serve (AsyncEngine)",
               "vllm-best": "vLLM serve (all cores, compiled)" if not args.vllm_eager else "vLLM serve (all cores, eager)",
-              "vllm-default": "vLLM serve (default)" if not args.vllm_eager else "vLLM serve (default, eager)"}
+              "vllm-default": "vLLM serve (default)" if not args.vllm_eager else "vLLM serve (default, eager)",
+              "glmv-vllm": "glmv serve --engine vllm (best)"}
     rows = {name: EngineRow(name, labels[name]) for name in args.engine_names}
     print(f"CPU benchmark: {args.model_dir.name} preset, {args.prompt_len}-token prompts, {args.max_tokens} output "
           f"tokens, bf16, greedy, ignore_eos; concurrency {args.levels}; {os.cpu_count()} cores; load average "
@@ -383,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             row.unavailable = glmv_engine_missing()
             if row.unavailable is None:
                 asyncio.run(bench_server(row, glmv_server(args, log_dir), args, prompts_by_level, warmup))
+        elif name == "glmv-vllm":
+            asyncio.run(bench_server(row, glmv_on_vllm_server(args, log_dir), args, prompts_by_level, warmup))
         else:
             asyncio.run(bench_server(row, vllm_server(args, name == "vllm-best", log_dir), args, prompts_by_level,
                                      warmup))
