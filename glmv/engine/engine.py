@@ -50,6 +50,9 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.max_model_len = engine_config.max_model_len or model_config.text.max_position_embeddings
         self.runner = runner or ModelRunner(model_config, engine_config, self.max_model_len)
+        if runner is None and self.runner.device.type == "cuda" and not engine_config.enforce_eager \
+                and self.runner.graphs_worthwhile:
+            self.runner.capture_decode_graphs()
         self.block_size = engine_config.block_size
         self.pool = KVBlockPool(self.runner.num_blocks, self.block_size, engine_config.enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(engine_config.max_num_seqs, engine_config.max_num_batched_tokens,

@@ -22,7 +22,7 @@ from glmv.models.glm4v import Glm4vModel  # noqa: E402
 from glmv.models.tiny import make_tiny_model  # noqa: E402
 from glmv.sampling import SamplingParams  # noqa: E402
 
-from .media import noise_image, read_mp4, write_mp4  # noqa: E402
+from .media import noise_image  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +80,8 @@ def images():
 
 @pytest.fixture(scope="session")
 def video(tmp_path_factory):
+    from .media import read_mp4, write_mp4
+
     return read_mp4(write_mp4(tmp_path_factory.mktemp("video") / "clip.mp4"))
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
-from transformers.video_utils import VideoMetadata
 
 
 def noise_image(seed: int, width: int, height: int) -> Image.Image:
@@ -17,6 +15,8 @@ def noise_image(seed: int, width: int, height: int) -> Image.Image:
 
 def write_mp4(path: Path, frames: int = 4, fps: int = 2, size: tuple[int, int] = (112, 84)) -> Path:
     """A short mp4 (mpeg4 codec, which every PyAV wheel carries) of moving colour gradients."""
+    import av
+
     width, height = size
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("mpeg4", rate=fps)
@@ -32,8 +32,11 @@ def write_mp4(path: Path, frames: int = 4, fps: int = 2, size: tuple[int, int] =
     return path
 
 
-def read_mp4(path: Path) -> tuple[np.ndarray, VideoMetadata]:
+def read_mp4(path: Path) -> tuple[np.ndarray, object]:
     """All frames (T, H, W, 3) uint8 plus the metadata the processor needs for timestamps."""
+    import av
+    from transformers.video_utils import VideoMetadata
+
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or 2)
