@@ -77,9 +77,13 @@ async def load_messages_async(messages: list[dict[str, Any]], policy: MediaPolic
     for (i, _, _), result in zip(jobs, results, strict=True):
         decoded[i] = result
     _check_media_fit(parts, decoded, options)
+    documents_left = sum(p.kind == "document" for p in parts)
     for i, (p, f) in enumerate(zip(parts, fetched, strict=True)):
         if p.kind == "document":
             room = _document_room(texts, messages, parts, decoded, options)
+            if room is not None:  # several documents (when allowed) share what is left evenly
+                room //= documents_left
+            documents_left -= 1
             decoded[i] = await asyncio.to_thread(_render_one, p, f, policy, options, room, cache, decoded_bytes)
     return _assemble(messages, parts, decoded)
 
@@ -269,10 +273,13 @@ def _media_tokens(parts: list[_MediaPart], decoded: dict[int, Any], options: Med
     """LLM tokens of the decoded images and video (placeholders, markers and timestamps), exactly as processed."""
     used = 0
     for i, p in enumerate(parts):
-        if i not in decoded or p.kind == "document":
+        if i not in decoded:
             continue
         value = decoded[i][0]
-        if p.kind == "image":
+        if p.kind == "document":  # an earlier document of the same prompt (when the limit allows several)
+            used += sum(image_tokens(page.height, page.width, options.image_bounds, options.geometry) + 2
+                        for page in value.pages)
+        elif p.kind == "image":
             used += image_tokens(value.height, value.width, options.image_bounds, options.geometry) + 2
         else:
             frames, height, width = value.frames.shape[:3]
@@ -339,7 +346,9 @@ def _assemble(messages: list[dict[str, Any]], parts: list[_MediaPart],
                     media.image_hashes.append(f"{digest}:page{k}@{doc.dpi:.3f}")
                     media.image_parts.append(f"{p.where} page {k + 1}")
                     new_parts.append({"type": "image"})
-                media.info.update(document_pages=doc.pages_read, document_pages_total=doc.pages_total,
-                                  document_dpi=round(doc.dpi, 1))
+                info = media.info  # several documents (when allowed) add up; the lowest resolution is reported
+                info["document_pages"] = info.get("document_pages", 0) + doc.pages_read
+                info["document_pages_total"] = info.get("document_pages_total", 0) + doc.pages_total
+                info["document_dpi"] = min(info.get("document_dpi", 1e9), round(doc.dpi, 1))
         out.append({**msg, "content": new_parts})
     return out, media

@@ -171,3 +171,12 @@ def _gone(pid: str) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_two_documents_share_the_budget(build_prompt):
+    data = data_uri(pdf_bytes(6, size=A4), "application/pdf")
+    policy = MediaPolicy(max_documents=2)
+    prompt, _, _ = build_prompt(user(file_part(data), file_part(data), text_part("Compare.")), policy=policy,
+                                max_model_len=4096, max_tokens=500)
+    assert prompt.info["document_pages_total"] == 12 and prompt.info["document_pages"] >= 2
+    assert len(prompt) <= 4096 - 500
