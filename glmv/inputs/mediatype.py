@@ -38,6 +38,8 @@ SUPPORTED_TEXT = {
 
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _ASF_MAGIC = b"\x30\x26\xb2\x75\x8e\x66\xcf\x11\xa6\xd9\x00\xaa\x00\x62\xce\x6c"
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1", b"avif",
+                b"avis")
 _MOV_ATOMS = (b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
 
 
@@ -60,6 +62,8 @@ def sniff(data: bytes) -> MediaType | None:
         return MediaType("video", "avi", "video/x-msvideo")
     if head[4:8] == b"ftyp":
         brand = head[8:12]
+        if brand in _HEIF_BRANDS:
+            return None  # HEIC / AVIF photos share MP4's box format but are stills glmv does not decode
         if brand == b"qt  ":
             return MediaType("video", "mov", "video/quicktime")
         if brand.startswith(b"M4V"):
@@ -94,6 +98,8 @@ def sniff(data: bytes) -> MediaType | None:
 def describe_unknown(data: bytes) -> str:
     """A short guess at what unsupported bytes are, so the error message helps ("text", "a ZIP archive")."""
     head = data[:64]
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "a HEIC/AVIF image, which glmv does not decode; convert it to JPEG or PNG"
     if head.startswith(b"PK\x03\x04"):
         return "a ZIP archive (e.g. DOCX/XLSX), not a supported format"
     if head.startswith(_OLE_MAGIC):
