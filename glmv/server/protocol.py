@@ -127,7 +127,9 @@ class SamplingFields(OpenAIModel):
     # vLLM extras
     top_k: int | None = Field(default=None, ge=-1, description="vLLM extra. 0 or -1: off.")
     min_p: float | None = Field(default=None, ge=0, le=1, description="vLLM extra.")
-    repetition_penalty: float | None = Field(default=None, gt=0, le=10, description="vLLM extra. 1.0: off.")
+    repetition_penalty: float | None = Field(
+        default=None, ge=0.01, le=10, description="vLLM extra. 1.0: off; above 1 discourages repeats. Values near 0 "
+        "would divide logits into infinities, so 0.01 is the floor.")
     stop_token_ids: list[int] | None = Field(default=None, description="vLLM extra: token ids that end a choice.")
     skip_special_tokens: bool = Field(default=True, description="vLLM extra: drop special tokens from the text.")
     spaces_between_special_tokens: bool = True

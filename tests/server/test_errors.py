@@ -59,6 +59,8 @@ INVALID_CHAT = [
     pytest.param({"messages": USER, "stop": [str(i) for i in range(17)]}, None, id="too-many-stops"),
     pytest.param({"messages": USER, "min_tokens": 10, "max_tokens": 5}, None, id="min-over-max"),
     pytest.param({"messages": USER, "seed": 2**70}, "seed", id="seed-range"),
+    pytest.param({"messages": USER, "repetition_penalty": 1e-300, "temperature": 1}, "repetition_penalty",
+                 id="repetition_penalty-tiny"),
     pytest.param({"messages": USER, "min_tokens": 1000}, "min_tokens", id="min_tokens-over-context"),
     pytest.param({"messages": USER, "thinking_budget": -1}, "thinking_budget", id="thinking_budget"),
     pytest.param({"messages": []}, "messages", id="no-messages"),

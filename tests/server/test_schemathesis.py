@@ -16,15 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
 
-from tests.server.conftest import serve_args, start_server
+from tests.server.conftest import ENGINES, serve_args, start_server
 
 MAX_N = 3
 EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 30}
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(tiny_model_dir):
-    s = start_server(serve_args(tiny_model_dir, "transformers", "--max-model-len", "48", "--served-model-name",
+@pytest.fixture(scope="module", params=ENGINES)
+def fuzz_server(request, tiny_model_dir):
+    s = start_server(serve_args(tiny_model_dir, request.param, "--max-model-len", "48", "--served-model-name",
                                 "tiny", "--disable-log-requests"))
     yield s
     s.stop()
