@@ -17,6 +17,7 @@ from glmv.server.auth import APIKeyAuth
 from glmv.server.errors import install_error_handlers
 from glmv.server.middleware import RequestBodyGuard, ResponseCounter
 from glmv.server.state import ServingState
+from glmv.ui.routes import mount_ui
 
 DESCRIPTION = """An OpenAI-compatible server for GLM-4.1V-Thinking (images, video, documents, reasoning).
 Clients of `vllm serve` work unchanged; see docs/API.md for fields, extras and errors."""
@@ -38,6 +39,7 @@ def create_app(state: ServingState) -> FastAPI:
     install_error_handlers(app)
     for module in (models, chat, completions, tokenize, metrics):
         app.include_router(module.router)
+    mount_ui(app)  # the web chat page at / and /ui: a client of this same /v1 API (docs/DOORS.md)
 
     # add_middleware wraps: the last one added runs first.
     app.add_middleware(RequestBodyGuard, max_bytes=cfg.max_request_bytes)

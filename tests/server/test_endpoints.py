@@ -34,6 +34,13 @@ def test_health_and_version(server):
     assert httpx.get(server.base_url + "/version").json() == {"version": glmv.__version__}
 
 
+def test_web_page_is_served(server):
+    for path in ("/", "/ui"):
+        r = httpx.get(server.base_url + path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "/ui" not in httpx.get(server.base_url + "/openapi.json").json()["paths"]
+
+
 def test_models_list_and_retrieve(server):
     client = server.client()
     assert [m.id for m in client.models.list()] == ["tiny", "tiny-alias"]
