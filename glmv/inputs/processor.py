@@ -49,7 +49,8 @@ def load_chat_template(model_dir: Path, override: str | None) -> str:
 class PromptBuilder:
     """Builds Prompts for one checkpoint. Thread-safe: the processors are stateless per call, the cache is locked."""
 
-    def __init__(self, model_dir: Path, chat_template: str | None = None, media_cache_bytes: int = 1 << 30):
+    def __init__(self, model_dir: Path, chat_template: str | None = None, media_cache_bytes: int = 1 << 30,
+                 patch_cache_bytes: int = 2 << 30):
         from transformers import AutoProcessor
 
         self.model_dir = Path(model_dir)
@@ -58,7 +59,10 @@ class PromptBuilder:
         self.chat_template_text = load_chat_template(self.model_dir, chat_template)
         env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         self._template = env.from_string(self.chat_template_text)
-        self.media_cache = MediaCache(media_cache_bytes)
+        # Two caches, so that a long document's patches (24 bytes a pixel) cannot flush the compact decoded media
+        # (3 bytes a pixel) that load_messages_async keeps in the first.
+        self.media_cache = MediaCache(media_cache_bytes)  # decoded images, video frames, rendered pages
+        self.patch_cache = MediaCache(patch_cache_bytes)  # the processor's pixel_values per item
         self.defaults = processor_defaults(self.processor)
         self.image_token = self.processor.image_token
         self.video_token = self.processor.video_token
@@ -157,7 +161,7 @@ class PromptBuilder:
         image = media.images[index]
         digest = media.image_hashes[index] if index < len(media.image_hashes) else _pixels_hash(image)
         key = ("image-patches", digest, image.size, bounds)
-        cached = self.media_cache.get(key)
+        cached = self.patch_cache.get(key)
         if cached is not None:
             return cached
         try:
@@ -168,7 +172,7 @@ class PromptBuilder:
         grid = out["image_grid_thw"]
         tokens = int(grid[0].prod()) // self.defaults.geometry.merge_size ** 2
         result = (out["pixel_values"], grid, tokens, _media_key(digest, grid))
-        self.media_cache.put(key, result)
+        self.patch_cache.put(key, result)
         return result
 
     def _video_features(self, media: LoadedMedia, index: int) -> tuple[torch.Tensor, torch.Tensor, str, str]:
@@ -177,7 +181,7 @@ class PromptBuilder:
         digest = media.video_hashes[index] if index < len(media.video_hashes) else _pixels_hash(frames)
         indices = tuple(metadata.frames_indices or ())
         key = ("video-patches", digest, tuple(np.shape(frames)), indices, metadata.fps)
-        cached = self.media_cache.get(key)
+        cached = self.patch_cache.get(key)
         if cached is not None:
             return cached
         try:
@@ -189,7 +193,7 @@ class PromptBuilder:
         grid = out["video_grid_thw"]
         text = self._video_placeholder(grid[0], metadata)
         result = (out["pixel_values_videos"], grid, text, _media_key(digest, grid))
-        self.media_cache.put(key, result)
+        self.patch_cache.put(key, result)
         return result
 
     def _video_placeholder(self, grid: torch.Tensor, metadata: Any) -> str:

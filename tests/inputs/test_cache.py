@@ -41,6 +41,7 @@ def test_content_hash_is_by_content():
 @pytest.fixture
 def counting(monkeypatch, builder):
     builder.media_cache.clear()
+    builder.patch_cache.clear()
     counts = {"decode_image": 0, "decode_video": 0, "image_processor": 0}
     real_image, real_video = loader.decode_image, loader.decode_video
 
@@ -99,6 +100,7 @@ def test_a_document_in_a_longer_chat_is_not_rendered_or_converted_again(build_pr
     from tests.inputs.media import file_part, pdf_bytes, pptx_bytes
 
     builder.media_cache.clear()
+    builder.patch_cache.clear()
     counts = {"render": 0, "convert": 0}
     real_render = document._render_page
 
