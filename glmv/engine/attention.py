@@ -54,21 +54,24 @@ def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                            seq_lens: torch.Tensor, scale: float) -> torch.Tensor:
-    """One query per sequence over its paged KV (PyTorch reference: gathers the blocks, then masked SDPA).
+    """One query per sequence over its paged KV (PyTorch reference: gather the blocks, two batched matmuls).
 
     Static in shape (no host reads), so it can be captured in a CUDA graph; its cost grows with block_tables' width,
-    so eager callers pass tables only as wide as the batch needs.
+    so eager callers pass tables only as wide as the batch needs. Plain matmuls beat SDPA here: with one query row
+    SDPA's CPU flash kernel is several times slower.
     """
     batch, max_blocks = block_tables.shape
     _, block_size, kv_heads, head_dim = k_cache.shape
+    group = q.shape[1] // kv_heads
+    span = max_blocks * block_size
     idx = block_tables.long()
-    keys = k_cache[idx].view(batch, max_blocks * block_size, kv_heads, head_dim).transpose(1, 2)
-    values = v_cache[idx].view(batch, max_blocks * block_size, kv_heads, head_dim).transpose(1, 2)
-    positions = torch.arange(max_blocks * block_size, device=q.device)
-    mask = (positions.unsqueeze(0) < seq_lens.unsqueeze(1)).view(batch, 1, 1, -1)
-    out = F.scaled_dot_product_attention(q.unsqueeze(2), keys, values, attn_mask=mask, scale=scale,
-                                         enable_gqa=q.shape[1] != kv_heads)
-    return out.squeeze(2)
+    keys = k_cache[idx].view(batch, span, kv_heads, head_dim).permute(0, 2, 3, 1)  # [B, kvh, hd, S]
+    values = v_cache[idx].view(batch, span, kv_heads, head_dim).transpose(1, 2)  # [B, kvh, S, hd]
+    scores = torch.matmul(q.view(batch, kv_heads, group, head_dim), keys).float() * scale  # [B, kvh, g, S]
+    valid = torch.arange(span, device=q.device).unsqueeze(0) < seq_lens.unsqueeze(1)
+    scores = scores.masked_fill(~valid.view(batch, 1, 1, span), float("-inf"))
+    probs = scores.softmax(dim=-1).to(values.dtype)
+    return torch.matmul(probs, values).view(batch, kv_heads * group, head_dim)
 
 
 def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
