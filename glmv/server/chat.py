@@ -59,7 +59,10 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request, state: Serv
     if req.continue_final_message and (req.add_generation_prompt or req.messages[-1].role != "assistant"):
         raise APIError(400, "continue_final_message needs add_generation_prompt: false and a last assistant message.",
                        "continue_final_message", "invalid_request")
-    prompt = await build_chat_prompt(req, state)
+    try:  # media downloads can be slow: stop them too if the client leaves
+        prompt = await unless_disconnected(raw, build_chat_prompt(req, state), [])
+    except ClientDisconnected:
+        return Response(status_code=499)
     gen = TrackedGeneration(state, prompt, params, random_id("chatcmpl"), model, arrival)
     try:
         # A client may leave while its request waits for the first token (queued, long prefill), or, without

@@ -54,6 +54,17 @@ def test_models_list_and_retrieve(server):
     assert r.model == "tiny"
 
 
+def test_unknown_fields_are_ignored(server):
+    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 2, "some_future_field": {"x": 1},
+            "response_format": {"type": "text"}, "tools": [], "metadata": {"k": "v"}, "store": False,
+            "service_tier": "auto", "parallel_tool_calls": True}
+    r = httpx.post(server.v1 + "/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 2
+    r = httpx.post(server.v1 + "/completions", json={"prompt": "hi", "max_tokens": 2, "whatever": 1}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
 def test_tokenize_and_detokenize(server):
     tok = server.state.tokenizer
     r = httpx.post(server.base_url + "/tokenize", json={"prompt": "Hello world", "return_token_strs": True}).json()
