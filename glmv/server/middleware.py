@@ -116,6 +116,9 @@ class ResponseCounter:
 
         try:
             await self.app(scope, receive, counting_send)
+        except Exception:
+            status = status or 500  # answered by the outermost error handler, after this middleware
+            raise
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None)
