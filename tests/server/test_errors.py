@@ -234,3 +234,19 @@ def test_wrong_or_missing_key_is_401(keyed_server):
     # open routes
     for path in ("/health", "/metrics", "/version", "/openapi.json"):
         assert httpx.get(s.base_url + path).status_code == 200, path
+
+
+def test_internal_error_is_500_in_openai_shape_and_counted(server, monkeypatch):
+    """Only our own bugs may be a 500: still OpenAI's shape, logged, counted, and the server goes on."""
+    async def broken(prompt, params, request_id):
+        raise RuntimeError("a bug")
+        yield
+
+    monkeypatch.setattr(server.state.engine, "generate", broken)
+    r = post(server, "/v1/chat/completions", {"messages": USER, "max_tokens": 2})
+    err = assert_error(r, 500)
+    assert "RuntimeError" in err["message"]
+    monkeypatch.undo()
+    metrics = httpx.get(server.base_url + "/metrics").text
+    assert 'glmv_http_responses_total{method="POST",route="/v1/chat/completions",status="500"} 1.0' in metrics
+    assert post(server, "/v1/chat/completions", {"messages": USER, "max_tokens": 2}).status_code == 200
