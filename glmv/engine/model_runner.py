@@ -79,8 +79,9 @@ class ModelRunner:
         elif self.device.type == "cuda":
             budget = self._cuda_kv_budget()
         else:
-            # CPU: no point reserving more than every sequence at full length.
+            # CPU: 2 GiB, but no more than every sequence at full length needs and never less than one sequence.
             budget = min(CPU_DEFAULT_KV_BYTES, (cfg.max_num_seqs * per_seq + 1) * self.bytes_per_block)
+            budget = max(budget, (per_seq + 1) * self.bytes_per_block)
         num_blocks = int(budget // self.bytes_per_block)
         if num_blocks - 1 < per_seq:
             raise ValueError(

@@ -147,3 +147,18 @@ def test_bf16_parity_on_a_larger_preset(preset_dir):
               f"(bf16 ulp at max logit {ulp:.4f})")
         assert max(diffs) <= 8 * ulp
         assert ours.token_ids[0] == ref_tokens[name][0]
+
+
+def test_default_sizing_and_graph_capture(tiny_dir, model_config, tokenizer, prompts, reference):
+    """No kv_cache_memory: the cache takes what gpu_memory_utilization leaves after a profiled step; decode graphs
+    are captured when the decode attention is a native kernel."""
+    config = EngineConfig(model=str(tiny_dir), device="cuda", dtype="float32", max_model_len=512, max_num_seqs=8,
+                          gpu_memory_utilization=0.3)
+    engine = LLMEngine(model_config, config, tokenizer)
+    free, total = torch.cuda.mem_get_info()
+    kv_bytes = engine.runner.num_blocks * engine.runner.bytes_per_block
+    print(f"KV cache {kv_bytes / 2**30:.2f} GiB of {total / 2**30:.1f} GiB; graphs {sorted(engine.runner.graphs)}")
+    assert 0.1 * total < kv_bytes < 0.3 * total
+    assert bool(engine.runner.graphs) == engine.runner.graphs_worthwhile
+    engine.add_request("t", prompts["text"], greedy(24))
+    assert tokens_of(run_to_completion(engine), "t") == reference["text"]
