@@ -2,4 +2,13 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["LLM", "__version__"]
+
+
+def __getattr__(name: str):
+    """Lazy `glmv.LLM` so `import glmv` stays light (the engine pulls in torch)."""
+    if name == "LLM":
+        from glmv.llm import LLM
+
+        return LLM
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import httpx
 
 from glmv.cli.api import error_message, first_model, local_client, remote_client
+from glmv.cli.help import DefaultsHelpFormatter
 
 RETRY_STATUSES = (429, 503)  # the server is full: wait and resend
 MAX_RETRIES = 6
@@ -231,7 +232,7 @@ def add_parser(sub) -> None:
         '{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": {...}} or plain chat requests '
         '{"messages": [...], ...}. Media must be data: URIs or http(s) URLs (or file:// under '
         "--allowed-local-media-path). The model runs in this process, or on a server given with --url.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.__class__ = _IntermixedParser  # sub.add_parser always builds a plain ArgumentParser
     p.add_argument("input", help="the requests, one JSON object per line ('-' reads stdin)")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from glmv.cli.api import ChatEvent, first_model, local_client, remote_client, stream_chat
+from glmv.cli.help import DefaultsHelpFormatter
 
 HISTORY_FILE = Path(os.environ.get("GLMV_CHAT_HISTORY", Path.home() / ".cache" / "glmv" / "chat_history"))
 DIM, RED, BOLD, RESET = "\x1b[2;90m", "\x1b[31m", "\x1b[1m", "\x1b[0m"
@@ -459,7 +460,7 @@ def add_parser(sub) -> None:
         description="Chat with GLM-4.1V in the terminal: the thinking streams dim grey above the answer; attach "
         "media with /image, /video, /file (type /help in the chat). The model runs in this process, or on a "
         "server given with --url. Works with piped stdin too: one message or command per line.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("model", nargs="?", default=None,
                    help="a local folder, a Hugging Face id or (with --hub modelscope) a ModelScope id; with --url, "

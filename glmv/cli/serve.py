@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from glmv.cli.help import DefaultsHelpFormatter
 from glmv.models.loader import DEFAULT_MODEL
 
 
@@ -102,7 +103,7 @@ def add_parser(sub) -> None:
         description="Start an OpenAI-compatible server for GLM-4.1V: /v1/chat/completions, /v1/completions, "
         "/v1/models, /tokenize, /detokenize, /health, /version, /metrics (Prometheus), /docs. Flags mirror "
         "`vllm serve` (both --max-model-len and --max_model_len spellings work). See docs/API.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                    help="a local folder, a Hugging Face id or (with --hub modelscope) a ModelScope id")
@@ -113,7 +114,7 @@ def add_parser(sub) -> None:
     g.add_argument("--served-model-name", nargs="+", default=None,
                    help="name(s) clients use in the 'model' field; the first is the default (default: the model "
                    "argument)")
-    g.add_argument("--api-key", default=os.environ.get("GLMV_API_KEY") or os.environ.get("VLLM_API_KEY"),
+    g.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize and /detokenize (/health and "
                    "/metrics stay open); also read from GLMV_API_KEY or VLLM_API_KEY")
     g.add_argument("--root-path", default="", help="path prefix when a proxy serves glmv under a sub-path")
@@ -136,7 +137,15 @@ def add_parser(sub) -> None:
     g.add_argument("--allowed-local-media-path", default=None,
                    help="allow file:// media under this folder (off by default)")
     g.add_argument("--allowed-media-domains", nargs="*", default=[],
-                   help="hosts media URLs may name even if they resolve to private addresses")
+                   help="if given, media URLs may name only these hosts, and these hosts may resolve to private "
+                   "addresses (add '*' to keep every public host reachable too); by default any public host")
+    g.add_argument("--media-fetch-timeout", type=float, default=20.0,
+                   help="seconds allowed for downloading one media URL, redirects included")
+    g.add_argument("--max-media-bytes", type=int, default=128 << 20,
+                   help="largest single image / video / document accepted, in bytes (default: 128 MiB)")
+    g.add_argument("--max-image-pixels", type=int, default=89_478_485,
+                   help="largest width x height of an image or video frame; bigger ones get 413 before decoding")
+    g.add_argument("--max-document-pages", type=int, default=100, help="most pages read from one document")
     add_engine_args(p)
     p.set_defaults(func=run)
 
@@ -150,9 +159,11 @@ def configs_from_args(args: argparse.Namespace):
         value = getattr(args, name)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"--{name.replace('_', '-')} must be a JSON list of strings, got {value!r}.")
+    # Read at run time so --help never prints a key taken from the environment.
+    api_key = args.api_key or os.environ.get("GLMV_API_KEY") or os.environ.get("VLLM_API_KEY")
     server_config = ServerConfig(
         host=args.host, port=args.port, served_model_names=tuple(args.served_model_name or ()),
-        api_keys=(args.api_key,) if args.api_key else (), root_path=args.root_path,
+        api_keys=(api_key,) if api_key else (), root_path=args.root_path,
         allowed_origins=tuple(args.allowed_origins), allow_credentials=args.allow_credentials,
         allowed_methods=tuple(args.allowed_methods), allowed_headers=tuple(args.allowed_headers),
         log_level=args.log_level, disable_log_requests=args.disable_log_requests,
@@ -160,6 +171,8 @@ def configs_from_args(args: argparse.Namespace):
         limit_mm_per_prompt=limits,
         allowed_local_media_path=Path(args.allowed_local_media_path) if args.allowed_local_media_path else None,
         allowed_media_domains=tuple(args.allowed_media_domains),
+        media_fetch_timeout=args.media_fetch_timeout, max_media_bytes=args.max_media_bytes,
+        max_image_pixels=args.max_image_pixels, max_document_pages=args.max_document_pages,
     )
     return engine_config_from_args(args), server_config
 

@@ -218,7 +218,8 @@ class TransformersEngine:
 
         self._waiting += 1
         fut = loop.run_in_executor(None, work)
-        eos = set() if params.ignore_eos else set(self.model_config.eos_token_ids) | set(params.stop_token_ids)
+        # ignore_eos ignores the model's EOS ids only; stop_token_ids still end the sequence (as in vLLM)
+        eos = (set() if params.ignore_eos else set(self.model_config.eos_token_ids)) | set(params.stop_token_ids)
         num = 0
         finish: FinishReason | None = None
         stop_reason: int | str | None = None
