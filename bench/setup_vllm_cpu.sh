@@ -23,9 +23,18 @@ TORCH=${VLLM_TORCH_VERSION:-2.13.0+cpu}
 if [ -z "${PYTHON:-}" ]; then
   PYTHON=$(command -v python3.11 || command -v python3)
 fi
-# The stamp carries a hash of this script, so a changed recipe rebuilds the venv.
-STAMP="$VENV/.glmv-ready-$VERSION-$(md5sum "$0" | cut -c1-12)"
+# Bump RECIPE when a change below changes what gets installed: the stamp names it, so old venvs are rebuilt.
+RECIPE=1
+STAMP="$VENV/.glmv-ready-$VERSION-r$RECIPE"
 
+if [ -f "$STAMP" ]; then
+  echo "vLLM CPU venv ready: $VENV"
+  exit 0
+fi
+# One builder at a time (make test and a test fixture, or two sessions, may ask together); the others wait for it.
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+flock 9
 if [ -f "$STAMP" ]; then
   echo "vLLM CPU venv ready: $VENV"
   exit 0
