@@ -3,11 +3,20 @@
     PYTHONPATH=. python3 bench/gpu_bench.py --model-dir /tmp/glmv-full            # builds the full preset if missing
     PYTHONPATH=. python3 bench/gpu_bench.py --model-dir DIR --skip-hf --quick     # shorter
 
-Measures (bf16, real 9B dims, random weights - decode speed does not depend on the values):
-  copy bandwidth (device-to-device) and the single-stream decode roofline it implies; checkpoint load time;
-  single-stream decode 512 in / 256 out; output throughput at 64 concurrent (512/256); 128 concurrent requests with one
-  1008x1008 image + 30 text tokens and 256 out; TTFT of one such image prompt on an idle engine; prefill of 4096 text
-  tokens; and HF transformers generate for the same single-stream and image cases. Prints a table with ratios.
+Measures (bf16, real 9B dims, random weights - speed does not depend on the values):
+- the device: copy bandwidth (bytes read + written) and bf16 matmul rate; the single-stream decode roofline they imply;
+- HF transformers `generate` (the reference engine's road): decode tok/s at batch 1, TTFT of one image prompt,
+  prefill of 4096 tokens;
+- glmv, pieces on the bare GPU (no engine around them): a decode step replayed from its CUDA graph at batch
+  1/8/64/128, the vision tower on one and on six 1008x1008 images, the decoder's prefill of 1,334 and 4,096 tokens,
+  and a profile of the graphed decode step (which kernels take the time);
+- glmv's AsyncEngine, as a server drives it: single-stream decode 512 in / 256 out; 8 and 64 concurrent 512/256;
+  TTFT of one 1008x1008 image + 30-token question on an idle engine; prefill of 4,096 text tokens (TTFT);
+  128 concurrent image prompts (256 out); checkpoint load time. Throughput is given two ways: end to end (all output
+  tokens over the wall time from submitting to the last token, prefill included) and steady-state decode (output
+  tokens per second while every request is decoding: the figure the issue's limits and goals are stated for).
+  Every engine step is timed too, so host overhead shows as step wall time minus the graph's GPU time.
+Prints a table with ratios and goals; writes everything as JSON (default $OUT/gpu_bench.json).
 """
 
 from __future__ import annotations
@@ -32,8 +41,8 @@ from glmv.sampling import SamplingParams  # noqa: E402
 
 GOALS = {
     "decode_1": 140.0,
-    "throughput_64": 8000.0,
-    "image_128": 4000.0,
+    "throughput_64_steady": 8000.0,
+    "image_128_steady": 4000.0,
     "ttft_image_ms": 60.0,
     "prefill_4096_ms": 120.0,
 }
@@ -43,24 +52,37 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def cuda_time_ms(fn, reps: int = 10, warmup: int = 2) -> float:
+    """Median device time of fn() in ms (events around each call)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    return statistics.median(times)
+
+
 def copy_bandwidth() -> float:
     """Device-to-device copy, counting bytes read plus written (GB/s), median of 20."""
     n = 1 << 30
     a = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
     b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(20):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        b.copy_(a)
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) / 1e3)
-    del a, b
-    return 2 * n / statistics.median(times) / 1e9
+    ms = cuda_time_ms(lambda: b.copy_(a), reps=20, warmup=3)
+    return 2 * n / (ms / 1e3) / 1e9
+
+
+def matmul_tflops() -> float:
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms = cuda_time_ms(lambda: a @ b, reps=10, warmup=3)
+    return 2 * n**3 / (ms / 1e3) / 1e12
 
 
 def weight_bytes_per_step(mc: ModelConfig) -> int:
@@ -93,133 +115,347 @@ def image_prompt(builder, seed: int, size: int = 1008) -> Prompt:
     return builder.build(text, media)
 
 
+# ---------------------------------------------------------------- driving the engine
 async def run_requests(engine, prompts: list[Prompt], params: SamplingParams) -> dict:
-    """Submit all prompts at once; return wall time, TTFTs and output token counts."""
+    """Submit all prompts at once; per request: TTFT, finish time and (time, tokens so far) at every output."""
     t0 = time.perf_counter()
-    ttft: list[float] = []
-    last: list[float] = []
-    tokens: list[int] = []
+    per: list[dict] = []
 
     async def one(i: int, p: Prompt):
         first = None
-        n = 0
+        trace: list[tuple[float, int]] = []
         async for out in engine.generate(p, params, f"bench-{i}-{time.time_ns()}"):
-            now = time.perf_counter()
-            if first is None and out.outputs[0].num_tokens > 0:
-                first = now
+            now = time.perf_counter() - t0
             n = out.outputs[0].num_tokens
-        ttft.append((first or time.perf_counter()) - t0)
-        last.append(time.perf_counter())
-        tokens.append(n)
+            if first is None and n > 0:
+                first = now
+            trace.append((now, n))
+        per.append({"ttft": first if first is not None else time.perf_counter() - t0,
+                    "end": time.perf_counter() - t0, "tokens": trace[-1][1] if trace else 0, "trace": trace})
 
     await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
     wall = time.perf_counter() - t0
-    return {"wall": wall, "ttft": ttft, "tokens": tokens, "total_tokens": sum(tokens),
-            "first_token_at": min(ttft), "last": max(last) - t0}
+    total = sum(r["tokens"] for r in per)
+    res = {"wall": wall, "ttft": [r["ttft"] for r in per], "total_tokens": total, "e2e_tok_s": total / wall,
+           "first_token_at": min(r["ttft"] for r in per), "last_first_token_at": max(r["ttft"] for r in per),
+           "first_end_at": min(r["end"] for r in per), "last": max(r["end"] for r in per)}
+    # steady state: from the moment every request has its first token to the moment the first one ends
+    a, b = res["last_first_token_at"], res["first_end_at"]
+    if b - a > 0.05:
+        made = sum(_tokens_at(r["trace"], b) - _tokens_at(r["trace"], a) for r in per)
+        res["steady_tok_s"] = made / (b - a)
+        res["steady_window_s"] = b - a
+    return res
 
 
+def _tokens_at(trace: list[tuple[float, int]], t: float) -> float:
+    """Tokens a request had at time t, interpolated between its outputs."""
+    prev_t, prev_n = 0.0, 0
+    for when, n in trace:
+        if when >= t:
+            if when == prev_t:
+                return n
+            return prev_n + (n - prev_n) * (t - prev_t) / (when - prev_t)
+        prev_t, prev_n = when, n
+    return prev_n
+
+
+class StepRecorder:
+    """Wraps LLMEngine.step and ModelRunner.launch to time every engine step and note what it ran."""
+
+    def __init__(self, llm):
+        self.records: list[tuple[float, int, int]] = []  # (wall seconds, prefill tokens, decode rows)
+        self.enabled = False
+        launch, step = llm.runner.launch, llm.step
+        kind: dict[str, tuple[int, int]] = {}
+
+        def timed_launch(sched):
+            kind["k"] = (sum(e.num_tokens for e in sched.scheduled if e.num_tokens > 1),
+                         sum(1 for e in sched.scheduled if e.num_tokens == 1))
+            return launch(sched)
+
+        def timed_step():
+            kind.clear()
+            t = time.perf_counter()
+            out = step()
+            if self.enabled and "k" in kind:
+                self.records.append((time.perf_counter() - t, *kind["k"]))
+            return out
+
+        llm.runner.launch = timed_launch
+        llm.step = timed_step
+
+    def take(self) -> list[tuple[float, int, int]]:
+        out, self.records = self.records, []
+        return out
+
+
+def decode_step_summary(records: list[tuple[float, int, int]]) -> dict[str, float]:
+    """Median wall time (ms) of decode-only steps by batch size, for the batch sizes seen most."""
+    by: dict[int, list[float]] = {}
+    for wall, pre, dec in records:
+        if pre == 0 and dec:
+            by.setdefault(dec, []).append(wall)
+    top = sorted(by, key=lambda b: -len(by[b]))[:3]
+    return {str(b): round(1e3 * statistics.median(by[b]), 3) for b in sorted(top)}
+
+
+# ---------------------------------------------------------------- pieces on the bare GPU
+def _fill_decode_buffers(runner, batch: int, ctx: int) -> int:
+    """Put `batch` rows of `ctx` tokens each (distinct KV blocks per row) into the runner's decode buffers; returns
+    the graph bucket. Call only on an idle engine: it writes into free KV blocks; reset the buffers afterwards."""
+    bucket = next(b for b in runner.buckets if b >= batch)
+    bs = runner.block_size
+    nb = -(-ctx // bs)
+    meta, tables = runner._np_meta, runner._np_tables
+    usable = runner.num_blocks - 1
+    for i in range(bucket):
+        blocks = [1 + (i * nb + j) % usable for j in range(nb)]
+        tables[i, :nb] = blocks
+        meta[runner.META_IDS, i] = 1000 + i
+        meta[runner.META_POS:runner.META_POS + 3, i] = ctx - 1
+        meta[runner.META_SLOTS, i] = blocks[-1] * bs + (ctx - 1) % bs
+        meta[runner.META_LENS, i] = ctx
+    runner.buf_meta.copy_(runner.host_meta)
+    runner.buf_block_tables.copy_(runner.host_block_tables)
+    return bucket
+
+
+def graph_step_ms(runner, batch: int, ctx: int) -> float:
+    """Device time of one graphed decode step at `batch` rows of `ctx` tokens each."""
+    graph, _ = runner.graphs[_fill_decode_buffers(runner, batch, ctx)]
+    ms = cuda_time_ms(graph.replay, reps=20, warmup=3)
+    runner._reset_decode_buffers(runner.buckets[-1])
+    return ms
+
+
+def prefill_ms(runner, tokens: int) -> float:
+    """Device time of the decoder over one fresh prompt of `tokens` tokens (dense attention path) + its last logits."""
+    from glmv.engine.attention import AttentionMetadata
+
+    dev, bs = runner.device, runner.block_size
+    model = runner.model
+    blocks = -(-tokens // bs)
+    ids = torch.randint(100, 150000, (tokens,), device=dev)
+    positions = torch.arange(tokens, device=dev).expand(3, -1)
+    meta = AttentionMetadata(
+        slot_mapping=torch.arange(tokens, device=dev) + bs, num_prefill_tokens=tokens,
+        prefill_block_tables=torch.arange(1, blocks + 1, dtype=torch.int32, device=dev).unsqueeze(0),
+        prefill_cu_seqlens_q=torch.tensor([0, tokens], dtype=torch.int32, device=dev),
+        prefill_seq_lens=torch.tensor([tokens], dtype=torch.int32, device=dev), prefill_max_seqlen_q=tokens,
+        prefill_dense=True)
+
+    def run():
+        hidden = model.forward(model.embed(ids), positions, runner.kv_caches, meta)
+        model.logits(hidden[-1:])
+
+    with torch.inference_mode():
+        return cuda_time_ms(run, reps=5, warmup=2)
+
+
+def vision_ms(runner, prompts: list[Prompt]) -> float:
+    vision = runner.model.vision
+    pixels = torch.cat([p.mm.pixel_values for p in prompts]).to("cuda")
+    grids = [tuple(int(x) for x in g) for p in prompts for g in p.mm.image_grid_thw.tolist()]
+    with torch.inference_mode():
+        return cuda_time_ms(lambda: vision.encode(pixels, grids), reps=5, warmup=2)
+
+
+def profile_graph(runner, batch: int, ctx: int, path: Path | None) -> list[str]:
+    """Kernel time shares inside one graphed decode step (torch.profiler over 5 replays)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    graph, _ = runner.graphs[_fill_decode_buffers(runner, batch, ctx)]
+    graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            graph.replay()
+        torch.cuda.synchronize()
+    runner._reset_decode_buffers(runner.buckets[-1])
+    if path is not None:
+        try:
+            prof.export_chrome_trace(str(path))
+        except Exception as exc:  # noqa: BLE001 - a trace is a nicety
+            log(f"trace export failed: {exc}")
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60)
+    return table.splitlines()
+
+
+# ---------------------------------------------------------------- HF reference
 def bench_hf(model_dir: Path, builder, mc: ModelConfig, args) -> dict:
-    from glmv.engine.reference import hf_inputs, load_hf_model
+    from transformers import Glm4vForConditionalGeneration
 
-    log("HF: loading the model with transformers")
+    from glmv.engine.reference import hf_inputs
+
+    log("HF: loading the model with transformers (device_map=cuda)")
     t = time.perf_counter()
-    model = load_hf_model(model_dir, torch.bfloat16, "cuda")
+    model = Glm4vForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.bfloat16,
+                                                          device_map="cuda").eval()
+    torch.cuda.synchronize()
     res: dict = {"load_s": time.perf_counter() - t}
     out_tokens = args.hf_tokens
     p = random_text_prompt(512, mc.text.vocab_size, 1)
     kw = hf_inputs(p, "cuda", torch.bfloat16)
     gen = dict(do_sample=False, eos_token_id=None, temperature=None, top_p=None, top_k=None)
+
+    def timed(**k) -> float:
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(**k)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t
+
     with torch.inference_mode():
         model.generate(**kw, max_new_tokens=4, **gen)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        model.generate(**kw, max_new_tokens=1, **gen)
-        torch.cuda.synchronize()
-        prefill = time.perf_counter() - t
-        t = time.perf_counter()
-        model.generate(**kw, max_new_tokens=out_tokens, **gen)
-        torch.cuda.synchronize()
-        total = time.perf_counter() - t
+        prefill = statistics.median(timed(**kw, max_new_tokens=1, **gen) for _ in range(3))
+        total = timed(**kw, max_new_tokens=out_tokens, **gen)
         res["decode_1"] = (out_tokens - 1) / max(total - prefill, 1e-9)
-        ip = image_prompt(builder, 999)
-        ikw = hf_inputs(ip, "cuda", torch.bfloat16)
-        model.generate(**ikw, max_new_tokens=1, **gen)
-        torch.cuda.synchronize()
-        times = []
-        for seed in range(3):
-            ikw = hf_inputs(image_prompt(builder, 1000 + seed), "cuda", torch.bfloat16)
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            model.generate(**ikw, max_new_tokens=1, **gen)
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-        res["ttft_image_ms"] = 1e3 * statistics.median(times)
-        p4k = random_text_prompt(4096, mc.text.vocab_size, 7)
-        k4 = hf_inputs(p4k, "cuda", torch.bfloat16)
+        log(f"HF: decode {res['decode_1']:.1f} tok/s")
+        model.generate(**hf_inputs(image_prompt(builder, 999), "cuda", torch.bfloat16), max_new_tokens=1, **gen)
+        res["ttft_image_ms"] = 1e3 * statistics.median(
+            timed(**hf_inputs(image_prompt(builder, 1000 + s), "cuda", torch.bfloat16), max_new_tokens=1, **gen)
+            for s in range(3))
+        k4 = hf_inputs(random_text_prompt(4096, mc.text.vocab_size, 7), "cuda", torch.bfloat16)
         model.generate(**k4, max_new_tokens=1, **gen)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        model.generate(**k4, max_new_tokens=1, **gen)
-        torch.cuda.synchronize()
-        res["prefill_4096_ms"] = 1e3 * (time.perf_counter() - t)
-    del model
+        res["prefill_4096_ms"] = 1e3 * statistics.median(timed(**k4, max_new_tokens=1, **gen) for _ in range(2))
+    model = None  # noqa: F841 - drop the weights before glmv loads its own
     gc.collect()
     torch.cuda.empty_cache()
     return res
 
 
-def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args) -> dict:
+# ---------------------------------------------------------------- glmv
+def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path) -> dict:
     from glmv.engine.async_engine import AsyncEngine
+    from glmv.engine.engine import LLMEngine
+    from glmv.engine.model_runner import ModelRunner
+    from glmv.models.glm4v import Glm4vModel
 
     ec = EngineConfig(model=str(model_dir), device="cuda", dtype="bfloat16", max_num_seqs=args.max_num_seqs,
                       max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
                       gpu_memory_utilization=0.9, enforce_eager=args.enforce_eager)
+    res: dict = {}
+    if args.drop_caches:
+        try:
+            os.sync()
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+            res["load_cold"] = True
+        except OSError as exc:
+            log(f"could not drop the page cache ({exc}): the load below reads a warm cache")
     torch.cuda.synchronize()
     t = time.perf_counter()
-    engine = AsyncEngine(mc, ec, builder.tokenizer)
+    model = Glm4vModel.load(mc, "cuda", torch.bfloat16, max_positions=ec.max_model_len + 1)
     torch.cuda.synchronize()
-    res: dict = {"load_s": time.perf_counter() - t}
+    res["load_s"] = time.perf_counter() - t
+    res["load_gb"] = model.bytes_loaded / 1e9
+    log(f"glmv: loaded {res['load_gb']:.1f} GB in {res['load_s']:.1f} s; backend {model.backend.name}")
+    t = time.perf_counter()
+    runner = ModelRunner(mc, ec, ec.max_model_len, model=model)
+    res["kv_plan_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if not args.enforce_eager:
+        runner.capture_decode_graphs()
+    res["graph_capture_s"] = time.perf_counter() - t
+    res["kv_blocks"] = runner.num_blocks
+    res["buckets"] = runner.buckets
+    llm = LLMEngine(mc, ec, builder.tokenizer, runner=runner)
+    log(f"glmv: KV {runner.num_blocks} blocks planned in {res['kv_plan_s']:.1f} s; "
+        f"graphs {runner.buckets} in {res['graph_capture_s']:.1f} s")
+
+    # ---- pieces on the bare GPU (engine idle, nothing cached yet) ----
+    gpu: dict = {}
+    if runner.graphs:
+        for batch in (1, 8, 64, 128):
+            if batch <= runner.buckets[-1]:
+                gpu[f"graph_step_ms_b{batch}_ctx640"] = graph_step_ms(runner, batch, 640)
+        gpu["graph_step_ms_b128_ctx1500"] = graph_step_ms(runner, min(128, runner.buckets[-1]), 1500)
+        log(f"glmv GPU: graphed decode steps {gpu}")
+        prof = profile_graph(runner, 1, 640, out_dir / "decode_b1_trace.json" if args.trace else None)
+        res["profile_b1"] = prof
+        print("\n".join(["profile of the graphed decode step, batch 1, ctx 640 (5 replays):"] + prof), flush=True)
+        prof = profile_graph(runner, 64, 640, None)
+        res["profile_b64"] = prof
+        print("\n".join(["profile of the graphed decode step, batch 64, ctx 640 (5 replays):"] + prof), flush=True)
+    img = [image_prompt(builder, 300 + i) for i in range(6)]
+    gpu["vision_ms_1_image"] = vision_ms(runner, img[:1])
+    gpu["vision_ms_6_images"] = vision_ms(runner, img)
+    gpu["prefill_ms_1334"] = prefill_ms(runner, 1334)
+    gpu["prefill_ms_4096"] = prefill_ms(runner, 4096)
+    gpu["prefill_ms_8192"] = prefill_ms(runner, 8192)
+    res["gpu"] = gpu
+    log(f"glmv GPU: {gpu}")
+
+    engine = AsyncEngine(mc, ec, builder.tokenizer, engine=llm)
+    rec = StepRecorder(llm)
     out_n = 64 if args.quick else 256
+    vocab = mc.text.vocab_size
 
     async def main():
         await engine.start()
         greedy = SamplingParams(temperature=0.0, max_tokens=out_n, ignore_eos=True)
-        # warm-up (graph capture, autotune)
-        await run_requests(engine, [random_text_prompt(512, mc.text.vocab_size, s) for s in range(2)],
+        one_token = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+        # warm-up: Triton compiles, cuBLAS heuristics, packed prefill of several prompts
+        await run_requests(engine, [random_text_prompt(512, vocab, s) for s in range(3)],
                            SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
+        await run_requests(engine, [image_prompt(builder, 500)], one_token)
+        rec.enabled = True
+
         log(f"glmv: single stream 512/{out_n}")
-        r = await run_requests(engine, [random_text_prompt(512, mc.text.vocab_size, 11)], greedy)
-        res["decode_1"] = (r["total_tokens"] - 1) / (r["last"] - r["first_token_at"])
+        runs = []
+        for rep in range(2):
+            r = await run_requests(engine, [random_text_prompt(512, vocab, 11 + rep)], greedy)
+            runs.append((r["total_tokens"] - 1) / (r["last"] - r["first_token_at"]))
+        res["decode_1"] = statistics.median(runs)
+        res["decode_1_runs"] = runs
+        res["steps_1"] = decode_step_summary(rec.take())
         for conc in (8, 64):
             log(f"glmv: {conc} concurrent 512/{out_n}")
-            prompts = [random_text_prompt(512, mc.text.vocab_size, 100 + conc + i) for i in range(conc)]
+            prompts = [random_text_prompt(512, vocab, 100 + conc * 1000 + i) for i in range(conc)]
             r = await run_requests(engine, prompts, greedy)
-            res[f"throughput_{conc}"] = r["total_tokens"] / r["wall"]
+            res[f"throughput_{conc}"] = r["e2e_tok_s"]
+            res[f"throughput_{conc}_steady"] = r.get("steady_tok_s")
+            res[f"throughput_{conc}_detail"] = {k: v for k, v in r.items() if k != "ttft"}
+            res[f"steps_{conc}"] = decode_step_summary(rec.take())
+            log(f"glmv: {conc}: e2e {r['e2e_tok_s']:.0f} tok/s, steady {r.get('steady_tok_s', 0):.0f} tok/s, "
+                f"steps {res[f'steps_{conc}']}")
+
         log("glmv: TTFT of one image prompt (idle)")
-        await run_requests(engine, [image_prompt(builder, 500)], SamplingParams(temperature=0.0, max_tokens=1))
         times = []
         for seed in range(5):
             p = image_prompt(builder, 600 + seed)
-            r = await run_requests(engine, [p], SamplingParams(temperature=0.0, max_tokens=1))
+            r = await run_requests(engine, [p], one_token)
             times.append(r["ttft"][0])
         res["ttft_image_ms"] = 1e3 * statistics.median(times)
+        res["ttft_image_runs_ms"] = [1e3 * x for x in times]
         res["image_prompt_tokens"] = len(p)
+        log(f"glmv: TTFT image {res['ttft_image_ms']:.1f} ms ({len(p)} prompt tokens)")
+
         log("glmv: prefill 4096")
         times = []
         for seed in range(4):
-            r = await run_requests(engine, [random_text_prompt(4096, mc.text.vocab_size, 700 + seed)],
-                                   SamplingParams(temperature=0.0, max_tokens=1))
+            r = await run_requests(engine, [random_text_prompt(4096, vocab, 700 + seed)], one_token)
             times.append(r["ttft"][0])
         res["prefill_4096_ms"] = 1e3 * statistics.median(times[1:])
+        res["prefill_4096_runs_ms"] = [1e3 * x for x in times]
+        rec.take()
+
         n_img = 32 if args.quick else 128
-        log(f"glmv: {n_img} concurrent image prompts, {out_n} out")
+        log(f"glmv: building {n_img} image prompts")
         prompts = [image_prompt(builder, 2000 + i) for i in range(n_img)]
+        log(f"glmv: {n_img} concurrent image prompts, {out_n} out")
         r = await run_requests(engine, prompts, greedy)
-        res["image_128"] = r["total_tokens"] / r["wall"]
+        res["image_128"] = r["e2e_tok_s"]
+        res["image_128_steady"] = r.get("steady_tok_s")
         res["image_128_n"] = n_img
+        res["image_128_detail"] = {k: v for k, v in r.items() if k != "ttft"}
+        res["steps_image"] = decode_step_summary(rec.take())
+        log(f"glmv: images: e2e {r['e2e_tok_s']:.0f} tok/s, steady {r.get('steady_tok_s', 0):.0f}, "
+            f"wall {r['wall']:.1f} s, last first token at {r['last_first_token_at']:.1f} s")
         await engine.shutdown()
 
     asyncio.run(main())
+    res["engine_stats"] = {k: v for k, v in llm.stats().items() if k != "time"}
     return res
 
 
@@ -234,65 +470,95 @@ def main() -> int:
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--max-model-len", type=int, default=8192)
     ap.add_argument("--enforce-eager", action="store_true")
-    ap.add_argument("--json", default=os.environ.get("OUT", "/tmp") + "/gpu_bench.json", help="where to write results")
+    ap.add_argument("--drop-caches", action="store_true", help="drop the OS page cache before glmv loads (cold load)")
+    ap.add_argument("--trace", action="store_true", help="write a Chrome trace of the batch-1 decode step")
+    ap.add_argument("--json", default=None, help="where to write results (default $OUT/gpu_bench.json)")
     args = ap.parse_args()
 
     from glmv.inputs.processor import PromptBuilder
     from glmv.models.tiny import make_tiny_model
 
+    out_dir = Path(os.environ.get("OUT", "/tmp"))
     model_dir = Path(args.model_dir)
-    results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                     "date": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args)}
+    try:
+        import triton
+
+        results["triton"] = triton.__version__
+    except ImportError:
+        pass
     if not (model_dir / "config.json").is_file():
         log("building the full preset (random weights at the real 9B dims) on the GPU")
         t = time.perf_counter()
         make_tiny_model(model_dir, "full", device="cuda")
         results["build_s"] = time.perf_counter() - t
+        log(f"built in {results['build_s']:.1f} s")
     mc = ModelConfig.from_dir(model_dir)
     builder = PromptBuilder(model_dir)
     bw = copy_bandwidth()
+    tf = matmul_tflops()
     wbytes = weight_bytes_per_step(mc)
-    results.update(copy_gbps=bw, weight_gb=wbytes / 1e9, roofline_decode_1=bw * 1e9 / wbytes)
-    log(f"copy bandwidth {bw:.0f} GB/s; weights read per step {wbytes / 1e9:.1f} GB; "
+    results.update(copy_gbps=bw, matmul_tflops=tf, weight_gb=wbytes / 1e9, roofline_decode_1=bw * 1e9 / wbytes)
+    log(f"copy bandwidth {bw:.0f} GB/s; bf16 matmul {tf:.0f} TFLOP/s; weights read per step {wbytes / 1e9:.2f} GB; "
         f"single-stream roofline {results['roofline_decode_1']:.0f} tok/s")
-    ckpt_bytes = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
-    results["checkpoint_gb"] = ckpt_bytes / 1e9
+    results["checkpoint_gb"] = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 1e9
+    json_path = Path(args.json) if args.json else out_dir / "gpu_bench.json"
     if not args.skip_hf:
         results["hf"] = bench_hf(model_dir, builder, mc, args)
         log(f"HF: {results['hf']}")
+        json_path.write_text(json.dumps(results, indent=2))
     if not args.skip_glmv:
-        results["glmv"] = bench_glmv(model_dir, builder, mc, args)
-        log(f"glmv: {results['glmv']}")
-    Path(args.json).write_text(json.dumps(results, indent=2))
+        results["glmv"] = bench_glmv(model_dir, builder, mc, args, out_dir)
+    json_path.write_text(json.dumps(results, indent=2, default=str))
     print_table(results)
     return 0
 
 
 def print_table(r: dict) -> None:
     g, h = r.get("glmv", {}), r.get("hf", {})
+    gpu = g.get("gpu", {})
     rows = [
         ("single-stream decode 512/256 (tok/s)", "decode_1", True),
-        ("64 concurrent 512/256 (out tok/s)", "throughput_64", True),
-        ("8 concurrent 512/256 (out tok/s)", "throughput_8", True),
-        ("128 x (1008px image + 30 tok), 256 out (out tok/s)", "image_128", True),
+        ("8 concurrent 512/256, end to end (out tok/s)", "throughput_8", True),
+        ("64 concurrent 512/256, end to end (out tok/s)", "throughput_64", True),
+        ("64 concurrent 512/256, steady decode (out tok/s)", "throughput_64_steady", True),
+        ("128 x (1008px image + 30 tok), 256 out, e2e (tok/s)", "image_128", True),
+        ("128 x (1008px image + 30 tok), steady decode (tok/s)", "image_128_steady", True),
         ("TTFT one 1008px image, idle (ms)", "ttft_image_ms", False),
-        ("prefill 4096 text tokens (ms)", "prefill_4096_ms", False),
+        ("prefill 4096 text tokens, TTFT (ms)", "prefill_4096_ms", False),
         ("checkpoint load (s)", "load_s", False),
     ]
     print()
-    print(f"device: {r['device']}  copy {r['copy_gbps']:.0f} GB/s  roofline single-stream {r['roofline_decode_1']:.0f} tok/s")
-    print(f"{'figure':52s} {'glmv':>10s} {'HF':>10s} {'glmv/HF':>8s} {'goal':>8s} {'met':>4s}")
+    print(f"device: {r['device']}  torch {r['torch']}  triton {r.get('triton')}  date {r['date']}")
+    print(f"copy {r['copy_gbps']:.0f} GB/s  matmul {r['matmul_tflops']:.0f} TFLOP/s  weights/step {r['weight_gb']:.2f} GB"
+          f"  roofline single-stream {r['roofline_decode_1']:.0f} tok/s")
+    print(f"{'figure':54s} {'glmv':>10s} {'HF':>10s} {'glmv/HF':>8s} {'goal':>8s} {'met':>4s}")
     for name, key, higher in rows:
         gv, hv = g.get(key), h.get(key)
         goal = GOALS.get(key)
         ratio = (gv / hv if higher else hv / gv) if gv and hv else None
         met = "" if gv is None or goal is None else ("yes" if (gv >= goal if higher else gv <= goal) else "no")
-        print(f"{name:52s} {gv if gv is not None else float('nan'):10.1f} {hv if hv is not None else float('nan'):10.1f} "
-              f"{ratio if ratio else float('nan'):8.2f} {goal if goal else float('nan'):8.0f} {met:>4s}")
+
+        def f(x):
+            return f"{x:10.1f}" if isinstance(x, (int, float)) else f"{'-':>10s}"
+
+        print(f"{name:54s} {f(gv)} {f(hv)} {(f'{ratio:8.2f}' if ratio else '       -')} "
+              f"{(f'{goal:8.0f}' if goal else '       -')} {met:>4s}")
     if g.get("decode_1"):
         print(f"single-stream decode at {100 * g['decode_1'] / r['roofline_decode_1']:.0f}% of the roofline")
+    if gpu:
+        print("GPU-only pieces (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in gpu.items()))
+        b1 = gpu.get("graph_step_ms_b1_ctx640")
+        if b1:
+            print(f"graphed decode step batch 1: {b1:.2f} ms = {1e3 / b1:.0f} tok/s on the GPU alone, "
+                  f"{r['weight_gb'] / b1:.2f} TB/s of weights")
+    for key in ("steps_1", "steps_8", "steps_64", "steps_image"):
+        if g.get(key):
+            print(f"engine decode-step wall time (ms, by batch size) {key}: {g[key]}")
     if g.get("load_s"):
-        print(f"load: {r['checkpoint_gb']:.1f} GB in {g['load_s']:.1f} s = {r['checkpoint_gb'] / g['load_s']:.1f} GB/s "
-              "(page cache warm: the file was just written)")
+        cold = "cold page cache" if g.get("load_cold") else "page cache warm"
+        print(f"load: {g['load_gb']:.1f} GB in {g['load_s']:.1f} s = {g['load_gb'] / g['load_s']:.1f} GB/s ({cold})")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ The three functions (signatures are stable; glmv/kernels/ implements the same na
         0 .. that position (earlier chunks and cached prefixes included). out: [total_q, num_heads, head_dim].
 
 Backends are chosen once per model by `select_backend(device)`: on CUDA, functions glmv.kernels exports under these
-names replace the PyTorch ones (each independently); GLMV_ATTENTION=torch forces the PyTorch reference.
+names replace the PyTorch ones (each independently), and the model's elementwise steps run as fused Triton kernels
+(`AttentionBackend.fused`; GLMV_FUSED=0 turns that off); GLMV_ATTENTION=torch forces the PyTorch reference for all.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +116,9 @@ class AttentionBackend:
     write_kv: Callable[..., None]
     paged_decode_attention: Callable[..., torch.Tensor]
     paged_prefill_attention: Callable[..., torch.Tensor]
+    # Fused layer kernels (glmv.kernels: rms_norm, residual_rms_norm, silu_mul, rotary_write_kv) or None: the model
+    # then runs its plain PyTorch steps.
+    fused: Any = None
 
 
 TORCH_BACKEND = AttentionBackend("torch", write_kv, paged_decode_attention, paged_prefill_attention)
@@ -137,8 +143,14 @@ def select_backend(device: torch.device | str) -> AttentionBackend:
         impl = getattr(kernels, fn, None)
         chosen[fn] = impl if callable(impl) else getattr(TORCH_BACKEND, fn)
         names.append(f"{fn}={'triton' if callable(impl) else 'torch'}")
+    fused = None
+    fused_fns = {fn: getattr(kernels, fn, None) for fn in ("rms_norm", "residual_rms_norm", "silu_mul",
+                                                           "rotary_write_kv")}
+    if os.environ.get("GLMV_FUSED", "1") != "0" and all(callable(f) for f in fused_fns.values()):
+        fused = SimpleNamespace(**fused_fns)
+        names.append("fused=triton")
     return AttentionBackend(",".join(names), chosen["write_kv"], chosen["paged_decode_attention"],
-                            chosen["paged_prefill_attention"])
+                            chosen["paged_prefill_attention"], fused)
 
 
 @dataclass
@@ -153,6 +165,9 @@ class AttentionMetadata:
     prefill_cu_seqlens_q: torch.Tensor | None = None  # int32 [num_prefills + 1]
     prefill_seq_lens: torch.Tensor | None = None  # int32 [num_prefills]
     prefill_max_seqlen_q: int = 0
+    # The prefill part is one sequence's chunk with no KV before it (a fresh prompt): attention may then run densely
+    # over the chunk's own keys instead of reading them back from the pages.
+    prefill_dense: bool = False
     decode_block_tables: torch.Tensor | None = None  # int32 [num_decodes, max_blocks]
     decode_seq_lens: torch.Tensor | None = None  # int32 [num_decodes]
 

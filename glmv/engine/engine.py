@@ -5,6 +5,12 @@ applies the stop rules in this order: a stop token id (generation_config's EOS l
 unless ignore_eos; plus params.stop_token_ids; only once min_tokens are out), a stop string, then max_tokens or the
 context length. Finished sequences free their KV blocks at once. Not thread-safe: AsyncEngine drives it from one thread,
 `glmv.LLM` from the caller's.
+
+Postprocess runs in two halves so the host's text work overlaps the device: when a step's tokens arrive, the
+token-id rules run at once (append, stop ids, max_tokens, thinking budget; blocks freed), and the tokens are queued;
+the next step() first launches its device work, then detokenizes the queue, applies stop strings and builds the
+outputs while the device computes. Outputs therefore leave one step() after their tokens were sampled, and a
+sequence ended by a stop string has computed (and drops) one extra token.
 """
 
 from __future__ import annotations
@@ -28,6 +34,18 @@ from glmv.reasoning.budget import make_budget
 from glmv.sampling import FinishReason, SamplingParams
 
 log = logging.getLogger("glmv.engine")
+
+
+@dataclass
+class _QueuedToken:
+    """A token appended to a sequence whose text is not produced yet."""
+
+    token: int
+    forced: bool
+    logprob: float | None
+    top: list[tuple[int, float]] | None
+    index: int  # its 1-based position among the sequence's output tokens
+    end: str | None  # "stop_id" or "length" when this token ended the sequence
 
 
 @dataclass
@@ -65,6 +83,7 @@ class LLMEngine:
         self.generation_tokens_total = 0
         self.requests_finished = 0
         self.steps = 0
+        self._queued: list[Request] = []  # sequences with tokens awaiting detokenization, in order
 
     # ---- requests ----
     def check_request(self, prompt: Prompt, params: SamplingParams) -> int:
@@ -115,10 +134,17 @@ class LLMEngine:
             return None
         outs = []
         for seq in group.sequences:
+            pre = self._emit_sequence(seq) if seq.text_queue else None  # tokens not handed out yet
             if not seq.finished:
                 self.scheduler.finish(seq, RequestStatus.FINISHED_ABORTED)
                 text = seq.detokenizer.flush() if seq.detokenizer is not None else ""
-                outs.append(self._completion(seq, text, [], None))
+                if pre is not None:
+                    text = pre.text + text
+                    outs.append(self._completion(seq, text, pre.token_ids, pre.logprobs))
+                else:
+                    outs.append(self._completion(seq, text, [], None))
+            elif pre is not None:
+                outs.append(pre)
         if not group.forked:  # aborted before the fork: report every completion index
             outs = [CompletionOutput(index=i, text="", token_ids=[], num_tokens=0, finish_reason=FinishReason.ABORT)
                     for i in range(group.params.n)]
@@ -131,9 +157,11 @@ class LLMEngine:
         ids = list(self.groups)
         for group in self.groups.values():
             for seq in group.sequences:
+                seq.text_queue = []
                 if not seq.finished:
                     self.scheduler.finish(seq, RequestStatus.FINISHED_ERROR)
         self.groups.clear()
+        self._queued = []
         return ids
 
     def has_unfinished_requests(self) -> bool:
@@ -142,23 +170,23 @@ class LLMEngine:
     # ---- the step ----
     def step(self) -> list[RequestOutput]:
         sched = self.scheduler.schedule()
-        run = self.runner.execute(sched) if not sched.empty else None
+        pending = self.runner.launch(sched) if not sched.empty else None
+        outputs = self._emit_text()  # the previous step's tokens, while the device runs this one
+        run = pending.wait() if pending is not None else None
         # Even an empty step can bring an n>1 parent to its fork point (its whole prefix came from the cache).
         for parent in self.scheduler.update(sched):
             self._fork(parent)
         if run is None:
-            return []
+            return outputs
         self.steps += 1
-        changed: dict[str, list[CompletionOutput]] = {}
         if run.result is not None:
             res = run.result
             for row, entry in enumerate(run.sampled):
                 req = entry.request
                 if req.finished:
                     continue
-                out = self._append(req, res.token_ids[row], res.logprobs[row], res.top_logprobs[row])
-                changed.setdefault(req.group_id, []).append(out)
-        return self._request_outputs(changed)
+                self._append_tokens(req, res.token_ids[row], res.logprobs[row], res.top_logprobs[row])
+        return outputs
 
     def _fork(self, parent: Request) -> None:
         group = self.groups[parent.group_id]
@@ -175,7 +203,7 @@ class LLMEngine:
             group = self.groups.get(group_id)
             if group is None:
                 continue
-            done = group.forked and all(s.finished for s in group.sequences)
+            done = group.forked and all(s.finished and not s.text_queue for s in group.sequences)
             outputs.append(RequestOutput(group_id, outs, group.prompt.token_ids, finished=done,
                                          num_cached_tokens=group.sequences[0].num_cached_tokens))
             if done:
@@ -198,49 +226,87 @@ class LLMEngine:
             req.token_ids += forced
             req.num_forced_tokens += len(forced)
         req.unreported = list(forced)
+        req.stop_id_set = frozenset(self._stop_ids(p))
 
     def _stop_ids(self, params: SamplingParams) -> set[int]:
         ids = set() if params.ignore_eos else set(self.model_config.eos_token_ids)
         return ids | set(params.stop_token_ids)
 
-    def _append(self, req: Request, token: int, logprob: float | None,
-                top: list[tuple[int, float]] | None) -> CompletionOutput:
-        params, detok = req.params, req.detokenizer
-        stop_ids = self._stop_ids(params)
+    def _append_tokens(self, req: Request, token: int, logprob: float | None,
+                       top: list[tuple[int, float]] | None) -> None:
+        """First half of postprocess, when the step's tokens arrive: append the sampled token (with the ids forced
+        before and after it), apply the token-id rules (stop ids, max_tokens, context length) and queue the tokens
+        for `_emit_text`. A sequence that ends here frees its blocks now."""
+        params = req.params
+        stop_ids = req.stop_id_set if req.stop_id_set is not None else self._stop_ids(params)
         # (token, forced, already in token_ids): start-forced ids first, then the sampled one, then what it forces
         pending = [(t, True, True) for t in req.unreported] + [(token, False, False)]
         req.unreported = []
         if req.budget is not None:
             pending += [(t, True, False) for t in req.budget.on_token(token)]
-        new_ids: list[int] = []
-        logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
-        text = ""
-        status = None
+        if not req.text_queue:
+            self._queued.append(req)
         count = req.num_output_tokens - sum(1 for p in pending if p[2])  # output tokens handed out so far
         for tok, forced, appended in pending:
             if not appended:
                 req.token_ids.append(tok)
                 req.num_forced_tokens += forced
-            new_ids.append(tok)
             count += 1
             self.generation_tokens_total += 1
-            if logprobs is not None:
-                logprobs.append(self._token_logprob(tok, 0.0 if forced else logprob, [] if forced else top))
+            status, end = None, None
             if not forced and tok in stop_ids and count >= params.min_tokens:
-                status, req.stop_reason = RequestStatus.FINISHED_STOPPED, tok
-                text += detok.flush()
-            else:
-                text += detok.step([tok])
-                if detok.stop_string is not None:
-                    status, req.stop_reason = RequestStatus.FINISHED_STOPPED, detok.stop_string
-            if status is None and (count >= req.max_tokens or req.num_prompt_tokens + count >= self.max_model_len):
-                status = RequestStatus.FINISHED_LENGTH
-                text += detok.flush()
+                status, end, req.stop_reason = RequestStatus.FINISHED_STOPPED, "stop_id", tok
+            elif count >= req.max_tokens or req.num_prompt_tokens + count >= self.max_model_len:
+                status, end = RequestStatus.FINISHED_LENGTH, "length"
+            req.text_queue.append(_QueuedToken(tok, forced, 0.0 if forced else logprob, [] if forced else top,
+                                               count, end))
             if status is not None:
                 del req.token_ids[req.num_prompt_tokens + count:]  # start-forced ids past the end are dropped
                 self.scheduler.finish(req, status)
                 break
+
+    def _emit_text(self) -> list[RequestOutput]:
+        """Second half of postprocess: detokenize the queued tokens, apply stop strings, build the outputs."""
+        if not self._queued:
+            return []
+        changed: dict[str, list[CompletionOutput]] = {}
+        queued, self._queued = self._queued, []
+        for req in queued:
+            if req.text_queue:
+                changed.setdefault(req.group_id, []).append(self._emit_sequence(req))
+        return self._request_outputs(changed)
+
+    def _emit_sequence(self, req: Request) -> CompletionOutput:
+        detok, params = req.detokenizer, req.params
+        queue, req.text_queue = req.text_queue, []
+        new_ids: list[int] = []
+        logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
+        text = ""
+        for qt in queue:
+            new_ids.append(qt.token)
+            if logprobs is not None:
+                logprobs.append(self._token_logprob(qt.token, qt.logprob, qt.top))
+            if qt.end == "stop_id":
+                text += detok.flush()
+                continue
+            text += detok.step([qt.token])
+            if detok.stop_string is not None:
+                self._stop_by_string(req, qt.index, detok.stop_string)
+                break
+            if qt.end == "length":
+                text += detok.flush()
         return self._completion(req, text, new_ids, logprobs)
+
+    def _stop_by_string(self, req: Request, index: int, stop: str) -> None:
+        """A stop string ended at output token `index`: drop later tokens (the sequence may have run on one step)."""
+        keep = req.num_prompt_tokens + index
+        self.generation_tokens_total -= max(0, len(req.token_ids) - keep)
+        del req.token_ids[keep:]
+        req.stop_reason = stop
+        if req.finished:
+            req.status = RequestStatus.FINISHED_STOPPED
+        else:
+            self.scheduler.finish(req, RequestStatus.FINISHED_STOPPED)
 
     def _completion(self, req: Request, text: str, new_ids: list[int],
                     logprobs: list[TokenLogprob] | None) -> CompletionOutput:

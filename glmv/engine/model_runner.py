@@ -22,7 +22,7 @@ from glmv.config import EngineConfig, ModelConfig
 from glmv.engine.attention import NULL_BLOCK, AttentionMetadata
 from glmv.engine.attention import paged_decode_attention as torch_decode_attention
 from glmv.engine.request import Request
-from glmv.engine.sampler import Sampler, SamplerOutput
+from glmv.engine.sampler import PendingSample, Sampler, SamplerOutput
 from glmv.engine.scheduler import ScheduledRequest, SchedulerOutput
 from glmv.models.glm4v import Glm4vModel
 from glmv.models.vision import VisionEmbeddingCache
@@ -37,6 +37,17 @@ VISION_CACHE_BYTES = 512 << 20
 class RunnerOutput:
     sampled: list[ScheduledRequest]  # the entries that produced a token, in row order
     result: SamplerOutput | None
+
+
+@dataclass
+class PendingStep:
+    """A step whose device work is queued: `wait()` blocks (GIL released) until its sampled tokens are on the host."""
+
+    sampled: list[ScheduledRequest]
+    sample: PendingSample | None
+
+    def wait(self) -> RunnerOutput:
+        return RunnerOutput(self.sampled, self.sample.result() if self.sample is not None else None)
 
 
 def decode_buckets(max_num_seqs: int) -> list[int]:
@@ -67,7 +78,7 @@ class ModelRunner:
         self.sampler = Sampler(t.vocab_size, self.device, model_config.eos_token_ids)
         self.vision_cache = VisionEmbeddingCache(VISION_CACHE_BYTES)
         self._init_decode_buffers(engine_config.max_num_seqs)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None]] = {}
         self.vision_tokens_encoded = 0
 
     # ---- sizing ----
@@ -129,6 +140,7 @@ class ModelRunner:
             prefill_cu_seqlens_q=torch.tensor([0, tokens], dtype=torch.int32, device=self.device),
             prefill_seq_lens=torch.tensor([tokens], dtype=torch.int32, device=self.device),
             prefill_max_seqlen_q=tokens,
+            prefill_dense=True,
         )
         hidden = self.model.forward(self.model.embed(ids), positions, caches, meta)
         rows = min(self.config.max_num_seqs, tokens)
@@ -137,23 +149,55 @@ class ModelRunner:
         del scratch, caches, hidden, logits
 
     # ---- persistent decode inputs (CUDA-graph friendly) ----
+    # One int64 device buffer holds a decode batch's per-row inputs (row 0 token ids, rows 1-3 the t/h/w positions,
+    # row 4 KV slots, row 5 sequence lengths) and one int32 buffer the block tables; each step fills their pinned
+    # host twins in O(batch) Python (a block-table row is rewritten only where its sequence changed or grew) and
+    # copies them over with two asynchronous copies.
+    META_IDS, META_POS, META_SLOTS, META_LENS = 0, 1, 4, 5
+
     def _init_decode_buffers(self, max_seqs: int) -> None:
         dev = self.device
         self.buckets = decode_buckets(max_seqs)
         n = self.buckets[-1]
-        self.buf_ids = torch.zeros(n, dtype=torch.long, device=dev)
-        self.buf_positions = torch.zeros(3, n, dtype=torch.long, device=dev)
-        self.buf_slots = torch.zeros(n, dtype=torch.long, device=dev)
+        pin = dev.type == "cuda"
+        self.buf_meta = torch.zeros(6, n, dtype=torch.long, device=dev)
         self.buf_block_tables = torch.full((n, self.max_blocks_per_seq), NULL_BLOCK, dtype=torch.int32, device=dev)
-        self.buf_seq_lens = torch.ones(n, dtype=torch.int32, device=dev)
+        self.host_meta = torch.zeros(6, n, dtype=torch.long, pin_memory=pin)
+        self.host_block_tables = torch.full((n, self.max_blocks_per_seq), NULL_BLOCK, dtype=torch.int32,
+                                            pin_memory=pin)
+        self._np_meta = self.host_meta.numpy()
+        self._np_tables = self.host_block_tables.numpy()
+        self._row_blocks: list[list[int] | None] = [None] * n  # the block_ids list each table row was filled from
+        self._row_filled = [0] * n  # how many of its entries are written
+        self._reset_decode_buffers(n)
+
+    def use_static_decode(self, batch_sizes: list[int] | None = None) -> None:
+        """Run decode-only steps from the persistent buffers without CUDA graphs (any device): the same bookkeeping
+        the graphs use, so CPU tests can check it."""
+        self._reset_decode_buffers(self.buckets[-1])
+        for size in batch_sizes or self.buckets:
+            self.graphs[size] = (None, None)
+        self.buckets = sorted(self.graphs)
+
+    def _reset_decode_buffers(self, rows: int) -> None:
+        meta = self._np_meta
+        meta[:, :rows] = 0
+        meta[self.META_SLOTS, :rows] = NULL_BLOCK * self.block_size
+        meta[self.META_LENS, :rows] = 1
+        self._np_tables[:rows] = NULL_BLOCK
+        self._row_blocks[:rows] = [None] * rows
+        self._row_filled[:rows] = [0] * rows
+        self.buf_meta.copy_(self.host_meta)
+        self.buf_block_tables.copy_(self.host_block_tables)
 
     def _static_decode(self, batch: int) -> torch.Tensor:
         """The decode step over the first `batch` rows of the persistent buffers (what a CUDA graph records)."""
-        meta = AttentionMetadata(slot_mapping=self.buf_slots[:batch], num_prefill_tokens=0,
+        meta = self.buf_meta
+        attn = AttentionMetadata(slot_mapping=meta[self.META_SLOTS, :batch], num_prefill_tokens=0,
                                  decode_block_tables=self.buf_block_tables[:batch],
-                                 decode_seq_lens=self.buf_seq_lens[:batch])
-        hidden = self.model.forward(self.model.embed(self.buf_ids[:batch]), self.buf_positions[:, :batch],
-                                    self.kv_caches, meta)
+                                 decode_seq_lens=meta[self.META_LENS, :batch].to(torch.int32))
+        hidden = self.model.forward(self.model.embed(meta[self.META_IDS, :batch]),
+                                    meta[self.META_POS:self.META_POS + 3, :batch], self.kv_caches, attn)
         return self.model.logits(hidden)
 
     @property
@@ -183,13 +227,6 @@ class ModelRunner:
         log.info("captured decode CUDA graphs for batch sizes %s", self.buckets)
         return self.buckets
 
-    def _reset_decode_buffers(self, rows: int) -> None:
-        self.buf_ids[:rows].zero_()
-        self.buf_positions[:, :rows].zero_()
-        self.buf_slots[:rows].fill_(NULL_BLOCK * self.block_size)
-        self.buf_block_tables[:rows].fill_(NULL_BLOCK)
-        self.buf_seq_lens[:rows].fill_(1)
-
     # ---- media ----
     def _encode_media(self, entries: list[ScheduledRequest]) -> None:
         """Vision embeddings for media the chunks reach: from the cache, else one batched encoder call."""
@@ -217,7 +254,8 @@ class ModelRunner:
             pixels.append(source[item.patch_start:item.patch_end])
             grids.append(item.grid)
             owners.append(users)
-        embeds = self.model.vision.encode(torch.cat(pixels, dim=0), grids)
+        pixels = [p.to(self.device, non_blocking=True) for p in pixels]  # no CPU-side concatenation
+        embeds = self.model.vision.encode(pixels[0] if len(pixels) == 1 else torch.cat(pixels, dim=0), grids)
         sizes = [users[0][0].media[users[0][1]].num_tokens for users in owners]
         self.vision_tokens_encoded += sum(sizes)
         for users, emb in zip(owners, embeds.split(sizes, dim=0), strict=True):
@@ -238,14 +276,18 @@ class ModelRunner:
         return dst, src
 
     # ---- one step ----
-    @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        return self.launch(sched).wait()
+
+    @torch.inference_mode()
+    def launch(self, sched: SchedulerOutput) -> PendingStep:
+        """Queue one step's device work (forward and sampling); the host is free until `PendingStep.wait()`."""
         prefills = [e for e in sched.scheduled if e.num_tokens > 1]
         decodes = [e for e in sched.scheduled if e.num_tokens == 1]
         entries = prefills + decodes
         sampled = [e for e in entries if e.samples]
         if not entries:
-            return RunnerOutput([], None)
+            return PendingStep([], None)
         if not prefills and self.graphs and len(decodes) <= self.buckets[-1]:
             logits = self._run_decode_graph(decodes)
             if len(sampled) < len(decodes):
@@ -253,11 +295,11 @@ class ModelRunner:
                 logits = logits.index_select(0, keep)
         else:
             logits = self._run_eager(prefills, decodes, sampled)
-        result = self.sampler.sample(logits, [e.request for e in sampled]) if sampled else None
+        pending = self.sampler.launch(logits, [e.request for e in sampled]) if sampled else None
         for e in prefills:
             if e.end >= e.request.num_prompt_tokens:
                 e.request.mm_embeds.clear()  # the prompt's media are in the KV cache now
-        return RunnerOutput(sampled, result)
+        return PendingStep(sampled, pending)
 
     def _run_eager(self, prefills: list[ScheduledRequest], decodes: list[ScheduledRequest],
                    sampled: list[ScheduledRequest]) -> torch.Tensor:
@@ -289,6 +331,7 @@ class ModelRunner:
             meta.prefill_cu_seqlens_q = torch.tensor(cu, dtype=torch.int32, device=dev)
             meta.prefill_seq_lens = torch.tensor([e.end for e in prefills], dtype=torch.int32, device=dev)
             meta.prefill_max_seqlen_q = max(e.num_tokens for e in prefills)
+            meta.prefill_dense = len(prefills) == 1 and prefills[0].start == 0
         if decodes:
             meta.decode_block_tables = self._block_table(decodes)
             meta.decode_seq_lens = torch.tensor([e.end for e in decodes], dtype=torch.int32, device=dev)
@@ -327,26 +370,36 @@ class ModelRunner:
         batch = len(decodes)
         bucket = next(b for b in self.buckets if b >= batch)
         bs = self.block_size
-        ids = np.zeros(bucket, dtype=np.int64)
-        positions = np.zeros((3, bucket), dtype=np.int64)
-        slots = np.full(bucket, NULL_BLOCK * bs, dtype=np.int64)
-        seq_lens = np.ones(bucket, dtype=np.int32)
-        table = np.full((bucket, self.max_blocks_per_seq), NULL_BLOCK, dtype=np.int32)
+        meta, tables = self._np_meta, self._np_tables
+        ids, slots, lens = meta[self.META_IDS], meta[self.META_SLOTS], meta[self.META_LENS]
+        pos_t, pos_h, pos_w = meta[self.META_POS], meta[self.META_POS + 1], meta[self.META_POS + 2]
+        row_blocks, row_filled = self._row_blocks, self._row_filled
         for i, e in enumerate(decodes):
             req, p = e.request, e.start
             ids[i] = req.token_ids[p]
             if req.mrope_positions is not None and p < req.num_prompt_tokens:
-                positions[:, i] = req.mrope_positions[:, p].numpy()
+                t, h, w = req.mrope_positions[:, p].tolist()
             else:
-                positions[:, i] = p + req.rope_delta
-            slots[i] = req.block_ids[p // bs] * bs + p % bs
-            seq_lens[i] = p + 1
-            table[i, : len(req.block_ids)] = req.block_ids
-        self.buf_ids[:bucket].copy_(torch.from_numpy(ids), non_blocking=True)
-        self.buf_positions[:, :bucket].copy_(torch.from_numpy(positions), non_blocking=True)
-        self.buf_slots[:bucket].copy_(torch.from_numpy(slots), non_blocking=True)
-        self.buf_seq_lens[:bucket].copy_(torch.from_numpy(seq_lens), non_blocking=True)
-        self.buf_block_tables[:bucket].copy_(torch.from_numpy(table), non_blocking=True)
+                t = h = w = p + req.rope_delta
+            pos_t[i], pos_h[i], pos_w[i] = t, h, w
+            blocks = req.block_ids
+            slots[i] = blocks[p // bs] * bs + p % bs
+            lens[i] = p + 1
+            n = len(blocks)
+            if row_blocks[i] is not blocks:  # another sequence (or a new block list) in this row: write it whole
+                tables[i, :n] = blocks
+                row_blocks[i], row_filled[i] = blocks, n
+            elif row_filled[i] != n:  # the same sequence grew: write its new blocks only
+                tables[i, row_filled[i]:n] = blocks[row_filled[i]:n]
+                row_filled[i] = n
+        if bucket > batch:  # padding rows: null token, null slot, length 1 (their stale table rows are valid ids)
+            meta[:, batch:bucket] = 0
+            slots[batch:bucket] = NULL_BLOCK * bs
+            lens[batch:bucket] = 1
+        self.buf_meta.copy_(self.host_meta, non_blocking=True)
+        self.buf_block_tables[:bucket].copy_(self.host_block_tables[:bucket], non_blocking=True)
         graph, out = self.graphs[bucket]
+        if graph is None:  # static decode without a graph (CPU tests of the buffer bookkeeping)
+            return self._static_decode(bucket)[:batch]
         graph.replay()
         return out[:batch]

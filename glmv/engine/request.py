@@ -158,6 +158,8 @@ class Request:
     detokenizer: Any = None  # engine's per-sequence output state
     budget: Any = None
     unreported: list[int] = field(default_factory=list)  # forced output ids not yet handed out
+    text_queue: list[Any] = field(default_factory=list)  # appended tokens the engine has not detokenized yet
+    stop_id_set: frozenset[int] | None = None  # the engine's stop ids for this sequence (set at its start)
     order: int = field(default_factory=lambda: next(_ids))  # arrival order, for stable priorities
 
     @classmethod

@@ -139,6 +139,11 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, rows) -> SamplerOutput:
         """logits [B, vocab] (any float dtype) for rows in the same order -> one token per row."""
+        return self.launch(logits, rows).result()
+
+    def launch(self, logits: torch.Tensor, rows) -> PendingSample:
+        """Queue the sampling work on the device and the copy of its result to the host; `result()` waits for it.
+        Between the two the host is free (the engine detokenizes the previous step meanwhile)."""
         raw = logits.float()
         x = self.apply_logits_processors(raw, rows)
         tokens = x.argmax(dim=-1)
@@ -156,18 +161,57 @@ class Sampler:
             tokens = tokens.index_copy(0, idx, (probs / noise).argmax(dim=-1))
         want = [p.logprobs for p in params]
         if all(w is None for w in want):
-            return SamplerOutput(tokens.tolist(), [None] * len(rows), [None] * len(rows))
+            return PendingSample(_to_host(tokens), want, 0)
         logprobs = raw.log_softmax(dim=-1)
         chosen = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
         kmax = max(w or 0 for w in want)
         if kmax:
             top_vals, top_ids = logprobs.topk(kmax, dim=-1)
             packed = torch.cat([tokens.unsqueeze(1).to(torch.float64), chosen.unsqueeze(1).to(torch.float64),
-                                top_ids.to(torch.float64), top_vals.to(torch.float64)], dim=1).tolist()
+                                top_ids.to(torch.float64), top_vals.to(torch.float64)], dim=1)
         else:
-            packed = torch.stack([tokens.to(torch.float64), chosen.to(torch.float64)], dim=1).tolist()
+            packed = torch.stack([tokens.to(torch.float64), chosen.to(torch.float64)], dim=1)
+        return PendingSample(_to_host(packed), want, kmax)
+
+
+class _HostCopy:
+    """A device tensor on its way to pinned host memory; `get()` waits (with the GIL released) and returns it."""
+
+    def __init__(self, host: torch.Tensor, event: torch.cuda.Event | None):
+        self.host = host
+        self.event = event
+
+    def get(self) -> torch.Tensor:
+        if self.event is not None:
+            self.event.synchronize()  # releases the GIL: the server's event loop runs meanwhile
+        return self.host
+
+
+def _to_host(t: torch.Tensor) -> _HostCopy:
+    if t.device.type != "cuda":
+        return _HostCopy(t, None)
+    host = t.to("cpu", non_blocking=True)  # lands in pinned memory (PyTorch's caching host allocator)
+    event = torch.cuda.Event()
+    event.record()
+    return _HostCopy(host, event)
+
+
+@dataclass
+class PendingSample:
+    """Sampled tokens (and requested logprobs) still on their way to the host."""
+
+    copy: _HostCopy
+    want: list[int | None]  # per row: logprobs asked (top-k count), or None
+    kmax: int
+
+    def result(self) -> SamplerOutput:
+        data = self.copy.get()
+        rows = len(self.want)
+        if all(w is None for w in self.want):
+            return SamplerOutput(data.tolist(), [None] * rows, [None] * rows)
+        kmax = self.kmax
         token_ids, lps, tops = [], [], []
-        for row, w in zip(packed, want, strict=True):
+        for row, w in zip(data.tolist(), self.want, strict=True):
             token_ids.append(int(row[0]))
             lps.append(row[1] if w is not None else None)
             if w:

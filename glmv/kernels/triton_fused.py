@@ -152,12 +152,13 @@ def _rotate_rows(base, stride_h, cos, sin, offs_h, offs_d, mask, ROWS: tl.conste
 
 @triton.jit
 def _rotary_write_kv_kernel(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, k_out_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ct, stride_st,
     stride_ot, stride_oh, stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
+    stride_kot, stride_koh,
     HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, ROT_PAIRS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    ROUND: tl.constexpr,
+    ROUND: tl.constexpr, K_OUT: tl.constexpr,
 ):  # fmt: skip
     token = tl.program_id(0).to(tl.int64)
     dtype = q_out_ptr.dtype.element_ty
@@ -178,11 +179,14 @@ def _rotary_write_kv_kernel(
     block = slot // BLOCK_SIZE
     offset = slot % BLOCK_SIZE
     offs_kh = tl.arange(0, KV_HEADS_PAD)
-    kv_mask = (offs_kh[:, None] < KV_HEADS) & d_ok[None, :] & (slot >= 0)
-    k = _rotate_rows(k_ptr + token * stride_kt, stride_kh, cos, sin, offs_kh, offs_d, kv_mask, KV_HEADS_PAD,
-                     HEAD_DIM_PAD, ROUND, dtype)  # fmt: skip
+    head_mask = (offs_kh[:, None] < KV_HEADS) & d_ok[None, :]
+    kv_mask = head_mask & (slot >= 0)
+    k = _rotate_rows(k_ptr + token * stride_kt, stride_kh, cos, sin, offs_kh, offs_d, head_mask if K_OUT else kv_mask,
+                     KV_HEADS_PAD, HEAD_DIM_PAD, ROUND, dtype)  # fmt: skip
     dst = k_cache_ptr + block * stride_kcb + offset * stride_kcs + offs_kh[:, None] * stride_kch + offs_d[None, :]
     tl.store(dst, k, mask=kv_mask)
+    if K_OUT:  # rotated k also as a dense tensor (for attention over the chunk's own keys), whatever the slot
+        tl.store(k_out_ptr + token * stride_kot + offs_kh[:, None] * stride_koh + offs_d[None, :], k, mask=head_mask)
     v = tl.load(v_ptr + token * stride_vt + offs_kh[:, None] * stride_vh + offs_d[None, :], mask=kv_mask)
     dst = v_cache_ptr + block * stride_vcb + offset * stride_vcs + offs_kh[:, None] * stride_vch + offs_d[None, :]
     tl.store(dst, v, mask=kv_mask)
@@ -197,11 +201,14 @@ def rotary_write_kv(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    k_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rotate q and k (GLM's interleaved partial rotary), store rotated k and v at their slots, return rotated q.
 
     q [T, heads, head_dim], k/v [T, kv_heads, head_dim] (strided views of a fused qkv output are fine);
     cos/sin [T, rotary_dim/2] in q's dtype; negative slots store nothing. Returns a new contiguous q.
+    k_out [T, kv_heads, head_dim] (last dim contiguous), when given, also receives the rotated k: a fresh prompt
+    chunk can then attend over its own keys densely (SDPA) instead of reading them back from the pages.
     """
     tokens, heads, head_dim = q.shape
     kv_heads = k.shape[1]
@@ -212,14 +219,18 @@ def rotary_write_kv(
     q_out = torch.empty((tokens, heads, head_dim), dtype=q.dtype, device=q.device)
     if tokens == 0:
         return q_out
+    if k_out is not None and (k_out.shape != k.shape or k_out.stride(-1) != 1 or k_out.dtype != k.dtype):
+        raise ValueError("rotary_write_kv: k_out must have k's shape and dtype and a contiguous last dim")
+    k_dst = k_out if k_out is not None else q_out  # a placeholder pointer when K_OUT is off (never written)
     _rotary_write_kv_kernel[(tokens,)](
-        q, k, v, cos, sin, q_out, k_cache, v_cache, slot_mapping,
+        q, k, v, cos, sin, q_out, k_cache, v_cache, slot_mapping, k_dst,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos.stride(0), sin.stride(0),
         q_out.stride(0), q_out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        k_dst.stride(0), k_dst.stride(1),
         HEADS=heads, HEADS_PAD=_next_pow2(heads), KV_HEADS=kv_heads, KV_HEADS_PAD=_next_pow2(kv_heads),
         HEAD_DIM=head_dim, HEAD_DIM_PAD=_next_pow2(head_dim), ROT_PAIRS=cos.shape[-1], BLOCK_SIZE=k_cache.shape[1],
-        ROUND=q.dtype != torch.float32,
+        ROUND=q.dtype != torch.float32, K_OUT=k_out is not None,
         num_warps=4 if heads * head_dim >= 2048 else 1,
     )  # fmt: skip
     return q_out

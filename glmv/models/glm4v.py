@@ -99,9 +99,9 @@ class MRotaryEmbedding:
 
     def __call__(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [3, T] long -> cos, sin [T, rot/2] in `dtype`."""
-        rows = positions[self.row_of_freq]  # [rot/2, T]: for each frequency, the position row it uses
-        cos = self.cos_table[rows, self.freq_index[:, None]].t()
-        sin = self.sin_table[rows, self.freq_index[:, None]].t()
+        rows = positions[self.row_of_freq].t()  # [T, rot/2]: for each frequency, the position row it uses
+        cos = self.cos_table[rows, self.freq_index]
+        sin = self.sin_table[rows, self.freq_index]
         return cos.to(dtype), sin.to(dtype)
 
 
@@ -156,6 +156,8 @@ class Glm4vModel:
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
                 meta: AttentionMetadata) -> torch.Tensor:
         """hidden [T, hidden] (input embeddings), positions [3, T] -> final-normed hidden states [T, hidden]."""
+        if self.backend.fused is not None:
+            return self._forward_fused(hidden, positions, kv_caches, meta)
         d = self.dims
         eps = d.rms_norm_eps
         cos, sin = self.rope(positions, hidden.dtype)
@@ -195,6 +197,54 @@ class Glm4vModel:
                                             meta.decode_seq_lens, self.scale)
             out = torch.cat([pre, dec], dim=0)
         return F.linear(out.reshape(tokens, -1), layer.o_weight)
+
+    # ---- CUDA: the same layer with its elementwise steps fused into single kernels (glmv.kernels.triton_fused) ----
+    def _forward_fused(self, hidden: torch.Tensor, positions: torch.Tensor,
+                       kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata) -> torch.Tensor:
+        """`forward` with one kernel per elementwise step: each sub-layer's exit (post-norm + residual add) is fused
+        with the next entry norm, and rotary is fused with the KV write. Rounds where the torch path rounds."""
+        fk, eps = self.backend.fused, self.dims.rms_norm_eps
+        cos, sin = self.rope(positions, hidden.dtype)
+        layers = self.w.layers
+        x = fk.rms_norm(hidden, layers[0].input_norm, eps)
+        for i, (layer, (k_cache, v_cache)) in enumerate(zip(layers, kv_caches, strict=True)):
+            attn = self._attention_fused(x, layer, cos, sin, k_cache, v_cache, meta)
+            hidden, x = fk.residual_rms_norm(attn, hidden, layer.post_self_attn_norm, layer.post_attention_norm, eps)
+            mlp = F.linear(fk.silu_mul(F.linear(x, layer.gate_up_weight)), layer.down_weight)
+            next_norm = layers[i + 1].input_norm if i + 1 < len(layers) else self.w.norm
+            hidden, x = fk.residual_rms_norm(mlp, hidden, layer.post_mlp_norm, next_norm, eps)
+        return x
+
+    def _attention_fused(self, x: torch.Tensor, layer: DecoderLayerWeights, cos: torch.Tensor, sin: torch.Tensor,
+                         k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        d, be = self.dims, self.backend
+        tokens, n_pre = x.shape[0], meta.num_prefill_tokens
+        q, k, v = F.linear(x, layer.qkv_weight, layer.qkv_bias).split(self._split, dim=-1)
+        q = q.view(tokens, d.num_heads, d.head_dim)
+        k = k.view(tokens, d.num_kv_heads, d.head_dim)
+        v = v.view(tokens, d.num_kv_heads, d.head_dim)
+        dense = n_pre > 0 and meta.prefill_dense
+        k_rot = torch.empty_like(k) if dense else None
+        q = be.fused.rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, meta.slot_mapping, k_out=k_rot)
+        parts = []
+        if dense:  # one fresh prompt chunk: SDPA over its own keys beats reading them back from the pages
+            parts.append(self._dense_causal(q[:n_pre], k_rot[:n_pre], v[:n_pre]))
+        elif n_pre:
+            parts.append(be.paged_prefill_attention(q[:n_pre], k_cache, v_cache, meta.prefill_block_tables,
+                                                    meta.prefill_cu_seqlens_q, meta.prefill_seq_lens, self.scale,
+                                                    meta.prefill_max_seqlen_q))
+        if n_pre < tokens:
+            parts.append(be.paged_decode_attention(q[n_pre:], k_cache, v_cache, meta.decode_block_tables,
+                                                   meta.decode_seq_lens, self.scale))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        return F.linear(out.reshape(tokens, -1), layer.o_weight)
+
+    def _dense_causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Causal GQA attention of one sequence's chunk over its own keys: q [T, H, D], k/v [T, KVH, D]."""
+        o = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
+                                           v.contiguous().transpose(0, 1).unsqueeze(0), is_causal=True,
+                                           scale=self.scale, enable_gqa=q.shape[1] != k.shape[1])
+        return o.squeeze(0).transpose(0, 1)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> float32 logits [N, vocab]."""

@@ -154,7 +154,8 @@ class Glm4vVisionTower:
         Each of an item's t temporal slices is its own attention segment (a video frame pair or an image).
         """
         d, w = self.dims, self.w
-        x = F.linear(pixel_values.to(device=self.device, dtype=self.dtype), w.patch_weight, w.patch_bias)
+        # copy first, convert on the device (float32 -> bf16 on the CPU would cost more than the copy)
+        x = F.linear(pixel_values.to(self.device, non_blocking=True).to(self.dtype), w.patch_weight, w.patch_bias)
         x = rms_norm(x, w.post_conv_norm, d.rms_norm_eps)
         tables = torch.cat([self._grid_tables(h, wd).repeat(t, 1) for t, h, wd in grids], dim=0)
         hidden = d.hidden_size

@@ -133,9 +133,12 @@ def test_rotary_write_kv_rotates_q_and_k_and_stores_k_and_v(heads, kv_heads, hea
     slots = torch.randperm(num_blocks * block_size, generator=gen)[:tokens]
     slots[4] = -1  # a padding token: nothing stored
 
-    q_rot = kernels.rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, slots.to(DEVICE))
+    k_out = torch.full((tokens, kv_heads, head_dim), float("nan"), dtype=dtype, device=DEVICE)
+    q_rot = kernels.rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, slots.to(DEVICE), k_out=k_out)
 
     assert_close_to_scale(q_rot, ref_rotary(q, cos, sin), rotary_magnitude(q, cos, sin), dtype)
+    # k_out holds every token's rotated k (padding slots included), as the cache holds it
+    assert_close_to_scale(k_out, ref_rotary(k, cos, sin), rotary_magnitude(k, cos, sin), dtype)
     keep = slots >= 0
     exp_k = before_k.view(-1, kv_heads, head_dim).clone()
     exp_v = before_v.view(-1, kv_heads, head_dim).clone()
@@ -148,6 +151,7 @@ def test_rotary_write_kv_rotates_q_and_k_and_stores_k_and_v(heads, kv_heads, hea
     untouched = torch.ones(num_blocks * block_size, dtype=torch.bool)
     untouched[slots[keep]] = False
     assert torch.equal(k_cache.view(-1, kv_heads, head_dim)[untouched.to(DEVICE)], exp_k[untouched.to(DEVICE)])
+    assert torch.equal(k_cache.view(-1, kv_heads, head_dim)[written], k_out[keep.to(DEVICE)])
 
 
 def test_models_torch_steps_are_what_the_kernels_fuse():
