@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import sys
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -166,6 +167,11 @@ class AsyncEngine:
         import torch
 
         torch.set_grad_enabled(False)
+        # The loop releases the GIL while the device computes; when the step's tokens are ready it must get the GIL
+        # back from the server's event-loop thread quickly. Python's default hand-over interval is 5 ms (most of a
+        # decode step), so ask for 1 ms.
+        if sys.getswitchinterval() > 0.001:
+            sys.setswitchinterval(0.001)
         while not self._stopping:
             self._apply_commands()
             if not self.engine.has_unfinished_requests():

@@ -147,7 +147,7 @@ def select_backend(device: torch.device | str) -> AttentionBackend:
     fused_fns = {fn: getattr(kernels, fn, None) for fn in ("rms_norm", "residual_rms_norm", "silu_mul",
                                                            "rotary_write_kv")}
     if os.environ.get("GLMV_FUSED", "1") != "0" and all(callable(f) for f in fused_fns.values()):
-        fused = SimpleNamespace(**fused_fns)
+        fused = SimpleNamespace(**fused_fns, rotary_half=getattr(kernels, "rotary_half", None))
         names.append("fused=triton")
     return AttentionBackend(",".join(names), chosen["write_kv"], chosen["paged_decode_attention"],
                             chosen["paged_prefill_attention"], fused)

@@ -8,7 +8,8 @@
         out = kernels.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale)
 
 triton_attention: write_kv, paged_decode_attention, paged_prefill_attention (glmv/engine/attention.py's signatures).
-triton_fused: rms_norm, residual_rms_norm, silu_mul, rotary_write_kv (glmv/models/glm4v.py's steps, one launch each).
+triton_fused: rms_norm, residual_rms_norm, silu_mul, rotary_write_kv (glmv/models/glm4v.py's steps, one launch each),
+rotary_half (the vision tower's rotary).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "residual_rms_norm",
     "silu_mul",
     "rotary_write_kv",
+    "rotary_half",
 ]
 
 _ATTENTION_NAMES = {
@@ -42,7 +44,7 @@ _ATTENTION_NAMES = {
 }
 
 
-_FUSED_NAMES = {"rms_norm", "residual_rms_norm", "silu_mul", "rotary_write_kv"}
+_FUSED_NAMES = {"rms_norm", "residual_rms_norm", "silu_mul", "rotary_write_kv", "rotary_half"}
 
 
 def interpreting() -> bool:

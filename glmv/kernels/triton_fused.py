@@ -234,3 +234,46 @@ def rotary_write_kv(
         num_warps=4 if heads * head_dim >= 2048 else 1,
     )  # fmt: skip
     return q_out
+
+
+@triton.jit
+def _rotary_half_kernel(
+    x_ptr, cos_ptr, sin_ptr, out_ptr,
+    stride_xt, stride_xh, stride_ct, stride_st, stride_ot, stride_oh,
+    HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    token = tl.program_id(0).to(tl.int64)
+    half: tl.constexpr = HEAD_DIM // 2
+    offs_h = tl.arange(0, HEADS_PAD)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask = (offs_h[:, None] < HEADS) & (offs_d[None, :] < HEAD_DIM)
+    row = x_ptr + token * stride_xt + offs_h[:, None] * stride_xh
+    x = tl.load(row + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    # rotate_half: [-x[half:], x[:half]]
+    partner = tl.where(offs_d < half, offs_d + half, offs_d - half)
+    sign = tl.where(offs_d < half, -1.0, 1.0)
+    xr = tl.load(row + partner[None, :], mask=mask, other=0.0).to(tl.float32) * sign[None, :]
+    cos = tl.load(cos_ptr + token * stride_ct + offs_d).to(tl.float32)[None, :]
+    sin = tl.load(sin_ptr + token * stride_st + offs_d).to(tl.float32)[None, :]
+    out = x * cos + xr * sin
+    tl.store(out_ptr + token * stride_ot + offs_h[:, None] * stride_oh + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def rotary_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The vision tower's rotary in one launch: (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype), with
+    rotate_half(x) = cat(-x[..., D/2:], x[..., :D/2]) over the whole head.
+
+    x [T, heads, head_dim] (a strided view of a fused qkv output is fine; last dim contiguous, head_dim a power of 2);
+    cos/sin [T, head_dim] float32 (row-strided views are fine). Returns a new contiguous tensor in x's dtype.
+    """
+    tokens, heads, head_dim = x.shape
+    if head_dim & (head_dim - 1) or x.stride(-1) != 1 or cos.stride(-1) != 1 or sin.stride(-1) != 1:
+        raise ValueError("rotary_half needs a power-of-two head_dim and x, cos, sin with a contiguous last dim")
+    out = torch.empty((tokens, heads, head_dim), dtype=x.dtype, device=x.device)
+    if tokens:
+        _rotary_half_kernel[(tokens,)](
+            x, cos, sin, out, x.stride(0), x.stride(1), cos.stride(0), sin.stride(0), out.stride(0), out.stride(1),
+            HEADS=heads, HEADS_PAD=_next_pow2(heads), HEAD_DIM=head_dim, num_warps=4 if heads * head_dim >= 1024 else 1,
+        )  # fmt: skip
+    return out

@@ -129,6 +129,8 @@ class Glm4vModel:
         self.dtype = dtype
         self.rope = MRotaryEmbedding(self.dims, max_positions, device)
         self.backend = backend or select_backend(device)
+        if vision is not None:
+            vision.fused = self.backend.fused
         self.scale = self.dims.head_dim**-0.5
         d = self.dims
         self._split = [d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim, d.num_kv_heads * d.head_dim]

@@ -111,6 +111,8 @@ class Glm4vVisionTower:
         self.inv_freq = 1.0 / (rope_theta**steps)
         self.pos_side = int(weights.pos_embed.shape[0] ** 0.5)
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+        # Fused kernels (glmv.kernels: rms_norm, silu_mul, rotary_half) set by the model on CUDA, else None.
+        self.fused = None
 
     @classmethod
     def load(cls, reader: CheckpointReader, dims: VisionDims, rope_theta: float = 10000.0) -> Glm4vVisionTower:
@@ -154,27 +156,36 @@ class Glm4vVisionTower:
         Each of an item's t temporal slices is its own attention segment (a video frame pair or an image).
         """
         d, w = self.dims, self.w
+        fk = self.fused
+        norm = fk.rms_norm if fk is not None else rms_norm
         # copy first, convert on the device (float32 -> bf16 on the CPU would cost more than the copy)
         x = F.linear(pixel_values.to(self.device, non_blocking=True).to(self.dtype), w.patch_weight, w.patch_bias)
-        x = rms_norm(x, w.post_conv_norm, d.rms_norm_eps)
+        x = norm(x, w.post_conv_norm, d.rms_norm_eps)
         tables = torch.cat([self._grid_tables(h, wd).repeat(t, 1) for t, h, wd in grids], dim=0)
         hidden = d.hidden_size
         pos, cos, sin = tables.split([hidden, self.head_dim, self.head_dim], dim=-1)
         x = x + pos.to(self.dtype)
         segments = [h * wd for t, h, wd in grids for _ in range(t)]
         groups = self._segment_groups(segments)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         for blk in w.blocks:
-            x = x + self._attention(rms_norm(x, blk.norm1, d.rms_norm_eps), blk, cos, sin, groups)
-            y = rms_norm(x, blk.norm2, d.rms_norm_eps)
-            gate, up = F.linear(y, blk.gate_up_weight).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, blk.down_weight)
-        x = rms_norm(x, w.post_norm, d.rms_norm_eps)
+            x = x + self._attention(norm(x, blk.norm1, d.rms_norm_eps), blk, cos, sin, groups)
+            y = norm(x, blk.norm2, d.rms_norm_eps)
+            gate_up = F.linear(y, blk.gate_up_weight)
+            if fk is not None:
+                act = fk.silu_mul(gate_up)
+            else:
+                gate, up = gate_up.chunk(2, dim=-1)
+                act = F.silu(gate) * up
+            x = x + F.linear(act, blk.down_weight)
+        x = norm(x, w.post_norm, d.rms_norm_eps)
         m = d.spatial_merge_size
         x = F.linear(x.reshape(-1, m * m * hidden), w.downsample_weight, w.downsample_bias)
         x = F.linear(x, w.merger_proj)
         x = F.gelu(F.layer_norm(x, (x.shape[-1],), w.merger_norm_weight, w.merger_norm_bias, 1e-5))
-        gate, up = F.linear(x, w.merger_gate_up).chunk(2, dim=-1)
+        gate_up = F.linear(x, w.merger_gate_up)
+        if fk is not None:
+            return F.linear(fk.silu_mul(gate_up), w.merger_down)
+        gate, up = gate_up.chunk(2, dim=-1)
         return F.linear(F.silu(gate) * up, w.merger_down)
 
     def _segment_groups(self, segments: list[int]) -> list[tuple[int, torch.Tensor | None, int]]:
@@ -198,9 +209,13 @@ class Glm4vVisionTower:
         heads, hd = self.dims.num_heads, self.head_dim
         qkv = F.linear(x, blk.qkv_weight, blk.qkv_bias).view(-1, 3, heads, hd)
         q, k, v = qkv.unbind(1)
-        qf, kf = q.float(), k.float()
-        q = (qf * cos + _rotate_half(qf) * sin).to(x.dtype)
-        k = (kf * cos + _rotate_half(kf) * sin).to(x.dtype)
+        if self.fused is not None and getattr(self.fused, "rotary_half", None) is not None:
+            q, k = self.fused.rotary_half(q, cos, sin), self.fused.rotary_half(k, cos, sin)
+        else:
+            qf, kf = q.float(), k.float()
+            c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+            q = (qf * c + _rotate_half(qf) * s).to(x.dtype)
+            k = (kf * c + _rotate_half(kf) * s).to(x.dtype)
         scale = hd**-0.5
         if len(groups) == 1 and groups[0][1] is None:
             n, _, count = groups[0]

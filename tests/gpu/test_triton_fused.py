@@ -154,6 +154,27 @@ def test_rotary_write_kv_rotates_q_and_k_and_stores_k_and_v(heads, kv_heads, hea
     assert torch.equal(k_cache.view(-1, kv_heads, head_dim)[written], k_out[keep.to(DEVICE)])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,head_dim", [(2, 32), (3, 16)] + ([(12, 128)] if ON_GPU else []))
+def test_rotary_half_matches_the_vision_towers_rotary(heads, head_dim, dtype):
+    vision = pytest.importorskip("glmv.models.vision")
+    gen = torch.Generator().manual_seed(heads * head_dim)
+    tokens = 9
+    qkv = rand(tokens, 3, heads, head_dim, dtype=dtype, gen=gen)
+    q = qkv.unbind(1)[0]  # a strided view, as the tower's fused projection gives it
+    tables = (torch.rand(tokens, 3 * head_dim, generator=gen) * 50).to(DEVICE)
+    angles = tables[:, head_dim:2 * head_dim]  # row-strided views, as the tower's table split gives them
+    cos, sin = angles.cos(), angles.sin()
+    cos_view = torch.cat([cos, sin], dim=-1)[:, :head_dim]
+    sin_view = torch.cat([cos, sin], dim=-1)[:, head_dim:]
+    qf = q.float()
+    ref = (qf * cos.unsqueeze(1) + vision._rotate_half(qf) * sin.unsqueeze(1)).to(dtype)
+    out = kernels.rotary_half(q, cos_view, sin_view)
+    mag = (qf.abs() * cos.abs().unsqueeze(1) + vision._rotate_half(qf).abs() * sin.abs().unsqueeze(1))
+    assert_close_to_scale(out, ref, mag, dtype)
+    assert out.is_contiguous()
+
+
 def test_models_torch_steps_are_what_the_kernels_fuse():
     """If glmv/models' torch functions change their math, these kernels must follow: compare against them."""
     glm4v = pytest.importorskip("glmv.models.glm4v")
