@@ -257,49 +257,25 @@ def _write_tokenizer_and_processor(out: Path, p: Preset) -> dict[str, int]:
     )
     _write_json(out / "special_tokens_map.json", {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"})
     (out / "chat_template.jinja").write_text(CHAT_TEMPLATE_PATH.read_text())
-    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
-    _write_json(
-        out / "preprocessor_config.json",
-        {
-            "image_processor_type": "Glm4vImageProcessor",
-            "processor_class": "Glm4vProcessor",
-            "do_convert_rgb": True,
-            "do_normalize": True,
-            "do_rescale": True,
-            "do_resize": True,
-            "image_mean": mean,
-            "image_std": std,
-            "merge_size": 2,
-            "patch_size": 14,
-            "temporal_patch_size": 2,
-            "resample": 3,
-            "rescale_factor": 0.00392156862745098,
-            "size": {"shortest_edge": 12544, "longest_edge": 47040000},
-        },
-    )
-    _write_json(
-        out / "video_preprocessor_config.json",
-        {
-            "video_processor_type": "Glm4vVideoProcessor",
-            "processor_class": "Glm4vProcessor",
-            "do_convert_rgb": True,
-            "do_normalize": True,
-            "do_rescale": True,
-            "do_resize": True,
-            "do_sample_frames": True,
-            "fps": 2.0,
-            "max_duration": 300,
-            "max_image_size": {"longest_edge": 47040000},
-            "image_mean": mean,
-            "image_std": std,
-            "merge_size": 2,
-            "patch_size": 14,
-            "temporal_patch_size": 2,
-            "resample": 3,
-            "rescale_factor": 0.00392156862745098,
-            "size": {"shortest_edge": 12544, "longest_edge": 47040000},
-        },
-    )
+    # The released checkpoint's preprocessing: CLIP mean/std, 14 px patches, 2x2 merge, 2-frame temporal patches.
+    shared = {
+        "processor_class": "Glm4vProcessor",
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "merge_size": 2,
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "resample": 3,
+        "rescale_factor": 0.00392156862745098,
+        "size": {"shortest_edge": 12544, "longest_edge": 47040000},
+    }
+    _write_json(out / "preprocessor_config.json", {"image_processor_type": "Glm4vImageProcessor", **shared})
+    video = {"do_sample_frames": True, "fps": 2.0, "max_duration": 300, "max_image_size": {"longest_edge": 47040000}}
+    _write_json(out / "video_preprocessor_config.json", {"video_processor_type": "Glm4vVideoProcessor", **shared, **video})
     _write_json(out / "processor_config.json", {"processor_class": "Glm4vProcessor"})
     return ids
 
