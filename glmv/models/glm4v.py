@@ -226,7 +226,7 @@ class Glm4vModel:
         k = k.view(tokens, d.num_kv_heads, d.head_dim)
         v = v.view(tokens, d.num_kv_heads, d.head_dim)
         dense = n_pre > 0 and meta.prefill_dense
-        k_rot = torch.empty_like(k) if dense else None
+        k_rot = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dense else None
         q = be.fused.rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, meta.slot_mapping, k_out=k_rot)
         parts = []
         if dense:  # one fresh prompt chunk: SDPA over its own keys beats reading them back from the pages
