@@ -7,7 +7,8 @@ What runs, in this order, each alone on the machine:
 - `hf`: glmv's reference engine (transformers `generate`, glmv/engine/reference.py) in process, concurrency 1, plus
   one offline batch of 8 through `generate` (the cheap way HF serves 8 at once; no TTFT there);
 - `glmv`: `glmv serve --engine glmv` (glmv.engine.async_engine.AsyncEngine), driven over HTTP;
-- `vllm-best`: `vllm serve` with its worker bound to every core and torch.compile (vLLM's CPU default);
+- `vllm-best`: `vllm serve` with its worker bound to every core, a short OpenMP spin (GOMP_SPINCOUNT=3000, see
+  best_env) and torch.compile (vLLM's CPU default);
 - `vllm-default`: `vllm serve` as it starts by default (its worker thread-bound to one core, one kept for the
   scheduler, with compilation);
 - `glmv-vllm` (only when named in --engines): `glmv serve --engine vllm`, glmv's API on top of the same vLLM as
@@ -180,8 +181,18 @@ def vllm_server(args: argparse.Namespace, best: bool, log_dir: Path) -> Server:
         cmd.append("--enforce-eager")
     extra = dict(VLLM_ENV)
     if best:
-        extra["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{os.cpu_count() - 1}"
+        extra.update(best_env(args))
     return Server(name, cmd, child_env(extra), log_dir / f"{name}.log", port)
+
+
+def best_env(args: argparse.Namespace) -> dict[str, str]:
+    """Environment of the all-cores vLLM rows: --vllm-best-env, else the worker bound to every core with a short
+    OpenMP spin. Bound to every core with libgomp's default spin (300k), its OpenMP threads keep spinning between
+    parallel regions and starve vLLM's own scheduler and API processes: 25 / 156 / 351 tok/s here instead of
+    88 / 472 / 864 (spin counts 1000 - 100000 measured; 3000 best)."""
+    if args.vllm_best_env:
+        return dict(kv.split("=", 1) for kv in args.vllm_best_env.split(",") if kv.strip())
+    return {"VLLM_CPU_OMP_THREADS_BIND": f"0-{os.cpu_count() - 1}", "GOMP_SPINCOUNT": "3000"}
 
 
 def glmv_server(args: argparse.Namespace, log_dir: Path) -> Server:
@@ -201,7 +212,7 @@ def glmv_on_vllm_server(args: argparse.Namespace, log_dir: Path) -> Server:
            str(port), "--served-model-name", "bench", "--log-level", "warning"]
     if args.vllm_eager:
         cmd.append("--enforce-eager")
-    extra = dict(VLLM_ENV, HF_HUB_OFFLINE="1", VLLM_CPU_OMP_THREADS_BIND=f"0-{os.cpu_count() - 1}")
+    extra = dict(VLLM_ENV, HF_HUB_OFFLINE="1", **best_env(args))
     return Server("glmv-vllm", cmd, child_env(extra), log_dir / "glmv-vllm.log", port)
 
 
@@ -347,6 +358,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-dir", type=Path, default=None, help="default: .cache/models/<preset>")
     p.add_argument("--vllm-venv", type=Path, default=ROOT / ".cache" / "vllm-cpu-venv")
     p.add_argument("--vllm-eager", action="store_true", help="start vLLM with --enforce-eager (no torch.compile)")
+    p.add_argument("--vllm-best-env", default="",
+                   help="KEY=VALUE,... for the all-cores vLLM rows instead of VLLM_CPU_OMP_THREADS_BIND=0-<n-1>,"
+                   "GOMP_SPINCOUNT=3000")
     p.add_argument("--startup-timeout", type=float, default=900.0, help="seconds a server may take to start")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
