@@ -169,10 +169,10 @@ class StepRecorder:
         launch, step = llm.runner.launch, llm.step
         kind: dict[str, tuple[int, int]] = {}
 
-        def timed_launch(sched):
+        def timed_launch(sched, prev=None):
             kind["k"] = (sum(e.num_tokens for e in sched.scheduled if e.num_tokens > 1),
                          sum(1 for e in sched.scheduled if e.num_tokens == 1))
-            return launch(sched)
+            return launch(sched, prev)
 
         def timed_step():
             kind.clear()
@@ -207,7 +207,9 @@ def _fill_decode_buffers(runner, batch: int, ctx: int) -> int:
     bucket = next(b for b in runner.buckets if b >= batch)
     bs = runner.block_size
     nb = -(-ctx // bs)
-    meta, tables = runner._np_meta, runner._np_tables
+    host = runner._hosts[0]
+    meta, tables = host.np_meta, host.np_tables
+    meta[runner.META_SRC] = -1
     usable = runner.num_blocks - 1
     for i in range(bucket):
         blocks = [1 + (i * nb + j) % usable for j in range(nb)]
@@ -216,8 +218,8 @@ def _fill_decode_buffers(runner, batch: int, ctx: int) -> int:
         meta[runner.META_POS:runner.META_POS + 3, i] = ctx - 1
         meta[runner.META_SLOTS, i] = blocks[-1] * bs + (ctx - 1) % bs
         meta[runner.META_LENS, i] = ctx
-    runner.buf_meta.copy_(runner.host_meta)
-    runner.buf_block_tables.copy_(runner.host_block_tables)
+    runner.buf_meta.copy_(host.meta)
+    runner.buf_block_tables.copy_(host.tables)
     return bucket
 
 

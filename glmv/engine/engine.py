@@ -25,7 +25,7 @@ from glmv.config import EngineConfig, ModelConfig
 from glmv.engine.client import PromptTooLongError
 from glmv.engine.detokenizer import IncrementalDetokenizer
 from glmv.engine.kv_cache import KVBlockPool
-from glmv.engine.model_runner import ModelRunner
+from glmv.engine.model_runner import ModelRunner, PendingStep
 from glmv.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from glmv.engine.request import Request, RequestStatus
 from glmv.engine.scheduler import Scheduler, SchedulerConfig
@@ -84,6 +84,7 @@ class LLMEngine:
         self.requests_finished = 0
         self.steps = 0
         self._queued: list[Request] = []  # sequences with tokens awaiting detokenization, in order
+        self._inflight: PendingStep | None = None  # the step launched last, whose tokens are not taken in yet
 
     # ---- requests ----
     def check_request(self, prompt: Prompt, params: SamplingParams) -> int:
@@ -162,6 +163,7 @@ class LLMEngine:
                     self.scheduler.finish(seq, RequestStatus.FINISHED_ERROR)
         self.groups.clear()
         self._queued = []
+        self._inflight = None
         return ids
 
     def has_unfinished_requests(self) -> bool:
@@ -169,24 +171,52 @@ class LLMEngine:
 
     # ---- the step ----
     def step(self) -> list[RequestOutput]:
+        """Schedule and launch a step; while the device runs it, hand out the text of earlier tokens and take in the
+        tokens of the step before (which ran while the host prepared this one). Sequences whose sampling needs
+        their full history (penalties) make the step wait for the previous one first."""
+        prev = self._inflight
+        if prev is not None and not self._can_overlap():
+            self._finish_step(prev, None)
+            prev = self._inflight = None
         sched = self.scheduler.schedule()
-        pending = self.runner.launch(sched) if not sched.empty else None
-        outputs = self._emit_text()  # the previous step's tokens, while the device runs this one
-        run = pending.wait() if pending is not None else None
-        # Even an empty step can bring an n>1 parent to its fork point (its whole prefix came from the cache).
+        pending = self.runner.launch(sched, prev) if not sched.empty else None
+        if pending is not None:
+            for e in pending.sampled:
+                e.request.num_pending += 1
+            self.steps += 1
+        # Computed counts advance as soon as the step is queued (even an empty step can bring an n>1 parent to its
+        # fork point: its whole prefix came from the cache).
         for parent in self.scheduler.update(sched):
             self._fork(parent)
-        if run is None:
-            return outputs
-        self.steps += 1
-        if run.result is not None:
-            res = run.result
-            for row, entry in enumerate(run.sampled):
-                req = entry.request
-                if req.finished:
-                    continue
-                self._append_tokens(req, res.token_ids[row], res.logprobs[row], res.top_logprobs[row])
+        outputs = self._emit_text()  # text of tokens taken in earlier, while the device runs
+        if prev is not None:
+            self._finish_step(prev, pending)
+        self._inflight = pending
         return outputs
+
+    def _can_overlap(self) -> bool:
+        return not any(self.runner.sampler.needs_history(r.params) for r in self.scheduler.running)
+
+    def _finish_step(self, step: PendingStep, next_step: PendingStep | None) -> None:
+        """Wait for a step's tokens and take them in. A sequence that the thinking budget gives forced tokens now
+        had its next token sampled (in `next_step`, already launched) after the wrong context: that one is dropped."""
+        run = step.wait()
+        if run.result is None:
+            return
+        res = run.result
+        for row, entry in enumerate(run.sampled):
+            if row in step.discard:
+                continue
+            req = entry.request
+            req.num_pending -= 1
+            if req.finished:
+                continue
+            before = len(req.token_ids)
+            self._append_tokens(req, res.token_ids[row], res.logprobs[row], res.top_logprobs[row])
+            if (next_step is not None and not req.finished and len(req.token_ids) != before + 1
+                    and id(req) in next_step.row_of):
+                next_step.discard.add(next_step.row_of[id(req)])
+                req.num_pending -= 1
 
     def _fork(self, parent: Request) -> None:
         group = self.groups[parent.group_id]

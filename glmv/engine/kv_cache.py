@@ -163,7 +163,9 @@ class KVBlockPool:
         """Register the request's full, computed blocks in the prefix cache (called after every step)."""
         if not self.enable_prefix_caching:
             return
-        full = min(request.num_computed_tokens // self.block_size, len(request.block_ids))
+        # only blocks whose token ids are all known (a step may have computed a token still on its way back)
+        known = min(request.num_computed_tokens, len(request.token_ids))
+        full = min(known // self.block_size, len(request.block_ids))
         if full <= request.num_hashed_blocks:
             return
         hashes = self.update_hashes(request, full * self.block_size)

@@ -13,7 +13,7 @@ use the null KV block), which is what `capture_decode_graphs()` records as CUDA 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,13 +41,32 @@ class RunnerOutput:
 
 @dataclass
 class PendingStep:
-    """A step whose device work is queued: `wait()` blocks (GIL released) until its sampled tokens are on the host."""
+    """A step whose device work is queued: `wait()` blocks (GIL released) until its sampled tokens are on the host.
+
+    The next step may be launched before that: rows whose input is a token this step sampled read it on the device
+    (`sample.tokens`, row `row_of[id(request)]`). Rows in `discard` were sampled for a continuation that turned out
+    wrong (the engine forced other tokens after the previous one); their tokens are dropped."""
 
     sampled: list[ScheduledRequest]
     sample: PendingSample | None
+    row_of: dict[int, int] = field(default_factory=dict)
+    discard: set[int] = field(default_factory=set)
 
     def wait(self) -> RunnerOutput:
         return RunnerOutput(self.sampled, self.sample.result() if self.sample is not None else None)
+
+
+@dataclass
+class _HostDecodeBuffers:
+    """Pinned host twins of the decode buffers. The runner alternates between two so that filling the next step's
+    inputs never races the copy of a step still queued on the device (at most two steps are in flight)."""
+
+    meta: torch.Tensor  # int64 [7, n]: ids, t/h/w positions, slots, lengths, source row of a pending id (-1: none)
+    tables: torch.Tensor  # int32 [n, max_blocks]
+    np_meta: np.ndarray
+    np_tables: np.ndarray
+    row_blocks: list  # the block_ids list each table row was filled from
+    row_filled: list  # how many of its entries are written
 
 
 def decode_buckets(max_num_seqs: int) -> list[int]:
@@ -150,25 +169,26 @@ class ModelRunner:
 
     # ---- persistent decode inputs (CUDA-graph friendly) ----
     # One int64 device buffer holds a decode batch's per-row inputs (row 0 token ids, rows 1-3 the t/h/w positions,
-    # row 4 KV slots, row 5 sequence lengths) and one int32 buffer the block tables; each step fills their pinned
-    # host twins in O(batch) Python (a block-table row is rewritten only where its sequence changed or grew) and
-    # copies them over with two asynchronous copies.
-    META_IDS, META_POS, META_SLOTS, META_LENS = 0, 1, 4, 5
+    # row 4 KV slots, row 5 sequence lengths, row 6: for a row whose token the previous step sampled and has not handed
+    # back yet, its row there, else -1) and one int32 buffer the block tables. Each step fills pinned host twins in
+    # O(batch) Python (a block-table row is rewritten only where its sequence changed or grew) and copies them over
+    # asynchronously; inside the graph, pending ids are gathered from `buf_prev_tokens`.
+    META_IDS, META_POS, META_SLOTS, META_LENS, META_SRC = 0, 1, 4, 5, 6
 
     def _init_decode_buffers(self, max_seqs: int) -> None:
         dev = self.device
         self.buckets = decode_buckets(max_seqs)
         n = self.buckets[-1]
         pin = dev.type == "cuda"
-        self.buf_meta = torch.zeros(6, n, dtype=torch.long, device=dev)
+        self.buf_meta = torch.zeros(7, n, dtype=torch.long, device=dev)
         self.buf_block_tables = torch.full((n, self.max_blocks_per_seq), NULL_BLOCK, dtype=torch.int32, device=dev)
-        self.host_meta = torch.zeros(6, n, dtype=torch.long, pin_memory=pin)
-        self.host_block_tables = torch.full((n, self.max_blocks_per_seq), NULL_BLOCK, dtype=torch.int32,
-                                            pin_memory=pin)
-        self._np_meta = self.host_meta.numpy()
-        self._np_tables = self.host_block_tables.numpy()
-        self._row_blocks: list[list[int] | None] = [None] * n  # the block_ids list each table row was filled from
-        self._row_filled = [0] * n  # how many of its entries are written
+        self.buf_prev_tokens = torch.zeros(n, dtype=torch.long, device=dev)
+        self._hosts: list[_HostDecodeBuffers] = []
+        for _ in range(2):
+            meta = torch.zeros(7, n, dtype=torch.long, pin_memory=pin)
+            tables = torch.full((n, self.max_blocks_per_seq), NULL_BLOCK, dtype=torch.int32, pin_memory=pin)
+            self._hosts.append(_HostDecodeBuffers(meta, tables, meta.numpy(), tables.numpy(), [None] * n, [0] * n))
+        self._parity = 0
         self._reset_decode_buffers(n)
 
     def use_static_decode(self, batch_sizes: list[int] | None = None) -> None:
@@ -180,24 +200,28 @@ class ModelRunner:
         self.buckets = sorted(self.graphs)
 
     def _reset_decode_buffers(self, rows: int) -> None:
-        meta = self._np_meta
-        meta[:, :rows] = 0
-        meta[self.META_SLOTS, :rows] = NULL_BLOCK * self.block_size
-        meta[self.META_LENS, :rows] = 1
-        self._np_tables[:rows] = NULL_BLOCK
-        self._row_blocks[:rows] = [None] * rows
-        self._row_filled[:rows] = [0] * rows
-        self.buf_meta.copy_(self.host_meta)
-        self.buf_block_tables.copy_(self.host_block_tables)
+        for h in self._hosts:
+            meta = h.np_meta
+            meta[:, :rows] = 0
+            meta[self.META_SLOTS, :rows] = NULL_BLOCK * self.block_size
+            meta[self.META_LENS, :rows] = 1
+            meta[self.META_SRC, :rows] = -1
+            h.np_tables[:rows] = NULL_BLOCK
+            h.row_blocks[:rows] = [None] * rows
+            h.row_filled[:rows] = [0] * rows
+        self.buf_meta.copy_(self._hosts[0].meta)
+        self.buf_block_tables.copy_(self._hosts[0].tables)
 
     def _static_decode(self, batch: int) -> torch.Tensor:
         """The decode step over the first `batch` rows of the persistent buffers (what a CUDA graph records)."""
         meta = self.buf_meta
+        src = meta[self.META_SRC, :batch]
+        ids = torch.where(src >= 0, self.buf_prev_tokens[src.clamp(min=0)], meta[self.META_IDS, :batch])
         attn = AttentionMetadata(slot_mapping=meta[self.META_SLOTS, :batch], num_prefill_tokens=0,
                                  decode_block_tables=self.buf_block_tables[:batch],
                                  decode_seq_lens=meta[self.META_LENS, :batch].to(torch.int32))
-        hidden = self.model.forward(self.model.embed(meta[self.META_IDS, :batch]),
-                                    meta[self.META_POS:self.META_POS + 3, :batch], self.kv_caches, attn)
+        hidden = self.model.forward(self.model.embed(ids), meta[self.META_POS:self.META_POS + 3, :batch],
+                                    self.kv_caches, attn)
         return self.model.logits(hidden)
 
     @property
@@ -280,29 +304,42 @@ class ModelRunner:
         return self.launch(sched).wait()
 
     @torch.inference_mode()
-    def launch(self, sched: SchedulerOutput) -> PendingStep:
-        """Queue one step's device work (forward and sampling); the host is free until `PendingStep.wait()`."""
+    def launch(self, sched: SchedulerOutput, prev: PendingStep | None = None) -> PendingStep:
+        """Queue one step's device work (forward and sampling); the host is free until `PendingStep.wait()`.
+
+        `prev` is the step still in flight, if any: a row whose input token that step sampled (the sequence's
+        `num_pending`) reads it from `prev`'s device tensor."""
         prefills = [e for e in sched.scheduled if e.num_tokens > 1]
         decodes = [e for e in sched.scheduled if e.num_tokens == 1]
         entries = prefills + decodes
         sampled = [e for e in entries if e.samples]
         if not entries:
             return PendingStep([], None)
+        prev_rows = prev.row_of if prev is not None and prev.sample is not None else {}
         if not prefills and self.graphs and len(decodes) <= self.buckets[-1]:
-            logits = self._run_decode_graph(decodes)
+            logits = self._run_decode_graph(decodes, prev, prev_rows)
             if len(sampled) < len(decodes):
                 keep = torch.tensor([i for i, e in enumerate(decodes) if e.samples], device=self.device)
                 logits = logits.index_select(0, keep)
         else:
-            logits = self._run_eager(prefills, decodes, sampled)
+            logits = self._run_eager(prefills, decodes, sampled, prev, prev_rows)
         pending = self.sampler.launch(logits, [e.request for e in sampled]) if sampled else None
         for e in prefills:
             if e.end >= e.request.num_prompt_tokens:
                 e.request.mm_embeds.clear()  # the prompt's media are in the KV cache now
-        return PendingStep(sampled, pending)
+        return PendingStep(sampled, pending, {id(e.request): i for i, e in enumerate(sampled)})
+
+    @staticmethod
+    def _pending_source(req: Request, position: int, prev_rows: dict[int, int]) -> int:
+        """The previous step's row that sampled the token at `position` (a token not in token_ids yet)."""
+        row = prev_rows.get(id(req))
+        if row is None:
+            raise RuntimeError(f"token {position} of sequence {req.request_id} is neither known nor in flight")
+        return row
 
     def _run_eager(self, prefills: list[ScheduledRequest], decodes: list[ScheduledRequest],
-                   sampled: list[ScheduledRequest]) -> torch.Tensor:
+                   sampled: list[ScheduledRequest], prev: PendingStep | None = None,
+                   prev_rows: dict[int, int] | None = None) -> torch.Tensor:
         bs, dev = self.block_size, self.device
         entries = prefills + decodes
         total = sum(e.num_tokens for e in entries)
@@ -310,10 +347,17 @@ class ModelRunner:
         positions = np.empty((3, total), dtype=np.int64)
         slots = np.empty(total, dtype=np.int64)
         last_row: dict[int, int] = {}
+        pending_dst: list[int] = []
+        pending_src: list[int] = []
         offset = 0
         for e in entries:
             req, n = e.request, e.num_tokens
-            ids[offset:offset + n] = req.token_ids[e.start:e.end]
+            known = min(e.end, len(req.token_ids))
+            ids[offset:offset + known - e.start] = req.token_ids[e.start:known]
+            if known < e.end:  # the chunk's last token is still on the device (sampled by `prev`)
+                ids[offset + n - 1] = 0
+                pending_dst.append(offset + n - 1)
+                pending_src.append(self._pending_source(req, e.end - 1, prev_rows or {}))
             if req.mrope_positions is None or e.start >= req.num_prompt_tokens:
                 positions[:, offset:offset + n] = np.arange(e.start, e.end) + req.rope_delta
             else:
@@ -335,7 +379,11 @@ class ModelRunner:
         if decodes:
             meta.decode_block_tables = self._block_table(decodes)
             meta.decode_seq_lens = torch.tensor([e.end for e in decodes], dtype=torch.int32, device=dev)
-        hidden = self.model.embed(torch.from_numpy(ids).to(dev, non_blocking=True))
+        ids_t = torch.from_numpy(ids).to(dev, non_blocking=True)
+        if pending_dst:
+            src = torch.tensor(pending_src, device=dev)
+            ids_t.index_copy_(0, torch.tensor(pending_dst, device=dev), prev.sample.tokens.index_select(0, src))
+        hidden = self.model.embed(ids_t)
         media_entries = [e for e in prefills + decodes if e.request.media and e.start < e.request.num_prompt_tokens]
         if media_entries:
             self._encode_media(media_entries)
@@ -366,17 +414,27 @@ class ModelRunner:
             table[i, : len(blocks)] = blocks
         return torch.from_numpy(table).to(self.device, non_blocking=True)
 
-    def _run_decode_graph(self, decodes: list[ScheduledRequest]) -> torch.Tensor:
+    def _run_decode_graph(self, decodes: list[ScheduledRequest], prev: PendingStep | None = None,
+                          prev_rows: dict[int, int] | None = None) -> torch.Tensor:
         batch = len(decodes)
         bucket = next(b for b in self.buckets if b >= batch)
         bs = self.block_size
-        meta, tables = self._np_meta, self._np_tables
-        ids, slots, lens = meta[self.META_IDS], meta[self.META_SLOTS], meta[self.META_LENS]
+        host = self._hosts[self._parity]
+        self._parity ^= 1
+        meta, tables = host.np_meta, host.np_tables
+        ids, slots, lens, src = meta[self.META_IDS], meta[self.META_SLOTS], meta[self.META_LENS], meta[self.META_SRC]
         pos_t, pos_h, pos_w = meta[self.META_POS], meta[self.META_POS + 1], meta[self.META_POS + 2]
-        row_blocks, row_filled = self._row_blocks, self._row_filled
+        row_blocks, row_filled = host.row_blocks, host.row_filled
+        any_pending = False
         for i, e in enumerate(decodes):
             req, p = e.request, e.start
-            ids[i] = req.token_ids[p]
+            if p < len(req.token_ids):
+                ids[i] = req.token_ids[p]
+                src[i] = -1
+            else:  # sampled by the step still in flight: the graph reads it from buf_prev_tokens
+                ids[i] = 0
+                src[i] = self._pending_source(req, p, prev_rows or {})
+                any_pending = True
             if req.mrope_positions is not None and p < req.num_prompt_tokens:
                 t, h, w = req.mrope_positions[:, p].tolist()
             else:
@@ -396,8 +454,12 @@ class ModelRunner:
             meta[:, batch:bucket] = 0
             slots[batch:bucket] = NULL_BLOCK * bs
             lens[batch:bucket] = 1
-        self.buf_meta.copy_(self.host_meta, non_blocking=True)
-        self.buf_block_tables[:bucket].copy_(self.host_block_tables[:bucket], non_blocking=True)
+            src[batch:bucket] = -1
+        self.buf_meta.copy_(host.meta, non_blocking=True)
+        self.buf_block_tables[:bucket].copy_(host.tables[:bucket], non_blocking=True)
+        if any_pending:
+            tokens = prev.sample.tokens
+            self.buf_prev_tokens[:tokens.shape[0]].copy_(tokens)
         graph, out = self.graphs[bucket]
         if graph is None:  # static decode without a graph (CPU tests of the buffer bookkeeping)
             return self._static_decode(bucket)[:batch]

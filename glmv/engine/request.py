@@ -159,6 +159,9 @@ class Request:
     budget: Any = None
     unreported: list[int] = field(default_factory=list)  # forced output ids not yet handed out
     text_queue: list[Any] = field(default_factory=list)  # appended tokens the engine has not detokenized yet
+    # Tokens sampled by a step still running on the device (0 or 1 when the engine overlaps steps): they count in
+    # num_tokens (the scheduler computes them next) but are not in token_ids yet.
+    num_pending: int = 0
     stop_id_set: frozenset[int] | None = None  # the engine's stop ids for this sequence (set at its start)
     order: int = field(default_factory=lambda: next(_ids))  # arrival order, for stable priorities
 
@@ -189,7 +192,7 @@ class Request:
     # ---- views ----
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        return len(self.token_ids) + self.num_pending
 
     @property
     def num_output_tokens(self) -> int:

@@ -45,6 +45,11 @@ class SamplerOutput:
     top_logprobs: list[list[tuple[int, float]] | None]
 
 
+def _num_tokens(row) -> int:
+    """Tokens of the sequence so far, counting one sampled on the device and not yet appended (engine overlap)."""
+    return len(row.token_ids) + getattr(row, "num_pending", 0)
+
+
 def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
     width = max((len(r) for r in rows), default=0) or 1
     out = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -67,6 +72,12 @@ class Sampler:
     def _stop_ids(self, params) -> list[int]:
         ids = [] if params.ignore_eos else list(self.eos_token_ids)
         return ids + [t for t in params.stop_token_ids if t not in ids]
+
+    @staticmethod
+    def needs_history(params) -> bool:
+        """Whether sampling for these params reads the sequence's earlier tokens (penalties): such a row cannot be
+        sampled while its previous token is still on the device."""
+        return params.repetition_penalty != 1.0 or bool(params.frequency_penalty) or bool(params.presence_penalty)
 
     def apply_logits_processors(self, logits: torch.Tensor, rows) -> torch.Tensor:
         """Penalties, logit_bias and min_tokens, on a float32 copy of the logits."""
@@ -97,7 +108,7 @@ class Sampler:
                     bias_rows.append(i)
                     bias_cols.append(int(tok))
                     bias_vals.append(float(val))
-            if p.min_tokens and len(r.token_ids) - r.num_prompt_tokens < p.min_tokens:
+            if p.min_tokens and _num_tokens(r) - r.num_prompt_tokens < p.min_tokens:
                 ids = [t for t in self._stop_ids(p) if 0 <= t < vocab]
                 stop_rows += [i] * len(ids)
                 stop_cols += ids
@@ -155,13 +166,13 @@ class Sampler:
             sub = self._warp(x.index_select(0, idx), [params[i] for i in random_rows])
             probs = sub.softmax(dim=-1)
             seeds = torch.tensor([rows[i].seed for i in random_rows], dtype=torch.long, device=dev)
-            steps = torch.tensor([len(rows[i].token_ids) - rows[i].num_prompt_tokens for i in random_rows],
+            steps = torch.tensor([_num_tokens(rows[i]) - rows[i].num_prompt_tokens for i in random_rows],
                                  dtype=torch.long, device=dev)
             noise = race_noise(seeds, steps, self.vocab_hash[: probs.shape[1]])
             tokens = tokens.index_copy(0, idx, (probs / noise).argmax(dim=-1))
         want = [p.logprobs for p in params]
         if all(w is None for w in want):
-            return PendingSample(_to_host(tokens), want, 0)
+            return PendingSample(_to_host(tokens), want, 0, tokens)
         logprobs = raw.log_softmax(dim=-1)
         chosen = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
         kmax = max(w or 0 for w in want)
@@ -171,7 +182,7 @@ class Sampler:
                                 top_ids.to(torch.float64), top_vals.to(torch.float64)], dim=1)
         else:
             packed = torch.stack([tokens.to(torch.float64), chosen.to(torch.float64)], dim=1)
-        return PendingSample(_to_host(packed), want, kmax)
+        return PendingSample(_to_host(packed), want, kmax, tokens)
 
 
 class _HostCopy:
@@ -203,6 +214,7 @@ class PendingSample:
     copy: _HostCopy
     want: list[int | None]  # per row: logprobs asked (top-k count), or None
     kmax: int
+    tokens: torch.Tensor  # int64 [rows] on the device: the next step may read them before they reach the host
 
     def result(self) -> SamplerOutput:
         data = self.copy.get()

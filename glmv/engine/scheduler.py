@@ -99,6 +99,9 @@ class Scheduler:
     # ---- one step ----
     def _chunk(self, request: Request, start: int, budget: int) -> int:
         limit = request.num_tokens if request.fork_at is None else request.fork_at
+        if request.num_pending and (request.num_tokens - request.num_prompt_tokens >= request.max_tokens
+                                    or request.num_tokens >= self.config.max_model_len):
+            return 0  # the token still on the device is the sequence's last: nothing follows it
         return min(limit - start, budget)
 
     def _preempt(self, request: Request) -> None:
@@ -136,6 +139,8 @@ class Scheduler:
             return out
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             req = self.waiting[0]
+            if req.num_pending:  # preempted while its last token was still on the device: wait for it
+                break
             limit = req.fork_at if req.fork_at is not None else None
             cached = self.pool.lookup(req, limit)
             num_cached = len(cached) * self.pool.block_size
@@ -161,8 +166,8 @@ class Scheduler:
         return out
 
     def update(self, out: SchedulerOutput) -> list[Request]:
-        """After the model ran: advance computed counts and cache full blocks. Returns n>1 parents that reached
-        their fork point (the caller forks them with `fork`)."""
+        """Once the step is launched (nothing here needs its results): advance computed counts and cache full blocks
+        whose tokens are known. Returns n>1 parents that reached their fork point (the caller forks them)."""
         for s in out.scheduled:
             req = s.request
             if req.status is not RequestStatus.RUNNING:
