@@ -178,8 +178,8 @@ class StepRecorder:
             kind.clear()
             t = time.perf_counter()
             out = step()
-            if self.enabled and "k" in kind:
-                self.records.append((time.perf_counter() - t, *kind["k"]))
+            if self.enabled:
+                self.records.append((time.perf_counter() - t, *kind.get("k", (0, 0))))
             return out
 
         llm.runner.launch = timed_launch
@@ -261,6 +261,50 @@ def vision_ms(runner, prompts: list[Prompt]) -> float:
     grids = [tuple(int(x) for x in g) for p in prompts for g in p.mm.image_grid_thw.tolist()]
     with torch.inference_mode():
         return cuda_time_ms(lambda: vision.encode(pixels, grids), reps=5, warmup=2)
+
+
+def profile_eager(fn, rows: int = 12) -> list[str]:
+    """Kernel time shares of fn() (one call after a warm-up), by torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60).splitlines()
+
+
+def sdpa_backends() -> dict[str, float]:
+    """ms of SDPA at the model's two big attention shapes under each backend PyTorch offers here."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    out: dict[str, float] = {}
+    cases = {
+        "vision_5184": ((1, 12, 5184, 128), (1, 12, 5184, 128), False),
+        "text_1334_gqa": ((1, 32, 1334, 128), (1, 2, 1334, 128), True),
+        "text_4096_gqa": ((1, 32, 4096, 128), (1, 2, 4096, 128), True),
+    }
+    for name, (qs, ks, causal) in cases.items():
+        q = torch.randn(qs, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(ks, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(ks, device="cuda", dtype=torch.bfloat16)
+        gqa = qs[1] != ks[1]
+        for backend in (None, SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+            label = f"{name}:{'default' if backend is None else backend.name.lower()}"
+            try:
+                def run(q=q, k=k, v=v, causal=causal, gqa=gqa):
+                    F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+
+                if backend is None:
+                    out[label] = round(cuda_time_ms(run, reps=10), 3)
+                else:
+                    with sdpa_kernel([backend]):
+                        out[label] = round(cuda_time_ms(run, reps=10), 3)
+            except Exception as exc:  # noqa: BLE001 - a backend that refuses the shape
+                out[label] = f"n/a ({type(exc).__name__})"
+    return out
 
 
 def profile_graph(runner, batch: int, ctx: int, path: Path | None) -> list[str]:
@@ -360,6 +404,9 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
     res["graph_capture_s"] = time.perf_counter() - t
     res["kv_blocks"] = runner.num_blocks
     res["buckets"] = runner.buckets
+    res["gemv_plan"] = [[list(k), cub, best, str(cfg)] for k, cub, best, cfg in runner.gemv_report]
+    for row in res["gemv_plan"]:
+        log(f"gemv plan {row}")
     llm = LLMEngine(mc, ec, builder.tokenizer, runner=runner)
     log(f"glmv: KV {runner.num_blocks} blocks planned in {res['kv_plan_s']:.1f} s; "
         f"graphs {runner.buckets} in {res['graph_capture_s']:.1f} s")
@@ -385,6 +432,20 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
     gpu["prefill_ms_4096"] = prefill_ms(runner, 4096)
     gpu["prefill_ms_8192"] = prefill_ms(runner, 8192)
     res["gpu"] = gpu
+    try:
+        res["sdpa_backends"] = sdpa_backends()
+        log(f"SDPA backends (ms): {res['sdpa_backends']}")
+        pixels = img[0].mm.pixel_values.to("cuda")
+        grid = [tuple(int(x) for x in img[0].mm.image_grid_thw[0].tolist())]
+        with torch.inference_mode():
+            prof = profile_eager(lambda: runner.model.vision.encode(pixels, grid))
+        print("\n".join(["profile of the vision tower, one 1008x1008 image:"] + prof), flush=True)
+        res["profile_vision"] = prof
+        prof = profile_eager(lambda: prefill_ms(runner, 1334) and None)
+        print("\n".join(["profile of prefill 1334 tokens (x7 calls: timing loop):"] + prof), flush=True)
+        res["profile_prefill_1334"] = prof
+    except Exception as exc:  # noqa: BLE001 - diagnostics only
+        log(f"diagnostics failed: {type(exc).__name__}: {exc}")
     log(f"glmv GPU: {gpu}")
     save()
 
@@ -426,6 +487,7 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
             save()
 
         log("glmv: TTFT of one image prompt (idle)")
+        rec.take()
         times = []
         for seed in range(5):
             p = image_prompt(builder, 600 + seed)
@@ -433,6 +495,8 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
             times.append(r["ttft"][0])
         res["ttft_image_ms"] = 1e3 * statistics.median(times)
         res["ttft_image_runs_ms"] = [1e3 * x for x in times]
+        res["ttft_image_last_steps"] = [(round(1e3 * w, 2), pre, dec) for w, pre, dec in rec.take()[-4:]]
+        log(f"glmv: last TTFT run's engine calls (ms, prefill tokens, decode rows): {res['ttft_image_last_steps']}")
         res["image_prompt_tokens"] = len(p)
         log(f"glmv: TTFT image {res['ttft_image_ms']:.1f} ms ({len(p)} prompt tokens)")
 
@@ -529,6 +593,17 @@ def main() -> int:
         results["hf"] = bench_hf(model_dir, builder, mc, args)
         log(f"HF: {results['hf']}")
         save()
+    if not args.skip_glmv:  # glmv's load again, now that the files are in the page cache (HF just read them)
+        from glmv.models.glm4v import Glm4vModel
+
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        model = Glm4vModel.load(mc, "cuda", torch.bfloat16, max_positions=args.max_model_len + 1)
+        torch.cuda.synchronize()
+        results["glmv"]["load_warm_s"] = time.perf_counter() - t
+        model = None  # noqa: F841
+        log(f"glmv: warm load {results['glmv']['load_warm_s']:.1f} s")
+        save()
     print_table(results)
     return 0
 
@@ -577,6 +652,12 @@ def print_table(r: dict) -> None:
     if g.get("load_s"):
         cold = "cold page cache" if g.get("load_cold") else "page cache warm"
         print(f"load: {g['load_gb']:.1f} GB in {g['load_s']:.1f} s = {g['load_gb'] / g['load_s']:.1f} GB/s ({cold})")
+    if g.get("load_warm_s"):
+        print(f"load, page cache warm: {g['load_gb']:.1f} GB in {g['load_warm_s']:.1f} s = "
+              f"{g['load_gb'] / g['load_warm_s']:.1f} GB/s")
+    if g.get("gemv_plan"):
+        used = sum(1 for row in g["gemv_plan"] if row[3] != "None")
+        print(f"Triton decode matmul chosen over cuBLAS at {used} of {len(g['gemv_plan'])} (shape, batch) points")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ use the null KV block), which is what `capture_decode_graphs()` records as CUDA 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,6 +100,7 @@ class ModelRunner:
         self._init_decode_buffers(engine_config.max_num_seqs)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None]] = {}
         self.vision_tokens_encoded = 0
+        self.gemv_report: list = []  # (shape key, cuBLAS us, best us, config) from plan_gemv at capture time
 
     # ---- sizing ----
     def _plan_num_blocks(self) -> int:
@@ -236,6 +238,11 @@ class ModelRunner:
         if self.device.type != "cuda":
             return []
         sizes = sorted(batch_sizes or self.buckets, reverse=True)
+        if os.environ.get("GLMV_GEMV", "1") != "0":
+            report: list = []
+            used = self.model.plan_gemv(sizes, report)
+            self.gemv_report = report
+            log.info("Triton GEMV used for %d (shape, batch) pairs: %s", used, report)
         pool = torch.cuda.graph_pool_handle()
         self._reset_decode_buffers(self.buckets[-1])
         for size in sizes:

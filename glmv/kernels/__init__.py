@@ -10,6 +10,7 @@
 triton_attention: write_kv, paged_decode_attention, paged_prefill_attention (glmv/engine/attention.py's signatures).
 triton_fused: rms_norm, residual_rms_norm, silu_mul, rotary_write_kv (glmv/models/glm4v.py's steps, one launch each),
 rotary_half (the vision tower's rotary).
+triton_gemv: gemv (decode-batch matmul, M <= 16) and plan_gemv (per-shape choice against cuBLAS, timed on the device).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ __all__ = [
     "silu_mul",
     "rotary_write_kv",
     "rotary_half",
+    "gemv",
+    "plan_gemv",
+    "GemvConfig",
 ]
 
 _ATTENTION_NAMES = {
@@ -45,6 +49,7 @@ _ATTENTION_NAMES = {
 
 
 _FUSED_NAMES = {"rms_norm", "residual_rms_norm", "silu_mul", "rotary_write_kv", "rotary_half"}
+_GEMV_NAMES = {"gemv": "gemv", "plan_gemv": "plan", "GemvConfig": "GemvConfig"}
 
 
 def interpreting() -> bool:
@@ -64,6 +69,12 @@ def available() -> bool:
 
 
 def __getattr__(name: str) -> Any:
+    if name in _GEMV_NAMES:
+        try:
+            module = importlib.import_module("glmv.kernels.triton_gemv")
+        except ImportError as exc:
+            raise AttributeError(f"glmv.kernels.{name} needs Triton, which failed to import: {exc}") from exc
+        return getattr(module, _GEMV_NAMES[name])
     if name in _ATTENTION_NAMES or name in _FUSED_NAMES:
         source = "triton_attention" if name in _ATTENTION_NAMES else "triton_fused"
         try:

@@ -134,6 +134,8 @@ class Glm4vModel:
         self.scale = self.dims.head_dim**-0.5
         d = self.dims
         self._split = [d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim, d.num_kv_heads * d.head_dim]
+        self._gemv_plan: dict = {}  # (N, K, has bias, rows) -> Triton GEMV config, where it beat cuBLAS here
+        self._gemv = None
 
     @classmethod
     def load(cls, config: ModelConfig, device: str | torch.device, dtype: torch.dtype, max_positions: int | None = None,
@@ -200,6 +202,37 @@ class Glm4vModel:
             out = torch.cat([pre, dec], dim=0)
         return F.linear(out.reshape(tokens, -1), layer.o_weight)
 
+    # ---- CUDA: decode-batch matmuls ----
+    def plan_gemv(self, batch_sizes: list[int], report: list | None = None) -> int:
+        """Time glmv's Triton decode matmul against cuBLAS for every weight shape at these decode batch sizes and
+        use it where it is faster. 16-bit weights on CUDA only. Returns how many (shape, batch) pairs use it."""
+        if self.device.type != "cuda" or self.dtype not in (torch.bfloat16, torch.float16) or self.backend.fused is None:
+            return 0
+        try:
+            from glmv import kernels
+
+            planner, self._gemv = kernels.plan_gemv, kernels.gemv
+        except (ImportError, AttributeError):
+            return 0
+        layers = self.w.layers[: min(8, len(self.w.layers))]
+        groups = [
+            ([lw.qkv_weight for lw in layers], [lw.qkv_bias for lw in layers] if layers[0].qkv_bias is not None
+             else None),
+            ([lw.o_weight for lw in layers], None),
+            ([lw.gate_up_weight for lw in layers], None),
+            ([lw.down_weight for lw in layers], None),
+            ([self.w.lm_head], None),
+        ]
+        self._gemv_plan = planner(groups, batch_sizes, report)
+        return len(self._gemv_plan)
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self._gemv_plan:
+            cfg = self._gemv_plan.get((weight.shape[0], weight.shape[1], bias is not None, x.shape[0]))
+            if cfg is not None:
+                return self._gemv(x, weight, bias, cfg)
+        return F.linear(x, weight, bias)
+
     # ---- CUDA: the same layer with its elementwise steps fused into single kernels (glmv.kernels.triton_fused) ----
     def _forward_fused(self, hidden: torch.Tensor, positions: torch.Tensor,
                        kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata) -> torch.Tensor:
@@ -212,7 +245,7 @@ class Glm4vModel:
         for i, (layer, (k_cache, v_cache)) in enumerate(zip(layers, kv_caches, strict=True)):
             attn = self._attention_fused(x, layer, cos, sin, k_cache, v_cache, meta)
             hidden, x = fk.residual_rms_norm(attn, hidden, layer.post_self_attn_norm, layer.post_attention_norm, eps)
-            mlp = F.linear(fk.silu_mul(F.linear(x, layer.gate_up_weight)), layer.down_weight)
+            mlp = self._linear(fk.silu_mul(self._linear(x, layer.gate_up_weight)), layer.down_weight)
             next_norm = layers[i + 1].input_norm if i + 1 < len(layers) else self.w.norm
             hidden, x = fk.residual_rms_norm(mlp, hidden, layer.post_mlp_norm, next_norm, eps)
         return x
@@ -221,7 +254,7 @@ class Glm4vModel:
                          k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         d, be = self.dims, self.backend
         tokens, n_pre = x.shape[0], meta.num_prefill_tokens
-        q, k, v = F.linear(x, layer.qkv_weight, layer.qkv_bias).split(self._split, dim=-1)
+        q, k, v = self._linear(x, layer.qkv_weight, layer.qkv_bias).split(self._split, dim=-1)
         q = q.view(tokens, d.num_heads, d.head_dim)
         k = k.view(tokens, d.num_kv_heads, d.head_dim)
         v = v.view(tokens, d.num_kv_heads, d.head_dim)
@@ -239,7 +272,7 @@ class Glm4vModel:
             parts.append(be.paged_decode_attention(q[n_pre:], k_cache, v_cache, meta.decode_block_tables,
                                                    meta.decode_seq_lens, self.scale))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        return F.linear(out.reshape(tokens, -1), layer.o_weight)
+        return self._linear(out.reshape(tokens, -1), layer.o_weight)
 
     def _dense_causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Causal GQA attention of one sequence's chunk over its own keys: q [T, H, D], k/v [T, KVH, D]."""
@@ -250,4 +283,4 @@ class Glm4vModel:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> float32 logits [N, vocab]."""
-        return F.linear(hidden, self.w.lm_head).float()
+        return self._linear(hidden, self.w.lm_head).float()
