@@ -1,9 +1,11 @@
 """loadgen: one async load generator for every engine the CPU benchmark compares (same client, same prompts).
 
 A target runs one request and reports when its first token came and how many tokens it produced:
-- `CompletionsTarget` speaks OpenAI's `/v1/completions` with prompt token ids, streaming (the first chunk marks the
-  time to first token, `stream_options.include_usage` gives the exact token count). It drives `vllm serve` and
-  `glmv serve` alike, so both servers pay the same HTTP, JSON and detokenization costs.
+- `CompletionsTarget` speaks OpenAI's `/v1/completions` with prompt token ids, streaming; `stream_options.include_usage`
+  gives the exact token count. It drives `vllm serve` and `glmv serve` alike, so both pay the same HTTP, JSON and
+  detokenization costs. TTFT is the first chunk with text: vLLM also streams chunks with empty text (a token whose
+  bytes do not yet make a character, frequent with random weights), glmv does not, so "first chunk" would compare
+  different things; the first chunk of any kind is kept too (`first_chunk_s`).
 - `EngineTarget` drives an in-process glmv EngineClient (the HF reference, or glmv's engine when asked to skip HTTP).
 `run_level` keeps `concurrency` requests in flight (closed loop) until the level's prompts are used up, and turns the
 per-request results into output tokens per second over the level's wall time plus TTFT percentiles.
@@ -25,10 +27,11 @@ import httpx
 
 @dataclass
 class RequestResult:
-    ttft_s: float | None  # None when no token came back
+    ttft_s: float | None  # first text; None when none came back
     latency_s: float
     output_tokens: int
     error: str | None = None
+    first_chunk_s: float | None = None  # first chunk with a choice, empty text or not
 
 
 @dataclass
@@ -42,6 +45,7 @@ class LevelResult:
     errors: int
     ttft_ms: list[float] = field(default_factory=list, repr=False)
     first_error: str | None = None
+    first_chunk_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
     def tok_per_s(self) -> float:
@@ -63,6 +67,7 @@ class LevelResult:
         out.update(tok_per_s=round(self.tok_per_s, 2), ttft_median_ms=self.ttft_median_ms,
                    ttft_p90_ms=self.ttft_p90_ms)
         out["ttft_ms"] = [round(t, 2) for t in self.ttft_ms]
+        out["first_chunk_ms"] = [round(t, 2) for t in self.first_chunk_ms]
         return out
 
 
@@ -88,6 +93,7 @@ class CompletionsTarget:
         }
         start = time.perf_counter()
         ttft: float | None = None
+        first_chunk: float | None = None
         chunks = 0
         usage_tokens: int | None = None
         try:
@@ -106,13 +112,16 @@ class CompletionsTarget:
                         return RequestResult(ttft, time.perf_counter() - start, 0, str(event["error"])[:300])
                     if event.get("choices"):
                         chunks += 1
-                        if ttft is None:
-                            ttft = time.perf_counter() - start
+                        now = time.perf_counter() - start
+                        first_chunk = now if first_chunk is None else first_chunk
+                        if ttft is None and any(c.get("text") for c in event["choices"]):
+                            ttft = now
                     if event.get("usage"):
                         usage_tokens = int(event["usage"].get("completion_tokens") or 0)
         except httpx.HTTPError as exc:
             return RequestResult(ttft, time.perf_counter() - start, 0, f"{type(exc).__name__}: {exc}")
-        return RequestResult(ttft, time.perf_counter() - start, usage_tokens if usage_tokens is not None else chunks)
+        tokens = usage_tokens if usage_tokens is not None else chunks
+        return RequestResult(ttft, time.perf_counter() - start, tokens, first_chunk_s=first_chunk)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -136,7 +145,7 @@ class EngineTarget:
         try:
             async for out in self.engine.generate(Prompt(token_ids=list(prompt_ids)), params, f"bench-{next(self._ids)}"):
                 for c in out.outputs:
-                    if c.num_tokens and ttft is None:
+                    if c.text and ttft is None:
                         ttft = time.perf_counter() - start
                     tokens = max(tokens, c.num_tokens)
         except Exception as exc:  # noqa: BLE001 - a failed request is a result, not a crash of the benchmark
@@ -173,4 +182,5 @@ async def run_level(target: Target, prompts: Sequence[list[int]], concurrency: i
         concurrency=concurrency, num_requests=len(results), wall_s=wall,
         output_tokens=sum(r.output_tokens for r in results), errors=len(errors),
         ttft_ms=[r.ttft_s * 1000 for r in results if r.ttft_s is not None], first_error=errors[0] if errors else None,
+        first_chunk_ms=[r.first_chunk_s * 1000 for r in results if r.first_chunk_s is not None],
     )
