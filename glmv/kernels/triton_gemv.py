@@ -32,16 +32,11 @@ class GemvConfig:
     num_stages: int
 
 
-CONFIGS = [  # for up to 16 rows
-    GemvConfig(16, 256, 4, 4),
-    GemvConfig(32, 256, 4, 4),
-    GemvConfig(64, 128, 4, 4),
-    GemvConfig(16, 512, 4, 3),
-]
-WIDE_CONFIGS = [  # for 17-128 rows
-    GemvConfig(64, 128, 4, 4),
-    GemvConfig(32, 256, 4, 3),
-]
+CONFIGS = {  # by BLOCK_M; shared memory = stages * (BLOCK_M + BLOCK_N) * BLOCK_K * 2 B stays under ~160 KB
+    16: [GemvConfig(16, 256, 4, 4), GemvConfig(32, 256, 4, 4), GemvConfig(64, 128, 4, 4), GemvConfig(16, 512, 4, 3)],
+    64: [GemvConfig(64, 128, 4, 4), GemvConfig(32, 256, 4, 3)],
+    128: [GemvConfig(64, 128, 8, 3), GemvConfig(32, 128, 4, 4)],
+}
 # Batch sizes timed by `plan`; a bucket uses the result of the smallest point >= it in its BLOCK_M class.
 PLAN_POINTS = [1, 4, 16, 32, 64, 96, 128]
 
@@ -156,8 +151,13 @@ def plan(weight_groups: list[tuple[list[torch.Tensor], list[torch.Tensor] | None
             x = torch.randn(point, k, dtype=weights[0].dtype, device=weights[0].device)
             base = _time_us(x, weights, biases, None)
             best, best_us = None, base
-            for cfg in CONFIGS if point <= 16 else WIDE_CONFIGS:
-                us = _time_us(x, weights, biases, cfg)
+            for cfg in CONFIGS[block_m(point)]:
+                try:
+                    us = _time_us(x, weights, biases, cfg)
+                except Exception as exc:  # noqa: BLE001 - a configuration this device cannot run is skipped
+                    if report is not None:
+                        report.append(((n, k, biases is not None, point), None, None, f"{cfg} failed: {exc}"))
+                    continue
                 if us < best_us * 0.98:  # a clear win only
                     best, best_us = cfg, us
             at_point[point] = best

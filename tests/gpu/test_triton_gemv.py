@@ -31,7 +31,7 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("rows", [1, 3, 16, 40, 128])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_gemv_matches_float64(n, k, rows, with_bias, dtype):
-    from glmv.kernels.triton_gemv import CONFIGS, WIDE_CONFIGS
+    from glmv.kernels.triton_gemv import CONFIGS, block_m
 
     gen = torch.Generator().manual_seed(n * 7 + k + rows)
     x = torch.randn(rows, k, generator=gen).to(dtype).to(DEVICE)
@@ -39,12 +39,13 @@ def test_gemv_matches_float64(n, k, rows, with_bias, dtype):
     b = torch.randn(n, generator=gen).to(dtype).to(DEVICE) if with_bias else None
     ref = x.double() @ w.double().t() + (b.double() if b is not None else 0)
     tol = 1e-5 if dtype == torch.float32 else 8e-3
-    for cfg in CONFIGS + WIDE_CONFIGS:
+    for cfg in CONFIGS[block_m(rows)]:
         out = kernels.gemv(x, w, b, cfg)
         assert out.shape == (rows, n) and out.dtype == dtype and torch.isfinite(out).all()
         assert relative_error(out, ref) < tol, cfg
     if dtype != torch.float32:  # as close to the reference as cuBLAS is (within 2x its error)
-        assert relative_error(kernels.gemv(x, w, b, CONFIGS[0]), ref) <= 2 * relative_error(F.linear(x, w, b), ref)
+        out = kernels.gemv(x, w, b, CONFIGS[block_m(rows)][0])
+        assert relative_error(out, ref) <= 2 * relative_error(F.linear(x, w, b), ref)
 
 
 def test_gemv_refuses_more_rows_than_it_pads_to():
@@ -52,7 +53,7 @@ def test_gemv_refuses_more_rows_than_it_pads_to():
 
     x = torch.zeros(MAX_ROWS + 1, 32, device=DEVICE)
     with pytest.raises(ValueError, match="rows"):
-        kernels.gemv(x, torch.zeros(16, 32, device=DEVICE), None, CONFIGS[0])
+        kernels.gemv(x, torch.zeros(16, 32, device=DEVICE), None, CONFIGS[16][0])
 
 
 @pytest.mark.skipif(not ON_GPU, reason="times kernels in CUDA graphs")
@@ -62,9 +63,9 @@ def test_plan_keeps_only_configs_that_beat_cublas():
     report: list = []
     chosen = kernels.plan_gemv([(weights, None)], [1, 8, 64], report=report)
     print(report)
-    assert [r[0][3] for r in report] == [1, 16, 64]  # the plan points that 1, 8 and 64 map to
-    assert all(best_us <= cublas_us for _, cublas_us, best_us, _ in report)
+    assert sorted({r[0][3] for r in report}) == [1, 16, 64]  # the plan points that 1, 8 and 64 map to
+    assert all(best_us <= cublas_us for _, cublas_us, best_us, _ in report if best_us is not None)
     point_of = {1: 1, 8: 16, 64: 64}
     for rows, point in point_of.items():
-        cfg = next(r[3] for r in report if r[0][3] == point)
+        cfg = next(r[3] for r in report if r[0][3] == point and r[1] is not None)
         assert chosen.get((4096, 4096, False, rows)) == cfg
