@@ -656,7 +656,7 @@ def print_table(r: dict) -> None:
         print(f"load, page cache warm: {g['load_gb']:.1f} GB in {g['load_warm_s']:.1f} s = "
               f"{g['load_gb'] / g['load_warm_s']:.1f} GB/s")
     if g.get("gemv_plan"):
-        used = sum(1 for row in g["gemv_plan"] if row[3] != "None")
+        used = sum(1 for row in g["gemv_plan"] if row[1] and row[2] is not None and row[2] < row[1])
         print(f"Triton decode matmul chosen over cuBLAS at {used} of {len(g['gemv_plan'])} (shape, batch) points")
 
 

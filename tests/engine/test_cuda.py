@@ -97,7 +97,8 @@ def preset_dir(tmp_path_factory):
 
 
 def test_bf16_parity_on_a_larger_preset(preset_dir):
-    """bf16: the first token's logprobs within 8 bf16 ulps of transformers' (top 20) and the first greedy token equal.
+    """bf16: the first token's logprobs within 8 bf16 ulps of transformers' (top 20) and the first greedy token equal
+    (or tied with the reference's within 2 ulps).
 
     Measured on an H100 (ulp 0.031 at both sizes): small preset 0.016 / 0.031 nats (text / image, 8 of 8 greedy
     tokens equal); full 9B dims 0.094 / 0.187 nats (text 8 of 8 equal; image the first 3, then random weights'
@@ -143,10 +144,16 @@ def test_bf16_parity_on_a_larger_preset(preset_dir):
         diffs = [abs(first[t] - ref[t].item()) for t in first]
         # Tolerance: 8 bf16 ulps at the magnitude of the largest logit (both sides round logits to bf16).
         ulp = 2.0 ** (math.floor(math.log2(ref_logits[name].abs().max().item())) - 7)
+        top2 = ref.topk(2)
+        gap = (ref[ref_tokens[name][0]] - ref[ours.token_ids[0]]).item()
         print(f"{name}: ours {ours.token_ids} ref {ref_tokens[name]} max |dlogprob| top-20 {max(diffs):.4f} "
-              f"(bf16 ulp at max logit {ulp:.4f})")
+              f"(bf16 ulp at max logit {ulp:.4f}); reference top-2 {top2.indices.tolist()} "
+              f"{[round(v, 4) for v in top2.values.tolist()]}, its gap to our first token {gap:.4f}")
         assert max(diffs) <= 8 * ulp
-        assert ours.token_ids[0] == ref_tokens[name][0]
+        # The first greedy token is the reference's, unless the reference itself has a tie there at bf16 resolution
+        # (our token within 2 ulps of its best: both sides round logits to bf16, and random weights at 9B dims give
+        # near-flat distributions).
+        assert ours.token_ids[0] == ref_tokens[name][0] or gap <= 2 * ulp
 
 
 def test_default_sizing_and_graph_capture(tiny_dir, model_config, tokenizer, prompts, reference):
