@@ -33,6 +33,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -47,10 +48,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from loadgen import CompletionsTarget, EngineTarget, LevelResult, Target, run_level  # noqa: E402
+from loadgen import CompletionsTarget, EngineTarget, LevelResult, Target, probe_ttft, run_level  # noqa: E402
 
 ENGINES = ("hf", "glmv", "vllm-best", "vllm-default", "glmv-vllm")
 DEFAULT_ENGINES = ENGINES[:4]
+PROBES = 5  # one-token requests of the TTFT probe
 # vLLM's figures on this machine from the issue (same model shape, prompts and lengths), for the record.
 ISSUE_FIGURES = {"vllm-best": {1: 88.0, 8: 514.0, 32: 890.0}, "vllm-default": {1: 71.0, 8: 326.0, 32: 486.0},
                  "hf": {1: 58.5}}
@@ -65,11 +67,17 @@ class EngineRow:
     levels: dict[int, LevelResult] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the HF offline batch
     unavailable: str | None = None  # why this engine has no figures
+    ttft_idle_ms: list[float] = field(default_factory=list)  # the TTFT probe: one-token requests, one at a time
     startup_s: float | None = None
     loadavg_before: tuple[float, float, float] | None = None
 
+    @property
+    def ttft_median(self) -> float | None:
+        return statistics.median(self.ttft_idle_ms) if self.ttft_idle_ms else None
+
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.label, "unavailable": self.unavailable, "startup_s": self.startup_s,
+                "ttft_idle_ms": [round(t, 2) for t in self.ttft_idle_ms], "ttft_idle_median_ms": self.ttft_median,
                 "loadavg_before": self.loadavg_before, "extra": self.extra,
                 "levels": {str(c): lv.to_json() for c, lv in self.levels.items()}}
 
@@ -233,21 +241,22 @@ def loadavg() -> tuple[float, float, float]:
 
 
 async def measure_levels(row: EngineRow, target: Target, prompts_by_level: dict[int, list[list[int]]],
-                         warmup: list[list[int]], max_tokens: int) -> None:
+                         warmup: list[list[int]], probe: list[list[int]], max_tokens: int) -> None:
     top = max(prompts_by_level)
     await run_level(target, warmup[:top], min(top, len(warmup)), 4)  # warm every batch size up to the top level
+    row.ttft_idle_ms = await probe_ttft(target, probe)
     for conc, prompts in prompts_by_level.items():
         with tqdm(total=len(prompts), desc=f"{row.name} c={conc}", unit="req", leave=True) as bar:
             row.levels[conc] = await run_level(target, prompts, conc, max_tokens, bar)
 
 
-async def bench_server(row: EngineRow, server: Server, args, prompts_by_level, warmup) -> None:
+async def bench_server(row: EngineRow, server: Server, args, prompts_by_level, warmup, probe) -> None:
     row.loadavg_before = loadavg()
     try:
         row.startup_s = round(server.start(args.startup_timeout), 1)
         target = CompletionsTarget(server.base_url, "bench")
         try:
-            await measure_levels(row, target, prompts_by_level, warmup, args.max_tokens)
+            await measure_levels(row, target, prompts_by_level, warmup, probe, args.max_tokens)
         finally:
             await target.close()
     except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the others' figures
@@ -256,7 +265,7 @@ async def bench_server(row: EngineRow, server: Server, args, prompts_by_level, w
         server.stop()
 
 
-async def bench_hf(row: EngineRow, args, prompts_by_level, warmup) -> None:
+async def bench_hf(row: EngineRow, args, prompts_by_level, warmup, probe) -> None:
     import torch
     from transformers import AutoTokenizer
 
@@ -272,7 +281,7 @@ async def bench_hf(row: EngineRow, args, prompts_by_level, warmup) -> None:
                                              dtype="bfloat16", max_model_len=args.max_model_len), tokenizer)
     row.startup_s = round(time.perf_counter() - t0, 1)
     levels = {c: p for c, p in prompts_by_level.items() if c == 1}  # one request at a time is what it serves
-    await measure_levels(row, EngineTarget(engine), levels, warmup[:1], args.max_tokens)
+    await measure_levels(row, EngineTarget(engine), levels, warmup[:1], probe, args.max_tokens)
     batch = min(8, max(prompts_by_level))
     if batch > 1:  # HF's own way to serve several at once: one padded-free batch (equal prompt lengths) in generate
         ids = torch.tensor(prompts_by_level[max(prompts_by_level)][:batch])
@@ -302,24 +311,23 @@ def times(x: float | None) -> str:
 
 
 def report(rows: dict[str, EngineRow], levels: list[int]) -> str:
+    def tok_per_s(row: EngineRow, c: int) -> tuple[float | None, str]:
+        lv = row.levels.get(c)
+        if lv is not None:
+            return lv.tok_per_s, ""
+        batch = row.extra.get("offline_batch", {})
+        return (batch["tok_per_s"], "*") if batch.get("batch") == c else (None, "")
+
     lines = []
-    head = f"{'engine':<34}" + "".join(f"{'c=' + str(c) + ' tok/s':>13}" for c in levels) + \
-        "".join(f"{'TTFT c=' + str(c) + ' ms':>16}" for c in levels)
+    head = f"{'engine':<34}" + "".join(f"{'c=' + str(c) + ' tok/s':>13}" for c in levels) + f"{'TTFT ms':>10}"
     lines += [head, "-" * len(head)]
     for row in rows.values():
         if row.unavailable:
             lines.append(f"{row.label:<34}{row.unavailable}")
             continue
-        tps = []
-        for c in levels:
-            lv = row.levels.get(c)
-            if lv is None and c != 1 and row.extra.get("offline_batch", {}).get("batch") == c:
-                tps.append(f"{row.extra['offline_batch']['tok_per_s']:.1f}*")
-            else:
-                tps.append(fmt(lv.tok_per_s if lv else None))
-        ttfts = [fmt(row.levels[c].ttft_median_ms if c in row.levels else None, 0) for c in levels]
+        cells = [fmt(v) + mark for v, mark in (tok_per_s(row, c) for c in levels)]
         errs = sum(lv.errors for lv in row.levels.values())
-        lines.append(f"{row.label:<34}" + "".join(f"{t:>13}" for t in tps) + "".join(f"{t:>16}" for t in ttfts)
+        lines.append(f"{row.label:<34}" + "".join(f"{t:>13}" for t in cells) + f"{fmt(row.ttft_median, 0):>10}"
                      + (f"   ({errs} failed requests)" if errs else ""))
     pairs = (("glmv", "vllm-best", "glmv / vLLM best"), ("glmv", "vllm-default", "glmv / vLLM default"),
              ("glmv", "hf", "glmv / HF"), ("glmv-vllm", "vllm-best", "glmv on vLLM / vLLM best"))
@@ -327,18 +335,16 @@ def report(rows: dict[str, EngineRow], levels: list[int]) -> str:
         ours, peer = rows.get(ours_name), rows.get(peer_name)
         if ours is None or peer is None or ours.unavailable or peer.unavailable:
             continue
-        ratios, ttft_ratios = [], []
+        ratios = []
         for c in levels:
-            g, p = ours.levels.get(c), peer.levels.get(c)
-            batch = peer.extra.get("offline_batch", {})
-            p_tps = p.tok_per_s if p else (batch.get("tok_per_s") if batch.get("batch") == c else None)
-            ratios.append(times(g.tok_per_s / p_tps if g and p_tps else None))
-            gt, pt = (g.ttft_median_ms if g else None), (p.ttft_median_ms if p else None)
-            ttft_ratios.append(times(gt / pt if gt and pt else None))
-        lines.append(f"{title:<34}" + "".join(f"{r:>13}" for r in ratios) + "".join(f"{r:>16}" for r in ttft_ratios))
+            g, p = tok_per_s(ours, c)[0], tok_per_s(peer, c)[0]
+            ratios.append(times(g / p if g and p else None))
+        ttft = times(ours.ttft_median / peer.ttft_median if ours.ttft_median and peer.ttft_median else None)
+        lines.append(f"{title:<34}" + "".join(f"{r:>13}" for r in ratios) + f"{ttft:>10}")
     if any("offline_batch" in r.extra for r in rows.values()):
-        lines.append("* HF: one offline batch through generate() (no server, no TTFT).")
-    lines.append("Ratios: tok/s higher is better for glmv; TTFT ratio lower is better for glmv.")
+        lines.append("* HF: one offline batch through generate() (no server).")
+    lines.append("TTFT: 128-token prompt, one-token requests one at a time (median of 5). Ratios: glmv over the peer "
+                 "(tok/s: higher is better; TTFT: lower is better).")
     return "\n".join(lines)
 
 
@@ -386,8 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     if any("vllm" in e for e in args.engine_names):
         ensure_vllm_venv(args.vllm_venv)
     per_level = {c: max(args.waves * c, 4 if c == 1 else c) for c in args.levels}
-    total = sum(per_level.values()) + max(args.levels)
+    total = sum(per_level.values()) + max(args.levels) + PROBES
     prompts = make_prompts(args.model_dir, total, args.prompt_len, args.seed)
+    probe, prompts = prompts[:PROBES], prompts[PROBES:]
     warmup, rest = prompts[: max(args.levels)], prompts[max(args.levels):]
     prompts_by_level: dict[int, list[list[int]]] = {}
     for c in args.levels:
@@ -407,18 +414,18 @@ def main(argv: list[str] | None = None) -> int:
         row = rows[name]
         if name == "hf":
             try:
-                asyncio.run(bench_hf(row, args, prompts_by_level, warmup))
+                asyncio.run(bench_hf(row, args, prompts_by_level, warmup, probe))
             except Exception as exc:  # noqa: BLE001
                 row.unavailable = f"failed: {exc}"
         elif name == "glmv":
             row.unavailable = glmv_engine_missing()
             if row.unavailable is None:
-                asyncio.run(bench_server(row, glmv_server(args, log_dir), args, prompts_by_level, warmup))
+                asyncio.run(bench_server(row, glmv_server(args, log_dir), args, prompts_by_level, warmup, probe))
         elif name == "glmv-vllm":
-            asyncio.run(bench_server(row, glmv_on_vllm_server(args, log_dir), args, prompts_by_level, warmup))
+            asyncio.run(bench_server(row, glmv_on_vllm_server(args, log_dir), args, prompts_by_level, warmup, probe))
         else:
             asyncio.run(bench_server(row, vllm_server(args, name == "vllm-best", log_dir), args, prompts_by_level,
-                                     warmup))
+                                     warmup, probe))
         if row.unavailable:
             print(f"{name}: {row.unavailable}", flush=True)
 

@@ -141,19 +141,35 @@ class EngineTarget:
         params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
         start = time.perf_counter()
         ttft: float | None = None
+        first_token: float | None = None
         tokens = 0
         try:
             async for out in self.engine.generate(Prompt(token_ids=list(prompt_ids)), params, f"bench-{next(self._ids)}"):
                 for c in out.outputs:
+                    now = time.perf_counter() - start
+                    if c.num_tokens and first_token is None:
+                        first_token = now
                     if c.text and ttft is None:
-                        ttft = time.perf_counter() - start
+                        ttft = now
                     tokens = max(tokens, c.num_tokens)
         except Exception as exc:  # noqa: BLE001 - a failed request is a result, not a crash of the benchmark
-            return RequestResult(ttft, time.perf_counter() - start, tokens, f"{type(exc).__name__}: {exc}")
-        return RequestResult(ttft, time.perf_counter() - start, tokens)
+            return RequestResult(ttft, time.perf_counter() - start, tokens, f"{type(exc).__name__}: {exc}",
+                                 first_token)
+        return RequestResult(ttft, time.perf_counter() - start, tokens, first_chunk_s=first_token)
 
     async def close(self) -> None:
         return None
+
+
+async def probe_ttft(target: Target, prompts: Sequence[list[int]]) -> list[float]:
+    """TTFT on an otherwise idle server, in ms: one-token requests one after another, timed to their first chunk
+    (with one token to make, glmv's first chunk is its last, so it streams even when the token has no text yet)."""
+    out = []
+    for ids in prompts:
+        result = await target.run_one(ids, 1)
+        if result.error is None and result.first_chunk_s is not None:
+            out.append(result.first_chunk_s * 1000)
+    return out
 
 
 async def run_level(target: Target, prompts: Sequence[list[int]], concurrency: int, max_tokens: int,
