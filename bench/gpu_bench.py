@@ -466,7 +466,7 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
 
         log(f"glmv: single stream 512/{out_n}")
         runs = []
-        for rep in range(2):
+        for rep in range(3):
             r = await run_requests(engine, [random_text_prompt(512, vocab, 11 + rep)], greedy)
             runs.append((r["total_tokens"] - 1) / (r["last"] - r["first_token_at"]))
         res["decode_1"] = statistics.median(runs)
@@ -475,14 +475,18 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
         log(f"glmv: single stream {res['decode_1']:.1f} tok/s; steps {res['steps_1']}")
         save()
         for conc in (8, 64):
-            log(f"glmv: {conc} concurrent 512/{out_n}")
-            prompts = [random_text_prompt(512, vocab, 100 + conc * 1000 + i) for i in range(conc)]
-            r = await run_requests(engine, prompts, greedy)
-            res[f"throughput_{conc}"] = r["e2e_tok_s"]
-            res[f"throughput_{conc}_steady"] = r.get("steady_tok_s")
-            res[f"throughput_{conc}_detail"] = {k: v for k, v in r.items() if k != "ttft"}
+            log(f"glmv: {conc} concurrent 512/{out_n}, {args.repeat} runs")
+            runs = []
+            for rep in range(args.repeat):
+                prompts = [random_text_prompt(512, vocab, 100 + conc * 1000 + rep * 500 + i) for i in range(conc)]
+                runs.append(await run_requests(engine, prompts, greedy))
+            res[f"throughput_{conc}"] = statistics.median(r["e2e_tok_s"] for r in runs)
+            steady = [r["steady_tok_s"] for r in runs if r.get("steady_tok_s")]
+            res[f"throughput_{conc}_steady"] = statistics.median(steady) if steady else None
+            res[f"throughput_{conc}_runs"] = [(round(r["e2e_tok_s"]), round(r.get("steady_tok_s") or 0)) for r in runs]
+            res[f"throughput_{conc}_detail"] = {k: v for k, v in runs[-1].items() if k != "ttft"}
             res[f"steps_{conc}"] = decode_step_summary(rec.take())
-            log(f"glmv: {conc}: e2e {r['e2e_tok_s']:.0f} tok/s, steady {r.get('steady_tok_s', 0):.0f} tok/s, "
+            log(f"glmv: {conc}: (e2e, steady) tok/s per run {res[f'throughput_{conc}_runs']}, "
                 f"steps {res[f'steps_{conc}']}")
             save()
 
@@ -541,6 +545,7 @@ def main() -> int:
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--max-model-len", type=int, default=8192)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of the 8- and 64-concurrent cases (median)")
     ap.add_argument("--drop-caches", action="store_true", help="drop the OS page cache before glmv loads (cold load)")
     ap.add_argument("--trace", action="store_true", help="write a Chrome trace of the batch-1 decode step")
     ap.add_argument("--json", default=None, help="where to write results (default $OUT/gpu_bench.json)")

@@ -285,7 +285,7 @@ class ModelRunner:
             pixels.append(source[item.patch_start:item.patch_end])
             grids.append(item.grid)
             owners.append(users)
-        pixels = [p.to(self.device, non_blocking=True) for p in pixels]  # no CPU-side concatenation
+        pixels = [self._upload(p) for p in pixels]  # no CPU-side concatenation
         embeds = self.model.vision.encode(pixels[0] if len(pixels) == 1 else torch.cat(pixels, dim=0), grids)
         sizes = [users[0][0].media[users[0][1]].num_tokens for users in owners]
         self.vision_tokens_encoded += sum(sizes)
@@ -295,16 +295,31 @@ class ModelRunner:
             for req, j in users:
                 req.mm_embeds[j] = emb
 
-    def _media_rows(self, e: ScheduledRequest, offset: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        dst, src = [], []
-        req = e.request
-        for j, item in enumerate(req.media):
-            if not item.overlaps(e.start, e.end):
-                continue
-            sel = ((item.positions >= e.start) & (item.positions < e.end)).nonzero().squeeze(1)
-            dst.append(item.positions[sel] - e.start + offset)
-            src.append(req.mm_embeds[j].index_select(0, sel.to(self.device)))
-        return dst, src
+    def _upload(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels to the device in the model dtype. On CUDA they are converted on the CPU's threads into pinned
+        memory first (round to nearest even, as the device would): half the bytes of float32 cross the bus, and
+        asynchronously (a 1008x1008 image is 24 MB of float32)."""
+        if self.device.type != "cuda" or pixels.device.type != "cpu":
+            return pixels.to(self.device)
+        staged = torch.empty(pixels.shape, dtype=self.dtype, pin_memory=True)
+        staged.copy_(pixels)
+        return staged.to(self.device, non_blocking=True)
+
+    @staticmethod
+    def _media_plan(media_entries: list[ScheduledRequest], starts: dict[int, int]):
+        """For each picture a step's chunks reach: (request, media index, rows of its embedding the chunk takes) and
+        the rows of the step's hidden states they go to. Host-side indices only (uploaded before the tower runs)."""
+        plan, sels, dsts = [], [], []
+        for e in media_entries:
+            req = e.request
+            for j, item in enumerate(req.media):
+                if not item.overlaps(e.start, e.end):
+                    continue
+                sel = ((item.positions >= e.start) & (item.positions < e.end)).nonzero().squeeze(1)
+                plan.append((req, j, int(sel.numel())))
+                sels.append(sel)
+                dsts.append(item.positions[sel] - e.start + starts[id(e)])
+        return plan, sels, dsts
 
     # ---- one step ----
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
@@ -386,31 +401,36 @@ class ModelRunner:
         if decodes:
             meta.decode_block_tables = self._block_table(decodes)
             meta.decode_seq_lens = torch.tensor([e.end for e in decodes], dtype=torch.int32, device=dev)
+        # Every host-side input goes up before the tower and the decoder are queued: a copy from pageable memory
+        # waits for the work queued before it, and the host should not stall mid-step while the device computes.
         ids_t = torch.from_numpy(ids).to(dev, non_blocking=True)
+        positions_t = torch.from_numpy(positions).to(dev, non_blocking=True)
+        rows = torch.tensor([last_row[id(e)] for e in sampled], device=dev) if sampled else None
+        media_entries = [e for e in prefills + decodes if e.request.media and e.start < e.request.num_prompt_tokens]
+        media_plan, sel_t, dst_t = [], None, None
+        if media_entries:
+            starts, offset = {}, 0
+            for e in entries:
+                starts[id(e)] = offset
+                offset += e.num_tokens
+            media_plan, sels, dsts = self._media_plan(media_entries, starts)
+            if media_plan:
+                sel_t = torch.cat(sels).to(dev, non_blocking=True)
+                dst_t = torch.cat(dsts).to(dev, non_blocking=True)
         if pending_dst:
             src = torch.tensor(pending_src, device=dev)
             ids_t.index_copy_(0, torch.tensor(pending_dst, device=dev), prev.sample.tokens.index_select(0, src))
         hidden = self.model.embed(ids_t)
-        media_entries = [e for e in prefills + decodes if e.request.media and e.start < e.request.num_prompt_tokens]
         if media_entries:
             self._encode_media(media_entries)
-            dst, src = [], []
-            offset = 0
-            starts = {}
-            for e in entries:
-                starts[id(e)] = offset
-                offset += e.num_tokens
-            for e in media_entries:
-                d, s = self._media_rows(e, starts[id(e)])
-                dst += d
-                src += s
-            if dst:
-                hidden.index_copy_(0, torch.cat(dst).to(dev), torch.cat(src).to(hidden.dtype))
-        hidden = self.model.forward(hidden, torch.from_numpy(positions).to(dev, non_blocking=True), self.kv_caches,
-                                    meta)
-        if not sampled:
+            if media_plan:
+                parts = sel_t.split([n for _, _, n in media_plan])
+                src = torch.cat([req.mm_embeds[j].index_select(0, part)
+                                 for (req, j, _), part in zip(media_plan, parts, strict=True)])
+                hidden.index_copy_(0, dst_t, src.to(hidden.dtype))
+        hidden = self.model.forward(hidden, positions_t, self.kv_caches, meta)
+        if rows is None:
             return hidden.new_empty(0, self.model_config.text.vocab_size)
-        rows = torch.tensor([last_row[id(e)] for e in sampled], device=dev)
         return self.model.logits(hidden.index_select(0, rows))
 
     def _block_table(self, entries: list[ScheduledRequest]) -> torch.Tensor:

@@ -151,8 +151,13 @@ def plan(weight_groups: list[tuple[list[torch.Tensor], list[torch.Tensor] | None
             x = torch.randn(point, k, dtype=weights[0].dtype, device=weights[0].device)
             base = _time_us(x, weights, biases, None)
             best, best_us = None, base
+            ref = F.linear(x, weights[0], biases[0] if biases is not None else None).float()
             for cfg in CONFIGS[block_m(point)]:
                 try:
+                    out = gemv(x, weights[0], biases[0] if biases is not None else None, cfg).float()
+                    err = ((out - ref).norm() / ref.norm().clamp(min=1e-30)).item()
+                    if not err < 2e-2:  # a safety net: never plan a configuration that computes something else
+                        raise RuntimeError(f"relative error {err:.3g} against F.linear")
                     us = _time_us(x, weights, biases, cfg)
                 except Exception as exc:  # noqa: BLE001 - a configuration this device cannot run is skipped
                     if report is not None:

@@ -98,7 +98,7 @@ def preset_dir(tmp_path_factory):
 
 def test_bf16_parity_on_a_larger_preset(preset_dir):
     """bf16: the first token's logprobs within 8 bf16 ulps of transformers' (top 20) and the first greedy token equal
-    (or tied with the reference's within 2 ulps).
+    (or, where the reference's top tokens are closer than that tolerance, one the reference ranks within it).
 
     Measured on an H100 (ulp 0.031 at both sizes): small preset 0.016 / 0.031 nats (text / image, 8 of 8 greedy
     tokens equal); full 9B dims 0.094 / 0.187 nats (text 8 of 8 equal; image the first 3, then random weights'
@@ -150,10 +150,10 @@ def test_bf16_parity_on_a_larger_preset(preset_dir):
               f"(bf16 ulp at max logit {ulp:.4f}); reference top-2 {top2.indices.tolist()} "
               f"{[round(v, 4) for v in top2.values.tolist()]}, its gap to our first token {gap:.4f}")
         assert max(diffs) <= 8 * ulp
-        # The first greedy token is the reference's, unless the reference itself has a tie there at bf16 resolution
-        # (our token within 2 ulps of its best: both sides round logits to bf16, and random weights at 9B dims give
-        # near-flat distributions).
-        assert ours.token_ids[0] == ref_tokens[name][0] or gap <= 2 * ulp
+        # The first greedy token is the reference's, unless the reference's own margin between its best token and
+        # ours is within the logit tolerance above (a near-tie that tolerance cannot order: random weights at 9B dims
+        # give near-flat distributions; seen on an H100: image prompt, margin 4 ulps, our deviation 5 ulps).
+        assert ours.token_ids[0] == ref_tokens[name][0] or gap <= 8 * ulp
 
 
 def test_default_sizing_and_graph_capture(tiny_dir, model_config, tokenizer, prompts, reference):
