@@ -68,6 +68,7 @@ class EngineRow:
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the HF offline batch
     unavailable: str | None = None  # why this engine has no figures
     ttft_idle_ms: list[float] = field(default_factory=list)  # the TTFT probe: one-token requests, one at a time
+    foreign_cores: dict[int, float] = field(default_factory=dict)  # other processes' CPU use during each level
     startup_s: float | None = None
     loadavg_before: tuple[float, float, float] | None = None
 
@@ -78,6 +79,7 @@ class EngineRow:
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.label, "unavailable": self.unavailable, "startup_s": self.startup_s,
                 "ttft_idle_ms": [round(t, 2) for t in self.ttft_idle_ms], "ttft_idle_median_ms": self.ttft_median,
+                "foreign_cores": {str(c): v for c, v in self.foreign_cores.items()},
                 "loadavg_before": self.loadavg_before, "extra": self.extra,
                 "levels": {str(c): lv.to_json() for c, lv in self.levels.items()}}
 
@@ -236,6 +238,49 @@ def glmv_engine_missing() -> str | None:
 # ---------------------------------------------------------------- measuring
 
 
+class ForeignLoad:
+    """CPU time spent by processes outside this benchmark's own process tree, in cores, over an interval: the
+    machine is shared, and this says how much a figure was disturbed (0.0: nothing else ran)."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _busy_jiffies() -> int:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle and iowait
+
+    @staticmethod
+    def _tree_jiffies(root: int) -> int:
+        parents: dict[int, int] = {}
+        times: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                rest = stat[stat.rindex(")") + 2:].split()
+                parents[int(entry.name)] = int(rest[1])
+                times[int(entry.name)] = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
+        mine, frontier = {root}, [root]
+        while frontier:
+            pid = frontier.pop()
+            kids = [p for p, pp in parents.items() if pp == pid and p not in mine]
+            mine.update(kids)
+            frontier += kids
+        return sum(times.get(p, 0) for p in mine)
+
+    def __enter__(self) -> ForeignLoad:
+        self.t0 = time.perf_counter()
+        self.busy0, self.mine0 = self._busy_jiffies(), self._tree_jiffies(os.getpid())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self.t0
+        busy = self._busy_jiffies() - self.busy0
+        mine = self._tree_jiffies(os.getpid()) - self.mine0
+        self.cores = round(max(0.0, (busy - mine) / self.TICK / wall), 2) if wall > 0 else 0.0
+
+
 def loadavg() -> tuple[float, float, float]:
     return tuple(round(x, 2) for x in os.getloadavg())  # type: ignore[return-value]
 
@@ -246,8 +291,10 @@ async def measure_levels(row: EngineRow, target: Target, prompts_by_level: dict[
     await run_level(target, warmup[:top], min(top, len(warmup)), 4)  # warm every batch size up to the top level
     row.ttft_idle_ms = await probe_ttft(target, probe)
     for conc, prompts in prompts_by_level.items():
-        with tqdm(total=len(prompts), desc=f"{row.name} c={conc}", unit="req", leave=True) as bar:
+        with tqdm(total=len(prompts), desc=f"{row.name} c={conc}", unit="req", leave=True) as bar, \
+                ForeignLoad() as other:
             row.levels[conc] = await run_level(target, prompts, conc, max_tokens, bar)
+        row.foreign_cores[conc] = other.cores
 
 
 async def bench_server(row: EngineRow, server: Server, args, prompts_by_level, warmup, probe) -> None:
@@ -319,7 +366,8 @@ def report(rows: dict[str, EngineRow], levels: list[int]) -> str:
         return (batch["tok_per_s"], "*") if batch.get("batch") == c else (None, "")
 
     lines = []
-    head = f"{'engine':<34}" + "".join(f"{'c=' + str(c) + ' tok/s':>13}" for c in levels) + f"{'TTFT ms':>10}"
+    head = (f"{'engine':<34}" + "".join(f"{'c=' + str(c) + ' tok/s':>13}" for c in levels) + f"{'TTFT ms':>10}"
+            + f"{'others':>9}")
     lines += [head, "-" * len(head)]
     for row in rows.values():
         if row.unavailable:
@@ -327,8 +375,9 @@ def report(rows: dict[str, EngineRow], levels: list[int]) -> str:
             continue
         cells = [fmt(v) + mark for v, mark in (tok_per_s(row, c) for c in levels)]
         errs = sum(lv.errors for lv in row.levels.values())
+        others = fmt(max(row.foreign_cores.values()), 2) if row.foreign_cores else "-"
         lines.append(f"{row.label:<34}" + "".join(f"{t:>13}" for t in cells) + f"{fmt(row.ttft_median, 0):>10}"
-                     + (f"   ({errs} failed requests)" if errs else ""))
+                     + f"{others:>9}" + (f"   ({errs} failed requests)" if errs else ""))
     pairs = (("glmv", "vllm-best", "glmv / vLLM best"), ("glmv", "vllm-default", "glmv / vLLM default"),
              ("glmv", "hf", "glmv / HF"), ("glmv-vllm", "vllm-best", "glmv on vLLM / vLLM best"))
     for ours_name, peer_name, title in pairs:
@@ -343,8 +392,9 @@ def report(rows: dict[str, EngineRow], levels: list[int]) -> str:
         lines.append(f"{title:<34}" + "".join(f"{r:>13}" for r in ratios) + f"{ttft:>10}")
     if any("offline_batch" in r.extra for r in rows.values()):
         lines.append("* HF: one offline batch through generate() (no server).")
-    lines.append("TTFT: 128-token prompt, one-token requests one at a time (median of 5). Ratios: glmv over the peer "
-                 "(tok/s: higher is better; TTFT: lower is better).")
+    lines.append("TTFT: 128-token prompt, one-token requests one at a time (median of 5). others: most CPU cores "
+                 "other processes used during a level. Ratios: glmv over the peer (tok/s: higher is better; TTFT: "
+                 "lower is better).")
     return "\n".join(lines)
 
 
