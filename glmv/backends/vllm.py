@@ -27,7 +27,7 @@ from typing import Any
 
 from glmv.backends.vllm_process import VllmProcess, VllmUnavailableError, resolve_vllm_python, worker_env
 from glmv.config import EngineConfig, ModelConfig
-from glmv.engine.client import PromptTooLongError
+from glmv.engine.client import EngineOverloadedError, PromptTooLongError
 from glmv.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from glmv.inputs.prompt import Prompt
 from glmv.reasoning.budget import ThinkingBudget, make_budget
@@ -216,11 +216,15 @@ class VllmEngine:
     async def generate(self, prompt: Prompt, params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
         if self._dead is not None:
             raise VllmEngineDeadError(f"The vllm engine stopped: {self._dead}")
+        limit = self.config.max_num_seqs + self.config.max_waiting_requests
+        if len(self._subs) >= limit:  # as glmv's engine: beyond the running and waiting room, answer 503
+            raise EngineOverloadedError(f"{len(self._subs)} requests are running or waiting (limit {limit}).")
         room = self.max_model_len - len(prompt)
         if room < 1 or (params.max_tokens is not None and params.max_tokens > room):
             raise PromptTooLongError(len(prompt), self.max_model_len, params.max_tokens)
         max_new = params.max_tokens or room
         budgets = [self._budget(prompt, params, max_new) for _ in range(params.n)]
+        self._subs.setdefault(request_id, set())  # in flight from now on (the overload check above)
         try:
             if budgets[0] is None:
                 async for out in self._single_pass(prompt, params, request_id, max_new):
