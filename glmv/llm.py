@@ -91,16 +91,7 @@ class LLM:
                 for out in self.engine.step():
                     cached[out.request_id] = out.num_cached_tokens
                     for c in out.outputs:
-                        acc = totals[out.request_id].setdefault(
-                            c.index, CompletionOutput(index=c.index, text="", token_ids=[], num_tokens=0))
-                        acc.text += c.text
-                        acc.token_ids += c.token_ids
-                        acc.num_tokens = c.num_tokens
-                        acc.forced_tokens = c.forced_tokens
-                        if c.logprobs is not None:
-                            acc.logprobs = (acc.logprobs or []) + c.logprobs
-                        if c.finish_reason is not None:
-                            acc.finish_reason, acc.stop_reason = c.finish_reason, c.stop_reason
+                        totals[out.request_id].setdefault(c.index, CompletionOutput.empty(c.index)).absorb(c)
         except BaseException:
             for rid in ids:
                 self.engine.abort_request(rid)

@@ -34,6 +34,22 @@ class CompletionOutput:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    @classmethod
+    def empty(cls, index: int) -> CompletionOutput:
+        """A running total to `absorb` deltas into."""
+        return cls(index=index, text="", token_ids=[], num_tokens=0)
+
+    def absorb(self, delta: CompletionOutput) -> None:
+        """Add a later delta of the same sequence to this running total (offline callers collect whole outputs)."""
+        self.text += delta.text
+        self.token_ids += delta.token_ids
+        self.num_tokens = delta.num_tokens
+        self.forced_tokens = delta.forced_tokens
+        if delta.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + delta.logprobs
+        if delta.finish_reason is not None:
+            self.finish_reason, self.stop_reason = delta.finish_reason, delta.stop_reason
+
 
 @dataclass
 class RequestOutput:

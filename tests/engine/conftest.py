@@ -122,16 +122,7 @@ def run_to_completion(engine: LLMEngine, arrivals: dict[int, list[tuple[str, Pro
             engine.add_request(rid, prompt, params)
         for out in engine.step():
             for c in out.outputs:
-                acc = done.setdefault(out.request_id, {}).setdefault(
-                    c.index, CompletionOutput(index=c.index, text="", token_ids=[], num_tokens=0))
-                acc.text += c.text
-                acc.token_ids += c.token_ids
-                acc.num_tokens = c.num_tokens
-                acc.forced_tokens = c.forced_tokens
-                if c.logprobs is not None:
-                    acc.logprobs = (acc.logprobs or []) + c.logprobs
-                if c.finish_reason is not None:
-                    acc.finish_reason, acc.stop_reason = c.finish_reason, c.stop_reason
+                done.setdefault(out.request_id, {}).setdefault(c.index, CompletionOutput.empty(c.index)).absorb(c)
         step += 1
         if step > max_steps:
             raise AssertionError("the engine did not finish")
