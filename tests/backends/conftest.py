@@ -92,7 +92,7 @@ def media_dir(tmp_path_factory) -> Path:
 def vllm_server(tiny_model_dir, vllm_python, think_template, media_dir):
     s = start_server([
         str(tiny_model_dir), "--engine", "vllm", "--vllm-python", vllm_python, "--device", "cpu", "--dtype",
-        "float32", "--max-model-len", "512", "--enforce-eager", "--kv-cache-memory", str(256 << 20),
+        "float32", "--max-model-len", "4096", "--enforce-eager", "--kv-cache-memory", str(256 << 20),
         "--served-model-name", "tiny", "--chat-template", str(think_template),
         "--allowed-local-media-path", str(media_dir),
     ])
