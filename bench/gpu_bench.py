@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.gpu_probe import event_time_ms, probe_ceilings  # noqa: E402
 from glmv.config import EngineConfig, ModelConfig  # noqa: E402
 from glmv.inputs.prompt import Prompt  # noqa: E402
 from glmv.sampling import SamplingParams  # noqa: E402
@@ -50,39 +51,6 @@ GOALS = {
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def cuda_time_ms(fn, reps: int = 10, warmup: int = 2) -> float:
-    """Median device time of fn() in ms (events around each call)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times)
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy, counting bytes read plus written (GB/s), median of 20."""
-    n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
-    b = torch.empty_like(a)
-    ms = cuda_time_ms(lambda: b.copy_(a), reps=20, warmup=3)
-    return 2 * n / (ms / 1e3) / 1e9
-
-
-def matmul_tflops() -> float:
-    n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    ms = cuda_time_ms(lambda: a @ b, reps=10, warmup=3)
-    return 2 * n**3 / (ms / 1e3) / 1e12
 
 
 def weight_bytes_per_step(mc: ModelConfig) -> int:
@@ -226,7 +194,7 @@ def _fill_decode_buffers(runner, batch: int, ctx: int) -> int:
 def graph_step_ms(runner, batch: int, ctx: int) -> float:
     """Device time of one graphed decode step at `batch` rows of `ctx` tokens each."""
     graph, _ = runner.graphs[_fill_decode_buffers(runner, batch, ctx)]
-    ms = cuda_time_ms(graph.replay, reps=20, warmup=3)
+    ms = event_time_ms(graph.replay, iters=20, warmup=3)
     runner._reset_decode_buffers(runner.buckets[-1])
     return ms
 
@@ -252,7 +220,7 @@ def prefill_ms(runner, tokens: int) -> float:
         model.logits(hidden[-1:])
 
     with torch.inference_mode():
-        return cuda_time_ms(run, reps=5, warmup=2)
+        return event_time_ms(run, iters=5, warmup=2)
 
 
 def vision_ms(runner, prompts: list[Prompt]) -> float:
@@ -260,7 +228,7 @@ def vision_ms(runner, prompts: list[Prompt]) -> float:
     pixels = torch.cat([p.mm.pixel_values for p in prompts]).to("cuda")
     grids = [tuple(int(x) for x in g) for p in prompts for g in p.mm.image_grid_thw.tolist()]
     with torch.inference_mode():
-        return cuda_time_ms(lambda: vision.encode(pixels, grids), reps=5, warmup=2)
+        return event_time_ms(lambda: vision.encode(pixels, grids), iters=5, warmup=2)
 
 
 def profile_eager(fn, rows: int = 12) -> list[str]:
@@ -298,10 +266,10 @@ def sdpa_backends() -> dict[str, float]:
                     F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
 
                 if backend is None:
-                    out[label] = round(cuda_time_ms(run, reps=10), 3)
+                    out[label] = round(event_time_ms(run, iters=10), 3)
                 else:
                     with sdpa_kernel([backend]):
-                        out[label] = round(cuda_time_ms(run, reps=10), 3)
+                        out[label] = round(event_time_ms(run, iters=10), 3)
             except Exception as exc:  # noqa: BLE001 - a backend that refuses the shape
                 out[label] = f"n/a ({type(exc).__name__})"
     return out
@@ -572,8 +540,8 @@ def main() -> int:
         log(f"built in {results['build_s']:.1f} s")
     mc = ModelConfig.from_dir(model_dir)
     builder = PromptBuilder(model_dir)
-    bw = copy_bandwidth()
-    tf = matmul_tflops()
+    bandwidth, flops = probe_ceilings()  # the same measurement as the kernel probe's
+    bw, tf = bandwidth / 1e9, flops / 1e12
     wbytes = weight_bytes_per_step(mc)
     results.update(copy_gbps=bw, matmul_tflops=tf, weight_gb=wbytes / 1e9, roofline_decode_1=bw * 1e9 / wbytes)
     log(f"copy bandwidth {bw:.0f} GB/s; bf16 matmul {tf:.0f} TFLOP/s; weights read per step {wbytes / 1e9:.2f} GB; "
