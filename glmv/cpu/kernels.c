@@ -1,0 +1,203 @@
+/* glmv's CPU kernels for 16-bit (bfloat16) decoding: the decoder layer's small steps fused, and paged decode attention.
+ *
+ * Built by glmv/cpu/build.py with the machine's own compiler flags (-O3 -march=native -fopenmp) and called through
+ * ctypes (glmv/cpu/ops.py). OpenMP here binds to the libgomp that PyTorch already loaded, so these loops share
+ * PyTorch's thread pool and its torch.set_num_threads count.
+ *
+ * Rounding follows eager PyTorch's bf16 arithmetic where the torch path rounds (glmv/kernels/triton_fused.py's
+ * docstring lists the formulas): products and sums in float32, results rounded to bf16 (nearest even) at the same
+ * points. Decode attention keeps scores, softmax and the weighted sum in float32 and rounds once at the end.
+ * Strides are in elements. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef uint16_t bf16;
+
+static inline float bf2f(bf16 v) {
+    uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline bf16 f2bf(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    uint32_t nan = (u >> 16) | 0x40u; /* a quiet NaN stays NaN */
+    return (bf16)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+
+static inline float round_bf(float f) { return bf2f(f2bf(f)); }
+
+/* exp(x) for float32 within about 2 ulp, branch-free so that loops over it vectorize (libm's expf does not here):
+ * x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-6 polynomial (Cephes' coefficients), 2^n by exponent bits. */
+static inline float exp_approx(float x) {
+    x = x < -87.0f ? -87.0f : x; /* compare-selects (not fminf/fmaxf) so the loop vectorizes */
+    x = x > 88.0f ? 88.0f : x;
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+/* out = w * bf16(h * rsqrt(mean(h^2) + eps)), h = float row. */
+static void rms_row(const float *h, const bf16 *w, bf16 *out, int n, float eps) {
+    float ss = 0.f;
+    for (int i = 0; i < n; i++) ss += h[i] * h[i];
+    float r = 1.f / sqrtf(ss / (float)n + eps);
+    for (int i = 0; i < n; i++) out[i] = f2bf(round_bf(h[i] * r) * bf2f(w[i]));
+}
+
+void glmv_rms_norm(const bf16 *x, int64_t sx, const bf16 *w, bf16 *out, int64_t so, int64_t rows, int n, float eps) {
+#pragma omp parallel for if (rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        float h[n];
+        for (int i = 0; i < n; i++) h[i] = bf2f(x[r * sx + i]);
+        rms_row(h, w, out + r * so, n, eps);
+    }
+}
+
+/* hidden = res + rms_norm(x, w_post); normed = rms_norm(hidden, w_next) */
+void glmv_residual_rms_norm(const bf16 *x, int64_t sx, const bf16 *res, int64_t sr, const bf16 *w_post,
+                            const bf16 *w_next, bf16 *hidden, int64_t sh, bf16 *normed, int64_t sn, int64_t rows, int n,
+                            float eps) {
+#pragma omp parallel for if (rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        float h[n];
+        bf16 post[n];
+        for (int i = 0; i < n; i++) h[i] = bf2f(x[r * sx + i]);
+        rms_row(h, w_post, post, n, eps);
+        bf16 *hid = hidden + r * sh;
+        for (int i = 0; i < n; i++) {
+            bf16 v = f2bf(bf2f(res[r * sr + i]) + bf2f(post[i]));
+            hid[i] = v;
+            h[i] = bf2f(v);
+        }
+        rms_row(h, w_next, normed + r * sn, n, eps);
+    }
+}
+
+/* out = up * bf16(silu(gate)), gate_up = [rows, 2 * inter] */
+void glmv_silu_mul(const bf16 *gu, int64_t sg, bf16 *out, int64_t so, int64_t rows, int inter) {
+    const int chunk = 256;
+    int64_t per_row = (inter + chunk - 1) / chunk;
+#pragma omp parallel for if (rows * inter > 4096)
+    for (int64_t task = 0; task < rows * per_row; task++) {
+        int64_t r = task / per_row;
+        int start = (int)(task % per_row) * chunk;
+        int end = start + chunk < inter ? start + chunk : inter;
+        const bf16 *g = gu + r * sg, *u = g + inter;
+        bf16 *o = out + r * so;
+        for (int i = start; i < end; i++) {
+            float gv = bf2f(g[i]);
+            float act = round_bf(gv / (1.f + exp_approx(-gv)));
+            o[i] = f2bf(bf2f(u[i]) * act);
+        }
+    }
+}
+
+/* One head row: pairs (2j, 2j+1), j < pairs, turn by angle j (eager bf16 rounding of each product and sum). */
+static inline void rotate_row(const bf16 *x, bf16 *out, const float *c, const float *s, int pairs, int dim) {
+    for (int j = 0; j < pairs; j++) {
+        float x1 = bf2f(x[2 * j]), x2 = bf2f(x[2 * j + 1]);
+        out[2 * j] = f2bf(round_bf(x1 * c[j]) - round_bf(x2 * s[j]));
+        out[2 * j + 1] = f2bf(round_bf(x2 * c[j]) + round_bf(x1 * s[j]));
+    }
+    for (int i = 2 * pairs; i < dim; i++) out[i] = x[i];
+}
+
+void glmv_rotary_write_kv(const bf16 *q, int64_t sqt, int64_t sqh, const bf16 *k, int64_t skt, int64_t skh,
+                          const bf16 *v, int64_t svt, int64_t svh, const bf16 *cos_, int64_t sct, const bf16 *sin_,
+                          int64_t sst, bf16 *q_out, bf16 *k_cache, bf16 *v_cache, int64_t scb, int64_t scs,
+                          int64_t sch, const int64_t *slots, bf16 *k_out, int64_t skot, int64_t skoh, bf16 *v_out,
+                          int64_t svot, int64_t svoh, int64_t tokens, int heads, int kv_heads, int dim, int pairs,
+                          int block_size) {
+#pragma omp parallel for if (tokens > 1)
+    for (int64_t t = 0; t < tokens; t++) {
+        float c[pairs], s[pairs];
+        for (int j = 0; j < pairs; j++) {
+            c[j] = bf2f(cos_[t * sct + j]);
+            s[j] = bf2f(sin_[t * sst + j]);
+        }
+        for (int h = 0; h < heads; h++)
+            rotate_row(q + t * sqt + h * sqh, q_out + (t * heads + h) * dim, c, s, pairs, dim);
+        int64_t slot = slots[t];
+        int64_t base = slot >= 0 ? (slot / block_size) * scb + (slot % block_size) * scs : 0;
+        for (int h = 0; h < kv_heads; h++) {
+            bf16 rot[dim];
+            rotate_row(k + t * skt + h * skh, rot, c, s, pairs, dim);
+            if (slot >= 0) {
+                memcpy(k_cache + base + h * sch, rot, sizeof(bf16) * dim);
+                memcpy(v_cache + base + h * sch, v + t * svt + h * svh, sizeof(bf16) * dim);
+            }
+            if (k_out) memcpy(k_out + t * skot + h * skoh, rot, sizeof(bf16) * dim);
+            if (v_out) memcpy(v_out + t * svot + h * svoh, v + t * svt + h * svh, sizeof(bf16) * dim);
+        }
+    }
+}
+
+/* One query token per sequence over its paged KV. q [B, heads, dim] (strided), out [B, heads, dim] contiguous.
+ * Work item = (sequence, kv head): its `group` query heads share every K/V row read. Two passes over the keys:
+ * scores (float), softmax, then the probability-weighted sum of values. */
+void glmv_paged_decode_attention(const bf16 *q, int64_t sqb, int64_t sqh, const bf16 *k_cache, const bf16 *v_cache,
+                                 int64_t scb, int64_t scs, int64_t sch, const int32_t *tables, int64_t stb,
+                                 const int32_t *seq_lens, bf16 *out, int64_t batch, int heads, int kv_heads, int dim,
+                                 int block_size, float scale) {
+    const int group = heads / kv_heads;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t task = 0; task < batch * kv_heads; task++) {
+        int64_t b = task / kv_heads;
+        int kh = (int)(task % kv_heads);
+        int len = seq_lens[b];
+        float *scores = (float *)malloc(sizeof(float) * (size_t)group * (size_t)(len > 0 ? len : 1));
+        float qf[group][dim], acc[group][dim], row[dim];
+        for (int g = 0; g < group; g++)
+            for (int d = 0; d < dim; d++) qf[g][d] = bf2f(q[b * sqb + (kh * group + g) * sqh + d]) * scale;
+        const int32_t *table = tables + b * stb;
+        for (int t = 0; t < len; t++) {
+            const bf16 *kr = k_cache + (int64_t)table[t / block_size] * scb + (t % block_size) * scs + kh * sch;
+            for (int d = 0; d < dim; d++) row[d] = bf2f(kr[d]);
+            for (int g = 0; g < group; g++) {
+                float dot = 0.f;
+                for (int d = 0; d < dim; d++) dot += qf[g][d] * row[d];
+                scores[g * len + t] = dot;
+            }
+        }
+        float inv_sum[group];
+        for (int g = 0; g < group; g++) {
+            float *sg = scores + g * len, m = -INFINITY, sum = 0.f;
+            for (int t = 0; t < len; t++) m = sg[t] > m ? sg[t] : m;
+            for (int t = 0; t < len; t++) {
+                sg[t] = exp_approx(sg[t] - m);
+                sum += sg[t];
+            }
+            inv_sum[g] = sum > 0.f ? 1.f / sum : 0.f;
+            for (int d = 0; d < dim; d++) acc[g][d] = 0.f;
+        }
+        for (int t = 0; t < len; t++) {
+            const bf16 *vr = v_cache + (int64_t)table[t / block_size] * scb + (t % block_size) * scs + kh * sch;
+            for (int d = 0; d < dim; d++) row[d] = bf2f(vr[d]);
+            for (int g = 0; g < group; g++) {
+                float p = scores[g * len + t];
+                for (int d = 0; d < dim; d++) acc[g][d] += p * row[d];
+            }
+        }
+        for (int g = 0; g < group; g++) {
+            bf16 *o = out + (b * heads + kh * group + g) * dim;
+            for (int d = 0; d < dim; d++) o[d] = f2bf(acc[g][d] * inv_sum[g]);
+        }
+        free(scores);
+    }
+}
