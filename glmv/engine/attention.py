@@ -23,9 +23,10 @@ The three functions (signatures are stable; glmv/kernels/ implements the same na
         Causal: query i of sequence s sits at kv position seq_lens[s] - q_len_s + i and attends to kv positions
         0 .. that position (earlier chunks and cached prefixes included). out: [total_q, num_heads, head_dim].
 
-Backends are chosen once per model by `select_backend(device)`: on CUDA, functions glmv.kernels exports under these
-names replace the PyTorch ones (each independently), and the model's elementwise steps run as fused Triton kernels
-(`AttentionBackend.fused`; GLMV_FUSED=0 turns that off); GLMV_ATTENTION=torch forces the PyTorch reference for all.
+Backends are chosen once per model by `select_backend(device, dtype)`: on CUDA, functions glmv.kernels exports under
+these names replace the PyTorch ones (each independently), and the model's elementwise steps run as fused Triton
+kernels (`AttentionBackend.fused`; GLMV_FUSED=0 turns that off). On the CPU in bfloat16, glmv.cpu's C kernels take
+decode attention and the fused steps. GLMV_ATTENTION=torch forces the PyTorch reference for all.
 """
 
 from __future__ import annotations
@@ -124,10 +125,15 @@ class AttentionBackend:
 TORCH_BACKEND = AttentionBackend("torch", write_kv, paged_decode_attention, paged_prefill_attention)
 
 
-def select_backend(device: torch.device | str) -> AttentionBackend:
-    """Triton kernels from glmv.kernels on CUDA when importable (function by function), else the PyTorch reference."""
+def select_backend(device: torch.device | str, dtype: torch.dtype | None = None) -> AttentionBackend:
+    """Triton kernels from glmv.kernels on CUDA when importable (function by function); glmv's C kernels
+    (glmv.cpu.ops) for bfloat16 on the CPU when they build here; else the PyTorch reference."""
     device = torch.device(device)
-    if device.type != "cuda" or os.environ.get("GLMV_ATTENTION", "").lower() == "torch":
+    if os.environ.get("GLMV_ATTENTION", "").lower() == "torch":
+        return TORCH_BACKEND
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        return _cpu_backend()
+    if device.type != "cuda":
         return TORCH_BACKEND
     try:
         import glmv.kernels as kernels  # type: ignore[import-not-found]
@@ -151,6 +157,16 @@ def select_backend(device: torch.device | str) -> AttentionBackend:
         names.append("fused=triton")
     return AttentionBackend(",".join(names), chosen["write_kv"], chosen["paged_decode_attention"],
                             chosen["paged_prefill_attention"], fused)
+
+
+def _cpu_backend() -> AttentionBackend:
+    from glmv.cpu import build, ops
+
+    if not ops.available():
+        log.info("glmv's CPU kernels are unavailable (%s); using PyTorch ops", build.load_error())
+        return TORCH_BACKEND
+    return AttentionBackend("write_kv=torch,paged_decode_attention=cpu,paged_prefill_attention=torch,fused=cpu",
+                            write_kv, ops.paged_decode_attention, paged_prefill_attention, ops.fused_ops())
 
 
 @dataclass

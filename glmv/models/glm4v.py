@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from glmv.config import ModelConfig, TextDims
 from glmv.engine.attention import AttentionBackend, AttentionMetadata, select_backend
+from glmv.cpu import linear as cpu_linear
 from glmv.models.vision import Glm4vVisionTower, rms_norm
 from glmv.models.weights import CheckpointReader, expect_shape
 
@@ -128,7 +129,7 @@ class Glm4vModel:
         self.device = device
         self.dtype = dtype
         self.rope = MRotaryEmbedding(self.dims, max_positions, device)
-        self.backend = backend or select_backend(device)
+        self.backend = backend or select_backend(device, dtype)
         if vision is not None:
             vision.fused = self.backend.fused
         self.scale = self.dims.head_dim**-0.5
@@ -172,8 +173,8 @@ class Glm4vModel:
             hidden = residual + rms_norm(x, layer.post_self_attn_norm, eps)
             residual = hidden
             x = rms_norm(hidden, layer.post_attention_norm, eps)
-            gate, up = F.linear(x, layer.gate_up_weight).chunk(2, dim=-1)
-            x = F.linear(up * F.silu(gate), layer.down_weight)
+            gate, up = self._linear(x, layer.gate_up_weight).chunk(2, dim=-1)
+            x = self._linear(up * F.silu(gate), layer.down_weight)
             hidden = residual + rms_norm(x, layer.post_mlp_norm, eps)
         return rms_norm(hidden, self.w.norm, eps)
 
@@ -181,7 +182,7 @@ class Glm4vModel:
                    k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         d, be = self.dims, self.backend
         tokens = x.shape[0]
-        q, k, v = F.linear(x, layer.qkv_weight, layer.qkv_bias).split(self._split, dim=-1)
+        q, k, v = self._linear(x, layer.qkv_weight, layer.qkv_bias).split(self._split, dim=-1)
         q = apply_rotary(q.view(tokens, d.num_heads, d.head_dim), cos, sin)
         k = apply_rotary(k.view(tokens, d.num_kv_heads, d.head_dim), cos, sin)
         v = v.reshape(tokens, d.num_kv_heads, d.head_dim)
@@ -200,7 +201,7 @@ class Glm4vModel:
             dec = be.paged_decode_attention(q[n_pre:], k_cache, v_cache, meta.decode_block_tables,
                                             meta.decode_seq_lens, self.scale)
             out = torch.cat([pre, dec], dim=0)
-        return F.linear(out.reshape(tokens, -1), layer.o_weight)
+        return self._linear(out.reshape(tokens, -1), layer.o_weight)
 
     # ---- CUDA: decode-batch matmuls ----
     def plan_gemv(self, batch_sizes: list[int], report: list | None = None) -> int:
@@ -231,7 +232,25 @@ class Glm4vModel:
             cfg = self._gemv_plan.get((weight.shape[0], weight.shape[1], bias is not None, x.shape[0]))
             if cfg is not None:
                 return self._gemv(x, weight, bias, cfg)
-        return F.linear(x, weight, bias)
+        return cpu_linear.linear(x, weight, bias)
+
+    # ---- CPU: oneDNN-packed decoder weights ----
+    def pack_cpu_weights(self) -> int:
+        """Replace the decoder's matmul weights (and the lm_head) by oneDNN-packed ones where the CPU supports it
+        (glmv.cpu.linear). Returns how many weights were packed (0: not applicable here)."""
+        if not cpu_linear.packing_supported(self.device, self.dtype):
+            return 0
+        count = 0
+        with torch.inference_mode():
+            for lw in self.w.layers:
+                for name in ("qkv_weight", "o_weight", "gate_up_weight", "down_weight"):
+                    if not getattr(lw, name).is_mkldnn:
+                        setattr(lw, name, cpu_linear.pack_weight(getattr(lw, name)))
+                        count += 1
+            if not self.w.lm_head.is_mkldnn:
+                self.w.lm_head = cpu_linear.pack_weight(self.w.lm_head)
+                count += 1
+        return count
 
     # ---- CUDA: the same layer with its elementwise steps fused into single kernels (glmv.kernels.triton_fused) ----
     def _forward_fused(self, hidden: torch.Tensor, positions: torch.Tensor,
@@ -260,10 +279,12 @@ class Glm4vModel:
         v = v.view(tokens, d.num_kv_heads, d.head_dim)
         dense = n_pre > 0 and meta.prefill_dense
         k_rot = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dense else None
-        q = be.fused.rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, meta.slot_mapping, k_out=k_rot)
+        v_dense = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dense else None  # SDPA wants v contiguous
+        q = be.fused.rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, meta.slot_mapping, k_out=k_rot,
+                                     v_out=v_dense)
         parts = []
         if dense:  # one fresh prompt chunk: SDPA over its own keys beats reading them back from the pages
-            parts.append(self._dense_causal(q[:n_pre], k_rot[:n_pre], v[:n_pre]))
+            parts.append(self._dense_causal(q[:n_pre], k_rot[:n_pre], v_dense[:n_pre]))
         elif n_pre:
             parts.append(be.paged_prefill_attention(q[:n_pre], k_cache, v_cache, meta.prefill_block_tables,
                                                     meta.prefill_cu_seqlens_q, meta.prefill_seq_lens, self.scale,

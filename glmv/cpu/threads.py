@@ -1,0 +1,44 @@
+"""OpenMP thread counts per thread, for processes where one thread runs the CPU engine and others serve HTTP.
+
+PyTorch's `torch.set_num_threads` also changes a process-wide count that every thread's ops read, so it cannot make
+one thread narrow without narrowing the engine. OpenMP's own count is per thread: `use_one_openmp_thread()` sets it
+in the calling thread only, so PyTorch ops there (decoding an image in an I/O worker, say) run as teams of one,
+which start no OpenMP worker threads. Why that matters: GNU OpenMP shortens every team's spin-wait once it manages
+more threads than there are CPUs, and the engine's ops then pay a wake-up each (see glmv/engine/async_engine.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from pathlib import Path
+
+log = logging.getLogger("glmv.cpu")
+
+_set_num_threads = None
+_looked = False
+
+
+def _openmp_setter():
+    global _set_num_threads, _looked
+    if not _looked:
+        _looked = True
+        import torch
+
+        bundled = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
+        for name in (str(bundled), "libgomp.so.1"):  # the copy PyTorch loaded (same soname: dlopen returns it)
+            try:
+                _set_num_threads = ctypes.CDLL(name).omp_set_num_threads
+                break
+            except (OSError, AttributeError):
+                continue
+        if _set_num_threads is None:
+            log.debug("no GNU OpenMP runtime found; thread counts left as they are")
+    return _set_num_threads
+
+
+def use_one_openmp_thread() -> None:
+    """Make PyTorch's CPU ops in the calling thread run single-threaded (other threads are unaffected)."""
+    setter = _openmp_setter()
+    if setter is not None:
+        setter(1)
