@@ -9,8 +9,9 @@
 
 triton_attention: write_kv, paged_decode_attention, paged_prefill_attention (glmv/engine/attention.py's signatures).
 triton_fused: rms_norm, residual_rms_norm, silu_mul, rotary_write_kv (glmv/models/glm4v.py's steps, one launch each),
-rotary_half (the vision tower's rotary).
-triton_gemv: gemv (decode-batch matmul, M <= 16) and plan_gemv (per-shape choice against cuBLAS, timed on the device).
+rotary_half, rotary_half_pair and add_rms_norm (the vision tower's rotary and residual-add + norm).
+triton_gemv: gemv (decode-batch matmul, M <= 128, optionally split-K in one launch) and plan_gemv (per-shape choice
+against cuBLAS, timed on the device).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ __all__ = [
     "silu_mul",
     "rotary_write_kv",
     "rotary_half",
+    "rotary_half_pair",
+    "add_rms_norm",
     "gemv",
     "plan_gemv",
     "GemvConfig",
@@ -48,7 +51,8 @@ _ATTENTION_NAMES = {
 }
 
 
-_FUSED_NAMES = {"rms_norm", "residual_rms_norm", "silu_mul", "rotary_write_kv", "rotary_half"}
+_FUSED_NAMES = {"rms_norm", "residual_rms_norm", "silu_mul", "rotary_write_kv", "rotary_half", "rotary_half_pair",
+                "add_rms_norm"}
 _GEMV_NAMES = {"gemv": "gemv", "plan_gemv": "plan", "GemvConfig": "GemvConfig"}
 
 

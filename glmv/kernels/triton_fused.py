@@ -110,6 +110,40 @@ def residual_rms_norm(
 
 
 @triton.jit
+def _add_rms_norm_kernel(
+    x_ptr, d_ptr, w_ptr, sum_ptr, normed_ptr, stride_x, stride_d, stride_s, stride_n, eps,
+    HIDDEN: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < HIDDEN
+    dtype = sum_ptr.dtype.element_ty
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+    d = tl.load(d_ptr + row * stride_d + offs, mask=mask, other=0.0).to(tl.float32)
+    h = (x + d).to(dtype)
+    tl.store(sum_ptr + row * stride_s + offs, h, mask=mask)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(normed_ptr + row * stride_n + offs, _rms_scale(h.to(tl.float32), w, eps, HIDDEN, dtype), mask=mask)
+
+
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """A pre-norm block's residual add and the next norm in one launch (the vision tower's blocks): returns
+    (h, rms_norm(h, weight)) with h = x + delta rounded to x's dtype first, as eager PyTorch rounds it."""
+    xs, ds = _rows(x), _rows(delta)
+    hidden_size = xs.shape[-1]
+    h = torch.empty(xs.shape, dtype=x.dtype, device=x.device)
+    normed = torch.empty_like(h)
+    if xs.shape[0]:
+        block = _next_pow2(hidden_size)
+        _add_rms_norm_kernel[(xs.shape[0],)](
+            xs, ds, weight, h, normed, xs.stride(0), ds.stride(0), h.stride(0), normed.stride(0), eps,
+            HIDDEN=hidden_size, BLOCK=block, num_warps=_row_warps(block),
+        )  # fmt: skip
+    return h.view(x.shape), normed.view(x.shape)
+
+
+@triton.jit
 def _silu_mul_kernel(gu_ptr, out_ptr, stride_gu, stride_o, INTER: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -152,13 +186,13 @@ def _rotate_rows(base, stride_h, cos, sin, offs_h, offs_d, mask, ROWS: tl.conste
 
 @triton.jit
 def _rotary_write_kv_kernel(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, k_out_ptr,
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, k_out_ptr, v_out_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ct, stride_st,
     stride_ot, stride_oh, stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
-    stride_kot, stride_koh,
+    stride_kot, stride_koh, stride_vot, stride_voh,
     HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, ROT_PAIRS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    ROUND: tl.constexpr, K_OUT: tl.constexpr,
+    ROUND: tl.constexpr, K_OUT: tl.constexpr, V_OUT: tl.constexpr,
 ):  # fmt: skip
     token = tl.program_id(0).to(tl.int64)
     dtype = q_out_ptr.dtype.element_ty
@@ -187,9 +221,12 @@ def _rotary_write_kv_kernel(
     tl.store(dst, k, mask=kv_mask)
     if K_OUT:  # rotated k also as a dense tensor (for attention over the chunk's own keys), whatever the slot
         tl.store(k_out_ptr + token * stride_kot + offs_kh[:, None] * stride_koh + offs_d[None, :], k, mask=head_mask)
-    v = tl.load(v_ptr + token * stride_vt + offs_kh[:, None] * stride_vh + offs_d[None, :], mask=kv_mask)
+    v = tl.load(v_ptr + token * stride_vt + offs_kh[:, None] * stride_vh + offs_d[None, :],
+                mask=head_mask if K_OUT else kv_mask)  # fmt: skip
     dst = v_cache_ptr + block * stride_vcb + offset * stride_vcs + offs_kh[:, None] * stride_vch + offs_d[None, :]
     tl.store(dst, v, mask=kv_mask)
+    if V_OUT:  # and v as a dense tensor next to it
+        tl.store(v_out_ptr + token * stride_vot + offs_kh[:, None] * stride_voh + offs_d[None, :], v, mask=head_mask)
 
 
 def rotary_write_kv(
@@ -202,6 +239,7 @@ def rotary_write_kv(
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
     k_out: torch.Tensor | None = None,
+    v_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rotate q and k (GLM's interleaved partial rotary), store rotated k and v at their slots, return rotated q.
 
@@ -209,6 +247,7 @@ def rotary_write_kv(
     cos/sin [T, rotary_dim/2] in q's dtype; negative slots store nothing. Returns a new contiguous q.
     k_out [T, kv_heads, head_dim] (last dim contiguous), when given, also receives the rotated k: a fresh prompt
     chunk can then attend over its own keys densely (SDPA) instead of reading them back from the pages.
+    v_out (only with k_out; same shape rules) receives v, contiguous: the dense attention then needs no copy of it.
     """
     tokens, heads, head_dim = q.shape
     kv_heads = k.shape[1]
@@ -219,18 +258,22 @@ def rotary_write_kv(
     q_out = torch.empty((tokens, heads, head_dim), dtype=q.dtype, device=q.device)
     if tokens == 0:
         return q_out
-    if k_out is not None and (k_out.shape != k.shape or k_out.stride(-1) != 1 or k_out.dtype != k.dtype):
-        raise ValueError("rotary_write_kv: k_out must have k's shape and dtype and a contiguous last dim")
+    for name, dense in (("k_out", k_out), ("v_out", v_out)):
+        if dense is not None and (dense.shape != k.shape or dense.stride(-1) != 1 or dense.dtype != k.dtype):
+            raise ValueError(f"rotary_write_kv: {name} must have k's shape and dtype and a contiguous last dim")
+    if v_out is not None and k_out is None:
+        raise ValueError("rotary_write_kv: v_out is written only together with k_out")
     k_dst = k_out if k_out is not None else q_out  # a placeholder pointer when K_OUT is off (never written)
+    v_dst = v_out if v_out is not None else q_out  # likewise
     _rotary_write_kv_kernel[(tokens,)](
-        q, k, v, cos, sin, q_out, k_cache, v_cache, slot_mapping, k_dst,
+        q, k, v, cos, sin, q_out, k_cache, v_cache, slot_mapping, k_dst, v_dst,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos.stride(0), sin.stride(0),
         q_out.stride(0), q_out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        k_dst.stride(0), k_dst.stride(1),
+        k_dst.stride(0), k_dst.stride(1), v_dst.stride(0), v_dst.stride(1),
         HEADS=heads, HEADS_PAD=_next_pow2(heads), KV_HEADS=kv_heads, KV_HEADS_PAD=_next_pow2(kv_heads),
         HEAD_DIM=head_dim, HEAD_DIM_PAD=_next_pow2(head_dim), ROT_PAIRS=cos.shape[-1], BLOCK_SIZE=k_cache.shape[1],
-        ROUND=q.dtype != torch.float32, K_OUT=k_out is not None,
+        ROUND=q.dtype != torch.float32, K_OUT=k_out is not None, V_OUT=v_out is not None,
         num_warps=4 if heads * head_dim >= 2048 else 1,
     )  # fmt: skip
     return q_out
@@ -277,3 +320,54 @@ def rotary_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
             HEADS=heads, HEADS_PAD=_next_pow2(heads), HEAD_DIM=head_dim, num_warps=4 if heads * head_dim >= 1024 else 1,
         )  # fmt: skip
     return out
+
+
+
+@triton.jit
+def _rotate_half_heads(src, stride_h, dst, stride_dh, cos, sin, offs_h, offs_d, mask, HALF: tl.constexpr):
+    """dst[h] = src[h] * cos + rotate_half(src[h]) * sin for every head h of one token (float32 math)."""
+    x = tl.load(src + offs_h[:, None] * stride_h + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    partner = tl.where(offs_d < HALF, offs_d + HALF, offs_d - HALF)
+    sign = tl.where(offs_d < HALF, -1.0, 1.0)
+    xr = tl.load(src + offs_h[:, None] * stride_h + partner[None, :], mask=mask, other=0.0).to(tl.float32)
+    out = x * cos + (xr * sign[None, :]) * sin
+    tl.store(dst + offs_h[:, None] * stride_dh + offs_d[None, :], out.to(dst.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rotary_half_pair_kernel(
+    q_ptr, k_ptr, cos_ptr, sin_ptr, out_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_ct, stride_st, tokens,
+    HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    token = tl.program_id(0).to(tl.int64)
+    offs_h = tl.arange(0, HEADS_PAD)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask = (offs_h[:, None] < HEADS) & (offs_d[None, :] < HEAD_DIM)
+    cos = tl.load(cos_ptr + token * stride_ct + offs_d).to(tl.float32)[None, :]
+    sin = tl.load(sin_ptr + token * stride_st + offs_d).to(tl.float32)[None, :]
+    row = HEADS * HEAD_DIM
+    _rotate_half_heads(q_ptr + token * stride_qt, stride_qh, out_ptr + token * row, HEAD_DIM, cos, sin, offs_h,
+                       offs_d, mask, HEAD_DIM // 2)  # fmt: skip
+    _rotate_half_heads(k_ptr + token * stride_kt, stride_kh, out_ptr + (tokens + token) * row, HEAD_DIM, cos, sin,
+                       offs_h, offs_d, mask, HEAD_DIM // 2)  # fmt: skip
+
+
+def rotary_half_pair(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """`rotary_half` of q and of k ([T, heads, head_dim] each, same rules) in one launch: returns two contiguous
+    tensors, as rotary_half(q, cos, sin), rotary_half(k, cos, sin) would, bit for bit."""
+    tokens, heads, head_dim = q.shape
+    if k.shape != q.shape or k.dtype != q.dtype:
+        raise ValueError("rotary_half_pair: q and k must have one shape and dtype")
+    if head_dim & (head_dim - 1) or q.stride(-1) != 1 or k.stride(-1) != 1 or cos.stride(-1) != 1 \
+            or sin.stride(-1) != 1:
+        raise ValueError("rotary_half_pair needs a power-of-two head_dim and q, k, cos, sin with a contiguous last dim")
+    out = torch.empty((2, tokens, heads, head_dim), dtype=q.dtype, device=q.device)
+    if tokens:
+        _rotary_half_pair_kernel[(tokens,)](
+            q, k, cos, sin, out, q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0),
+            tokens, HEADS=heads, HEADS_PAD=_next_pow2(heads), HEAD_DIM=head_dim,
+            num_warps=4 if heads * head_dim >= 1024 else 1,
+        )  # fmt: skip
+    return out[0], out[1]

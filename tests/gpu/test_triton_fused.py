@@ -134,7 +134,9 @@ def test_rotary_write_kv_rotates_q_and_k_and_stores_k_and_v(heads, kv_heads, hea
     slots[4] = -1  # a padding token: nothing stored
 
     k_out = torch.full((tokens, kv_heads, head_dim), float("nan"), dtype=dtype, device=DEVICE)
-    q_rot = kernels.rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, slots.to(DEVICE), k_out=k_out)
+    v_out = torch.full((tokens, kv_heads, head_dim), float("nan"), dtype=dtype, device=DEVICE)
+    q_rot = kernels.rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, slots.to(DEVICE), k_out=k_out, v_out=v_out)
+    assert torch.equal(v_out, v)  # every token's v, dense (padding slots included)
 
     assert_close_to_scale(q_rot, ref_rotary(q, cos, sin), rotary_magnitude(q, cos, sin), dtype)
     # k_out holds every token's rotated k (padding slots included), as the cache holds it
@@ -193,3 +195,31 @@ def test_models_torch_steps_are_what_the_kernels_fuse():
     q_rot = kernels.rotary_write_kv(q, k, k, cos, sin, k_cache, v_cache, torch.arange(5, device=DEVICE))
     assert_close_to_scale(q_rot, glm4v.apply_rotary(q, cos, sin), rotary_magnitude(q, cos, sin), dtype)
     assert_close_to_scale(k_cache[0, :5], glm4v.apply_rotary(k, cos, sin), rotary_magnitude(k, cos, sin), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", HIDDEN_SIZES)
+def test_add_rms_norm_is_the_add_then_the_norm(hidden, dtype):
+    """The vision tower's residual add and next norm: the sum rounded as torch rounds it, the norm of that sum."""
+    gen = torch.Generator().manual_seed(hidden + 2)
+    x = rand(9, hidden, dtype=dtype, gen=gen, scale=4.0)
+    delta = rand(9, hidden, dtype=dtype, gen=gen, scale=2.0)
+    w = rand(hidden, dtype=dtype, gen=gen)
+    h, normed = kernels.add_rms_norm(x, delta, w, 1e-5)
+    assert torch.equal(h, x + delta)
+    assert torch.equal(normed, kernels.rms_norm(x + delta, w, 1e-5))
+    assert_close(normed, ref_rms_norm(x + delta, w, 1e-5), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,head_dim", [(2, 32), (3, 16)] + ([(12, 128)] if ON_GPU else []))
+def test_rotary_half_pair_equals_two_rotary_half_calls(heads, head_dim, dtype):
+    gen = torch.Generator().manual_seed(heads * head_dim + 1)
+    qkv = rand(13, 3, heads, head_dim, dtype=dtype, gen=gen)
+    q, k, _ = qkv.unbind(1)
+    tables = (torch.rand(13, 2 * head_dim, generator=gen) * 50).to(DEVICE)
+    cos, sin = tables[:, :head_dim].cos(), tables[:, head_dim:].sin()
+    q_rot, k_rot = kernels.rotary_half_pair(q, k, cos, sin)
+    assert q_rot.is_contiguous() and k_rot.is_contiguous()
+    assert torch.equal(q_rot, kernels.rotary_half(q, cos, sin))
+    assert torch.equal(k_rot, kernels.rotary_half(k, cos, sin))
