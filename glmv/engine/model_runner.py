@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from glmv.config import EngineConfig, ModelConfig
+from glmv.cpu.runtime import keep_freed_memory
 from glmv.engine.attention import NULL_BLOCK, AttentionMetadata
 from glmv.engine.attention import paged_decode_attention as torch_decode_attention
 from glmv.engine.request import Request
@@ -88,9 +89,11 @@ class ModelRunner:
         self.block_size = engine_config.block_size
         self.max_blocks_per_seq = -(-max_model_len // self.block_size)
         self.model = model or Glm4vModel.load(model_config, self.device, self.dtype, max_positions=max_model_len + 1)
-        packed = self.model.pack_cpu_weights()
-        if packed:
-            log.info("packed %d decoder weights for oneDNN (CPU %s matmuls)", packed, self.dtype)
+        if self.device.type == "cpu":
+            keep_freed_memory()
+            packed = self.model.pack_cpu_weights()
+            if packed:
+                log.info("packed %d decoder weights for oneDNN (CPU %s matmuls)", packed, self.dtype)
         t = model_config.text
         self.bytes_per_block = t.num_layers * 2 * self.block_size * t.num_kv_heads * t.head_dim * \
             torch.empty((), dtype=self.dtype).element_size()

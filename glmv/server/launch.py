@@ -57,10 +57,10 @@ def _serve_beside_engine_loop(server, engine) -> None:
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from glmv.cpu.threads import use_one_openmp_thread
+    from glmv.cpu.runtime import use_one_openmp_thread
 
     async def serve() -> None:
-        # I/O workers (media decoding) and the server thread run PyTorch ops as teams of one (glmv/cpu/threads.py)
+        # I/O workers (media decoding) and the server thread run PyTorch ops as teams of one (glmv/cpu/runtime.py)
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(thread_name_prefix="glmv-io", initializer=use_one_openmp_thread))
         await server.serve()
