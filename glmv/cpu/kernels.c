@@ -156,17 +156,99 @@ void glmv_rotary_write_kv(const bf16 *q, int64_t sqt, int64_t sqh, const bf16 *k
  * decode attention with its KV out of cache: 1.1 ms without, see glmv/cpu/README). */
 #define PREFETCH_AHEAD 16
 
-static inline int64_t row_offset(const int32_t *table, int t, int block_size, int64_t scb, int64_t scs) {
-    return (int64_t)table[t / block_size] * scb + (t % block_size) * scs;
-}
-
 static inline void prefetch_row(const bf16 *row, int dim) {
     for (int i = 0; i < dim; i += 32) __builtin_prefetch(row + i, 0, 3); /* 32 bf16 = one 64-byte line */
 }
 
+/* out[g] = sum_d qT[d][g] * k[d] for G = 8 or 16 heads as one vector (DIM a multiple of 4) (GCC vector types: a broadcast multiply-add
+ * per dimension; left to itself the compiler shuffles the head/dimension loops instead). */
+typedef float vec8 __attribute__((vector_size(32), aligned(4)));
+typedef float vec16 __attribute__((vector_size(64), aligned(4)));
+
+static inline __attribute__((always_inline)) void qk_heads(const float *qT, const float *k, const int DIM,
+                                                           const int G, float *out) {
+    /* four independent sums: one chain of dependent adds would wait out the add latency on every dimension */
+    if (G == 8) {
+        vec8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (int d = 0; d < DIM; d += 4) {
+            a0 += *(const vec8 *)(qT + d * 8) * k[d];
+            a1 += *(const vec8 *)(qT + (d + 1) * 8) * k[d + 1];
+            a2 += *(const vec8 *)(qT + (d + 2) * 8) * k[d + 2];
+            a3 += *(const vec8 *)(qT + (d + 3) * 8) * k[d + 3];
+        }
+        *(vec8 *)out = (a0 + a1) + (a2 + a3);
+    } else {
+        vec16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (int d = 0; d < DIM; d += 4) {
+            a0 += *(const vec16 *)(qT + d * 16) * k[d];
+            a1 += *(const vec16 *)(qT + (d + 1) * 16) * k[d + 1];
+            a2 += *(const vec16 *)(qT + (d + 2) * 16) * k[d + 2];
+            a3 += *(const vec16 *)(qT + (d + 3) * 16) * k[d + 3];
+        }
+        *(vec16 *)out = (a0 + a1) + (a2 + a3);
+    }
+}
+
+/* The work of one (sequence, kv head): its G query heads over the sequence's `len` keys and values.
+ * QK: scores[t][g] accumulated across the G heads at once (one multiply-add per head dimension: no horizontal sums).
+ * Softmax per head. PV: the value rows converted to float once (vbuf), then for each head a DIM-wide accumulator
+ * kept in registers over all tokens. Inlined with G and DIM constants for the model's common shapes (the
+ * compiler then unrolls the head and dimension loops), and with run-time values for any other shape. */
+static inline __attribute__((always_inline)) void attend_one(const float *qT, const bf16 *k_cache,
+                                                             const bf16 *v_cache, const int64_t *rows, int len,
+                                                             float *scores, float *vbuf, bf16 *out, const int G,
+                                                             const int DIM) {
+    float kf[DIM], m[G], sum[G];
+    for (int t = 0; t < len && t < PREFETCH_AHEAD; t++) {
+        prefetch_row(k_cache + rows[t], DIM);
+        prefetch_row(v_cache + rows[t], DIM);
+    }
+    for (int g = 0; g < G; g++) m[g] = -INFINITY;
+    for (int t = 0; t < len; t++) {
+        if (t + PREFETCH_AHEAD < len) { /* this row's value too: the value pass then reads it from cache */
+            prefetch_row(k_cache + rows[t + PREFETCH_AHEAD], DIM);
+            prefetch_row(v_cache + rows[t + PREFETCH_AHEAD], DIM);
+        }
+        const bf16 *kr = k_cache + rows[t];
+        for (int d = 0; d < DIM; d++) kf[d] = bf2f(kr[d]);
+        float acc[G];
+        if ((G == 8 || G == 16) && DIM % 4 == 0) {
+            qk_heads(qT, kf, DIM, G, acc);
+        } else {
+            for (int g = 0; g < G; g++) acc[g] = 0.f;
+            for (int d = 0; d < DIM; d++)
+                for (int g = 0; g < G; g++) acc[g] += qT[d * G + g] * kf[d];
+        }
+        for (int g = 0; g < G; g++) {
+            scores[t * G + g] = acc[g];
+            m[g] = acc[g] > m[g] ? acc[g] : m[g];
+        }
+    }
+    /* three simple passes (shift, exp over the flat array, per-head sums) so that each one vectorizes */
+    for (int t = 0; t < len; t++)
+        for (int g = 0; g < G; g++) scores[t * G + g] -= m[g];
+    for (int i = 0; i < len * G; i++) scores[i] = exp_approx(scores[i]);
+    for (int g = 0; g < G; g++) sum[g] = 0.f;
+    for (int t = 0; t < len; t++)
+        for (int g = 0; g < G; g++) sum[g] += scores[t * G + g];
+    for (int t = 0; t < len; t++) {
+        const bf16 *vr = v_cache + rows[t];
+        for (int d = 0; d < DIM; d++) vbuf[t * DIM + d] = bf2f(vr[d]);
+    }
+    for (int g = 0; g < G; g++) {
+        float acc[DIM];
+        for (int d = 0; d < DIM; d++) acc[d] = 0.f;
+        for (int t = 0; t < len; t++) {
+            float p = scores[t * G + g];
+            for (int d = 0; d < DIM; d++) acc[d] += p * vbuf[t * DIM + d];
+        }
+        float inv = sum[g] > 0.f ? 1.f / sum[g] : 0.f;
+        for (int d = 0; d < DIM; d++) out[g * DIM + d] = f2bf(acc[d] * inv);
+    }
+}
+
 /* One query token per sequence over its paged KV. q [B, heads, dim] (strided), out [B, heads, dim] contiguous.
- * Work item = (sequence, kv head): its `group` query heads share every K/V row read. Two passes over the keys:
- * scores (float), softmax, then the probability-weighted sum of values. */
+ * Work item = (sequence, kv head): its `group` query heads share every K/V row read (attend_one). */
 void glmv_paged_decode_attention(const bf16 *q, int64_t sqb, int64_t sqh, const bf16 *k_cache, const bf16 *v_cache,
                                  int64_t scb, int64_t scs, int64_t sch, const int32_t *tables, int64_t stb,
                                  const int32_t *seq_lens, bf16 *out, int64_t batch, int heads, int kv_heads, int dim,
@@ -177,54 +259,30 @@ void glmv_paged_decode_attention(const bf16 *q, int64_t sqb, int64_t sqh, const 
         int64_t b = task / kv_heads;
         int kh = (int)(task % kv_heads);
         int len = seq_lens[b];
-        float *scores = (float *)malloc(sizeof(float) * (size_t)group * (size_t)(len > 0 ? len : 1));
-        float qf[group][dim], acc[group][dim], row[dim];
+        size_t n = (size_t)(len > 0 ? len : 1);
+        float *scores = (float *)malloc(sizeof(float) * n * (size_t)group);
+        float *vbuf = (float *)malloc(sizeof(float) * n * (size_t)dim);
+        int64_t *rows = (int64_t *)malloc(sizeof(int64_t) * n);
+        float qT[dim * group];
         for (int g = 0; g < group; g++)
-            for (int d = 0; d < dim; d++) qf[g][d] = bf2f(q[b * sqb + (kh * group + g) * sqh + d]) * scale;
+            for (int d = 0; d < dim; d++) qT[d * group + g] = bf2f(q[b * sqb + (kh * group + g) * sqh + d]) * scale;
+        /* each token's row offset, walking the block table once */
         const int32_t *table = tables + b * stb;
-        for (int t = 0; t < len && t < PREFETCH_AHEAD; t++) {
-            prefetch_row(k_cache + row_offset(table, t, block_size, scb, scs) + kh * sch, dim);
-            prefetch_row(v_cache + row_offset(table, t, block_size, scb, scs) + kh * sch, dim);
+        for (int t = 0, blk = 0; t < len; blk++) {
+            int64_t base = (int64_t)table[blk] * scb + kh * sch;
+            for (int o = 0; o < block_size && t < len; o++, t++) rows[t] = base + o * scs;
         }
-        for (int t = 0; t < len; t++) {
-            const bf16 *kr = k_cache + (int64_t)table[t / block_size] * scb + (t % block_size) * scs + kh * sch;
-            if (t + PREFETCH_AHEAD < len) { /* this row's value too: the second pass then reads it from cache */
-                int64_t ahead = row_offset(table, t + PREFETCH_AHEAD, block_size, scb, scs) + kh * sch;
-                prefetch_row(k_cache + ahead, dim);
-                prefetch_row(v_cache + ahead, dim);
-            }
-            for (int d = 0; d < dim; d++) row[d] = bf2f(kr[d]);
-            for (int g = 0; g < group; g++) {
-                float dot = 0.f;
-                for (int d = 0; d < dim; d++) dot += qf[g][d] * row[d];
-                scores[g * len + t] = dot;
-            }
-        }
-        float inv_sum[group];
-        for (int g = 0; g < group; g++) {
-            float *sg = scores + g * len, m = -INFINITY, sum = 0.f;
-            for (int t = 0; t < len; t++) m = sg[t] > m ? sg[t] : m;
-            for (int t = 0; t < len; t++) {
-                sg[t] = exp_approx(sg[t] - m);
-                sum += sg[t];
-            }
-            inv_sum[g] = sum > 0.f ? 1.f / sum : 0.f;
-            for (int d = 0; d < dim; d++) acc[g][d] = 0.f;
-        }
-        for (int t = 0; t < len; t++) {
-            const bf16 *vr = v_cache + (int64_t)table[t / block_size] * scb + (t % block_size) * scs + kh * sch;
-            if (t + PREFETCH_AHEAD < len) prefetch_row(v_cache + row_offset(table, t + PREFETCH_AHEAD, block_size,
-                                                                            scb, scs) + kh * sch, dim);
-            for (int d = 0; d < dim; d++) row[d] = bf2f(vr[d]);
-            for (int g = 0; g < group; g++) {
-                float p = scores[g * len + t];
-                for (int d = 0; d < dim; d++) acc[g][d] += p * row[d];
-            }
-        }
-        for (int g = 0; g < group; g++) {
-            bf16 *o = out + (b * heads + kh * group + g) * dim;
-            for (int d = 0; d < dim; d++) o[d] = f2bf(acc[g][d] * inv_sum[g]);
-        }
+        bf16 *o = out + (b * heads + kh * group) * dim;
+        if (group == 8 && dim == 64)
+            attend_one(qT, k_cache, v_cache, rows, len, scores, vbuf, o, 8, 64);
+        else if (group == 16 && dim == 128)
+            attend_one(qT, k_cache, v_cache, rows, len, scores, vbuf, o, 16, 128);
+        else if (group == 8 && dim == 128)
+            attend_one(qT, k_cache, v_cache, rows, len, scores, vbuf, o, 8, 128);
+        else
+            attend_one(qT, k_cache, v_cache, rows, len, scores, vbuf, o, group, dim);
         free(scores);
+        free(vbuf);
+        free(rows);
     }
 }

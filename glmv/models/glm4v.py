@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from glmv.config import ModelConfig, TextDims
-from glmv.engine.attention import AttentionBackend, AttentionMetadata, select_backend
 from glmv.cpu import linear as cpu_linear
+from glmv.engine.attention import AttentionBackend, AttentionMetadata, select_backend
 from glmv.models.vision import Glm4vVisionTower, rms_norm
 from glmv.models.weights import CheckpointReader, expect_shape
 
