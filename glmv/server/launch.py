@@ -69,7 +69,9 @@ def _serve_beside_engine_loop(server, engine) -> None:
         use_one_openmp_thread()
         try:
             asyncio.run(serve())
-        except BaseException:  # noqa: BLE001 - uvicorn exits with SystemExit when it cannot bind
+        except SystemExit:  # uvicorn could not start (a port in use, say) and has logged why
+            pass
+        except Exception:  # noqa: BLE001 - logged; the engine loop is stopped below either way
             log.exception("the HTTP server stopped")
         finally:
             engine.stop_loop()
