@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from glmv.kernels.pdl import launch_options, pdl_start
+
 _LOG2E = 1.4426950408889634
 
 
@@ -109,8 +111,9 @@ def _write_kv_kernel(
     stride_vcb, stride_vcs, stride_vch,
     KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_start(USE_PDL)
     token = tl.program_id(0)
     slot = tl.load(slot_ptr + token).to(tl.int64)
     block = slot // BLOCK_SIZE
@@ -149,7 +152,7 @@ def write_kv(
         KV_HEADS=kv_heads, KV_HEADS_PAD=_next_pow2(kv_heads),
         HEAD_DIM=head_dim, HEAD_DIM_PAD=_next_pow2(head_dim),
         BLOCK_SIZE=k_cache.shape[1],
-        num_warps=1 if kv_heads * head_dim <= 512 else 4,
+        num_warps=1 if kv_heads * head_dim <= 512 else 4, **launch_options(),
     )  # fmt: skip
 
 
@@ -171,9 +174,10 @@ def _decode_split_kernel(
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-    SINGLE_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    SINGLE_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """One program = one sequence x one KV head x one slice of its context, for all GROUP query heads at once."""
+    pdl_start(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -245,9 +249,10 @@ def _decode_split_kernel(
 def _decode_merge_kernel(
     out_ptr, part_out_ptr, part_lse_ptr, num_splits,
     stride_ob, stride_oh, stride_pb, stride_ph, stride_ps,
-    SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    SPLITS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """Merge one (sequence, head)'s split results, weighting each by its share of the softmax mass."""
+    pdl_start(USE_PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     offs_s = tl.arange(0, SPLITS_PAD)
@@ -331,14 +336,14 @@ def paged_decode_attention(
         HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
         BLOCK_SIZE=block_size, BLOCK_N=tuning.block_n,
         SINGLE_SPLIT=single, DOT_PRECISION=_dot_precision(q.dtype), UPCAST_DOT=_upcast_dot(q.dtype),
-        num_warps=tuning.num_warps, num_stages=tuning.num_stages,
+        num_warps=tuning.num_warps, num_stages=tuning.num_stages, **launch_options(),
     )  # fmt: skip
     if not single:
         _decode_merge_kernel[(batch, heads)](
             out, part_out, part_lse, num_splits,
             out.stride(0), out.stride(1), *part_strides,
             SPLITS_PAD=_next_pow2(num_splits), HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
-            num_warps=1 if head_dim_pad * _next_pow2(num_splits) <= 4096 else 4,
+            num_warps=1 if head_dim_pad * _next_pow2(num_splits) <= 4096 else 4, **launch_options(),
         )  # fmt: skip
     return out
 
@@ -396,10 +401,11 @@ def _prefill_kernel(
     stride_bt,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     """One program = BLOCK_M query rows of one head of one sequence; heads vary fastest so that the GROUP heads
     reading the same KV head run side by side and share it through L2."""
+    pdl_start(USE_PDL)
     head = tl.program_id(0)
     tile = tl.num_programs(1) - 1 - tl.program_id(1)  # the longest (last, most keys) tiles start first: shorter tail
     seq = tl.program_id(2)
@@ -494,6 +500,6 @@ def paged_prefill_attention(
         GROUP=heads // kv_heads, HEAD_DIM=head_dim, HEAD_DIM_PAD=_next_pow2(head_dim),
         BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=tuning.block_n,
         DOT_PRECISION=_dot_precision(q.dtype), UPCAST_DOT=_upcast_dot(q.dtype),
-        num_warps=tuning.num_warps if block_m >= 64 else 4, num_stages=tuning.num_stages,
+        num_warps=tuning.num_warps if block_m >= 64 else 4, num_stages=tuning.num_stages, **launch_options(),
     )  # fmt: skip
     return out

@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from glmv.kernels.pdl import launch_options, pdl_start
+
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
@@ -45,7 +47,9 @@ def _rms_scale(h, w, eps, HIDDEN: tl.constexpr, OUT_DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, stride_x, stride_o, eps, HIDDEN: tl.constexpr, BLOCK: tl.constexpr):
+def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, stride_x, stride_o, eps, HIDDEN: tl.constexpr, BLOCK: tl.constexpr,
+                     USE_PDL: tl.constexpr):
+    pdl_start(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < HIDDEN
@@ -64,7 +68,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         block = _next_pow2(hidden)
         _rms_norm_kernel[(rows.shape[0],)](
             rows, weight, out, rows.stride(0), out.stride(0), eps, HIDDEN=hidden, BLOCK=block,
-            num_warps=_row_warps(block),
+            num_warps=_row_warps(block), **launch_options(),
         )  # fmt: skip
     return out.view(x.shape)
 
@@ -73,8 +77,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def _residual_rms_norm_kernel(
     x_ptr, res_ptr, w_post_ptr, w_next_ptr, hidden_ptr, normed_ptr,
     stride_x, stride_r, stride_h, stride_n, eps,
-    HIDDEN: tl.constexpr, BLOCK: tl.constexpr,
+    HIDDEN: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_start(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < HIDDEN
@@ -104,7 +109,7 @@ def residual_rms_norm(
         _residual_rms_norm_kernel[(xs.shape[0],)](
             xs, rs, post_weight, next_weight, hidden, normed,
             xs.stride(0), rs.stride(0), hidden.stride(0), normed.stride(0), eps,
-            HIDDEN=hidden_size, BLOCK=block, num_warps=_row_warps(block),
+            HIDDEN=hidden_size, BLOCK=block, num_warps=_row_warps(block), **launch_options(),
         )  # fmt: skip
     return hidden.view(x.shape), normed.view(x.shape)
 
@@ -112,8 +117,9 @@ def residual_rms_norm(
 @triton.jit
 def _add_rms_norm_kernel(
     x_ptr, d_ptr, w_ptr, sum_ptr, normed_ptr, stride_x, stride_d, stride_s, stride_n, eps,
-    HIDDEN: tl.constexpr, BLOCK: tl.constexpr,
+    HIDDEN: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_start(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < HIDDEN
@@ -138,13 +144,15 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps
         block = _next_pow2(hidden_size)
         _add_rms_norm_kernel[(xs.shape[0],)](
             xs, ds, weight, h, normed, xs.stride(0), ds.stride(0), h.stride(0), normed.stride(0), eps,
-            HIDDEN=hidden_size, BLOCK=block, num_warps=_row_warps(block),
+            HIDDEN=hidden_size, BLOCK=block, num_warps=_row_warps(block), **launch_options(),
         )  # fmt: skip
     return h.view(x.shape), normed.view(x.shape)
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, stride_gu, stride_o, INTER: tl.constexpr, BLOCK: tl.constexpr):
+def _silu_mul_kernel(gu_ptr, out_ptr, stride_gu, stride_o, INTER: tl.constexpr, BLOCK: tl.constexpr,
+                     USE_PDL: tl.constexpr):
+    pdl_start(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < INTER
@@ -163,7 +171,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if rows.shape[0]:
         block = min(1024, _next_pow2(inter))
         _silu_mul_kernel[(rows.shape[0], triton.cdiv(inter, block))](
-            rows, out.view(-1, inter), rows.stride(0), inter, INTER=inter, BLOCK=block, num_warps=4
+            rows, out.view(-1, inter), rows.stride(0), inter, INTER=inter, BLOCK=block, num_warps=4, **launch_options()
         )
     return out
 
@@ -192,8 +200,9 @@ def _rotary_write_kv_kernel(
     stride_kot, stride_koh, stride_vot, stride_voh,
     HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, KV_HEADS: tl.constexpr, KV_HEADS_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, ROT_PAIRS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    ROUND: tl.constexpr, K_OUT: tl.constexpr, V_OUT: tl.constexpr,
+    ROUND: tl.constexpr, K_OUT: tl.constexpr, V_OUT: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_start(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     dtype = q_out_ptr.dtype.element_ty
     offs_p = tl.arange(0, HEAD_DIM_PAD // 2)
@@ -274,7 +283,7 @@ def rotary_write_kv(
         HEADS=heads, HEADS_PAD=_next_pow2(heads), KV_HEADS=kv_heads, KV_HEADS_PAD=_next_pow2(kv_heads),
         HEAD_DIM=head_dim, HEAD_DIM_PAD=_next_pow2(head_dim), ROT_PAIRS=cos.shape[-1], BLOCK_SIZE=k_cache.shape[1],
         ROUND=q.dtype != torch.float32, K_OUT=k_out is not None, V_OUT=v_out is not None,
-        num_warps=4 if heads * head_dim >= 2048 else 1,
+        num_warps=4 if heads * head_dim >= 2048 else 1, **launch_options(),
     )  # fmt: skip
     return q_out
 
@@ -283,8 +292,9 @@ def rotary_write_kv(
 def _rotary_half_kernel(
     x_ptr, cos_ptr, sin_ptr, out_ptr,
     stride_xt, stride_xh, stride_ct, stride_st, stride_ot, stride_oh,
-    HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+    HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_start(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     half: tl.constexpr = HEAD_DIM // 2
     offs_h = tl.arange(0, HEADS_PAD)
@@ -318,6 +328,7 @@ def rotary_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
         _rotary_half_kernel[(tokens,)](
             x, cos, sin, out, x.stride(0), x.stride(1), cos.stride(0), sin.stride(0), out.stride(0), out.stride(1),
             HEADS=heads, HEADS_PAD=_next_pow2(heads), HEAD_DIM=head_dim, num_warps=4 if heads * head_dim >= 1024 else 1,
+            **launch_options(),
         )  # fmt: skip
     return out
 
@@ -338,8 +349,9 @@ def _rotate_half_heads(src, stride_h, dst, stride_dh, cos, sin, offs_h, offs_d, 
 def _rotary_half_pair_kernel(
     q_ptr, k_ptr, cos_ptr, sin_ptr, out_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_ct, stride_st, tokens,
-    HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+    HEADS: tl.constexpr, HEADS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_start(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     offs_h = tl.arange(0, HEADS_PAD)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -368,6 +380,6 @@ def rotary_half_pair(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: t
         _rotary_half_pair_kernel[(tokens,)](
             q, k, cos, sin, out, q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0),
             tokens, HEADS=heads, HEADS_PAD=_next_pow2(heads), HEAD_DIM=head_dim,
-            num_warps=4 if heads * head_dim >= 1024 else 1,
+            num_warps=4 if heads * head_dim >= 1024 else 1, **launch_options(),
         )  # fmt: skip
     return out[0], out[1]

@@ -13,6 +13,8 @@ keeps a configuration only where it is clearly faster: the plan never makes a sh
 
 from __future__ import annotations
 
+import functools
+import os
 import statistics
 from dataclasses import dataclass
 
@@ -20,6 +22,8 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from glmv.kernels import pdl
 
 MAX_ROWS = 128
 
@@ -30,13 +34,18 @@ class GemvConfig:
     block_k: int
     num_warps: int
     num_stages: int
+    split_k: int = 1  # programs per BLOCK_N rows, each over a slice of K; the last to finish reduces (one launch)
 
 
-CONFIGS = {  # by BLOCK_M; shared memory = stages * (BLOCK_M + BLOCK_N) * BLOCK_K * 2 B stays under ~160 KB
-    16: [GemvConfig(16, 256, 4, 4), GemvConfig(32, 256, 4, 4), GemvConfig(64, 128, 4, 4), GemvConfig(16, 512, 4, 3)],
-    64: [GemvConfig(64, 128, 4, 4), GemvConfig(32, 256, 4, 3)],
-    128: [GemvConfig(64, 128, 8, 3), GemvConfig(32, 128, 4, 4)],
+G = GemvConfig
+CONFIGS = {  # by BLOCK_M (bench/notes/gpu_engine.md, session 2: the sweep's best per GLM shape); shared memory
+    # = stages * (BLOCK_M + BLOCK_N) * BLOCK_K * 2 B stays under ~200 KB
+    16: [G(32, 256, 4, 4), G(16, 256, 4, 4), G(64, 128, 4, 4, 2), G(64, 128, 4, 4, 4), G(32, 256, 4, 4, 2),
+         G(128, 128, 4, 3, 4)],
+    64: [G(128, 128, 8, 3), G(64, 128, 4, 4), G(128, 64, 4, 4), G(64, 128, 4, 4, 2), G(64, 64, 4, 6, 4)],
+    128: [G(64, 128, 8, 3), G(32, 128, 4, 4), G(128, 128, 8, 3), G(128, 64, 8, 3, 2)],
 }
+del G
 # Batch sizes timed by `plan`; a bucket uses the result of the smallest point >= it in its BLOCK_M class.
 PLAN_POINTS = [1, 4, 16, 32, 64, 96, 128]
 
@@ -46,39 +55,98 @@ def block_m(rows: int) -> int:
 
 
 @triton.jit
+def _prefetch_l2(ptrs, nbytes):
+    """Start copying nbytes from each address into L2 (the copy engine's bulk prefetch; nothing waits for it)."""
+    tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2; // $0", "=r,l,r", [ptrs, nbytes],
+                              dtype=tl.int32, is_pure=False, pack=1)  # fmt: skip
+
+
+@triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
+    x_ptr, w_ptr, b_ptr, out_ptr, ws_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_om, pf_bytes, pf_programs,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, W_BYTES: tl.constexpr,
 ):  # fmt: skip
+    """One program = BLOCK_N weight rows x one of SPLIT_K slices of K (whole BLOCK_K tiles). With SPLIT_K > 1 each
+    program leaves its float32 partial in ws; the last of an n-block's programs to finish (an atomic counter per
+    n-block) sums the partials in split order (deterministic), adds the bias, writes the output and re-arms the
+    counter to 0 for the next launch.
+
+    With PDL the weights (which no earlier kernel writes) start flowing into L2 before the wait for the previous
+    kernel: the first pf_bytes of each row of the first pf_programs programs (those resident from the start)."""
     pid = tl.program_id(0)
-    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_n = pid // SPLIT_K
+    pid_k = pid % SPLIT_K
+    tiles_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)
+    k_start = pid_k * tiles_per_split * BLOCK_K
+    k_end = tl.minimum(k_start + tiles_per_split * BLOCK_K, K)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     n_mask = offs_n < N
     m_mask = offs_m < M
-    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
-    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
+    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + (k_start + offs_k)[None, :]
+    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_start + offs_k)[None, :]
+    if USE_PDL:
+        if PREFETCH:
+            nbytes = tl.minimum(pf_bytes, (k_end - k_start) * W_BYTES) // 16 * 16  # the prefetch takes 16 B units
+            if (pid < pf_programs) & (nbytes > 0):
+                rows = tl.minimum(offs_n, N - 1).to(tl.int64)
+                _prefetch_l2(w_ptr + rows * stride_wn + k_start, tl.full([BLOCK_N], nbytes, tl.int32))
+        tl.extra.cuda.gdc_wait()  # x (and the output buffers) belong to the kernels before this one
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, K, BLOCK_K):
+    for k in range(k_start, k_end, BLOCK_K):
         if EVEN_K:
             w = tl.load(w_ptrs, mask=n_mask[:, None], other=0.0)
             x = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
         else:
-            k_ok = (k + offs_k) < K
+            k_ok = (k + offs_k) < k_end
             w = tl.load(w_ptrs, mask=n_mask[:, None] & k_ok[None, :], other=0.0)
             x = tl.load(x_ptrs, mask=m_mask[:, None] & k_ok[None, :], other=0.0)
         acc += tl.dot(x, tl.trans(w))
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if USE_PDL:
+        tl.extra.cuda.gdc_launch_dependents()  # late: the next kernels' waiting programs would take SM slots
+    out_mask = m_mask[:, None] & n_mask[None, :]
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        part = offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_ptr + pid_k * M * N + part, acc, mask=out_mask)
+        tl.debug_barrier()  # every thread's partial is written before the counter says so (release below)
+        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in tl.static_range(SPLIT_K):
+                total += tl.load(ws_ptr + s * M * N + part, mask=out_mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
+            tl.atomic_xchg(count_ptr + pid_n, 0, sem="relaxed", scope="gpu")
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+_COUNTER_SLOTS = 1 << 16
+
+
+def _counters(device: torch.device, needed: int) -> torch.Tensor:
+    """The n-block arrival counters split-K launches share: zero between launches (each launch re-arms what it
+    used), so one buffer per device serves every call issued on one stream, graph replays included."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < needed:  # allocated inside a graph capture, its zeroing replays harmlessly
+        buf = torch.zeros(max(needed, _COUNTER_SLOTS), dtype=torch.int32, device=device)
+        _COUNTERS[device] = buf
+    return buf
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: GemvConfig) -> torch.Tensor:
-    """x [M, K] (M <= 128, last dim contiguous) @ weight [N, K].T (+ bias [N]) -> [M, N] in x's dtype."""
+    """x [M, K] (M <= 128, last dim contiguous) @ weight [N, K].T (+ bias [N]) -> [M, N] in x's dtype.
+
+    Split-K configurations synchronise through per-device counters: issue them from one stream at a time."""
     m, k = x.shape
     n = weight.shape[0]
     if m > MAX_ROWS or x.stride(-1) != 1 or weight.stride(-1) != 1 or weight.shape[1] != k:
@@ -87,12 +155,47 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, confi
     if m == 0:
         return out
     c = config
-    _gemv_kernel[(triton.cdiv(n, c.block_n),)](
-        x, weight, bias if bias is not None else weight, out, m, n, k, x.stride(0), weight.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_M=block_m(m), BLOCK_N=c.block_n, BLOCK_K=c.block_k, EVEN_K=k % c.block_k == 0,
-        num_warps=c.num_warps, num_stages=c.num_stages,
+    n_blocks = triton.cdiv(n, c.block_n)
+    if c.split_k > 1:
+        counters = _counters(x.device, n_blocks)
+        ws = torch.empty((c.split_k, m, n), dtype=torch.float32, device=x.device)
+    else:
+        counters = ws = out  # unused by the kernel
+    grid = n_blocks * c.split_k
+    launch = pdl.launch_options()
+    aligned = weight.data_ptr() % 16 == 0 and weight.stride(0) * weight.element_size() % 16 == 0
+    pf_bytes, pf_programs = _prefetch_plan(x.device, grid, m, k, weight.element_size(), c) \
+        if launch["USE_PDL"] and aligned else (0, 0)
+    _gemv_kernel[(grid,)](
+        x, weight, bias if bias is not None else weight, out, ws, counters, m, n, k,
+        x.stride(0), weight.stride(0), out.stride(0), pf_bytes, pf_programs,
+        HAS_BIAS=bias is not None, BLOCK_M=block_m(m), BLOCK_N=c.block_n, BLOCK_K=c.block_k, SPLIT_K=c.split_k,
+        EVEN_K=k % c.block_k == 0, PREFETCH=pf_bytes > 0, W_BYTES=weight.element_size(), num_warps=c.num_warps,
+        num_stages=c.num_stages, **launch,
     )  # fmt: skip
     return out
+
+
+PREFETCH_BYTES = int(float(os.environ.get("GLMV_GEMV_PREFETCH_MB", "24")) * 2**20)  # L2 is 50 MB on an H100
+
+
+def _prefetch_plan(device: torch.device, grid: int, m: int, k: int, elem: int, c: GemvConfig) -> tuple[int, int]:
+    """(bytes per weight row, programs) to prefetch before the PDL wait: the programs resident from the start, and
+    per row as much of their K slice as keeps the total within PREFETCH_BYTES (whole BLOCK_K tiles)."""
+    if PREFETCH_BYTES <= 0:
+        return 0, 0
+    smem = c.num_stages * (block_m(m) + c.block_n) * c.block_k * elem
+    per_sm = max(1, min(227 * 1024 // max(smem, 1), 64 // c.num_warps))
+    resident = min(grid, _sm_count(device) * per_sm)
+    tile = c.block_k * elem
+    slice_bytes = -(-k // (c.block_k * c.split_k)) * tile
+    per_row = min(slice_bytes, PREFETCH_BYTES // (resident * c.block_n)) // tile * tile
+    return (per_row, resident) if per_row > 0 else (0, 0)
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
 PlanKey = tuple[int, int, bool, int]  # (N, K, has bias, rows)
@@ -122,18 +225,32 @@ def _graph_time_us(fn, calls: int) -> float:
 
 
 def _time_us(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor] | None,
-             config: GemvConfig | None) -> float:
-    """Per-call device time of F.linear (config None) or gemv, cycling twice over the weights in one graph."""
+             config: GemvConfig | None, lead=None) -> float:
+    """Per-call device time of F.linear (config None) or gemv, cycling twice over the weights in one graph. `lead`,
+    if given, makes each call's input (a small kernel before each matmul, as in a decoder layer: with PDL the
+    matmul's weight prefetch overlaps it); its time is included."""
     count = len(weights)
 
     def call(i: int) -> None:
         w, b = weights[i % count], biases[i % count] if biases is not None else None
+        xi = lead() if lead is not None else x
         if config is None:
-            F.linear(x, w, b)
+            F.linear(xi, w, b)
         else:
-            gemv(x, w, b, config)
+            gemv(xi, w, b, config)
 
     return _graph_time_us(call, 2 * count)
+
+
+def _lead_kernel(x: torch.Tensor):
+    """A ~3 us kernel that produces x's values (an RMSNorm, as before most decoder matmuls), for planning under
+    PDL; None without PDL (each matmul then starts cold either way)."""
+    if not pdl.enabled():
+        return None
+    from glmv.kernels.triton_fused import rms_norm
+
+    ones = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
+    return lambda: rms_norm(x, ones, 1e-5)
 
 
 def plan(weight_groups: list[tuple[list[torch.Tensor], list[torch.Tensor] | None]], batch_sizes: list[int],
@@ -149,7 +266,8 @@ def plan(weight_groups: list[tuple[list[torch.Tensor], list[torch.Tensor] | None
         at_point: dict[int, GemvConfig | None] = {}
         for point in sorted(set(point_of.values())):
             x = torch.randn(point, k, dtype=weights[0].dtype, device=weights[0].device)
-            base = _time_us(x, weights, biases, None)
+            lead = _lead_kernel(x)
+            base = _time_us(x, weights, biases, None, lead)
             best, best_us = None, base
             ref = F.linear(x, weights[0], biases[0] if biases is not None else None).float()
             for cfg in CONFIGS[block_m(point)]:
@@ -158,7 +276,7 @@ def plan(weight_groups: list[tuple[list[torch.Tensor], list[torch.Tensor] | None
                     err = ((out - ref).norm() / ref.norm().clamp(min=1e-30)).item()
                     if not err < 2e-2:  # a safety net: never plan a configuration that computes something else
                         raise RuntimeError(f"relative error {err:.3g} against F.linear")
-                    us = _time_us(x, weights, biases, cfg)
+                    us = _time_us(x, weights, biases, cfg, lead)
                 except Exception as exc:  # noqa: BLE001 - a configuration this device cannot run is skipped
                     if report is not None:
                         report.append(((n, k, biases is not None, point), None, None, f"{cfg} failed: {exc}"))
