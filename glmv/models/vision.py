@@ -8,6 +8,9 @@ Segments (one per image or frame) of equal length run in one batched SDPA call i
 
 from __future__ import annotations
 
+import logging
+import os
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +19,8 @@ import torch.nn.functional as F
 from glmv.config import VisionDims
 from glmv.models.weights import CheckpointReader
 
+log = logging.getLogger("glmv.vision")
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm computed in float32, scaled in the input dtype (transformers' Glm4vRMSNorm)."""
@@ -23,6 +28,13 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(dtype)
+
+
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """A pre-norm block's residual add and the next block's norm: (h, rms_norm(h)) with h = x + delta."""
+    h = x + delta
+    return h, rms_norm(h, weight, eps)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +108,16 @@ def load_vision_weights(reader: CheckpointReader, dims: VisionDims) -> VisionWei
 
 
 class Glm4vVisionTower:
-    """`encode(pixel_values, grids)` -> one embedding per merged 2x2 patch, for many images/videos in one call."""
+    """`encode(pixel_values, grids)` -> one embedding per merged 2x2 patch, for many images/videos in one call.
+
+    On CUDA the tower is recorded as a CUDA graph per input shape (grids and pixel dtype) the second time that shape
+    comes, for inputs of at most GRAPH_MAX_PATCHES patches in equal-length segments (one picture, or frames of one
+    size): a replay launches its ~300 kernels without the host, the same kernels as the eager path (same results).
+    GLMV_VISION_GRAPHS=0 turns this off.
+    """
+
+    GRAPH_MAX_PATCHES = 8192  # one 1260x1260 picture; larger inputs amortise their launches anyway
+    GRAPH_MAX_ENTRIES = 4  # shapes kept (LRU); they share one memory pool
 
     def __init__(self, dims: VisionDims, weights: VisionWeights, device: torch.device, dtype: torch.dtype,
                  rope_theta: float = 10000.0):
@@ -113,6 +134,11 @@ class Glm4vVisionTower:
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
         # Fused kernels (glmv.kernels: rms_norm, silu_mul, rotary_half) set by the model on CUDA, else None.
         self.fused = None
+        self._extra_kernels: dict[str, object] = {}
+        self.use_graphs = device.type == "cuda" and os.environ.get("GLMV_VISION_GRAPHS", "1") != "0"
+        self._graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._graph_pool = None
+        self._shapes_seen: dict[tuple, int] = {}
 
     @classmethod
     def load(cls, reader: CheckpointReader, dims: VisionDims, rope_theta: float = 10000.0) -> Glm4vVisionTower:
@@ -149,35 +175,103 @@ class Glm4vVisionTower:
         return tables
 
     # ---- the tower ----
+    def _kernel(self, name: str):
+        """A fused kernel from glmv.kernels when the tower runs fused (CUDA), else None (the torch steps run)."""
+        if self.fused is None:
+            return None
+        if name not in self._extra_kernels:
+            fn = getattr(self.fused, name, None)
+            if fn is None:
+                try:
+                    from glmv import kernels
+
+                    fn = getattr(kernels, name, None)
+                except Exception:  # noqa: BLE001 - no Triton: the torch steps
+                    fn = None
+            self._extra_kernels[name] = fn
+        return self._extra_kernels[name]
+
     @torch.inference_mode()
     def encode(self, pixel_values: torch.Tensor, grids: list[tuple[int, int, int]]) -> torch.Tensor:
         """pixel_values [sum(t*h*w), C*T*P*P] for items with grids (t, h, w) -> [sum(t*h*w)/merge^2, out_hidden].
 
         Each of an item's t temporal slices is its own attention segment (a video frame pair or an image).
         """
+        key = self._graph_key(pixel_values, grids)
+        if key is not None:
+            entry = self._graphs.get(key)
+            if entry is None:
+                seen = self._shapes_seen.get(key, 0) + 1
+                if len(self._shapes_seen) > 256:
+                    self._shapes_seen.clear()
+                self._shapes_seen[key] = seen
+                if seen >= 2:  # a shape that recurs: record it (its first run warmed cuBLAS, cuDNN and Triton up)
+                    entry = self._capture(key, pixel_values, grids)
+            else:
+                self._graphs.move_to_end(key)
+            if entry is not None:
+                graph, static_in, static_out = entry
+                static_in.copy_(pixel_values)
+                graph.replay()
+                return static_out.clone()
+        return self._encode(pixel_values, grids)
+
+    def _graph_key(self, pixel_values: torch.Tensor, grids: list[tuple[int, int, int]]) -> tuple | None:
+        if not self.use_graphs or pixel_values.device.type != "cuda" or self.fused is None:
+            return None
+        if pixel_values.shape[0] > self.GRAPH_MAX_PATCHES:
+            return None
+        if len({h * w for _, h, w in grids}) != 1:  # unequal segments index rows on the host: not capturable
+            return None
+        return tuple(tuple(int(v) for v in g) for g in grids), pixel_values.dtype, tuple(pixel_values.shape)
+
+    def _capture(self, key: tuple, pixel_values: torch.Tensor, grids: list[tuple[int, int, int]]):
+        try:
+            static_in = pixel_values.clone()
+            if self._graph_pool is None:
+                self._graph_pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
+                static_out = self._encode(static_in, grids)
+        except Exception as exc:  # noqa: BLE001 - eager stays correct; stop trying
+            log.warning("vision tower: CUDA graph capture failed (%s); running it eagerly from now on", exc)
+            self.use_graphs = False
+            self._graphs.clear()
+            return None
+        entry = (graph, static_in, static_out)
+        self._graphs[key] = entry
+        while len(self._graphs) > self.GRAPH_MAX_ENTRIES:
+            self._graphs.popitem(last=False)
+        log.info("vision tower: captured a CUDA graph for grids %s (%d kept)", key[0], len(self._graphs))
+        return entry
+
+    def _encode(self, pixel_values: torch.Tensor, grids: list[tuple[int, int, int]]) -> torch.Tensor:
         d, w = self.dims, self.w
+        eps = d.rms_norm_eps
         fk = self.fused
         norm = fk.rms_norm if fk is not None else rms_norm
+        add_norm = self._kernel("add_rms_norm") or add_rms_norm
         # copy first, convert on the device (float32 -> bf16 on the CPU would cost more than the copy)
         x = F.linear(pixel_values.to(self.device, non_blocking=True).to(self.dtype), w.patch_weight, w.patch_bias)
-        x = norm(x, w.post_conv_norm, d.rms_norm_eps)
+        x = norm(x, w.post_conv_norm, eps)
         tables = torch.cat([self._grid_tables(h, wd).repeat(t, 1) for t, h, wd in grids], dim=0)
         hidden = d.hidden_size
         pos, cos, sin = tables.split([hidden, self.head_dim, self.head_dim], dim=-1)
-        x = x + pos.to(self.dtype)
         segments = [h * wd for t, h, wd in grids for _ in range(t)]
         groups = self._segment_groups(segments)
-        for blk in w.blocks:
-            x = x + self._attention(norm(x, blk.norm1, d.rms_norm_eps), blk, cos, sin, groups)
-            y = norm(x, blk.norm2, d.rms_norm_eps)
-            gate_up = F.linear(y, blk.gate_up_weight)
+        # Each residual add is fused with the norm that follows it (the next block's, or the post-norm at the end).
+        norms = [blk.norm1 for blk in w.blocks] + [w.post_norm]
+        x, h = add_norm(x, pos.to(self.dtype), norms[0], eps)
+        for i, blk in enumerate(w.blocks):
+            x, h = add_norm(x, self._attention(h, blk, cos, sin, groups), blk.norm2, eps)
+            gate_up = F.linear(h, blk.gate_up_weight)
             if fk is not None:
                 act = fk.silu_mul(gate_up)
             else:
                 gate, up = gate_up.chunk(2, dim=-1)
                 act = F.silu(gate) * up
-            x = x + F.linear(act, blk.down_weight)
-        x = norm(x, w.post_norm, d.rms_norm_eps)
+            x, h = add_norm(x, F.linear(act, blk.down_weight), norms[i + 1], eps)
+        x = h  # post-normed
         m = d.spatial_merge_size
         x = F.linear(x.reshape(-1, m * m * hidden), w.downsample_weight, w.downsample_bias)
         x = F.linear(x, w.merger_proj)
@@ -209,7 +303,10 @@ class Glm4vVisionTower:
         heads, hd = self.dims.num_heads, self.head_dim
         qkv = F.linear(x, blk.qkv_weight, blk.qkv_bias).view(-1, 3, heads, hd)
         q, k, v = qkv.unbind(1)
-        if self.fused is not None and getattr(self.fused, "rotary_half", None) is not None:
+        pair = self._kernel("rotary_half_pair")
+        if pair is not None:
+            q, k = pair(q, k, cos, sin)
+        elif self.fused is not None and getattr(self.fused, "rotary_half", None) is not None:
             q, k = self.fused.rotary_half(q, cos, sin), self.fused.rotary_half(k, cos, sin)
         else:
             qf, kf = q.float(), k.float()

@@ -169,3 +169,32 @@ def test_default_sizing_and_graph_capture(tiny_dir, model_config, tokenizer, pro
     assert bool(engine.runner.graphs) == engine.runner.graphs_worthwhile
     engine.add_request("t", prompts["text"], greedy(24))
     assert tokens_of(run_to_completion(engine), "t") == reference["text"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_vision_tower_graph_replays_equal_the_eager_tower(model_config, prompts, dtype):
+    """A shape's second encode records a CUDA graph; every replay gives the eager tower's bits, for new pixels too,
+    and shapes the graphs cannot take (unequal frames) stay eager."""
+    model = Glm4vModel.load(model_config, "cuda", dtype)
+    vision = model.vision
+    assert vision.use_graphs and vision.fused is not None
+    mm = prompts["image"].mm
+    grids = [tuple(int(v) for v in g) for g in mm.image_grid_thw.tolist()]
+    pixels = mm.pixel_values.to("cuda").to(dtype)
+    vision.use_graphs = False
+    eager = vision.encode(pixels, grids)
+    vision.use_graphs = True
+    outs = [vision.encode(pixels, grids) for _ in range(3)]  # eager (first sight), capture + replay, replay
+    assert len(vision._graphs) == 1
+    for out in outs:
+        assert torch.equal(out, eager)
+    fresh = torch.randn_like(pixels)
+    vision.use_graphs = False
+    eager_fresh = vision.encode(fresh, grids)
+    vision.use_graphs = True
+    assert torch.equal(vision.encode(fresh, grids), eager_fresh)
+    assert torch.equal(vision.encode(pixels, grids), eager)  # the static input is refilled on every call
+    two = prompts["two_images"].mm
+    two_grids = [tuple(int(v) for v in g) for g in two.image_grid_thw.tolist()]
+    if len({h * w for _, h, w in two_grids}) > 1:
+        assert vision._graph_key(two.pixel_values.to("cuda"), two_grids) is None
