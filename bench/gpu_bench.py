@@ -152,6 +152,26 @@ class StepRecorder:
 
         llm.runner.launch = timed_launch
         llm.step = timed_step
+        self.uploads: list[float] = []  # host seconds of each pixel upload (CPU conversion to bf16 + async copy)
+        upload = llm.runner._upload
+
+        def timed_upload(pixels):
+            t = time.perf_counter()
+            out = upload(pixels)
+            self.uploads.append(time.perf_counter() - t)
+            return out
+
+        llm.runner._upload = timed_upload
+        self.adds: list[float] = []  # host seconds of each add_request (request objects, positions, hashing)
+        add = llm.add_request
+
+        def timed_add(*a, **kw):
+            t = time.perf_counter()
+            out = add(*a, **kw)
+            self.adds.append(time.perf_counter() - t)
+            return out
+
+        llm.add_request = timed_add
 
     def take(self) -> list[tuple[float, int, int]]:
         out, self.records = self.records, []
@@ -199,8 +219,25 @@ def graph_step_ms(runner, batch: int, ctx: int) -> float:
     return ms
 
 
-def prefill_ms(runner, tokens: int) -> float:
-    """Device time of the decoder over one fresh prompt of `tokens` tokens (dense attention path) + its last logits."""
+def prefill_ms(runner, tokens: int, graphed: bool = False) -> float:
+    """Device time of the decoder over one fresh prompt of `tokens` tokens (dense attention path) + its last logits.
+    `graphed`: the same work replayed from a CUDA graph (a diagnostic: how much the eager launches cost)."""
+    run = prefill_fn(runner, tokens)
+    with torch.inference_mode():
+        if not graphed:
+            return event_time_ms(run, iters=5, warmup=2)
+        run()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            run()
+        ms = event_time_ms(graph.replay, iters=5, warmup=2)
+        del graph
+        return ms
+
+
+def prefill_fn(runner, tokens: int):
+    """One eager decoder pass over a fresh prompt of `tokens` tokens and its last logits, as a closure."""
     from glmv.engine.attention import AttentionMetadata
 
     dev, bs = runner.device, runner.block_size
@@ -219,16 +256,22 @@ def prefill_ms(runner, tokens: int) -> float:
         hidden = model.forward(model.embed(ids), positions, runner.kv_caches, meta)
         model.logits(hidden[-1:])
 
-    with torch.inference_mode():
-        return event_time_ms(run, iters=5, warmup=2)
+    return run
 
 
-def vision_ms(runner, prompts: list[Prompt]) -> float:
+def vision_ms(runner, prompts: list[Prompt], graphs: bool = True) -> float:
+    """Device time of the vision tower on these pictures, from bf16 pixels on the device (as the runner hands them
+    over); `graphs=False` keeps it eager (the tower records a CUDA graph for a shape it sees again)."""
     vision = runner.model.vision
-    pixels = torch.cat([p.mm.pixel_values for p in prompts]).to("cuda")
+    pixels = torch.cat([p.mm.pixel_values for p in prompts]).to("cuda").to(runner.dtype)
     grids = [tuple(int(x) for x in g) for p in prompts for g in p.mm.image_grid_thw.tolist()]
-    with torch.inference_mode():
-        return event_time_ms(lambda: vision.encode(pixels, grids), iters=5, warmup=2)
+    saved = vision.use_graphs
+    vision.use_graphs = saved and graphs
+    try:
+        with torch.inference_mode():
+            return event_time_ms(lambda: vision.encode(pixels, grids), iters=5, warmup=2)
+    finally:
+        vision.use_graphs = saved
 
 
 def profile_eager(fn, rows: int = 12) -> list[str]:
@@ -241,6 +284,40 @@ def profile_eager(fn, rows: int = 12) -> list[str]:
         fn()
         torch.cuda.synchronize()
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60).splitlines()
+
+
+def trace_gaps(fn, label: str, top: int = 8) -> dict:
+    """Run fn once under the profiler and measure the device timeline: span from the first kernel's start to the
+    last one's end, the sum of kernel (and memset/copy) durations, and the largest idle gaps with their neighbours."""
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.load(open(f.name)).get("traceEvents", [])
+    dev = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy") and "dur" in e),
+                 key=lambda e: e["ts"])
+    if not dev:
+        return {}
+    span = dev[-1]["ts"] + dev[-1]["dur"] - dev[0]["ts"]
+    busy = sum(e["dur"] for e in dev)
+    gaps = []
+    end = dev[0]["ts"] + dev[0]["dur"]
+    for prev, e in zip(dev, dev[1:], strict=False):
+        gaps.append((e["ts"] - end, prev["name"][:40], e["name"][:40]))
+        end = max(end, e["ts"] + e["dur"])
+    gaps.sort(reverse=True)
+    res = {"span_ms": span / 1e3, "busy_ms": busy / 1e3, "kernels": len(dev),
+           "gap_ms": sum(g for g, _, _ in gaps if g > 0) / 1e3, "top_gaps_us": [(round(g, 1), a, b) for g, a, b in gaps[:top]]}
+    log(f"trace {label}: span {res['span_ms']:.2f} ms, kernels busy {res['busy_ms']:.2f} ms over {len(dev)} "
+        f"kernels, idle {res['gap_ms']:.2f} ms; largest gaps (us, before, after): {res['top_gaps_us']}")
+    return res
 
 
 def sdpa_backends() -> dict[str, float]:
@@ -395,8 +472,13 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
         print("\n".join(["profile of the graphed decode step, batch 64, ctx 640 (5 replays):"] + prof), flush=True)
     img = [image_prompt(builder, 300 + i) for i in range(6)]
     gpu["vision_ms_1_image"] = vision_ms(runner, img[:1])
+    gpu["vision_ms_1_image_eager"] = vision_ms(runner, img[:1], graphs=False)
     gpu["vision_ms_6_images"] = vision_ms(runner, img)
     gpu["prefill_ms_1334"] = prefill_ms(runner, 1334)
+    try:
+        gpu["prefill_ms_1334_graphed"] = prefill_ms(runner, 1334, graphed=True)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic
+        log(f"graphed prefill failed: {type(exc).__name__}: {exc}")
     gpu["prefill_ms_4096"] = prefill_ms(runner, 4096)
     gpu["prefill_ms_8192"] = prefill_ms(runner, 8192)
     res["gpu"] = gpu
@@ -405,10 +487,21 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
         log(f"SDPA backends (ms): {res['sdpa_backends']}")
         pixels = img[0].mm.pixel_values.to("cuda")
         grid = [tuple(int(x) for x in img[0].mm.image_grid_thw[0].tolist())]
+        saved, runner.model.vision.use_graphs = runner.model.vision.use_graphs, False
         with torch.inference_mode():
             prof = profile_eager(lambda: runner.model.vision.encode(pixels, grid))
+        runner.model.vision.use_graphs = saved
         print("\n".join(["profile of the vision tower, one 1008x1008 image:"] + prof), flush=True)
         res["profile_vision"] = prof
+        vis = runner.model.vision
+        px = pixels.to(runner.dtype)
+        with torch.inference_mode():
+            res["trace_vision_graphed"] = trace_gaps(lambda: vis.encode(px, grid), "vision (graph)")
+            saved, vis.use_graphs = vis.use_graphs, False
+            res["trace_vision_eager"] = trace_gaps(lambda: vis.encode(px, grid), "vision (eager)")
+            vis.use_graphs = saved
+        with torch.inference_mode():
+            res["trace_prefill_1334"] = trace_gaps(prefill_fn(runner, 1334), "prefill 1334 (eager)")
         prof = profile_eager(lambda: prefill_ms(runner, 1334) and None)
         print("\n".join(["profile of prefill 1334 tokens (x7 calls: timing loop):"] + prof), flush=True)
         res["profile_prefill_1334"] = prof
@@ -468,6 +561,10 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
         res["ttft_image_ms"] = 1e3 * statistics.median(times)
         res["ttft_image_runs_ms"] = [1e3 * x for x in times]
         res["ttft_image_last_steps"] = [(round(1e3 * w, 2), pre, dec) for w, pre, dec in rec.take()[-4:]]
+        res["ttft_image_upload_ms"] = [round(1e3 * u, 2) for u in rec.uploads[-5:]]
+        res["ttft_image_add_ms"] = [round(1e3 * u, 2) for u in rec.adds[-5:]]
+        log(f"glmv: pixel upload host time per TTFT run (ms): {res['ttft_image_upload_ms']}; add_request (ms): "
+            f"{res['ttft_image_add_ms']}")
         log(f"glmv: last TTFT run's engine calls (ms, prefill tokens, decode rows): {res['ttft_image_last_steps']}")
         res["image_prompt_tokens"] = len(p)
         log(f"glmv: TTFT image {res['ttft_image_ms']:.1f} ms ({len(p)} prompt tokens)")

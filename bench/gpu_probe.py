@@ -548,12 +548,218 @@ def probe_host_cost(attention, fused) -> None:
             print(f"host cost {name} FAILED:\n{traceback.format_exc()}", flush=True)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# session 2: split-K decode matmuls, one-launch decode attention, the vision tower's fused steps
+# ---------------------------------------------------------------------------------------------------------------------
+
+GEMV_SHAPES = {"qkv": (4608, 4096, True), "o": (4096, 4096, False), "gate_up": (27392, 4096, False),
+               "down": (4096, 13696, False)}  # (N, K, bias) of GLM-4.1V-9B's decoder matmuls
+
+
+def gemv_sweep_configs():
+    from glmv.kernels.triton_gemv import GemvConfig as G
+
+    small = [G(16, 256, 4, 4), G(32, 256, 4, 4), G(16, 512, 4, 3), G(64, 128, 4, 4)]
+    small += [G(16, 256, 4, 4, s) for s in (2, 4)] + [G(32, 256, 4, 4, s) for s in (2, 4, 8)]
+    small += [G(64, 128, 4, 4, s) for s in (2, 4, 8)] + [G(128, 128, 4, 3, s) for s in (4, 8)]
+    small += [G(16, 128, 4, 6, s) for s in (2, 4)] + [G(32, 128, 4, 6, s) for s in (2, 4)]
+    mid = [G(64, 128, 4, 4), G(32, 256, 4, 3), G(64, 128, 4, 4, 2), G(64, 128, 4, 4, 4)]
+    mid += [G(128, 64, 4, 4, s) for s in (1, 2, 4)] + [G(128, 128, 8, 3, s) for s in (1, 2)]
+    mid += [G(256, 64, 8, 3, s) for s in (1, 2)] + [G(128, 64, 8, 4, 2), G(64, 64, 4, 6, 4)]
+    return {16: small, 64: mid}
+
+
+def probe_gemv_sweep(bandwidth: float, rows_list=(1, 64)) -> None:
+    """Every candidate decode-matmul configuration against cuBLAS at GLM's four layer shapes (CUDA graphs, cycling
+    over enough distinct weights that L2 never serves them)."""
+    from glmv.kernels.triton_gemv import _time_us, block_m, gemv
+
+    print("\n== decode matmul sweep: us per call (CUDA graph, cycling weights), GB/s of weights ==", flush=True)
+    configs = gemv_sweep_configs()
+    for name, (n, k, has_bias) in GEMV_SHAPES.items():
+        count = max(3, min(8, int(1.5e9 // (n * k * 2))))
+        weights = [(torch.randn(n, k, device=DEVICE) * 0.02).to(DTYPE) for _ in range(count)]
+        biases = [torch.randn(n, device=DEVICE).to(DTYPE) for _ in range(count)] if has_bias else None
+        w_bytes = n * k * 2
+        for rows in rows_list:
+            x = torch.randn(rows, k, device=DEVICE).to(DTYPE)
+            base = _time_us(x, weights, biases, None)
+            ref = F.linear(x, weights[0], biases[0] if biases else None).float()
+            print(f"  {name} N={n} K={k} rows={rows}: cuBLAS {base:7.2f} us ({w_bytes / base / 1e3:6.0f} GB/s; "
+                  f"floor {w_bytes / bandwidth * 1e6:.2f} us at the copy rate)", flush=True)
+            record("gemv_sweep", shape=name, rows=rows, config="cublas", us=base, gbps=w_bytes / base / 1e3)
+            best = (base, "cublas")
+            for cfg in configs[block_m(rows)]:
+                try:
+                    out = gemv(x, weights[0], biases[0] if biases else None, cfg).float()
+                    again = gemv(x, weights[0], biases[0] if biases else None, cfg).float()
+                    err = rel_err(out, ref)
+                    repeat_ok = bool(torch.equal(out, again))
+                    us = _time_us(x, weights, biases, cfg)
+                except Exception as exc:  # noqa: BLE001
+                    print(f"    {cfg}: FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+                    continue
+                record("gemv_sweep", shape=name, rows=rows, config=str(cfg), us=us, gbps=w_bytes / us / 1e3,
+                       err=err, deterministic=repeat_ok)  # fmt: skip
+                flag = " <" if us < best[0] else ""
+                if us < best[0]:
+                    best = (us, str(cfg))
+                print(f"    n{cfg.block_n:<4} k{cfg.block_k:<4} w{cfg.num_warps} s{cfg.num_stages} split{cfg.split_k:<2}"
+                      f" {us:8.2f} us {w_bytes / us / 1e3:6.0f} GB/s x{base / us:5.2f} err {err:.1e}"
+                      f"{'' if repeat_ok else ' NONDETERMINISTIC'}{flag}", flush=True)  # fmt: skip
+            print(f"  -> best {name} rows={rows}: {best[1]} {best[0]:.2f} us (cuBLAS {base:.2f})", flush=True)
+        weights = biases = None
+        torch.cuda.empty_cache()
+
+
+def probe_decode_engine_shapes(kernels, bandwidth) -> None:
+    """Decode attention launch shapes at the engine's graph-sized tables (8,192 tokens) and context 640, the
+    shapes of the bench's decode steps (PDL as the engine runs it)."""
+    scale = HEAD_DIM**-0.5
+    T = kernels.DecodeTuning
+    variants = [T(), T(block_n=32), T(block_n=32, num_stages=4), T(block_n=64, num_stages=4),
+                T(block_n=128, num_warps=8), T(programs_per_sm=1), T(programs_per_sm=3), T(programs_per_sm=4),
+                T(block_n=32, programs_per_sm=4), T(num_warps=8), T(block_n=32, num_warps=2)]
+    print("\n== decode attention at graph-sized tables (us, CUDA graph) ==", flush=True)
+    cases = [(1, 640), (64, 640), (64, 1024), (128, 640)]
+    print(f"{'variant':<44}" + "".join(f"{f'b{b}/c{c}':>11}" for b, c in cases), flush=True)
+    all_sets = [DecodeSets(b, c, table_width=8192 // BLOCK_SIZE) for b, c in cases]
+    refs = [sets.call(0, torch_gather_sdpa_decode, scale) for sets in all_sets]
+    for tuning in variants:
+        cells = []
+        for sets, ref in zip(all_sets, refs, strict=True):
+            try:
+                fn = partial(kernels.paged_decode_attention, tuning=tuning)
+                err = rel_err(sets.call(0, fn, scale), ref)
+                t = graph_time_ms(sets.calls(fn, scale)) * 1e3
+                cells.append(f"{t:6.1f}{'' if err < 1e-2 else '!'}")
+                record("decode_engine_shapes", tuning=asdict(tuning), batch=sets.batch, context=sets.context, us=t,
+                       err=err)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001
+                cells.append("   n/a")
+                print(f"  {tuning}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+        name = f"n{tuning.block_n} w{tuning.num_warps} s{tuning.num_stages} pps{tuning.programs_per_sm}"
+        print(f"{name:<44}" + "".join(f"{c:>11}" for c in cells), flush=True)
+    floors = [sets.kv_bytes / bandwidth * 1e6 for sets in all_sets]
+    print(f"{'byte floor':<44}" + "".join(f"{f:>11.1f}" for f in floors), flush=True)
+    all_sets = None
+    torch.cuda.empty_cache()
+
+
+def probe_vision_steps(fused) -> None:
+    """The vision tower's elementwise steps at one 1008x1008 picture (5,184 patches, hidden 1536, 12 heads)."""
+    print("\n== vision steps at 5184 tokens (us, CUDA graph) ==", flush=True)
+    t, hidden, heads, hd = 5184, 1536, 12, 128
+    xs = [torch.randn(t, hidden, device=DEVICE).to(DTYPE) for _ in range(3)]
+    ds = [torch.randn(t, hidden, device=DEVICE).to(DTYPE) for _ in range(3)]
+    w = torch.randn(hidden, device=DEVICE).to(DTYPE)
+    torch_add_norm = [partial(lambda x, d: torch_rms_norm(x + d, w), x, d) for x, d in zip(xs, ds, strict=True)]
+    fused_add_norm = [partial(fused.add_rms_norm, x, d, w, 1e-5) for x, d in zip(xs, ds, strict=True)]
+    h, n = fused.add_rms_norm(xs[0], ds[0], w, 1e-5)
+    same = torch.equal(h, xs[0] + ds[0]) and torch.equal(n, fused.rms_norm(xs[0] + ds[0], w, 1e-5))
+    print(f"  add + rms_norm: torch {graph_time_ms(torch_add_norm) * 1e3:6.1f}  fused "
+          f"{graph_time_ms(fused_add_norm) * 1e3:6.1f}  (bitwise equal to add then fused rms_norm: {same})",
+          flush=True)  # fmt: skip
+    qkvs = [torch.randn(t, 3, heads, hd, device=DEVICE).to(DTYPE) for _ in range(3)]
+    tables = torch.rand(t, 2 * hd, device=DEVICE) * 50
+    cos, sin = tables[:, :hd].cos(), tables[:, hd:].sin()
+    two = [partial(lambda qkv: (fused.rotary_half(qkv[:, 0], cos, sin), fused.rotary_half(qkv[:, 1], cos, sin)), q)
+           for q in qkvs]
+    pair = [partial(lambda qkv: fused.rotary_half_pair(qkv[:, 0], qkv[:, 1], cos, sin), q) for q in qkvs]
+    a, b = fused.rotary_half_pair(qkvs[0][:, 0], qkvs[0][:, 1], cos, sin)
+    same = torch.equal(a, fused.rotary_half(qkvs[0][:, 0], cos, sin)) and torch.equal(
+        b, fused.rotary_half(qkvs[0][:, 1], cos, sin))
+    print(f"  rotary q and k: two launches {graph_time_ms(two) * 1e3:6.1f}  pair {graph_time_ms(pair) * 1e3:6.1f}"
+          f"  (bitwise equal: {same})", flush=True)  # fmt: skip
+
+
+def _decode_layers(ws, cfgs, h0, norm_w, bias, cos, sin, k_cache, v_cache, slots, table, lens):
+    """The decode chain of len(ws) GLM layers (the engine's fused path, restated with explicit matmul choices)."""
+    from glmv.kernels import triton_attention, triton_fused
+    from glmv.kernels.triton_gemv import gemv
+
+    def linear(x, w, b, cfg):
+        return F.linear(x, w, b) if cfg is None else gemv(x, w, b, cfg)
+
+    batch = h0.shape[0]
+    hidden_s, x = h0, triton_fused.rms_norm(h0, norm_w, 1e-5)
+    for w in ws:
+        q, k, v = linear(x, w["qkv"], bias, cfgs["qkv"]).split([4096, 256, 256], dim=-1)
+        q = triton_fused.rotary_write_kv(q.view(batch, 32, 128), k.view(batch, 2, 128), v.view(batch, 2, 128), cos,
+                                         sin, k_cache, v_cache, slots)  # fmt: skip
+        a = triton_attention.paged_decode_attention(q, k_cache, v_cache, table, lens, 0.088)
+        o = linear(a.view(batch, -1), w["o"], None, cfgs["o"])
+        hidden_s, x = triton_fused.residual_rms_norm(o, hidden_s, norm_w, norm_w, 1e-5)
+        g = triton_fused.silu_mul(linear(x, w["gate_up"], None, cfgs["gate_up"]))
+        d = linear(g, w["down"], None, cfgs["down"])
+        hidden_s, x = triton_fused.residual_rms_norm(d, hidden_s, norm_w, norm_w, 1e-5)
+    return x
+
+
+def probe_pdl_layer(bandwidth: float) -> None:
+    """A GLM decoder layer's decode chain (norm, qkv, rotary + KV write, attention, o, norm, gate_up, SiLU, down,
+    norm) over 8 layers of distinct weights in one CUDA graph: PDL (with the matmuls' L2 weight prefetch) on and
+    off, Triton matmuls everywhere or cuBLAS for some; us per layer and TB/s of weights."""
+    from glmv.kernels import pdl
+    from glmv.kernels.triton_gemv import GemvConfig as G
+
+    print("\n== decode layer chain, 8 layers in one graph: us per layer (PDL on/off) ==", flush=True)
+    layers, hidden, ctx = 8, 4096, 640
+    ws = [{name: (torch.randn(n, k, device=DEVICE) * 0.02).to(DTYPE) for name, (n, k, _) in GEMV_SHAPES.items()}
+          for _ in range(layers)]
+    bias = torch.randn(4608, device=DEVICE).to(DTYPE)
+    norm_w = torch.randn(hidden, device=DEVICE).to(DTYPE)
+    layer_bytes = sum(n * k * 2 for n, k, _ in GEMV_SHAPES.values())
+    plans = {
+        1: {"triton": {"qkv": G(64, 128, 4, 4, 2), "o": G(32, 256, 4, 4), "gate_up": G(32, 256, 4, 4),
+                       "down": G(64, 128, 4, 4, 4)},
+            "mixed": {"qkv": None, "o": G(32, 256, 4, 4), "gate_up": G(32, 256, 4, 4), "down": None}},
+        64: {"triton": {"qkv": G(64, 128, 4, 4), "o": G(64, 128, 4, 4), "gate_up": G(128, 128, 8, 3),
+                        "down": G(64, 128, 4, 4, 2)},
+             "mixed": {"qkv": None, "o": None, "gate_up": G(128, 128, 8, 3), "down": None}},
+    }
+    for batch, by_name in plans.items():
+        sets = DecodeSets(batch, ctx, table_width=8192 // BLOCK_SIZE, target_bytes=1)
+        table = sets.tables[0]
+        slots = table[:, (ctx - 1) // BLOCK_SIZE].long() * BLOCK_SIZE + (ctx - 1) % BLOCK_SIZE
+        angles = torch.rand(batch, 32, device=DEVICE) * 10
+        h0 = torch.randn(batch, hidden, device=DEVICE).to(DTYPE)
+        common = dict(h0=h0, norm_w=norm_w, bias=bias, cos=angles.cos().to(DTYPE), sin=angles.sin().to(DTYPE),
+                      k_cache=sets.k_cache, v_cache=sets.v_cache, slots=slots, table=table, lens=sets.seq_lens)
+        for label, cfgs in by_name.items():
+            outs = {}
+            for on in (False, True):
+                pdl._ENABLED = on
+                try:
+                    step = partial(_decode_layers, ws, cfgs, **common)
+                    outs[on] = step()
+                    us = graph_time_ms([step]) * 1e3 / layers
+                    record("pdl_layer", batch=batch, plan=label, pdl=on, us_per_layer=us)
+                    print(f"  b{batch:<3} {label:<7} pdl={'on ' if on else 'off'} {us:7.1f} us/layer "
+                          f"({layer_bytes / us / 1e6:.2f} TB/s of weights; x40 = {us * 40 / 1e3:.2f} ms + lm_head)",
+                          flush=True)  # fmt: skip
+                except Exception:  # noqa: BLE001
+                    print(f"pdl layer b{batch} {label} pdl={on} FAILED:\n{traceback.format_exc()}", flush=True)
+            if len(outs) == 2:
+                print(f"  b{batch:<3} {label:<7} PDL on/off outputs equal: {torch.equal(outs[False], outs[True])}",
+                      flush=True)  # fmt: skip
+        pdl._ENABLED = None
+        sets = None
+    ws = None
+    torch.cuda.empty_cache()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer shapes, no sweeps")
     parser.add_argument("--no-sweep", action="store_true", help="skip the launch-shape sweeps")
     parser.add_argument("--full-sweep", action="store_true", help="every launch-shape variant, not just the finalists")
     parser.add_argument("--json", help="write every figure here")
+    parser.add_argument("--session2", action="store_true",
+                        help="only decode attention at the engine's shapes (and the matmul sweep: --sweep-gemv)")
+    parser.add_argument("--sweep-gemv", action="store_true", help="with --session2: every decode-matmul config")
+    parser.add_argument("--pdl-chain", action="store_true",
+                        help="with --session2: the decode layer chain with PDL on and off, and the vision steps")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu_probe: no CUDA device here", file=sys.stderr)
@@ -570,6 +776,22 @@ def main() -> int:
     started = time.time()
     torch.manual_seed(0)
     bandwidth, matmul_flops = probe_ceilings()
+    if args.session2:
+        sections = [partial(probe_decode_engine_shapes, triton_attention, bandwidth)]
+        if args.pdl_chain:
+            sections += [partial(probe_pdl_layer, bandwidth), partial(probe_vision_steps, triton_fused)]
+        if args.sweep_gemv:
+            sections.append(partial(probe_gemv_sweep, bandwidth))
+        for section in sections:
+            try:
+                section()
+            except Exception:  # noqa: BLE001
+                print(f"section FAILED:\n{traceback.format_exc()}", flush=True)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(RESULTS, f, indent=1)
+        print(f"\nprobe took {time.time() - started:.0f} s", flush=True)
+        return 0
     batches = [1, 8, 32, 64, 128] if not args.quick else [1, 32, 128]
     contexts = [512, 1024, 4096] if not args.quick else [1024, 4096]
     probe_decode(batches, contexts, bandwidth, triton_attention)
