@@ -12,6 +12,7 @@ triton_fused: rms_norm, residual_rms_norm, silu_mul, rotary_write_kv (glmv/model
 rotary_half, rotary_half_pair and add_rms_norm (the vision tower's rotary and residual-add + norm).
 triton_gemv: gemv (decode-batch matmul, M <= 128, optionally split-K in one launch) and plan_gemv (per-shape choice
 against cuBLAS, timed on the device).
+pdl: programmatic dependent launch on Hopper (every kernel above launches with it where it works; GLMV_PDL=0: off).
 """
 
 from __future__ import annotations
