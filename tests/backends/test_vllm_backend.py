@@ -122,18 +122,24 @@ def test_thinking_budget_forces_the_answer_like_the_reference(engine, reference,
 
 def test_abort_ends_the_stream_and_vllm_keeps_serving(engine, prompts):
     async def go():
-        # Room for thousands of tokens: the tiny model is fast enough to finish a short request before an abort
-        # sent after its first output reaches vLLM (seen in CI with 400).
+        # The abort goes out a fixed 0.2 s after the request, not after its first output: the tiny model is fast
+        # enough that waiting for an output let it finish first (seen in CI at 400 tokens and here at 4000, where
+        # the first output arrived with most of the tokens already made).
         params = SamplingParams(temperature=0.0, max_tokens=4000, ignore_eos=True)
-        stream = engine.generate(prompts["text"], params, "to-abort")
-        first = await anext(stream)
-        assert first.outputs[0].finish_reason is None
+        outputs = []
+
+        async def consume() -> None:
+            async for out in engine.generate(prompts["text"], params, "to-abort"):
+                outputs.append(out)
+
+        consumer = asyncio.create_task(consume())
+        await asyncio.sleep(0.2)
         await engine.abort("to-abort")
         start = time.monotonic()
-        rest = [out async for out in stream]
+        await asyncio.wait_for(consumer, 10)
         assert time.monotonic() - start < 10
-        assert rest[-1].finished and rest[-1].outputs[-1].finish_reason is FinishReason.ABORT
-        assert rest[-1].outputs[-1].num_tokens < 4000
+        assert outputs[-1].finished and outputs[-1].outputs[-1].finish_reason is FinishReason.ABORT
+        assert outputs[-1].outputs[-1].num_tokens < 4000
         after = await collect(engine, prompts["text"], SamplingParams(temperature=0.0, max_tokens=4), "after")
         assert after["num_tokens"] >= 1
 
