@@ -132,7 +132,7 @@ class Glm4vVisionTower:
         self.inv_freq = 1.0 / (rope_theta**steps)
         self.pos_side = int(weights.pos_embed.shape[0] ** 0.5)
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
-        # Fused kernels (glmv.kernels: rms_norm, silu_mul, rotary_half) set by the model on CUDA, else None.
+        # Fused kernels set by the model (glmv.kernels on CUDA, glmv.cpu.ops on the CPU in bf16), else None.
         self.fused = None
         self._extra_kernels: dict[str, object] = {}
         self.use_graphs = device.type == "cuda" and os.environ.get("GLMV_VISION_GRAPHS", "1") != "0"
@@ -176,12 +176,14 @@ class Glm4vVisionTower:
 
     # ---- the tower ----
     def _kernel(self, name: str):
-        """A fused kernel from glmv.kernels when the tower runs fused (CUDA), else None (the torch steps run)."""
+        """A fused kernel when the tower runs fused: from the model's fused set, else (on CUDA) from glmv.kernels;
+        None: the torch steps run. The CPU's fused set (glmv.cpu.ops) lacks the tower-only kernels, and Triton's
+        must not be called on CPU tensors."""
         if self.fused is None:
             return None
         if name not in self._extra_kernels:
             fn = getattr(self.fused, name, None)
-            if fn is None:
+            if fn is None and self.device.type == "cuda":
                 try:
                     from glmv import kernels
 

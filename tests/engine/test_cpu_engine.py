@@ -116,3 +116,31 @@ def test_run_loop_serves_from_the_calling_thread(make_engine):
     with pytest.raises(RuntimeError, match="already running"):  # a second loop on a live one is refused
         engine._thread = threading.current_thread()
         engine.run_loop()
+
+
+@pytest.mark.skipif(not ops.available(), reason="no C compiler here")
+@pytest.mark.parametrize("name", ["image", "video"])
+def test_bf16_cpu_engine_takes_pictures(model_config, tiny_dir, tokenizer, prompts, name):
+    """The vision tower under the CPU's fused set (some kernels it lacks fall back to torch, never to Triton) gives
+    the torch path's embeddings, and the whole bf16 CPU engine serves a picture prompt."""
+    from glmv.engine.engine import LLMEngine
+
+    model = Glm4vModel.load(model_config, "cpu", torch.bfloat16, max_positions=4096)
+    assert model.vision.fused is model.backend.fused is not None
+    prompt = prompts[name]
+    mm = prompt.mm
+    pixels, grids = (mm.pixel_values, mm.image_grid_thw) if name == "image" else (mm.pixel_values_videos,
+                                                                                   mm.video_grid_thw)
+    grids = [tuple(g) for g in grids.tolist()]
+    fused = model.vision.encode(pixels, grids)
+    model.vision.fused = None
+    plain = model.vision.encode(pixels, grids)
+    assert float((fused.float() - plain.float()).norm() / plain.float().norm()) < 2e-2
+
+    config = EngineConfig(model=str(tiny_dir), device="cpu", dtype="bfloat16", max_model_len=4096)
+    engine = LLMEngine(model_config, config, tokenizer)
+    engine.add_request("pic", prompt, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
+    outputs = []
+    while engine.has_unfinished_requests():
+        outputs += engine.step()
+    assert outputs and outputs[-1].finished and outputs[-1].outputs[0].num_tokens == 5
