@@ -122,9 +122,9 @@ def test_thinking_budget_forces_the_answer_like_the_reference(engine, reference,
 
 def test_abort_ends_the_stream_and_vllm_keeps_serving(engine, prompts):
     async def go():
-        # The abort goes out a fixed 0.2 s after the request, not after its first output: the tiny model is fast
-        # enough that waiting for an output let it finish first (seen in CI at 400 tokens and here at 4000, where
-        # the first output arrived with most of the tokens already made).
+        # The abort goes out as soon as the request is in flight (sent to vLLM), not after an output: the tiny model
+        # on vLLM makes thousands of tokens a second, so waiting for an output (or 0.2 s) let it finish 400 and
+        # even 4000 tokens before the abort landed (seen in CI and here).
         params = SamplingParams(temperature=0.0, max_tokens=4000, ignore_eos=True)
         outputs = []
 
@@ -133,7 +133,10 @@ def test_abort_ends_the_stream_and_vllm_keeps_serving(engine, prompts):
                 outputs.append(out)
 
         consumer = asyncio.create_task(consume())
-        await asyncio.sleep(0.2)
+        for _ in range(1000):  # until the request has its vLLM sub-request ids
+            if engine._subs.get("to-abort"):
+                break
+            await asyncio.sleep(0.001)
         await engine.abort("to-abort")
         start = time.monotonic()
         await asyncio.wait_for(consumer, 10)
