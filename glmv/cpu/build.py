@@ -1,6 +1,6 @@
 """Compile glmv/cpu/kernels.c for this machine once and load it (ctypes), or say why it cannot be.
 
-The library is built with the machine's own instruction set (-march=native) into a cache folder keyed by the source,
+The library is built with the machine's own instruction set (-march=native; fast-math at compile time only) into a cache folder keyed by the source,
 the compiler flags and this CPU's feature flags, so a copied cache never runs code its CPU lacks. Builds are atomic
 (write, then rename), so parallel processes may race harmlessly. Nothing here is needed for correctness: without a C
 compiler the engine uses its PyTorch steps (slower), and `load()` returns None with the reason in `load_error()`.
@@ -20,7 +20,12 @@ from pathlib import Path
 log = logging.getLogger("glmv.cpu")
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp", "-fPIC", "-shared", "-std=c11"]
+# Compiled with fast-math (reassociation lets the reductions vectorize) but linked without it: linking with
+# -ffast-math adds crtfastmath.o, whose constructor turns on flush-to-zero for the process that loads the library,
+# which would change every float computation in it (Python's, PyTorch's) once the kernels load.
+COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp", "-fPIC", "-std=c11"]
+LINK_FLAGS = ["-shared", "-fopenmp"]
+FLAGS = COMPILE_FLAGS + LINK_FLAGS  # what the cache key covers
 
 _lib: ctypes.CDLL | None = None
 _error: str | None = None
@@ -57,14 +62,17 @@ def _compile(compiler: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
-                                timeout=120)
-        if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
+        obj = tmp + ".o"
+        for step in ([compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", obj],
+                     [compiler, *LINK_FLAGS, obj, "-o", tmp, "-lm"]):
+            result = subprocess.run(step, capture_output=True, text=True, timeout=120)
+            if result.returncode != 0:
+                raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
         os.replace(tmp, target)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in (tmp, tmp + ".o"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
 
 
 def load() -> ctypes.CDLL | None:

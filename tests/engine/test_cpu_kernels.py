@@ -133,3 +133,14 @@ def test_packed_linear_equals_f_linear(rows):
     assert torch.equal(cpu_linear.linear(x, packed), F.linear(x, weight))
     strided = rand(rows, 128)[:, ::2]  # a non-contiguous input
     assert torch.equal(cpu_linear.linear(strided, packed), F.linear(strided, weight))
+
+
+def test_loading_the_kernels_keeps_subnormal_floats():
+    """The library is compiled with fast-math but must not switch the process to flush-to-zero when it loads
+    (linking with -ffast-math would: it broke hypothesis' float strategies in the server tests)."""
+    import numpy as np
+
+    assert build.load() is not None
+    tiny = np.float32(1e-40)  # a float32 subnormal
+    assert tiny * np.float32(1.0) > 0
+    assert float(torch.tensor([1e-40], dtype=torch.float32).mul(1.0)[0]) > 0
