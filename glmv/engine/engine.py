@@ -95,7 +95,8 @@ class LLMEngine:
         room = self.max_model_len - n
         if room < 1 or (params.max_tokens is not None and params.max_tokens > room):
             raise PromptTooLongError(n, self.max_model_len, params.max_tokens)
-        bad = next((t for t in prompt.token_ids if not 0 <= t < self._vocab), None)
+        ids = prompt.token_ids  # min/max run in C: this is on the path to every request's first token
+        bad = None if 0 <= min(ids) and max(ids) < self._vocab else next(t for t in ids if not 0 <= t < self._vocab)
         if bad is not None:
             raise ValueError(f"Token id {bad} is out of the model's vocabulary [0, {self._vocab}).")
         bad = next((t for t in params.logit_bias if not 0 <= int(t) < self._vocab), None)

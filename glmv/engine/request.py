@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from glmv.inputs.prompt import Prompt
-from glmv.models.mrope import get_rope_index, text_positions
+from glmv.models.mrope import get_rope_index, text_positions, type_runs
 from glmv.sampling import FinishReason, SamplingParams
 
 
@@ -82,12 +82,9 @@ def find_media_items(prompt: Prompt, spatial_merge_size: int) -> list[MediaItem]
     image_grids = mm.image_grid_thw.tolist() if mm.image_grid_thw is not None else []
     video_grids = mm.video_grid_thw.tolist() if mm.video_grid_thw is not None else []
     groups: dict[int, list[tuple[int, int]]] = {1: [], 2: []}
-    index = 0
-    for kind, run in itertools.groupby(prompt.type_ids):
-        length = sum(1 for _ in run)
+    for kind, start, end in type_runs(prompt.type_ids):
         if kind in groups:
-            groups[kind].append((index, index + length))
-        index += length
+            groups[kind].append((start, end))
     items: list[MediaItem] = []
 
     def add(kind: str, i: int, grid: list[int], patch_start: int, spans: list[tuple[int, int]],
