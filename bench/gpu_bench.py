@@ -553,11 +553,18 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
 
         log("glmv: TTFT of one image prompt (idle)")
         rec.take()
-        times = []
+        times, staging = [], []
         for seed in range(5):
+            # As `glmv serve` does: the door converts the pixels to the model dtype in pinned memory where it builds
+            # the prompt (AsyncEngine.stage_prompt, off the engine loop); timed apart, like the processor itself.
             p = image_prompt(builder, 600 + seed)
+            t0 = time.perf_counter()
+            p = engine.stage_prompt(p)
+            staging.append(time.perf_counter() - t0)
             r = await run_requests(engine, [p], one_token)
             times.append(r["ttft"][0])
+        res["ttft_image_staging_ms"] = [round(1e3 * x, 2) for x in staging]
+        log(f"glmv: staging the pixels in the door (ms, not in TTFT): {res['ttft_image_staging_ms']}")
         res["ttft_image_ms"] = 1e3 * statistics.median(times)
         res["ttft_image_runs_ms"] = [1e3 * x for x in times]
         res["ttft_image_last_steps"] = [(round(1e3 * w, 2), pre, dec) for w, pre, dec in rec.take()[-4:]]
@@ -582,7 +589,7 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
 
         n_img = 32 if args.quick else 128
         log(f"glmv: building {n_img} image prompts")
-        prompts = [image_prompt(builder, 2000 + i) for i in range(n_img)]
+        prompts = [engine.stage_prompt(image_prompt(builder, 2000 + i)) for i in range(n_img)]
         log(f"glmv: {n_img} concurrent image prompts, {out_n} out")
         r = await run_requests(engine, prompts, greedy)
         res["image_128"] = r["e2e_tok_s"]

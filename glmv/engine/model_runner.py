@@ -307,6 +307,8 @@ class ModelRunner:
         asynchronously (a 1008x1008 image is 24 MB of float32)."""
         if self.device.type != "cuda" or pixels.device.type != "cpu":
             return pixels.to(self.device)
+        if pixels.dtype == self.dtype and pixels.is_pinned():  # staged by the door (AsyncEngine.stage_prompt)
+            return pixels.to(self.device, non_blocking=True)
         staged = torch.empty(pixels.shape, dtype=self.dtype, pin_memory=True)
         staged.copy_(pixels)
         return staged.to(self.device, non_blocking=True)

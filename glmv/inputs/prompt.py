@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,6 +29,18 @@ class MultiModalInputs:
     @property
     def empty(self) -> bool:
         return self.pixel_values is None and self.pixel_values_videos is None
+
+    def staged(self, dtype: torch.dtype, pin_memory: bool) -> MultiModalInputs:
+        """A copy whose pixel tensors are already in the model's dtype (and in pinned memory, for an asynchronous
+        upload to a GPU). Rounds as the engine would (float32 -> bf16 to nearest even on the CPU)."""
+
+        def stage(pixels: torch.Tensor | None) -> torch.Tensor | None:
+            if pixels is None or (pixels.dtype == dtype and (pixels.is_pinned() or not pin_memory)):
+                return pixels
+            out = torch.empty(pixels.shape, dtype=dtype, pin_memory=pin_memory)
+            return out.copy_(pixels)
+
+        return replace(self, pixel_values=stage(self.pixel_values), pixel_values_videos=stage(self.pixel_values_videos))
 
 
 @dataclass

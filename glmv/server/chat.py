@@ -39,9 +39,12 @@ async def build_chat_prompt(req: ChatCompletionRequest, state: ServingState) -> 
                                     max_tokens=req.max_completion_tokens or req.max_tokens)
     normalized, media = await load_messages_async(messages, policy, options, builder.media_cache)
 
+    stage = getattr(state.engine, "stage_prompt", None)  # glmv's engine: pixels to the model dtype here, not in its loop
+
     def work() -> Prompt:
         text = builder.render(normalized, req.add_generation_prompt, **(req.chat_template_kwargs or {}))
-        return builder.build(text, media, req.mm_processor_kwargs)
+        prompt = builder.build(text, media, req.mm_processor_kwargs)
+        return stage(prompt) if stage is not None else prompt
 
     return await asyncio.to_thread(work)
 

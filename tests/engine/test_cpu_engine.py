@@ -144,3 +144,27 @@ def test_bf16_cpu_engine_takes_pictures(model_config, tiny_dir, tokenizer, promp
     while engine.has_unfinished_requests():
         outputs += engine.step()
     assert outputs and outputs[-1].finished and outputs[-1].outputs[0].num_tokens == 5
+
+
+def test_staged_prompts_give_the_same_tokens(model_config, tiny_dir, tokenizer, prompts):
+    """stage_prompt converts pixels where doors build prompts (off the engine loop); the engine then skips its own
+    conversion and must produce exactly what it produces from the float32 pixels."""
+    config = EngineConfig(model=str(tiny_dir), device="cpu", dtype="bfloat16", max_model_len=4096)
+    engine = AsyncEngine(model_config, config, tokenizer)
+    prompt = prompts["image"]
+    staged = engine.stage_prompt(prompt)
+    assert staged.mm.pixel_values.dtype == torch.bfloat16 and prompt.mm.pixel_values.dtype == torch.float32
+    assert torch.equal(staged.mm.pixel_values, prompt.mm.pixel_values.to(torch.bfloat16))
+    assert engine.stage_prompt(staged).mm.pixel_values is staged.mm.pixel_values  # already staged: no copy
+    assert engine.stage_prompt(prompts["text"]) is prompts["text"]
+
+    def tokens(p: Prompt) -> list[int]:  # a fresh engine each time: no vision-cache or prefix-cache hits
+        fresh = AsyncEngine(model_config, config, tokenizer).engine
+        fresh.add_request("r", p, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+        out = []
+        while fresh.has_unfinished_requests():
+            out += [t for o in fresh.step() for t in o.outputs[0].token_ids]
+        return out
+
+    plain = tokens(prompt)
+    assert tokens(staged) == plain and len(plain) == 6
