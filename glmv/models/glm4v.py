@@ -252,7 +252,7 @@ class Glm4vModel:
                 count += 1
         return count
 
-    # ---- CUDA: the same layer with its elementwise steps fused into single kernels (glmv.kernels.triton_fused) ----
+    # ---- the same layer with its elementwise steps fused (glmv.kernels on CUDA, glmv.cpu.ops on the CPU in bf16) ----
     def _forward_fused(self, hidden: torch.Tensor, positions: torch.Tensor,
                        kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata) -> torch.Tensor:
         """`forward` with one kernel per elementwise step: each sub-layer's exit (post-norm + residual add) is fused
