@@ -114,19 +114,26 @@ class _AppBodyStream(httpx.AsyncByteStream):
                 self.task.cancel()
 
 
-@contextlib.asynccontextmanager
-async def local_client(engine_config, served_model_names: tuple[str, ...],
-                       allowed_local_media_path: Path | None = None) -> AsyncIterator[httpx.AsyncClient]:
-    """Build glmv's server app for engine_config in this process and yield an httpx client bound to it."""
-    from glmv.server.app import create_app
+def local_state(engine_config, served_model_names: tuple[str, ...], allowed_local_media_path: Path | None = None):
+    """The serving state (engine loaded) that `glmv serve` would build for these settings."""
     from glmv.server.launch import build_state
     from glmv.server.state import ServerConfig
 
     server_config = ServerConfig(served_model_names=served_model_names,
                                  allowed_local_media_path=allowed_local_media_path)
+    return build_state(engine_config, server_config)
+
+
+@contextlib.asynccontextmanager
+async def local_client(engine_config, served_model_names: tuple[str, ...], allowed_local_media_path: Path | None = None,
+                       state=None) -> AsyncIterator[httpx.AsyncClient]:
+    """Build glmv's server app for engine_config in this process (or use `state`, built already) and yield an httpx
+    client bound to it."""
+    from glmv.server.app import create_app
+
     # Loaded right here, blocking this loop on purpose: nothing else runs yet, and a Ctrl-C during a long load
     # then ends the process at once (a worker thread would keep it alive until the load finished).
-    state = build_state(engine_config, server_config)
+    state = state or local_state(engine_config, served_model_names, allowed_local_media_path)
     app = create_app(state)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=InProcessTransport(app), base_url="http://glmv.local",

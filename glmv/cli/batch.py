@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from glmv.cli.api import error_message, first_model, local_client, remote_client
+from glmv.cli.api import error_message, first_model, local_client, local_state, remote_client
 from glmv.cli.help import DefaultsHelpFormatter
 
 RETRY_STATUSES = (429, 503)  # the server is full: wait and resend
@@ -262,10 +262,18 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from glmv.models.loader import DEFAULT_MODEL
+    from glmv.server.beside_loop import engine_wants_main_thread, run_beside_engine_loop
+
+    if not args.url:
+        config = _engine_config(args, args.model or DEFAULT_MODEL)
+        if engine_wants_main_thread(config):  # glmv's engine on the CPU: its loop in this thread, the batch beside it
+            state = local_state(config, (args.model,), _media_root(args))
+            return run_beside_engine_loop(state.engine, lambda: _run(args, state))
     return asyncio.run(_run(args))
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def _run(args: argparse.Namespace, state=None) -> int:
     from glmv.models.loader import DEFAULT_MODEL
 
     if args.max_concurrency < 1:
@@ -280,7 +288,7 @@ async def _run(args: argparse.Namespace) -> int:
                 summary = await run_batch(client, total, items, out, args.max_concurrency, model, False, progress)
         else:
             model = args.model or DEFAULT_MODEL
-            async with local_client(_engine_config(args, model), (model,), _media_root(args)) as client:
+            async with local_client(_engine_config(args, model), (model,), _media_root(args), state) as client:
                 summary = await run_batch(client, total, items, out, args.max_concurrency, model, True, progress)
     finally:
         if out is not sys.stdout:

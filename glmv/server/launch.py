@@ -8,6 +8,7 @@ from glmv.config import EngineConfig, ModelConfig
 from glmv.engine.factory import build_engine
 from glmv.inputs.processor import PromptBuilder
 from glmv.models.loader import resolve_model
+from glmv.server.beside_loop import engine_wants_main_thread, run_beside_engine_loop
 from glmv.server.state import ServerConfig, ServingState
 
 log = logging.getLogger("glmv.server")
@@ -36,59 +37,26 @@ def run_server(engine_config: EngineConfig, server_config: ServerConfig) -> None
                             access_log=not server_config.disable_uvicorn_access_log,
                             root_path=server_config.root_path, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
-    if _engine_wants_main_thread(state.engine, engine_config):
+    if engine_wants_main_thread(engine_config):
         _serve_beside_engine_loop(server, state.engine)
     else:
         server.run()
 
 
-def _engine_wants_main_thread(engine: object, engine_config: EngineConfig) -> bool:
-    """glmv's engine on the CPU runs its loop in the main thread (glmv/engine/async_engine.py says why)."""
-    from glmv.engine.async_engine import AsyncEngine
-
-    return isinstance(engine, AsyncEngine) and engine_config.resolved_device == "cpu"
-
-
 def _serve_beside_engine_loop(server, engine) -> None:
-    """HTTP in a thread, the engine loop in this (main) thread. Ctrl-C and SIGTERM shut the server down gracefully;
-    the server's shutdown stops the loop, and a server that fails to start stops it too."""
-    import asyncio
+    """HTTP in a thread, the engine loop in this (main) thread (glmv/server/beside_loop.py). Ctrl-C and SIGTERM shut
+    the server down gracefully; a server that cannot start (a port in use) exits non-zero, uvicorn having said why."""
     import signal
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from glmv.cpu.runtime import use_one_openmp_thread
-
-    async def serve() -> None:
-        # I/O workers (media decoding) and the server thread run PyTorch ops as teams of one (glmv/cpu/runtime.py)
-        asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(thread_name_prefix="glmv-io", initializer=use_one_openmp_thread))
-        await server.serve()
-
-    def http_thread() -> None:
-        use_one_openmp_thread()
-        try:
-            asyncio.run(serve())
-        except SystemExit:  # uvicorn could not start (a port in use, say) and has logged why
-            pass
-        except Exception:  # noqa: BLE001 - logged; the engine loop is stopped below either way
-            log.exception("the HTTP server stopped")
-        finally:
-            engine.stop_loop()
 
     def ask_to_exit(*_: object) -> None:
         server.should_exit = True
 
     previous = signal.signal(signal.SIGTERM, ask_to_exit)
-    thread = threading.Thread(target=http_thread, name="glmv-http", daemon=True)
     try:
-        engine.run_loop(on_ready=thread.start)
+        run_beside_engine_loop(engine, server.serve, stop_door=ask_to_exit)
     except KeyboardInterrupt:
-        log.info("interrupted; shutting down")
+        pass
     finally:
-        ask_to_exit()
-        if thread.is_alive():
-            thread.join(30)
         signal.signal(signal.SIGTERM, previous)
     if not server.started:
         raise SystemExit(1)

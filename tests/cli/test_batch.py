@@ -173,3 +173,26 @@ def test_send_one_retries_while_the_server_is_full():
     assert result["response"] == {"status_code": 200, "request_id": "chatcmpl-1",
                                   "body": {"id": "chatcmpl-1", "object": "chat.completion", "choices": []}}
     assert result["custom_id"] == "c1" and result["error"] is None
+
+
+def test_ctrl_c_stops_an_in_process_batch_on_the_cpu(tiny_model_dir, tmp_path):
+    """In process on the CPU the engine loop runs in the main thread and the batch beside it
+    (glmv/server/beside_loop.py): Ctrl-C must end both, promptly and quietly, with the shell's 130."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.cli.conftest import GLMV, door_env
+
+    source = tmp_path / "long.jsonl"
+    source.write_text("".join(batch_request(f"r{i}", "go on", max_tokens=3000, ignore_eos=True) + "\n"
+                              for i in range(8)))
+    proc = subprocess.Popen([*GLMV, "batch", str(source), "-o", str(tmp_path / "out.jsonl"), str(tiny_model_dir),
+                             "--device", "cpu", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=door_env())
+    time.sleep(8)  # loaded and generating (8 x 3000 tokens take far longer)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
