@@ -10,13 +10,10 @@ multiply by either kind. GLMV_CPU_PACKED=0 turns packing off.
 
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
 import torch.nn.functional as F
-
-log = logging.getLogger("glmv.cpu")
 
 
 def packing_supported(device: torch.device, dtype: torch.dtype) -> bool:
