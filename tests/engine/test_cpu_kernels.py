@@ -80,8 +80,9 @@ def test_rotary_write_kv_matches_torch(heads, kv_heads, dim):
     assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
 
 
+@pytest.mark.parametrize("strided_q", [False, True])  # True: heads not back to back, the float (non-BF16-dot) path
 @pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(16, 2, 64), (32, 2, 128), (4, 2, 32), (12, 4, 64)])
-def test_decode_attention_is_closer_to_float32_than_torch_bf16(heads, kv_heads, dim):
+def test_decode_attention_is_closer_to_float32_than_torch_bf16(heads, kv_heads, dim, strided_q):
     torch.manual_seed(heads + dim)
     block_size, num_blocks = 16, 80
     lens = torch.tensor([1, 16, 17, 200, 33, 64], dtype=torch.int32)
@@ -92,7 +93,7 @@ def test_decode_attention_is_closer_to_float32_than_torch_bf16(heads, kv_heads, 
         used = -(-n // block_size)
         tables[b, :used] = torch.tensor(free[:used])
         free = free[used:]
-    q = rand(len(lens), heads, dim, scale=2)
+    q = rand(len(lens), heads, 2 * dim, scale=2)[:, :, :dim] if strided_q else rand(len(lens), heads, dim, scale=2)
     got = ops.paged_decode_attention(q, k_cache, v_cache, tables, lens, dim**-0.5)
     exact = ref.paged_decode_attention(q.float(), k_cache.float(), v_cache.float(), tables, lens, dim**-0.5)
     torch_bf16 = ref.paged_decode_attention(q, k_cache, v_cache, tables, lens, dim**-0.5)
