@@ -1,7 +1,7 @@
 /* glmv's CPU kernels for 16-bit (bfloat16) decoding: the decoder layer's small steps fused, and paged decode attention.
  *
- * Built by glmv/cpu/build.py with the machine's own compiler flags (-O3 -march=native -fopenmp) and called through
- * ctypes (glmv/cpu/ops.py). OpenMP here binds to the libgomp that PyTorch already loaded, so these loops share
+ * Built by glmv/cpu/build.py for the machine it runs on (-O3 -march=native -fopenmp, fast-math at compile time only)
+ * and called through ctypes (glmv/cpu/ops.py). OpenMP here binds to the libgomp that PyTorch already loaded, so these loops share
  * PyTorch's thread pool and its torch.set_num_threads count.
  *
  * Rounding follows eager PyTorch's bf16 arithmetic where the torch path rounds (glmv/kernels/triton_fused.py's
@@ -32,8 +32,8 @@ static inline bf16 f2bf(float f) {
 
 static inline float round_bf(float f) { return bf2f(f2bf(f)); }
 
-/* exp(x) for float32 within about 2 ulp (0 below e^-80), branch-free so that loops over it vectorize (libm's expf does not here):
- * x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-6 polynomial (Cephes' coefficients), 2^n by exponent bits. */
+/* exp(x) for float32 within about 2 ulp (0 below e^-80), branch-free so that loops over it vectorize (libm's expf
+ * does not here): x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-6 polynomial (Cephes' coefficients), 2^n by exponent bits. */
 static inline float exp_approx(float x) {
     float in = x;
     x = x < -87.0f ? -87.0f : x; /* compare-selects (not fminf/fmaxf) so the loop vectorizes */
