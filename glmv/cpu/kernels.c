@@ -1,8 +1,8 @@
 /* glmv's CPU kernels for 16-bit (bfloat16) decoding: the decoder layer's small steps fused, and paged decode attention.
  *
  * Built by glmv/cpu/build.py for the machine it runs on (-O3 -march=native -fopenmp, fast-math at compile time only)
- * and called through ctypes (glmv/cpu/ops.py). OpenMP here binds to the libgomp that PyTorch already loaded, so these loops share
- * PyTorch's thread pool and its torch.set_num_threads count.
+ * and called through ctypes (glmv/cpu/ops.py). OpenMP here binds to the libgomp that PyTorch already loaded, so these
+ * loops share PyTorch's thread pool and its torch.set_num_threads count.
  *
  * Rounding follows eager PyTorch's bf16 arithmetic where the torch path rounds (glmv/kernels/triton_fused.py's
  * docstring lists the formulas): products and sums in float32, results rounded to bf16 (nearest even) at the same
@@ -33,7 +33,8 @@ static inline bf16 f2bf(float f) {
 static inline float round_bf(float f) { return bf2f(f2bf(f)); }
 
 /* exp(x) for float32 within about 2 ulp (0 below e^-80), branch-free so that loops over it vectorize (libm's expf
- * does not here): x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-6 polynomial (Cephes' coefficients), 2^n by exponent bits. */
+ * does not here): x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-6 polynomial (Cephes' coefficients), 2^n by
+ * exponent bits. */
 static inline float exp_approx(float x) {
     float in = x;
     x = x < -87.0f ? -87.0f : x; /* compare-selects (not fminf/fmaxf) so the loop vectorizes */
@@ -160,8 +161,8 @@ static inline void prefetch_row(const bf16 *row, int dim) {
     for (int i = 0; i < dim; i += 32) __builtin_prefetch(row + i, 0, 3); /* 32 bf16 = one 64-byte line */
 }
 
-/* out[g] = sum_d qT[d][g] * k[d] for G = 8 or 16 heads as one vector (DIM a multiple of 4) (GCC vector types: a broadcast multiply-add
- * per dimension; left to itself the compiler shuffles the head/dimension loops instead). */
+/* out[g] = sum_d qT[d][g] * k[d] for G = 8 or 16 heads as one vector, DIM a multiple of 4 (GCC vector types: a
+ * broadcast multiply-add per dimension; left to itself the compiler shuffles the head/dimension loops instead). */
 typedef float vec8 __attribute__((vector_size(32), aligned(4)));
 typedef float vec16 __attribute__((vector_size(64), aligned(4)));
 
