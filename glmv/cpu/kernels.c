@@ -154,7 +154,7 @@ void glmv_rotary_write_kv(const bf16 *q, int64_t sqt, int64_t sqh, const bf16 *k
 
 /* Rows of a sequence's keys or values sit a block apart in memory, so the hardware's stream prefetchers miss them
  * and every row is a memory round trip: ask for the row PREFETCH_AHEAD tokens ahead (measured on 2 EPYC cores,
- * decode attention with its KV out of cache: 1.1 ms without, see glmv/cpu/README). */
+ * decode attention with its KV out of cache: 1.1 ms without; bench/notes/cpu_engine.md). */
 #define PREFETCH_AHEAD 16
 
 static inline void prefetch_row(const bf16 *row, int dim) {
@@ -224,7 +224,8 @@ static inline __attribute__((always_inline)) void qk_bf16(const bf16 *qb, const 
 #endif
 
 /* The work of one (sequence, kv head): its G query heads over the sequence's `len` keys and values.
- * QK: scores[t][g] accumulated across the G heads at once (one multiply-add per head dimension: no horizontal sums).
+ * QK: scores[t][g] for the G heads at once (bf16 dot products where the CPU has them, else one float multiply-add
+ * per head dimension across the heads).
  * Softmax per head. PV: the value rows converted to float once (vbuf), then for each head a DIM-wide accumulator
  * kept in registers over all tokens. Inlined with G and DIM constants for the model's common shapes (the
  * compiler then unrolls the head and dimension loops), and with run-time values for any other shape. */
@@ -250,14 +251,15 @@ static inline __attribute__((always_inline)) void attend_one(const float *qT, co
             qk_bf16(qb, kr, DIM, G, scale, acc);
         } else
 #endif
-        if ((G == 8 || G == 16) && DIM % 4 == 0) {
+        {
             for (int d = 0; d < DIM; d++) kf[d] = bf2f(kr[d]);
-            qk_heads(qT, kf, DIM, G, acc);
-        } else {
-            for (int d = 0; d < DIM; d++) kf[d] = bf2f(kr[d]);
-            for (int g = 0; g < G; g++) acc[g] = 0.f;
-            for (int d = 0; d < DIM; d++)
-                for (int g = 0; g < G; g++) acc[g] += qT[d * G + g] * kf[d];
+            if ((G == 8 || G == 16) && DIM % 4 == 0) {
+                qk_heads(qT, kf, DIM, G, acc);
+            } else {
+                for (int g = 0; g < G; g++) acc[g] = 0.f;
+                for (int d = 0; d < DIM; d++)
+                    for (int g = 0; g < G; g++) acc[g] += qT[d * G + g] * kf[d];
+            }
         }
         for (int g = 0; g < G; g++) {
             scores[t * G + g] = acc[g];

@@ -26,6 +26,7 @@ from glmv.engine.attention import paged_decode_attention as torch_decode_attenti
 from glmv.engine.request import Request
 from glmv.engine.sampler import PendingSample, Sampler, SamplerOutput
 from glmv.engine.scheduler import ScheduledRequest, SchedulerOutput
+from glmv.inputs.prompt import stage_pixels
 from glmv.models.glm4v import Glm4vModel
 from glmv.models.vision import VisionEmbeddingCache
 
@@ -307,11 +308,8 @@ class ModelRunner:
         asynchronously (a 1008x1008 image is 24 MB of float32)."""
         if self.device.type != "cuda" or pixels.device.type != "cpu":
             return pixels.to(self.device)
-        if pixels.dtype == self.dtype and pixels.is_pinned():  # staged by the door (AsyncEngine.stage_prompt)
-            return pixels.to(self.device, non_blocking=True)
-        staged = torch.empty(pixels.shape, dtype=self.dtype, pin_memory=True)
-        staged.copy_(pixels)
-        return staged.to(self.device, non_blocking=True)
+        # pixels the door staged already (AsyncEngine.stage_prompt) go up as they are
+        return stage_pixels(pixels, self.dtype, pin_memory=True).to(self.device, non_blocking=True)
 
     @staticmethod
     def _media_plan(media_entries: list[ScheduledRequest], starts: dict[int, int]):

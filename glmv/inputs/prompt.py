@@ -32,15 +32,20 @@ class MultiModalInputs:
 
     def staged(self, dtype: torch.dtype, pin_memory: bool) -> MultiModalInputs:
         """A copy whose pixel tensors are already in the model's dtype (and in pinned memory, for an asynchronous
-        upload to a GPU). Rounds as the engine would (float32 -> bf16 to nearest even on the CPU)."""
+        upload to a GPU): see `stage_pixels`."""
 
         def stage(pixels: torch.Tensor | None) -> torch.Tensor | None:
-            if pixels is None or (pixels.dtype == dtype and (pixels.is_pinned() or not pin_memory)):
-                return pixels
-            out = torch.empty(pixels.shape, dtype=dtype, pin_memory=pin_memory)
-            return out.copy_(pixels)
+            return None if pixels is None else stage_pixels(pixels, dtype, pin_memory)
 
         return replace(self, pixel_values=stage(self.pixel_values), pixel_values_videos=stage(self.pixel_values_videos))
+
+
+def stage_pixels(pixels: torch.Tensor, dtype: torch.dtype, pin_memory: bool) -> torch.Tensor:
+    """Pixels in `dtype` (pinned when asked), converted on the CPU (float32 -> bf16 rounds to nearest even, as the
+    device would); the same tensor when it already is so."""
+    if pixels.dtype == dtype and (pixels.is_pinned() or not pin_memory):
+        return pixels
+    return torch.empty(pixels.shape, dtype=dtype, pin_memory=pin_memory).copy_(pixels)
 
 
 @dataclass
