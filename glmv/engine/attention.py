@@ -117,8 +117,9 @@ class AttentionBackend:
     write_kv: Callable[..., None]
     paged_decode_attention: Callable[..., torch.Tensor]
     paged_prefill_attention: Callable[..., torch.Tensor]
-    # Fused layer kernels (glmv.kernels: rms_norm, residual_rms_norm, silu_mul, rotary_write_kv) or None: the model
-    # then runs its plain PyTorch steps.
+    # Fused layer kernels (glmv.kernels: rms_norm, residual_rms_norm, silu_mul, rotary_write_kv, and `swiglu`, the
+    # module that fuses the MLP's gating into its gate/up matmul, or None) or None: the model then runs its plain
+    # PyTorch steps.
     fused: Any = None
 
 
@@ -153,8 +154,14 @@ def select_backend(device: torch.device | str, dtype: torch.dtype | None = None)
     fused_fns = {fn: getattr(kernels, fn, None) for fn in ("rms_norm", "residual_rms_norm", "silu_mul",
                                                            "rotary_write_kv")}
     if os.environ.get("GLMV_FUSED", "1") != "0" and all(callable(f) for f in fused_fns.values()):
-        fused = SimpleNamespace(**fused_fns, rotary_half=getattr(kernels, "rotary_half", None))
-        names.append("fused=triton")
+        swiglu = None
+        if os.environ.get("GLMV_SWIGLU", "1") != "0":
+            try:
+                from glmv.kernels import triton_swiglu as swiglu
+            except Exception as exc:  # noqa: BLE001 - the gating then stays a separate kernel
+                log.info("glmv.kernels.triton_swiglu not usable (%s); SiLU-gating runs as its own kernel", exc)
+        fused = SimpleNamespace(**fused_fns, rotary_half=getattr(kernels, "rotary_half", None), swiglu=swiglu)
+        names.append("fused=triton" + (",swiglu=triton" if swiglu is not None else ""))
     return AttentionBackend(",".join(names), chosen["write_kv"], chosen["paged_decode_attention"],
                             chosen["paged_prefill_attention"], fused)
 

@@ -95,6 +95,12 @@ class ModelRunner:
             packed = self.model.pack_cpu_weights()
             if packed:
                 log.info("packed %d decoder weights for oneDNN (CPU %s matmuls)", packed, self.dtype)
+        self.swiglu_report: list = []  # ((N, K, rows), cuBLAS us, fused us, config) from plan_swiglu
+        if self.device.type == "cuda":  # before the KV cache takes the memory that timing the largest shapes needs
+            with torch.inference_mode():
+                used = self.model.plan_swiglu(engine_config.max_num_batched_tokens, self.swiglu_report)
+            if self.swiglu_report:
+                log.info("MLP gate/up with fused SiLU at %d (shape, rows) points: %s", used, self.swiglu_report)
         t = model_config.text
         self.bytes_per_block = t.num_layers * 2 * self.block_size * t.num_kv_heads * t.head_dim * \
             torch.empty((), dtype=self.dtype).element_size()

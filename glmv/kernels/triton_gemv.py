@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import statistics
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +23,8 @@ import triton
 import triton.language as tl
 
 from glmv.kernels import pdl
+from glmv.kernels.timing import graph_time_us
+from glmv.kernels.triton_swiglu import cublas_silu, silu_pairs
 
 MAX_ROWS = 128
 
@@ -66,6 +67,7 @@ def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, ws_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_om, pf_bytes, pf_programs,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, W_BYTES: tl.constexpr,
+    SILU_MUL: tl.constexpr,
 ):  # fmt: skip
     """One program = BLOCK_N weight rows x one of SPLIT_K slices of K (whole BLOCK_K tiles). With SPLIT_K > 1 each
     program leaves its float32 partial in ws; the last of an n-block's programs to finish (an atomic counter per
@@ -73,7 +75,10 @@ def _gemv_kernel(
     counter to 0 for the next launch.
 
     With PDL the weights (which no earlier kernel writes) start flowing into L2 before the wait for the previous
-    kernel: the first pf_bytes of each row of the first pf_programs programs (those resident from the start)."""
+    kernel: the first pf_bytes of each row of the first pf_programs programs (those resident from the start).
+
+    SILU_MUL: the weight is an interleaved gate/up pair stack (glmv.kernels.triton_swiglu) and the output, N // 2 wide,
+    is up * silu(gate)."""
     pid = tl.program_id(0)
     pid_n = pid // SPLIT_K
     pid_k = pid % SPLIT_K
@@ -108,25 +113,39 @@ def _gemv_kernel(
         x_ptrs += BLOCK_K
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()  # late: the next kernels' waiting programs would take SM slots
-    out_mask = m_mask[:, None] & n_mask[None, :]
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
     if SPLIT_K == 1:
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+        _store_tile(out_ptr, acc, offs_m, pid_n, M, N, stride_om, BLOCK_M, BLOCK_N, SILU_MUL)
     else:
         part = offs_m[:, None] * N + offs_n[None, :]
-        tl.store(ws_ptr + pid_k * M * N + part, acc, mask=out_mask)
+        part_mask = m_mask[:, None] & n_mask[None, :]
+        tl.store(ws_ptr + pid_k * M * N + part, acc, mask=part_mask)
         tl.debug_barrier()  # every thread's partial is written before the counter says so (release below)
         arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
         if arrived == SPLIT_K - 1:
             total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for s in tl.static_range(SPLIT_K):
-                total += tl.load(ws_ptr + s * M * N + part, mask=out_mask, other=0.0, cache_modifier=".cg")
+                total += tl.load(ws_ptr + s * M * N + part, mask=part_mask, other=0.0, cache_modifier=".cg")
             if HAS_BIAS:
                 total += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=out_mask)
+            _store_tile(out_ptr, total, offs_m, pid_n, M, N, stride_om, BLOCK_M, BLOCK_N, SILU_MUL)
             tl.atomic_xchg(count_ptr + pid_n, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def _store_tile(out_ptr, acc, offs_m, pid_n, M, N, stride_om, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                SILU_MUL: tl.constexpr):
+    """Write a finished [BLOCK_M, BLOCK_N] float32 tile: as is, or gated pairwise into BLOCK_N // 2 columns."""
+    if SILU_MUL:
+        offs_o = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        val = silu_pairs(acc, BLOCK_M, BLOCK_N, out_ptr.dtype.element_ty)
+        mask = (offs_m[:, None] < M) & (offs_o[None, :] < N // 2)
+    else:
+        offs_o = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        val = acc.to(out_ptr.dtype.element_ty)
+        mask = (offs_m[:, None] < M) & (offs_o[None, :] < N)
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_o[None, :], val, mask=mask)
 
 
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
@@ -143,15 +162,20 @@ def _counters(device: torch.device, needed: int) -> torch.Tensor:
     return buf
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: GemvConfig) -> torch.Tensor:
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: GemvConfig,
+         silu_mul: bool = False) -> torch.Tensor:
     """x [M, K] (M <= 128, last dim contiguous) @ weight [N, K].T (+ bias [N]) -> [M, N] in x's dtype.
 
-    Split-K configurations synchronise through per-device counters: issue them from one stream at a time."""
+    silu_mul: weight is an interleaved gate/up stack (glmv.kernels.triton_swiglu.interleave_gate_up); returns
+    [M, N // 2] = up * silu(gate), gated in the epilogue. Split-K configurations synchronise through per-device
+    counters: issue them from one stream at a time."""
     m, k = x.shape
     n = weight.shape[0]
     if m > MAX_ROWS or x.stride(-1) != 1 or weight.stride(-1) != 1 or weight.shape[1] != k:
         raise ValueError(f"gemv takes at most {MAX_ROWS} rows with contiguous last dims and matching K")
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if silu_mul and (bias is not None or n % 2 or config.block_n % 2):
+        raise ValueError("gemv's SiLU epilogue takes an even N, an even block_n and no bias")
+    out = torch.empty((m, n // 2 if silu_mul else n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
     c = config
@@ -170,7 +194,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, confi
         x, weight, bias if bias is not None else weight, out, ws, counters, m, n, k,
         x.stride(0), weight.stride(0), out.stride(0), pf_bytes, pf_programs,
         HAS_BIAS=bias is not None, BLOCK_M=block_m(m), BLOCK_N=c.block_n, BLOCK_K=c.block_k, SPLIT_K=c.split_k,
-        EVEN_K=k % c.block_k == 0, PREFETCH=pf_bytes > 0, W_BYTES=weight.element_size(), num_warps=c.num_warps,
+        EVEN_K=k % c.block_k == 0, PREFETCH=pf_bytes > 0, W_BYTES=weight.element_size(), SILU_MUL=silu_mul,
+        num_warps=c.num_warps,
         num_stages=c.num_stages, **launch,
     )  # fmt: skip
     return out
@@ -201,45 +226,23 @@ def _sm_count(device: torch.device) -> int:
 PlanKey = tuple[int, int, bool, int]  # (N, K, has bias, rows)
 
 
-def _graph_time_us(fn, calls: int) -> float:
-    """Device time per call of fn(i) for i in range(calls), captured in one CUDA graph (median of 5 replays)."""
-    for i in range(calls):
-        fn(i)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(calls):
-            fn(i)
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(5):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        graph.replay()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) * 1e3 / calls)
-    del graph
-    return statistics.median(times)
-
-
 def _time_us(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor] | None,
-             config: GemvConfig | None, lead=None) -> float:
+             config: GemvConfig | None, lead=None, silu_mul: bool = False) -> float:
     """Per-call device time of F.linear (config None) or gemv, cycling twice over the weights in one graph. `lead`,
     if given, makes each call's input (a small kernel before each matmul, as in a decoder layer: with PDL the
-    matmul's weight prefetch overlaps it); its time is included."""
+    matmul's weight prefetch overlaps it); its time is included. silu_mul: interleaved gate/up weights, gated after
+    cuBLAS by silu_mul_pairs or in gemv's epilogue."""
     count = len(weights)
 
     def call(i: int) -> None:
         w, b = weights[i % count], biases[i % count] if biases is not None else None
         xi = lead() if lead is not None else x
         if config is None:
-            F.linear(xi, w, b)
+            cublas_silu(xi, w) if silu_mul else F.linear(xi, w, b)
         else:
-            gemv(xi, w, b, config)
+            gemv(xi, w, b, config, silu_mul)
 
-    return _graph_time_us(call, 2 * count)
+    return graph_time_us(call, 2 * count)
 
 
 def _lead_kernel(x: torch.Tensor):
@@ -253,30 +256,34 @@ def _lead_kernel(x: torch.Tensor):
     return lambda: rms_norm(x, ones, 1e-5)
 
 
-def plan(weight_groups: list[tuple[list[torch.Tensor], list[torch.Tensor] | None]], batch_sizes: list[int],
-         report: list | None = None) -> dict[PlanKey, GemvConfig]:
-    """For each group of same-shaped weights (with their biases, or None): at each plan point the fastest
-    configuration when it clearly beats F.linear (timed in CUDA graphs cycling over the group's weights), applied to
-    every batch size of `batch_sizes` that maps to that point. `report` receives (key, cuBLAS us, best us, config)."""
+def plan(weight_groups: list[tuple], batch_sizes: list[int], report: list | None = None) -> dict[PlanKey, GemvConfig]:
+    """For each group (weights, biases or None[, silu_mul]) of same-shaped weights: at each plan point the fastest
+    configuration when it clearly beats cuBLAS (timed in CUDA graphs cycling over the group's weights), applied to
+    every batch size of `batch_sizes` that maps to that point. A group flagged silu_mul holds interleaved gate/up
+    weights: both sides are timed with the pairwise gating (gemv's epilogue against cuBLAS + silu_mul_pairs), and its
+    configurations are for `gemv(..., silu_mul=True)`. `report` receives (key, cuBLAS us, best us, config)."""
     sizes = sorted({b for b in batch_sizes if 0 < b <= MAX_ROWS})
     point_of = {b: next(p for p in PLAN_POINTS if p >= b and block_m(p) == block_m(b)) for b in sizes}
     chosen: dict[PlanKey, GemvConfig] = {}
-    for weights, biases in weight_groups:
+    for group in weight_groups:
+        weights, biases = group[0], group[1]
+        silu = len(group) > 2 and bool(group[2])
         n, k = weights[0].shape
         at_point: dict[int, GemvConfig | None] = {}
         for point in sorted(set(point_of.values())):
             x = torch.randn(point, k, dtype=weights[0].dtype, device=weights[0].device)
             lead = _lead_kernel(x)
-            base = _time_us(x, weights, biases, None, lead)
+            base = _time_us(x, weights, biases, None, lead, silu)
             best, best_us = None, base
-            ref = F.linear(x, weights[0], biases[0] if biases is not None else None).float()
+            bias0 = biases[0] if biases is not None else None
+            ref = (cublas_silu(x, weights[0]) if silu else F.linear(x, weights[0], bias0)).float()
             for cfg in CONFIGS[block_m(point)]:
                 try:
-                    out = gemv(x, weights[0], biases[0] if biases is not None else None, cfg).float()
+                    out = gemv(x, weights[0], bias0, cfg, silu).float()
                     err = ((out - ref).norm() / ref.norm().clamp(min=1e-30)).item()
                     if not err < 2e-2:  # a safety net: never plan a configuration that computes something else
-                        raise RuntimeError(f"relative error {err:.3g} against F.linear")
-                    us = _time_us(x, weights, biases, cfg, lead)
+                        raise RuntimeError(f"relative error {err:.3g} against cuBLAS")
+                    us = _time_us(x, weights, biases, cfg, lead, silu)
                 except Exception as exc:  # noqa: BLE001 - a configuration this device cannot run is skipped
                     if report is not None:
                         report.append(((n, k, biases is not None, point), None, None, f"{cfg} failed: {exc}"))

@@ -17,8 +17,11 @@ import torch.nn.functional as F
 from glmv.config import ModelConfig, TextDims
 from glmv.cpu import linear as cpu_linear
 from glmv.engine.attention import AttentionBackend, AttentionMetadata, select_backend
+from glmv.models.swiglu import GateUpAct
 from glmv.models.vision import Glm4vVisionTower, rms_norm
 from glmv.models.weights import CheckpointReader, expect_shape
+
+VISION_PLAN_ROWS = 16384  # patches: a few large pictures or a short video in one tower call
 
 
 @dataclass
@@ -130,8 +133,17 @@ class Glm4vModel:
         self.dtype = dtype
         self.rope = MRotaryEmbedding(self.dims, max_positions, device)
         self.backend = backend or select_backend(device, dtype)
-        if vision is not None:
-            vision.fused = self.backend.fused
+        fused = self.backend.fused
+        self.gate_up_act = GateUpAct(getattr(fused, "swiglu", None), getattr(fused, "silu_mul", None))
+        with torch.inference_mode():  # interleaved gate/up rows where the gating is fused into the matmul
+            for lw in text.layers:
+                lw.gate_up_weight = self.gate_up_act.prepare(lw.gate_up_weight)
+            if vision is not None:
+                vision.fused = fused
+                vision.gate_up_act = self.gate_up_act
+                for blk in vision.w.blocks:
+                    blk.gate_up_weight = self.gate_up_act.prepare(blk.gate_up_weight)
+                vision.w.merger_gate_up = self.gate_up_act.prepare(vision.w.merger_gate_up)
         self.scale = self.dims.head_dim**-0.5
         d = self.dims
         self._split = [d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim, d.num_kv_heads * d.head_dim]
@@ -220,12 +232,24 @@ class Glm4vModel:
             ([lw.qkv_weight for lw in layers], [lw.qkv_bias for lw in layers] if layers[0].qkv_bias is not None
              else None),
             ([lw.o_weight for lw in layers], None),
-            ([lw.gate_up_weight for lw in layers], None),
+            ([lw.gate_up_weight for lw in layers], None, self.gate_up_act.interleaved),
             ([lw.down_weight for lw in layers], None),
             ([self.w.lm_head], None),
         ]
         self._gemv_plan = planner(groups, batch_sizes, report)
+        self.gate_up_act.small_plan, self.gate_up_act.gemv = self._gemv_plan, self._gemv
         return len(self._gemv_plan)
+
+    def plan_swiglu(self, max_rows: int, report: list | None = None) -> int:
+        """Choose, by timing on this device, the row counts at which the MLP's gate/up matmul runs with its gating
+        fused (glmv.models.swiglu); the text decoder up to `max_rows` (the most prompt tokens in one step), the
+        vision tower up to VISION_PLAN_ROWS patches. Returns how many (shape, rows) points use the fused kernel."""
+        if not self.gate_up_act.interleaved or self.device.type != "cuda" or self.dtype == torch.float32:
+            return 0  # float32 stays on cuBLAS, exact (Triton's float32 dot is tf32)
+        groups = [([lw.gate_up_weight for lw in self.w.layers[:2]], max_rows)]
+        if self.vision is not None:
+            groups.append(([blk.gate_up_weight for blk in self.vision.w.blocks[:4]], VISION_PLAN_ROWS))
+        return self.gate_up_act.plan(groups, report)
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if self._gemv_plan:
@@ -264,7 +288,7 @@ class Glm4vModel:
         for i, (layer, (k_cache, v_cache)) in enumerate(zip(layers, kv_caches, strict=True)):
             attn = self._attention_fused(x, layer, cos, sin, k_cache, v_cache, meta)
             hidden, x = fk.residual_rms_norm(attn, hidden, layer.post_self_attn_norm, layer.post_attention_norm, eps)
-            mlp = self._linear(fk.silu_mul(self._linear(x, layer.gate_up_weight)), layer.down_weight)
+            mlp = self._linear(self.gate_up_act(x, layer.gate_up_weight, self._linear), layer.down_weight)
             next_norm = layers[i + 1].input_norm if i + 1 < len(layers) else self.w.norm
             hidden, x = fk.residual_rms_norm(mlp, hidden, layer.post_mlp_norm, next_norm, eps)
         return x

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from glmv.config import VisionDims
+from glmv.models.swiglu import GateUpAct
 from glmv.models.weights import CheckpointReader
 
 log = logging.getLogger("glmv.vision")
@@ -134,6 +135,8 @@ class Glm4vVisionTower:
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
         # Fused kernels set by the model (glmv.kernels on CUDA, glmv.cpu.ops on the CPU in bf16), else None.
         self.fused = None
+        # Set by the model with the fused set: how the MLPs gate (and how their gate/up weights are laid out).
+        self.gate_up_act: GateUpAct | None = None
         self._extra_kernels: dict[str, object] = {}
         self.use_graphs = device.type == "cuda" and os.environ.get("GLMV_VISION_GRAPHS", "1") != "0"
         self._graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -251,6 +254,7 @@ class Glm4vVisionTower:
         d, w = self.dims, self.w
         eps = d.rms_norm_eps
         fk = self.fused
+        gate_up_act = self.gate_up_act or GateUpAct(None, fk.silu_mul if fk is not None else None)
         norm = fk.rms_norm if fk is not None else rms_norm
         add_norm = self._kernel("add_rms_norm") or add_rms_norm
         # copy first, convert on the device (float32 -> bf16 on the CPU would cost more than the copy)
@@ -266,23 +270,13 @@ class Glm4vVisionTower:
         x, h = add_norm(x, pos.to(self.dtype), norms[0], eps)
         for i, blk in enumerate(w.blocks):
             x, h = add_norm(x, self._attention(h, blk, cos, sin, groups), blk.norm2, eps)
-            gate_up = F.linear(h, blk.gate_up_weight)
-            if fk is not None:
-                act = fk.silu_mul(gate_up)
-            else:
-                gate, up = gate_up.chunk(2, dim=-1)
-                act = F.silu(gate) * up
-            x, h = add_norm(x, F.linear(act, blk.down_weight), norms[i + 1], eps)
+            x, h = add_norm(x, F.linear(gate_up_act(h, blk.gate_up_weight), blk.down_weight), norms[i + 1], eps)
         x = h  # post-normed
         m = d.spatial_merge_size
         x = F.linear(x.reshape(-1, m * m * hidden), w.downsample_weight, w.downsample_bias)
         x = F.linear(x, w.merger_proj)
         x = F.gelu(F.layer_norm(x, (x.shape[-1],), w.merger_norm_weight, w.merger_norm_bias, 1e-5))
-        gate_up = F.linear(x, w.merger_gate_up)
-        if fk is not None:
-            return F.linear(fk.silu_mul(gate_up), w.merger_down)
-        gate, up = gate_up.chunk(2, dim=-1)
-        return F.linear(F.silu(gate) * up, w.merger_down)
+        return F.linear(gate_up_act(x, w.merger_gate_up), w.merger_down)
 
     def _segment_groups(self, segments: list[int]) -> list[tuple[int, torch.Tensor | None, int]]:
         """Group equal-length segments so each group is one batched SDPA: (length, row index or None, count)."""

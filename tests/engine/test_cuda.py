@@ -198,3 +198,49 @@ def test_vision_tower_graph_replays_equal_the_eager_tower(model_config, prompts,
     two_grids = [tuple(int(v) for v in g) for g in two.image_grid_thw.tolist()]
     if len({h * w for _, h, w in two_grids}) > 1:
         assert vision._graph_key(two.pixel_values.to("cuda"), two_grids) is None
+
+
+def dense_prefill(model: Glm4vModel, ids: torch.Tensor) -> torch.Tensor:
+    """The decoder's final hidden states for one fresh prompt (one chunk, dense attention) on a scratch cache."""
+    from glmv.engine.attention import AttentionMetadata
+
+    t, n, bs = model.dims, ids.numel(), 16
+    blocks = -(-n // bs) + 1
+    cache = torch.zeros(t.num_layers, 2, blocks, bs, t.num_kv_heads, t.head_dim, dtype=model.dtype, device="cuda")
+    meta = AttentionMetadata(
+        slot_mapping=torch.arange(n, device="cuda") + bs, num_prefill_tokens=n,
+        prefill_block_tables=torch.arange(1, blocks, dtype=torch.int32, device="cuda").unsqueeze(0),
+        prefill_cu_seqlens_q=torch.tensor([0, n], dtype=torch.int32, device="cuda"),
+        prefill_seq_lens=torch.tensor([n], dtype=torch.int32, device="cuda"), prefill_max_seqlen_q=n,
+        prefill_dense=True)
+    with torch.inference_mode():
+        return model.forward(model.embed(ids), torch.arange(n, device="cuda").expand(3, -1),
+                             [(cache[i, 0], cache[i, 1]) for i in range(t.num_layers)], meta)
+
+
+def test_fused_mlp_gating_matches_the_separate_kernel(model_config, prompts, monkeypatch):
+    """Interleaved gate/up weights with the gating in the matmul (forced for every row count here) give the decoder
+    and the vision tower the outputs of cuBLAS + the separate SiLU kernel, to bf16 rounding."""
+    from glmv.kernels.triton_swiglu import CONFIGS
+
+    monkeypatch.setenv("GLMV_SWIGLU", "0")
+    plain = Glm4vModel.load(model_config, "cuda", torch.bfloat16)
+    monkeypatch.delenv("GLMV_SWIGLU")
+    fused = Glm4vModel.load(model_config, "cuda", torch.bfloat16)
+    assert fused.gate_up_act.interleaved and not plain.gate_up_act.interleaved
+    config = next(c for c in CONFIGS if not c.tma)
+    weights = [fused.w.layers[0].gate_up_weight, fused.vision.w.blocks[0].gate_up_weight, fused.vision.w.merger_gate_up]
+    for w in weights:
+        fused.gate_up_act.large_plan[tuple(w.shape)] = [(129, config)]
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+    ids = torch.randint(0, model_config.text.vocab_size, (300,), device="cuda")
+    assert rel(dense_prefill(fused, ids), dense_prefill(plain, ids)) < 2e-2
+    mm = prompts["two_images"].mm
+    grids = [tuple(int(v) for v in g) for g in mm.image_grid_thw.tolist()]
+    pixels = mm.pixel_values.to("cuda").to(torch.bfloat16)
+    assert pixels.shape[0] > 128  # the tower's MLP rows reach the fused kernel
+    with torch.inference_mode():
+        assert rel(fused.vision.encode(pixels, grids), plain.vision.encode(pixels, grids)) < 2e-2
