@@ -60,7 +60,7 @@ def large_rows(name: str, n: int, k: int, rows_list: list[int], copies: int = 2)
         best = None
         for cfg in sw.CONFIGS:
             key = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}" + (
-                " pers" if cfg.persistent else "") + (" tma" if cfg.tma else "")
+                " pers" if cfg.persistent else "")
             try:
                 out = sw.matmul_silu(x, inter[0], cfg).float()
                 err = ((out - ref).norm() / ref.norm()).item()

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from glmv.kernels.pdl import launch_options, pdl_start
 from glmv.kernels.timing import graph_time_us
@@ -104,76 +105,26 @@ class MatmulSiluConfig:
     num_stages: int
     group_m: int = 8  # row tiles that walk the weight's column tiles together (L2 reuse of the weight)
     persistent: bool = False  # one program per SM looping over tiles, instead of one program per tile
-    tma: bool = False  # load tiles through tensor descriptors (Hopper's bulk copies) instead of pointer loads
 
 
 C = MatmulSiluConfig
-CONFIGS = [  # shared memory = stages * (block_m + block_n) * block_k * 2 B (<= 227 KB on an H100)
-    C(128, 256, 64, 8, 3), C(128, 256, 64, 8, 4), C(128, 128, 64, 8, 4), C(128, 128, 64, 4, 4),
-    C(128, 256, 64, 8, 3, persistent=True), C(128, 128, 64, 8, 4, persistent=True), C(64, 256, 64, 4, 4),
-    C(128, 256, 64, 8, 3, tma=True), C(128, 256, 64, 8, 4, tma=True), C(128, 128, 64, 8, 4, tma=True),
-    C(128, 256, 64, 8, 3, persistent=True, tma=True),
+CONFIGS = [  # bench/probe_swiglu.py's winners on an H100 (session 3): 128 x 256 tiles, 8 warps. Pointer loads
+    # (cp.async) instead of descriptors ran 10-25% slower at every shape; 128 x 128 and 64 x 256 tiles lost too.
+    # Shared memory = stages * (block_m + block_n) * block_k * 2 B (<= 227 KB on an H100).
+    C(128, 256, 64, 8, 3), C(128, 256, 64, 8, 4), C(128, 256, 64, 8, 3, persistent=True),
 ]
 del C
 PLAN_POINTS = [256, 1024, 4096, 16384]  # row counts `plan` times; a call uses the largest point <= its rows
 
 
 @triton.jit
-def _matmul_silu_tile(x_ptr, w_ptr, out_ptr, tile, M, N, K, stride_xm, stride_wn, stride_om,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """One output tile. Rows and weight rows past the end are clamped to the last one (no masks in the K loop) and
-    not stored."""
+def _matmul_silu_tile(x_desc, w_desc, out_ptr, tile, M, N, K, stride_om,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """One output tile. The tiles come in through tensor descriptors (Hopper's bulk copies; rows past the end
+    read as zeros) and the out-of-range part is not stored."""
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     per_group = GROUP_M * num_n  # GROUP_M row tiles walk the column tiles together: they share weight tiles in L2
-    first_m = (tile // per_group) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (tile % per_group) % size_m
-    pid_n = (tile % per_group) // size_m
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    rows = tl.minimum(offs_m, M - 1).to(tl.int64)
-    cols = tl.minimum(offs_n, N - 1).to(tl.int64)
-    x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :]
-    w_ptrs = w_ptr + cols[:, None] * stride_wn + offs_k[None, :]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for _ in range(0, K, BLOCK_K):
-        acc = tl.dot(tl.load(x_ptrs), tl.trans(tl.load(w_ptrs)), acc)
-        x_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
-    half: tl.constexpr = BLOCK_N // 2
-    act = silu_pairs(acc, BLOCK_M, BLOCK_N, out_ptr.dtype.element_ty)
-    offs_o = pid_n * half + tl.arange(0, half)
-    mask = (offs_m[:, None] < M) & (offs_o[None, :] < N // 2)
-    tl.store(out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_o[None, :], act, mask=mask)
-
-
-@triton.jit
-def _matmul_silu_kernel(
-    x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om, num_programs,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr,
-):  # fmt: skip
-    """out[M, N // 2] = silu_pairs(x[M, K] @ w[N, K].T); K a multiple of BLOCK_K (checked by the caller)."""
-    pdl_start(USE_PDL)
-    if PERSISTENT:
-        num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
-        for tile in range(tl.program_id(0), num_tiles, num_programs):
-            _matmul_silu_tile(x_ptr, w_ptr, out_ptr, tile, M, N, K, stride_xm, stride_wn, stride_om,
-                              BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
-    else:
-        _matmul_silu_tile(x_ptr, w_ptr, out_ptr, tl.program_id(0), M, N, K, stride_xm, stride_wn, stride_om,
-                          BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
-
-
-@triton.jit
-def _matmul_silu_tma_tile(x_desc, w_desc, out_ptr, tile, M, N, K, stride_om,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """`_matmul_silu_tile` with descriptor loads (out-of-range rows read as zeros)."""
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * num_n
     first_m = (tile // per_group) * GROUP_M
     size_m = tl.minimum(num_m - first_m, GROUP_M)
     pid_m = first_m + (tile % per_group) % size_m
@@ -192,19 +143,20 @@ def _matmul_silu_tma_tile(x_desc, w_desc, out_ptr, tile, M, N, K, stride_om,
 
 
 @triton.jit
-def _matmul_silu_tma_kernel(
+def _matmul_silu_kernel(
     x_desc, w_desc, out_ptr, M, N, K, stride_om, num_programs,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PERSISTENT: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    """out[M, N // 2] = silu_pairs(x[M, K] @ w[N, K].T); K a multiple of BLOCK_K (checked by the caller)."""
     pdl_start(USE_PDL)
     if PERSISTENT:
         num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
         for tile in range(tl.program_id(0), num_tiles, num_programs):
-            _matmul_silu_tma_tile(x_desc, w_desc, out_ptr, tile, M, N, K, stride_om, BLOCK_M, BLOCK_N, BLOCK_K,
+            _matmul_silu_tile(x_desc, w_desc, out_ptr, tile, M, N, K, stride_om, BLOCK_M, BLOCK_N, BLOCK_K,
                                   GROUP_M)
     else:
-        _matmul_silu_tma_tile(x_desc, w_desc, out_ptr, tl.program_id(0), M, N, K, stride_om, BLOCK_M, BLOCK_N,
+        _matmul_silu_tile(x_desc, w_desc, out_ptr, tl.program_id(0), M, N, K, stride_om, BLOCK_M, BLOCK_N,
                               BLOCK_K, GROUP_M)
 
 
@@ -213,15 +165,26 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
+def fits(x: torch.Tensor, weight: torch.Tensor, config: MatmulSiluConfig) -> bool:
+    """Whether `matmul_silu` takes these operands: matching K in whole tiles, an even N, and rows a tensor
+    descriptor can address (unit stride along K; 16-byte aligned starts and row strides)."""
+    return (
+        x.dim() == 2 and weight.dim() == 2 and weight.shape[1] == x.shape[1] and weight.shape[0] % 2 == 0
+        and x.shape[1] % config.block_k == 0
+        and all(t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0
+                for t in (x, weight))
+    )  # fmt: skip
+
+
 def matmul_silu(x: torch.Tensor, weight: torch.Tensor, config: MatmulSiluConfig) -> torch.Tensor:
     """silu_mul_pairs(x @ weight.T) in one kernel: x [M, K], weight [N, K] interleaved (`interleave_gate_up`),
-    K a multiple of config.block_k -> [M, N // 2] in x's dtype."""
+    operands as `fits` says -> [M, N // 2] in x's dtype."""
+    c = config
+    if not fits(x, weight, c):
+        raise ValueError(f"matmul_silu needs matching K (a multiple of {c.block_k}), an even N and 16-byte aligned "
+                         f"rows with unit stride; got x {tuple(x.shape)}, weight {tuple(weight.shape)}")
     m, k = x.shape
     n = weight.shape[0]
-    c = config
-    if weight.shape[1] != k or n % 2 or k % c.block_k or x.stride(-1) != 1 or weight.stride(-1) != 1:
-        raise ValueError(f"matmul_silu needs contiguous rows, matching K (a multiple of {c.block_k}) and an even N; "
-                         f"got x {tuple(x.shape)}, weight {tuple(weight.shape)}")
     out = torch.empty((m, n // 2), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
@@ -229,16 +192,9 @@ def matmul_silu(x: torch.Tensor, weight: torch.Tensor, config: MatmulSiluConfig)
     programs = min(tiles, _sm_count(x.device)) if c.persistent else tiles
     meta = dict(BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GROUP_M=c.group_m, PERSISTENT=c.persistent,
                 num_warps=c.num_warps, num_stages=c.num_stages, **launch_options())
-    if c.tma:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        x_desc = TensorDescriptor.from_tensor(x, [c.block_m, c.block_k])
-        w_desc = TensorDescriptor.from_tensor(weight, [c.block_n, c.block_k])
-        _matmul_silu_tma_kernel[(programs,)](x_desc, w_desc, out, m, n, k, out.stride(0), programs, **meta)
-    else:
-        _matmul_silu_kernel[(programs,)](
-            x, weight, out, m, n, k, x.stride(0), weight.stride(0), out.stride(0), programs, **meta
-        )  # fmt: skip
+    x_desc = TensorDescriptor.from_tensor(x, [c.block_m, c.block_k])
+    w_desc = TensorDescriptor.from_tensor(weight, [c.block_n, c.block_k])
+    _matmul_silu_kernel[(programs,)](x_desc, w_desc, out, m, n, k, out.stride(0), programs, **meta)
     return out
 
 
@@ -282,7 +238,7 @@ def plan(weight_groups: list[list[torch.Tensor]], points: list[int] | None = Non
             base = time_us(x, weights, None)
             best, best_us = None, base
             for cfg in CONFIGS:
-                if k % cfg.block_k:
+                if not fits(x, weights[0], cfg):
                     continue
                 try:
                     out = matmul_silu(x, weights[0], cfg).float()

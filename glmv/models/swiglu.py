@@ -57,7 +57,7 @@ class GateUpAct:
             if cfg is not None:
                 return self.gemv(x, weight, None, cfg, True)
         cfg = sw.planned_config(self.large_plan.get(tuple(weight.shape)), rows) if rows > 128 else None
-        if cfg is not None and x.stride(-1) == 1 and weight.shape[1] % cfg.block_k == 0:
+        if cfg is not None and sw.fits(x, weight, cfg):
             return sw.matmul_silu(x, weight, cfg)
         return sw.cublas_silu(x, weight)
 
