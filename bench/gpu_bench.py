@@ -188,6 +188,24 @@ def decode_step_summary(records: list[tuple[float, int, int]]) -> dict[str, floa
     return {str(b): round(1e3 * statistics.median(by[b]), 3) for b in sorted(top)}
 
 
+def decode_step_spread(records: list[tuple[float, int, int]]) -> dict[str, float]:
+    """For the decode-only batch size seen most: step count, mean, median, p90 and max (ms), and how many steps took
+    over 1.3x the median (host stalls: GC, the GIL, late launches). Steady throughput follows the mean, not the
+    median."""
+    by: dict[int, list[float]] = {}
+    for wall, pre, dec in records:
+        if pre == 0 and dec:
+            by.setdefault(dec, []).append(wall)
+    if not by:
+        return {}
+    rows = max(by, key=lambda b: len(by[b]))
+    walls = sorted(by[rows])
+    med = statistics.median(walls)
+    return {"rows": rows, "steps": len(walls), "mean_ms": round(1e3 * statistics.fmean(walls), 3),
+            "median_ms": round(1e3 * med, 3), "p90_ms": round(1e3 * walls[int(0.9 * (len(walls) - 1))], 3),
+            "max_ms": round(1e3 * walls[-1], 3), "over_1.3x": sum(w > 1.3 * med for w in walls)}
+
+
 # ---------------------------------------------------------------- pieces on the bare GPU
 def _fill_decode_buffers(runner, batch: int, ctx: int) -> int:
     """Put `batch` rows of `ctx` tokens each (distinct KV blocks per row) into the runner's decode buffers; returns
@@ -546,9 +564,11 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
             res[f"throughput_{conc}_steady"] = statistics.median(steady) if steady else None
             res[f"throughput_{conc}_runs"] = [(round(r["e2e_tok_s"]), round(r.get("steady_tok_s") or 0)) for r in runs]
             res[f"throughput_{conc}_detail"] = {k: v for k, v in runs[-1].items() if k != "ttft"}
-            res[f"steps_{conc}"] = decode_step_summary(rec.take())
+            records = rec.take()
+            res[f"steps_{conc}"] = decode_step_summary(records)
+            res[f"steps_{conc}_spread"] = decode_step_spread(records)
             log(f"glmv: {conc}: (e2e, steady) tok/s per run {res[f'throughput_{conc}_runs']}, "
-                f"steps {res[f'steps_{conc}']}")
+                f"steps {res[f'steps_{conc}']}, spread {res[f'steps_{conc}_spread']}")
             save()
 
         log("glmv: TTFT of one image prompt (idle)")
