@@ -622,11 +622,7 @@ def probe_decode_engine_shapes(kernels, bandwidth) -> None:
                 T(block_n=32, programs_per_sm=4), T(num_warps=8), T(block_n=32, num_warps=2),
                 # session 3: no split at all (one program per sequence and KV head), and at most two
                 T(max_splits=1), T(max_splits=1, num_warps=8), T(max_splits=1, block_n=32, num_stages=4),
-                T(max_splits=1, block_n=128, num_warps=8), T(max_splits=1, num_stages=4), T(max_splits=2),
-                # session 3: one program reads both KV heads of each cached row
-                T(pair_kv_heads=True), T(pair_kv_heads=True, num_warps=8), T(pair_kv_heads=True, programs_per_sm=1),
-                T(pair_kv_heads=True, block_n=32), T(pair_kv_heads=True, num_stages=4),
-                T(pair_kv_heads=True, programs_per_sm=4), T(pair_kv_heads=True, block_n=32, num_stages=4)]
+                T(max_splits=1, block_n=128, num_warps=8), T(max_splits=1, num_stages=4), T(max_splits=2)]
     print("\n== decode attention at graph-sized tables (us, CUDA graph) ==", flush=True)
     cases = [(1, 640), (64, 640), (64, 1024), (128, 640)]
     print(f"{'variant':<44}" + "".join(f"{f'b{b}/c{c}':>11}" for b, c in cases), flush=True)
@@ -646,8 +642,7 @@ def probe_decode_engine_shapes(kernels, bandwidth) -> None:
                 cells.append("   n/a")
                 print(f"  {tuning}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
         name = f"n{tuning.block_n} w{tuning.num_warps} s{tuning.num_stages} pps{tuning.programs_per_sm}" + (
-            f" max{tuning.max_splits}" if tuning.max_splits != T().max_splits else "") + (
-            " pair" if tuning.pair_kv_heads else "")
+            f" max{tuning.max_splits}" if tuning.max_splits != T().max_splits else "")
         print(f"{name:<44}" + "".join(f"{c:>11}" for c in cells), flush=True)
     floors = [sets.kv_bytes / bandwidth * 1e6 for sets in all_sets]
     print(f"{'byte floor':<44}" + "".join(f"{f:>11.1f}" for f in floors), flush=True)

@@ -41,7 +41,6 @@ class DecodeTuning:
     programs_per_sm: int = 2  # split the context until batch * kv_heads * splits reaches this many programs per SM
     min_tokens_per_split: int = 128  # never split finer than this: the merge costs more than it saves
     max_splits: int = 64
-    pair_kv_heads: bool = False  # one program reads two adjacent KV heads (each token's row in one piece)
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class PrefillTuning:
     num_stages: int = 3
 
 
-DEFAULT_DECODE_TUNING = DecodeTuning(pair_kv_heads=os.environ.get("GLMV_DECODE_PAIR", "0") == "1")
+DEFAULT_DECODE_TUNING = DecodeTuning()
 DEFAULT_PREFILL_TUNING = PrefillTuning()
 
 
@@ -163,42 +162,6 @@ def write_kv(
 
 
 @triton.jit
-def _decode_block(q, m_i, l_i, acc, k_ptrs, v_ptrs, kv_mask, n_mask, qk_scale,
-                  DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):  # fmt: skip
-    """One BLOCK_N slice of keys and values for one KV head's query group: the online-softmax update."""
-    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-    s = _mma(q, tl.trans(k), DOT_PRECISION, UPCAST_DOT) * qk_scale
-    s = tl.where(n_mask[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
-    acc = acc * alpha[:, None] + _mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST_DOT)
-    return m_new, l_i, acc
-
-
-@triton.jit
-def _decode_store(out_ptr, part_out_ptr, part_lse_ptr, acc, m_i, l_i, seq, heads, split, offs_d, g_mask, d_mask,
-                  stride_ob, stride_oh, stride_pb, stride_ph, stride_ps,
-                  HEAD_DIM_PAD: tl.constexpr, SINGLE_SPLIT: tl.constexpr):  # fmt: skip
-    has_keys = l_i > 0.0  # false for an empty split, or a padding sequence of length 0
-    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    store_mask = g_mask[:, None] & d_mask[None, :]
-    if SINGLE_SPLIT:
-        tl.store(
-            out_ptr + seq * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
-            out.to(out_ptr.dtype.element_ty),
-            mask=store_mask,
-        )
-    else:
-        part = seq * stride_pb + heads * stride_ph + split * stride_ps
-        tl.store(part_out_ptr + part[:, None] * HEAD_DIM_PAD + offs_d[None, :], out, mask=store_mask)
-        lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
-        tl.store(part_lse_ptr + part, lse, mask=g_mask)
-
-
-@triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
     out_ptr, part_out_ptr, part_lse_ptr,
@@ -210,15 +173,13 @@ def _decode_split_kernel(
     stride_pb, stride_ph, stride_ps,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, PAIR: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     SINGLE_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
-    """One program = one sequence x one KV head (two adjacent ones with PAIR) x one slice of its context, for all
-    GROUP query heads of each KV head at once. With PAIR both heads' halves of every cached token row are read by
-    the same program in the same step, so each row crosses memory in one contiguous piece."""
+    """One program = one sequence x one KV head x one slice of its context, for all GROUP query heads at once."""
     pdl_start(USE_PDL)
     seq = tl.program_id(0)
-    kv_head = tl.program_id(1) * (2 if PAIR else 1)
+    kv_head = tl.program_id(1)
     split = tl.program_id(2)
 
     seq_len = tl.load(seq_lens_ptr + seq)
@@ -233,17 +194,15 @@ def _decode_split_kernel(
     heads = kv_head * GROUP + offs_g
     g_mask = offs_g < GROUP
     d_mask = offs_d < HEAD_DIM
-    q_mask = g_mask[:, None] & d_mask[None, :]
-    q_ptrs = q_ptr + seq * stride_qb + heads[:, None] * stride_qh + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=q_mask, other=0.0)
+    q = tl.load(
+        q_ptr + seq * stride_qb + heads[:, None] * stride_qh + offs_d[None, :],
+        mask=g_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )
+
     m_i = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM_PAD], dtype=tl.float32)
-    if PAIR:
-        q2 = tl.load(q_ptrs + GROUP * stride_qh, mask=q_mask, other=0.0)
-    else:
-        q2 = q
-    m_2, l_2, acc_2 = m_i, l_i, acc
     table_row = block_tables_ptr + seq * stride_bt
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -251,22 +210,39 @@ def _decode_split_kernel(
         block = tl.load(table_row + offs_n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
         in_block = offs_n % BLOCK_SIZE
         kv_mask = n_mask[:, None] & d_mask[None, :]
-        k_ptrs = k_cache_ptr + block[:, None] * stride_kb + in_block[:, None] * stride_ks + kv_head * stride_kh \
-            + offs_d[None, :]
-        v_ptrs = v_cache_ptr + block[:, None] * stride_vb + in_block[:, None] * stride_vs + kv_head * stride_vh \
-            + offs_d[None, :]
-        m_i, l_i, acc = _decode_block(q, m_i, l_i, acc, k_ptrs, v_ptrs, kv_mask, n_mask, qk_scale, DOT_PRECISION,
-                                      UPCAST_DOT)
-        if PAIR:
-            m_2, l_2, acc_2 = _decode_block(q2, m_2, l_2, acc_2, k_ptrs + stride_kh, v_ptrs + stride_vh, kv_mask,
-                                            n_mask, qk_scale, DOT_PRECISION, UPCAST_DOT)
+        k = tl.load(
+            k_cache_ptr + block[:, None] * stride_kb + in_block[:, None] * stride_ks + kv_head * stride_kh
+            + offs_d[None, :],
+            mask=kv_mask, other=0.0,
+        )  # fmt: skip
+        s = _mma(q, tl.trans(k), DOT_PRECISION, UPCAST_DOT) * qk_scale
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(
+            v_cache_ptr + block[:, None] * stride_vb + in_block[:, None] * stride_vs + kv_head * stride_vh
+            + offs_d[None, :],
+            mask=kv_mask, other=0.0,
+        )  # fmt: skip
+        acc = acc * alpha[:, None] + _mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST_DOT)
+        m_i = m_new
 
-    _decode_store(out_ptr, part_out_ptr, part_lse_ptr, acc, m_i, l_i, seq, heads, split, offs_d, g_mask, d_mask,
-                  stride_ob, stride_oh, stride_pb, stride_ph, stride_ps, HEAD_DIM_PAD, SINGLE_SPLIT)
-    if PAIR:
-        _decode_store(out_ptr, part_out_ptr, part_lse_ptr, acc_2, m_2, l_2, seq, heads + GROUP, split, offs_d,
-                      g_mask, d_mask, stride_ob, stride_oh, stride_pb, stride_ph, stride_ps, HEAD_DIM_PAD,
-                      SINGLE_SPLIT)
+    has_keys = l_i > 0.0  # false for an empty split, or a padding sequence of length 0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    store_mask = g_mask[:, None] & d_mask[None, :]
+    if SINGLE_SPLIT:
+        tl.store(
+            out_ptr + seq * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=store_mask,
+        )
+    else:
+        part = seq * stride_pb + heads * stride_ph + split * stride_ps
+        tl.store(part_out_ptr + part[:, None] * HEAD_DIM_PAD + offs_d[None, :], out, mask=store_mask)
+        lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+        tl.store(part_lse_ptr + part, lse, mask=g_mask)
 
 
 @triton.jit
@@ -302,10 +278,9 @@ def _decode_merge_kernel(
 def decode_num_splits(
     batch: int, kv_heads: int, max_kv_len: int, device: torch.device, tuning: DecodeTuning = DEFAULT_DECODE_TUNING
 ) -> int:
-    """How many context slices per (sequence, KV head) program (`kv_heads`: programs per sequence): from shapes
-    only, so a captured graph stays valid. No split once one program per (sequence, KV head) already fills ~90% of
-    the slots (programs_per_sm per SM): splitting then only adds the merge (H100, batch 128: 36.9 us against 45.9
-    with two splits, session 3)."""
+    """How many context slices per (sequence, KV head): from shapes only, so a captured graph stays valid. No
+    split once one program per (sequence, KV head) already fills ~90% of the slots (programs_per_sm per SM):
+    splitting then only adds the merge (H100, batch 128 at context 640: 37 us against 45 with two splits)."""
     programs = max(1, batch * kv_heads)
     slots = tuning.programs_per_sm * _multiprocessor_count(device)
     if programs >= 0.9 * slots:
@@ -342,10 +317,8 @@ def paged_decode_attention(
     out = torch.empty_like(q)
     if batch == 0:
         return out
-    pair = tuning.pair_kv_heads and kv_heads % 2 == 0
-    programs_per_seq = kv_heads // 2 if pair else kv_heads
     if num_splits is None:
-        num_splits = decode_num_splits(batch, programs_per_seq, block_tables.shape[1] * block_size, q.device, tuning)
+        num_splits = decode_num_splits(batch, kv_heads, block_tables.shape[1] * block_size, q.device, tuning)
     head_dim_pad = _next_pow2(head_dim)
     single = num_splits == 1
     if single:
@@ -355,7 +328,7 @@ def paged_decode_attention(
         part_out = torch.empty(batch, heads, num_splits, head_dim_pad, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(batch, heads, num_splits, dtype=torch.float32, device=q.device)
         part_strides = (heads * num_splits, num_splits, 1)
-    _decode_split_kernel[(batch, programs_per_seq, num_splits)](
+    _decode_split_kernel[(batch, kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens,
         out, part_out, part_lse,
         scale * _LOG2E, num_splits,
@@ -366,7 +339,7 @@ def paged_decode_attention(
         *part_strides,
         GROUP=group, GROUP_PAD=max(16, _next_pow2(group)),
         HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
-        BLOCK_SIZE=block_size, BLOCK_N=tuning.block_n, PAIR=pair,
+        BLOCK_SIZE=block_size, BLOCK_N=tuning.block_n,
         SINGLE_SPLIT=single, DOT_PRECISION=_dot_precision(q.dtype), UPCAST_DOT=_upcast_dot(q.dtype),
         num_warps=tuning.num_warps, num_stages=tuning.num_stages, **launch_options(),
     )  # fmt: skip

@@ -178,10 +178,9 @@ if ON_GPU:
     ]
 
 
-@pytest.mark.parametrize("pair", [False, True], ids=["one-kv-head", "kv-head-pairs"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dims,block_size,seq_lens,num_splits", DECODE_CASES)
-def test_decode_matches_reference(dims, block_size, seq_lens, num_splits, dtype, pair):
+def test_decode_matches_reference(dims, block_size, seq_lens, num_splits, dtype):
     gen = torch.Generator().manual_seed(hash((block_size, tuple(seq_lens), num_splits)) % 2**31)
     heads, kv_heads, head_dim = dims["heads"], dims["kv_heads"], dims["head_dim"]
     tables, num_blocks = scatter_block_tables(seq_lens, block_size, gen)
@@ -190,9 +189,7 @@ def test_decode_matches_reference(dims, block_size, seq_lens, num_splits, dtype,
     lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
     scale = head_dim**-0.5
 
-    tuning = kernels.DecodeTuning(pair_kv_heads=pair)  # pairs apply where the KV head count is even
-    out = kernels.paged_decode_attention(q, k_cache, v_cache, tables, lens, scale, num_splits=num_splits,
-                                         tuning=tuning)
+    out = kernels.paged_decode_attention(q, k_cache, v_cache, tables, lens, scale, num_splits=num_splits)
 
     ref = reference_decode(q, k_cache, v_cache, tables, lens, scale)
     assert out.shape == q.shape and out.dtype == dtype
