@@ -15,7 +15,6 @@ futex wake-up for every parallel op (measured on 2 cores: 77 instead of 97-118 t
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import queue
 import sys
@@ -50,11 +49,6 @@ class AsyncEngine:
         self.model_config = model_config
         self.config = engine_config
         self.engine = engine or LLMEngine(model_config, engine_config, tokenizer)
-        # Everything loaded so far (tokenizer tables, configs, the model's objects) lives as long as the server: move
-        # it out of the cyclic GC's reach, so a full collection does not walk it during a decode step (a stall the
-        # GPU waits on; vLLM does the same after start-up).
-        gc.collect()
-        gc.freeze()
         self.max_model_len = self.engine.max_model_len
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
