@@ -10,8 +10,10 @@
 triton_attention: write_kv, paged_decode_attention, paged_prefill_attention (glmv/engine/attention.py's signatures).
 triton_fused: rms_norm, residual_rms_norm, silu_mul, rotary_write_kv (glmv/models/glm4v.py's steps, one launch each),
 rotary_half, rotary_half_pair and add_rms_norm (the vision tower's rotary and residual-add + norm).
-triton_gemv: gemv (decode-batch matmul, M <= 128, optionally split-K in one launch) and plan_gemv (per-shape choice
-against cuBLAS, timed on the device).
+triton_gemv: gemv (decode-batch matmul, M <= 128, optionally split-K in one launch, optionally with the SwiGLU gating
+in its epilogue) and plan_gemv (per-shape choice against cuBLAS, timed on the device).
+triton_swiglu (imported directly): the gate/up matmul for many rows with the SiLU-gating in its epilogue, its
+interleaved weight layout, the pairwise gating kernel, and its planner.
 pdl: programmatic dependent launch on Hopper (every kernel above launches with it where it works; GLMV_PDL=0: off).
 """
 
