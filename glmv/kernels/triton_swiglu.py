@@ -119,7 +119,7 @@ PLAN_POINTS = [256, 1024, 4096, 16384]  # row counts `plan` times; a call uses t
 
 @triton.jit
 def _matmul_silu_tile(x_desc, w_desc, out_ptr, tile, M, N, K, stride_om,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """One output tile. The tiles come in through tensor descriptors (Hopper's bulk copies; rows past the end
     read as zeros) and the out-of-range part is not stored."""
     num_m = tl.cdiv(M, BLOCK_M)
@@ -153,11 +153,10 @@ def _matmul_silu_kernel(
     if PERSISTENT:
         num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
         for tile in range(tl.program_id(0), num_tiles, num_programs):
-            _matmul_silu_tile(x_desc, w_desc, out_ptr, tile, M, N, K, stride_om, BLOCK_M, BLOCK_N, BLOCK_K,
-                                  GROUP_M)
+            _matmul_silu_tile(x_desc, w_desc, out_ptr, tile, M, N, K, stride_om, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     else:
-        _matmul_silu_tile(x_desc, w_desc, out_ptr, tl.program_id(0), M, N, K, stride_om, BLOCK_M, BLOCK_N,
-                              BLOCK_K, GROUP_M)
+        _matmul_silu_tile(x_desc, w_desc, out_ptr, tl.program_id(0), M, N, K, stride_om, BLOCK_M, BLOCK_N, BLOCK_K,
+                          GROUP_M)
 
 
 @functools.lru_cache(maxsize=8)

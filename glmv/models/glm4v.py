@@ -43,6 +43,7 @@ class TextWeights:
     layers: list[DecoderLayerWeights]
     norm: torch.Tensor
     lm_head: torch.Tensor
+    gate_up_interleaved: bool = False  # set once the model lays the gate/up weights out for the fused gating
 
 
 def load_text_weights(reader: CheckpointReader, dims: TextDims) -> TextWeights:
@@ -135,20 +136,35 @@ class Glm4vModel:
         self.backend = backend or select_backend(device, dtype)
         fused = self.backend.fused
         self.gate_up_act = GateUpAct(getattr(fused, "swiglu", None), getattr(fused, "silu_mul", None))
-        with torch.inference_mode():  # interleaved gate/up rows where the gating is fused into the matmul
-            for lw in text.layers:
-                lw.gate_up_weight = self.gate_up_act.prepare(lw.gate_up_weight)
-            if vision is not None:
-                vision.fused = fused
-                vision.gate_up_act = self.gate_up_act
-                for blk in vision.w.blocks:
-                    blk.gate_up_weight = self.gate_up_act.prepare(blk.gate_up_weight)
-                vision.w.merger_gate_up = self.gate_up_act.prepare(vision.w.merger_gate_up)
+        if vision is not None:
+            vision.fused = fused
+            vision.gate_up_act = self.gate_up_act
+        self._lay_out_gate_up(text, vision)
         self.scale = self.dims.head_dim**-0.5
         d = self.dims
         self._split = [d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim, d.num_kv_heads * d.head_dim]
         self._gemv_plan: dict = {}  # (N, K, has bias, rows) -> Triton GEMV config, where it beat cuBLAS here
         self._gemv = None
+
+    def _lay_out_gate_up(self, text: TextWeights, vision: Glm4vVisionTower | None) -> None:
+        """Interleave the gate/up rows (decoder, vision blocks, merger) when this model fuses the gating into the
+        matmul. Weights already laid out for another model are refused rather than interleaved twice."""
+        act = self.gate_up_act
+        parts = [text] + ([vision.w] if vision is not None else [])
+        if not act.interleaved and any(w.gate_up_interleaved for w in parts):
+            raise ValueError("these weights were laid out for the fused SwiGLU gating by another model; load them "
+                             "again for a model that gates separately")
+        if not act.interleaved or text.gate_up_interleaved:
+            return
+        with torch.inference_mode():
+            for lw in text.layers:
+                lw.gate_up_weight = act.prepare(lw.gate_up_weight)
+            text.gate_up_interleaved = True
+            if vision is not None:
+                for blk in vision.w.blocks:
+                    blk.gate_up_weight = act.prepare(blk.gate_up_weight)
+                vision.w.merger_gate_up = act.prepare(vision.w.merger_gate_up)
+                vision.w.gate_up_interleaved = True
 
     @classmethod
     def load(cls, config: ModelConfig, device: str | torch.device, dtype: torch.dtype, max_positions: int | None = None,

@@ -69,6 +69,7 @@ class VisionWeights:
     merger_norm_bias: torch.Tensor
     merger_gate_up: torch.Tensor
     merger_down: torch.Tensor
+    gate_up_interleaved: bool = False  # set once the model lays the gate/up weights out for the fused gating
 
 
 def load_vision_weights(reader: CheckpointReader, dims: VisionDims) -> VisionWeights:

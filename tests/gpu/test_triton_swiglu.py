@@ -150,3 +150,63 @@ def test_plan_chooses_only_configurations_that_win():
         assert (cfg is None) == (best == base), point
         assert cfg is None or best < 0.98 * base
     assert sw.planned_config(points, 100) is points[0][1] and sw.planned_config(points, 5000) is points[1][1]
+
+
+def test_model_lays_out_its_weights_once_and_matches_the_separate_gating(tmp_path, monkeypatch):
+    """A tiny model whose backend fuses the gating (forced for every prompt row count) gives the decoder's and the
+    tower's outputs of the same model gating separately; weights interleaved for one model are not interleaved again
+    for a second, and a model that gates separately refuses them."""
+    from types import SimpleNamespace
+
+    from glmv.config import ModelConfig
+    from glmv.engine import attention
+    from glmv.engine.attention import AttentionMetadata
+    from glmv.models.glm4v import Glm4vModel
+    from glmv.models.tiny import make_tiny_model
+
+    sw = swiglu()
+    monkeypatch.setenv("GLMV_SWIGLU", "0")  # loading keeps the stacked layout; each test model's backend decides
+    make_tiny_model(tmp_path / "tiny", preset="tiny")
+    config = ModelConfig.from_dir(tmp_path / "tiny")
+
+    def model(swiglu_module, loaded=None):
+        fused = SimpleNamespace(rms_norm=kernels.rms_norm, residual_rms_norm=kernels.residual_rms_norm,
+                                silu_mul=kernels.silu_mul, rotary_write_kv=kernels.rotary_write_kv,
+                                rotary_half=kernels.rotary_half, swiglu=swiglu_module)
+        backend = attention.AttentionBackend("test", kernels.write_kv, kernels.paged_decode_attention,
+                                             kernels.paged_prefill_attention, fused)
+        loaded = loaded or Glm4vModel.load(config, DEVICE, torch.float32, max_positions=1024)
+        return Glm4vModel(config, loaded.w, loaded.vision, loaded.device, loaded.dtype, 1024, backend=backend)
+
+    def prefill(m, ids):
+        t, n, bs = m.dims, ids.numel(), 16
+        blocks = -(-n // bs) + 1
+        cache = torch.zeros(t.num_layers, 2, blocks, bs, t.num_kv_heads, t.head_dim, device=DEVICE)
+        meta = AttentionMetadata(
+            slot_mapping=torch.arange(n, device=DEVICE) + bs, num_prefill_tokens=n,
+            prefill_block_tables=torch.arange(1, blocks, dtype=torch.int32, device=DEVICE).unsqueeze(0),
+            prefill_cu_seqlens_q=torch.tensor([0, n], dtype=torch.int32, device=DEVICE),
+            prefill_seq_lens=torch.tensor([n], dtype=torch.int32, device=DEVICE), prefill_max_seqlen_q=n,
+            prefill_dense=True)
+        with torch.inference_mode():
+            return m.forward(m.embed(ids), torch.arange(n, device=DEVICE).expand(3, -1),
+                             [(cache[i, 0], cache[i, 1]) for i in range(t.num_layers)], meta)
+
+    plain, fused = model(None), model(sw)
+    assert fused.w.gate_up_interleaved and not plain.w.gate_up_interleaved
+    cfg = sw.MatmulSiluConfig(32, 64, 32, 4, 2) if not ON_GPU else sw.MatmulSiluConfig(64, 128, 32, 4, 3)  # float32
+    for w in (fused.w.layers[0].gate_up_weight, fused.vision.w.blocks[0].gate_up_weight):
+        fused.gate_up_act.large_plan[tuple(w.shape)] = [(129, cfg)]
+    ids = torch.randint(0, config.text.vocab_size, (200,), device=DEVICE)
+    ours, ref = prefill(fused, ids), prefill(plain, ids)
+    assert relative_error(ours, ref.double()) < TOL * 10
+    patch = 3 * config.vision.temporal_patch_size * config.vision.patch_size**2
+    pixels = torch.randn(16 * 16, patch, device=DEVICE)
+    with torch.inference_mode():
+        assert relative_error(fused.vision.encode(pixels, [(1, 16, 16)]),
+                              plain.vision.encode(pixels, [(1, 16, 16)]).double()) < TOL * 10
+    first_layer = fused.w.layers[0].gate_up_weight
+    again = model(sw, loaded=fused)
+    assert again.w.layers[0].gate_up_weight is first_layer  # not interleaved a second time
+    with pytest.raises(ValueError, match="laid out"):
+        model(None, loaded=fused)
