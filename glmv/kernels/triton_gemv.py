@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from glmv.kernels import pdl
 from glmv.kernels.timing import graph_time_us
@@ -36,6 +37,7 @@ class GemvConfig:
     num_warps: int
     num_stages: int
     split_k: int = 1  # programs per BLOCK_N rows, each over a slice of K; the last to finish reduces (one launch)
+    tma: bool = False  # tiles come in through tensor descriptors (Hopper's bulk copies) instead of pointer loads
 
 
 G = GemvConfig
@@ -46,6 +48,10 @@ CONFIGS = {  # by BLOCK_M (bench/notes/gpu_engine.md, session 2: the sweep's bes
     64: [G(128, 128, 8, 3), G(64, 128, 4, 4), G(128, 64, 4, 4), G(64, 128, 4, 4, 2), G(64, 64, 4, 6, 4)],
     128: [G(64, 128, 8, 3), G(32, 128, 4, 4), G(128, 128, 8, 3), G(128, 64, 8, 3, 2)],
 }
+CONFIGS[16] += [G(32, 256, 4, 4, tma=True), G(64, 128, 4, 4, 4, tma=True), G(128, 128, 4, 3, 4, tma=True)]
+CONFIGS[64] += [G(128, 128, 8, 3, tma=True), G(64, 128, 4, 4, tma=True), G(32, 256, 4, 4, tma=True),
+                G(64, 128, 4, 4, 2, tma=True), G(64, 128, 4, 4, 4, tma=True)]
+CONFIGS[128] += [G(64, 128, 8, 3, tma=True), G(128, 128, 8, 3, tma=True), G(32, 128, 4, 4, tma=True)]
 del G
 # Batch sizes timed by `plan`; a bucket uses the result of the smallest point >= it in its BLOCK_M class.
 PLAN_POINTS = [1, 4, 16, 32, 64, 96, 128]
@@ -64,10 +70,11 @@ def _prefetch_l2(ptrs, nbytes):
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, b_ptr, out_ptr, ws_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_om, pf_bytes, pf_programs,
+    x_ptr, w_ptr, x_desc, w_desc, b_ptr, out_ptr, ws_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_om,
+    pf_bytes, pf_programs,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, W_BYTES: tl.constexpr,
-    SILU_MUL: tl.constexpr,
+    SILU_MUL: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """One program = BLOCK_N weight rows x one of SPLIT_K slices of K (whole BLOCK_K tiles). With SPLIT_K > 1 each
     program leaves its float32 partial in ws; the last of an n-block's programs to finish (an atomic counter per
@@ -78,7 +85,8 @@ def _gemv_kernel(
     kernel: the first pf_bytes of each row of the first pf_programs programs (those resident from the start).
 
     SILU_MUL: the weight is an interleaved gate/up pair stack (glmv.kernels.triton_swiglu) and the output, N // 2 wide,
-    is up * silu(gate)."""
+    is up * silu(gate). TMA: x and w tiles come through the descriptors x_desc and w_desc (rows and columns past the
+    ends read as zeros), else by pointer loads from x_ptr and w_ptr."""
     pid = tl.program_id(0)
     pid_n = pid // SPLIT_K
     pid_k = pid % SPLIT_K
@@ -90,8 +98,6 @@ def _gemv_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     n_mask = offs_n < N
     m_mask = offs_m < M
-    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + (k_start + offs_k)[None, :]
-    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_start + offs_k)[None, :]
     if USE_PDL:
         if PREFETCH:
             nbytes = tl.minimum(pf_bytes, (k_end - k_start) * W_BYTES) // 16 * 16  # the prefetch takes 16 B units
@@ -100,17 +106,23 @@ def _gemv_kernel(
                 _prefetch_l2(w_ptr + rows * stride_wn + k_start, tl.full([BLOCK_N], nbytes, tl.int32))
         tl.extra.cuda.gdc_wait()  # x (and the output buffers) belong to the kernels before this one
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(k_start, k_end, BLOCK_K):
-        if EVEN_K:
-            w = tl.load(w_ptrs, mask=n_mask[:, None], other=0.0)
-            x = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
-        else:
-            k_ok = (k + offs_k) < k_end
-            w = tl.load(w_ptrs, mask=n_mask[:, None] & k_ok[None, :], other=0.0)
-            x = tl.load(x_ptrs, mask=m_mask[:, None] & k_ok[None, :], other=0.0)
-        acc += tl.dot(x, tl.trans(w))
-        w_ptrs += BLOCK_K
-        x_ptrs += BLOCK_K
+    if TMA:
+        for k in range(k_start, k_end, BLOCK_K):
+            acc += tl.dot(x_desc.load([0, k]), tl.trans(w_desc.load([pid_n * BLOCK_N, k])))
+    else:
+        w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + (k_start + offs_k)[None, :]
+        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_start + offs_k)[None, :]
+        for k in range(k_start, k_end, BLOCK_K):
+            if EVEN_K:
+                w = tl.load(w_ptrs, mask=n_mask[:, None], other=0.0)
+                x = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
+            else:
+                k_ok = (k + offs_k) < k_end
+                w = tl.load(w_ptrs, mask=n_mask[:, None] & k_ok[None, :], other=0.0)
+                x = tl.load(x_ptrs, mask=m_mask[:, None] & k_ok[None, :], other=0.0)
+            acc += tl.dot(x, tl.trans(w))
+            w_ptrs += BLOCK_K
+            x_ptrs += BLOCK_K
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()  # late: the next kernels' waiting programs would take SM slots
     if SPLIT_K == 1:
@@ -190,13 +202,15 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, confi
     aligned = weight.data_ptr() % 16 == 0 and weight.stride(0) * weight.element_size() % 16 == 0
     pf_bytes, pf_programs = _prefetch_plan(x.device, grid, m, k, weight.element_size(), c) \
         if launch["USE_PDL"] and aligned else (0, 0)
+    tma = c.tma and aligned and x.data_ptr() % 16 == 0 and x.stride(0) * x.element_size() % 16 == 0
+    x_desc = TensorDescriptor.from_tensor(x, [block_m(m), c.block_k]) if tma else x  # else unused
+    w_desc = TensorDescriptor.from_tensor(weight, [c.block_n, c.block_k]) if tma else weight
     _gemv_kernel[(grid,)](
-        x, weight, bias if bias is not None else weight, out, ws, counters, m, n, k,
+        x, weight, x_desc, w_desc, bias if bias is not None else weight, out, ws, counters, m, n, k,
         x.stride(0), weight.stride(0), out.stride(0), pf_bytes, pf_programs,
         HAS_BIAS=bias is not None, BLOCK_M=block_m(m), BLOCK_N=c.block_n, BLOCK_K=c.block_k, SPLIT_K=c.split_k,
-        EVEN_K=k % c.block_k == 0, PREFETCH=pf_bytes > 0, W_BYTES=weight.element_size(), SILU_MUL=silu_mul,
-        num_warps=c.num_warps,
-        num_stages=c.num_stages, **launch,
+        EVEN_K=k % c.block_k == 0, PREFETCH=pf_bytes > 0, W_BYTES=weight.element_size(), SILU_MUL=silu_mul, TMA=tma,
+        num_warps=c.num_warps, num_stages=c.num_stages, **launch,
     )  # fmt: skip
     return out
 
