@@ -33,15 +33,6 @@ def pdl_start(USE_PDL: tl.constexpr):
 
 
 @triton.jit
-def prefetch_l2(ptrs, nbytes):
-    """Start copying nbytes from each address into L2 (the copy engine's bulk prefetch; nothing waits for it). What a
-    kernel may do before `gdc_wait` with memory no kernel still running writes: the L2 is where the device's writes
-    land, so a line prefetched before a write is never seen stale."""
-    tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2; // $0", "=r,l,r", [ptrs, nbytes],
-                              dtype=tl.int32, is_pure=False, pack=1)  # fmt: skip
-
-
-@triton.jit
 def _probe_kernel(x_ptr, out_ptr, USE_PDL: tl.constexpr):
     pdl_start(USE_PDL)
     offs = tl.arange(0, 128)

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from glmv.kernels.pdl import launch_options, pdl_start, prefetch_l2
+from glmv.kernels.pdl import launch_options, pdl_start
 
 _LOG2E = 1.4426950408889634
 
@@ -41,7 +41,6 @@ class DecodeTuning:
     programs_per_sm: int = 2  # split the context until batch * kv_heads * splits reaches this many programs per SM
     min_tokens_per_split: int = 128  # never split finer than this: the merge costs more than it saves
     max_splits: int = 64
-    prefetch_pages: bool = True  # with PDL: start the slice's pages into L2 before waiting for the kernel before
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class PrefillTuning:
     num_stages: int = 3
 
 
-DEFAULT_DECODE_TUNING = DecodeTuning(prefetch_pages=os.environ.get("GLMV_DECODE_PREFETCH", "1") != "0")
+DEFAULT_DECODE_TUNING = DecodeTuning()
 DEFAULT_PREFILL_TUNING = PrefillTuning()
 
 
@@ -163,17 +162,6 @@ def write_kv(
 
 
 @triton.jit
-def _prefetch_pages(cache_ptr, table_row, start, end, stride_b, BLOCK_SIZE: tl.constexpr, PAGES: tl.constexpr,
-                    PAGE_BYTES: tl.constexpr):
-    """Bulk-prefetch into L2 the whole pages that hold tokens [start, end) of one sequence (PAGES at a time)."""
-    last = (end - 1) // BLOCK_SIZE
-    for p0 in range(start // BLOCK_SIZE, last + 1, PAGES):
-        pages = tl.minimum(p0 + tl.arange(0, PAGES), last)  # past the end: the last page again (harmless)
-        blocks = tl.load(table_row + pages).to(tl.int64)
-        prefetch_l2(cache_ptr + blocks * stride_b, tl.full([PAGES], PAGE_BYTES, tl.int32))
-
-
-@triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
     out_ptr, part_out_ptr, part_lse_ptr,
@@ -187,22 +175,12 @@ def _decode_split_kernel(
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     SINGLE_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, USE_PDL: tl.constexpr,
-    PREFETCH_PAGES: tl.constexpr, PAGE_BYTES: tl.constexpr,
 ):  # fmt: skip
-    """One program = one sequence x one KV head x one slice of its context, for all GROUP query heads at once.
-
-    PREFETCH_PAGES (with PDL, pages contiguous): before waiting for the kernel before it (the rotary + KV write),
-    the program starts its slice's whole pages on their way into L2, keys from KV head 0's programs and values from
-    KV head 1's (a page holds every KV head). Lengths and block tables are step inputs that no running kernel
-    writes; the newest token's row, which the kernel before writes, lands in L2 over the prefetched line."""
+    """One program = one sequence x one KV head x one slice of its context, for all GROUP query heads at once."""
+    pdl_start(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    table_row = block_tables_ptr + seq * stride_bt
-    if PREFETCH_PAGES > 0:
-        tl.extra.cuda.gdc_launch_dependents()
-    else:
-        pdl_start(USE_PDL)
 
     seq_len = tl.load(seq_lens_ptr + seq)
     # Splits cut the real length, not the table's capacity: a short sequence in a wide (graph-sized) table still
@@ -210,12 +188,6 @@ def _decode_split_kernel(
     per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * per_split
     end = tl.minimum(start + per_split, seq_len)
-    if PREFETCH_PAGES > 0:
-        if kv_head == 0:
-            _prefetch_pages(k_cache_ptr, table_row, start, end, stride_kb, BLOCK_SIZE, PREFETCH_PAGES, PAGE_BYTES)
-        if kv_head == 1:
-            _prefetch_pages(v_cache_ptr, table_row, start, end, stride_vb, BLOCK_SIZE, PREFETCH_PAGES, PAGE_BYTES)
-        tl.extra.cuda.gdc_wait()
 
     offs_g = tl.arange(0, GROUP_PAD)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
@@ -231,6 +203,7 @@ def _decode_split_kernel(
     m_i = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM_PAD], dtype=tl.float32)
+    table_row = block_tables_ptr + seq * stride_bt
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_mask = offs_n < end
@@ -348,11 +321,6 @@ def paged_decode_attention(
         num_splits = decode_num_splits(batch, kv_heads, block_tables.shape[1] * block_size, q.device, tuning)
     head_dim_pad = _next_pow2(head_dim)
     single = num_splits == 1
-    launch = launch_options()
-    page_bytes = k_cache.stride(0) * k_cache.element_size()
-    contiguous_pages = all(c.stride(0) == block_size * kv_heads * head_dim and c.stride(1) == kv_heads * head_dim
-                           and c.stride(2) == head_dim and c.data_ptr() % 16 == 0 for c in (k_cache, v_cache))
-    prefetch = 16 if tuning.prefetch_pages and launch["USE_PDL"] and contiguous_pages and page_bytes % 16 == 0 else 0
     if single:
         part_out = part_lse = out  # unused by the kernel
         part_strides = (0, 0, 0)
@@ -373,8 +341,7 @@ def paged_decode_attention(
         HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
         BLOCK_SIZE=block_size, BLOCK_N=tuning.block_n,
         SINGLE_SPLIT=single, DOT_PRECISION=_dot_precision(q.dtype), UPCAST_DOT=_upcast_dot(q.dtype),
-        PREFETCH_PAGES=prefetch, PAGE_BYTES=page_bytes,
-        num_warps=tuning.num_warps, num_stages=tuning.num_stages, **launch,
+        num_warps=tuning.num_warps, num_stages=tuning.num_stages, **launch_options(),
     )  # fmt: skip
     if not single:
         _decode_merge_kernel[(batch, heads)](

@@ -62,6 +62,13 @@ def block_m(rows: int) -> int:
 
 
 @triton.jit
+def _prefetch_l2(ptrs, nbytes):
+    """Start copying nbytes from each address into L2 (the copy engine's bulk prefetch; nothing waits for it)."""
+    tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2; // $0", "=r,l,r", [ptrs, nbytes],
+                              dtype=tl.int32, is_pure=False, pack=1)  # fmt: skip
+
+
+@triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, x_desc, w_desc, b_ptr, out_ptr, ws_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_om,
     pf_bytes, pf_programs,
@@ -96,7 +103,7 @@ def _gemv_kernel(
             nbytes = tl.minimum(pf_bytes, (k_end - k_start) * W_BYTES) // 16 * 16  # the prefetch takes 16 B units
             if (pid < pf_programs) & (nbytes > 0):
                 rows = tl.minimum(offs_n, N - 1).to(tl.int64)
-                pdl.prefetch_l2(w_ptr + rows * stride_wn + k_start, tl.full([BLOCK_N], nbytes, tl.int32))
+                _prefetch_l2(w_ptr + rows * stride_wn + k_start, tl.full([BLOCK_N], nbytes, tl.int32))
         tl.extra.cuda.gdc_wait()  # x (and the output buffers) belong to the kernels before this one
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if TMA:
