@@ -13,14 +13,9 @@ import pytest
 import torch
 
 from glmv import kernels
+from tests.gpu.where import DEVICE, GPU_TEST_MARKS, ON_GPU
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not kernels.available(), reason="needs Triton with a CUDA device, or TRITON_INTERPRET=1"),
-]
-
-ON_GPU = torch.cuda.is_available() and not kernels.interpreting()
-DEVICE = "cuda" if ON_GPU else "cpu"
+pytestmark = GPU_TEST_MARKS
 # bf16 operands land between 1e-3 and 1e-2 of relative error; float32 through the interpreter is exact to rounding.
 DTYPES = [torch.bfloat16, torch.float16] if ON_GPU else [torch.float32, torch.bfloat16]
 TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 3e-3, torch.float32: 1e-5}

@@ -11,14 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from glmv import kernels
+from tests.gpu.where import DEVICE, GPU_TEST_MARKS, ON_GPU
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not kernels.available(), reason="needs Triton with a CUDA device, or TRITON_INTERPRET=1"),
-]
-
-ON_GPU = torch.cuda.is_available() and not kernels.interpreting()
-DEVICE = "cuda" if ON_GPU else "cpu"
+pytestmark = GPU_TEST_MARKS
 DTYPES = [torch.bfloat16, torch.float16] if ON_GPU else [torch.float32, torch.bfloat16]
 # One rounding step of the output dtype (products and sums may land on the other side of a rounding boundary).
 RTOL = {torch.bfloat16: 2**-7, torch.float16: 2**-10, torch.float32: 1e-5}

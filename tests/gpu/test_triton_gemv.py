@@ -10,14 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from glmv import kernels
+from tests.gpu.where import DEVICE, GPU_TEST_MARKS, ON_GPU
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not kernels.available(), reason="needs Triton with a CUDA device, or TRITON_INTERPRET=1"),
-]
-
-ON_GPU = torch.cuda.is_available() and not kernels.interpreting()
-DEVICE = "cuda" if ON_GPU else "cpu"
+pytestmark = GPU_TEST_MARKS
 DTYPES = [torch.bfloat16, torch.float16] if ON_GPU else [torch.float32]
 SHAPES = [(64, 200), (48, 256)] + ([(4608, 4096), (4096, 13696)] if ON_GPU else [])  # (N, K); K=200 is ragged
 

@@ -11,14 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from glmv import kernels
+from tests.gpu.where import DEVICE, GPU_TEST_MARKS, ON_GPU
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not kernels.available(), reason="needs Triton with a CUDA device, or TRITON_INTERPRET=1"),
-]
-
-ON_GPU = torch.cuda.is_available() and not kernels.interpreting()
-DEVICE = "cuda" if ON_GPU else "cpu"
+pytestmark = GPU_TEST_MARKS
 DTYPE = torch.bfloat16 if ON_GPU else torch.float32
 TOL = 1e-2 if ON_GPU else 1e-5
 
