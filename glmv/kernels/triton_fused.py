@@ -74,25 +74,47 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 @triton.jit
-def _residual_rms_norm_kernel(
+def _add_rms_norm_kernel(
     x_ptr, res_ptr, w_post_ptr, w_next_ptr, hidden_ptr, normed_ptr,
     stride_x, stride_r, stride_h, stride_n, eps,
-    HIDDEN: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
+    HIDDEN: tl.constexpr, BLOCK: tl.constexpr, POST_NORM: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    """hidden = res + (rms_norm(x, w_post) if POST_NORM else x), rounded to the output dtype; normed =
+    rms_norm(hidden, w_next). Both sums round where eager PyTorch rounds them."""
     pdl_start(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < HIDDEN
     dtype = hidden_ptr.dtype.element_ty
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
-    w_post = tl.load(w_post_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    post = _rms_scale(x, w_post, eps, HIDDEN, dtype)
+    if POST_NORM:
+        w_post = tl.load(w_post_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x = _rms_scale(x, w_post, eps, HIDDEN, dtype).to(tl.float32)
     res = tl.load(res_ptr + row * stride_r + offs, mask=mask, other=0.0).to(tl.float32)
-    hidden = (res + post.to(tl.float32)).to(dtype)
+    hidden = (res + x).to(dtype)
     tl.store(hidden_ptr + row * stride_h + offs, hidden, mask=mask)
     w_next = tl.load(w_next_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     normed = _rms_scale(hidden.to(tl.float32), w_next, eps, HIDDEN, dtype)
     tl.store(normed_ptr + row * stride_n + offs, normed, mask=mask)
+
+
+def _add_then_norm(x: torch.Tensor, residual: torch.Tensor, post_weight: torch.Tensor | None,
+                   next_weight: torch.Tensor, eps: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One launch of `_add_rms_norm_kernel` over x's rows (post_weight None: x is added as it is); the outputs take
+    `like`'s dtype and shape."""
+    xs, rs = _rows(x), _rows(residual)
+    hidden_size = xs.shape[-1]
+    hidden = torch.empty(xs.shape, dtype=like.dtype, device=x.device)
+    normed = torch.empty_like(hidden)
+    if xs.shape[0]:
+        block = _next_pow2(hidden_size)
+        _add_rms_norm_kernel[(xs.shape[0],)](
+            xs, rs, post_weight if post_weight is not None else next_weight, next_weight, hidden, normed,
+            xs.stride(0), rs.stride(0), hidden.stride(0), normed.stride(0), eps,
+            HIDDEN=hidden_size, BLOCK=block, POST_NORM=post_weight is not None, num_warps=_row_warps(block),
+            **launch_options(),
+        )  # fmt: skip
+    return hidden.view(like.shape), normed.view(like.shape)
 
 
 def residual_rms_norm(
@@ -100,53 +122,14 @@ def residual_rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GLM-4's sub-layer exit and the next entry in one launch: returns (hidden, normed) where
     hidden = residual + rms_norm(x, post_weight) and normed = rms_norm(hidden, next_weight)."""
-    xs, rs = _rows(x), _rows(residual)
-    hidden_size = xs.shape[-1]
-    hidden = torch.empty(xs.shape, dtype=x.dtype, device=x.device)
-    normed = torch.empty_like(hidden)
-    if xs.shape[0]:
-        block = _next_pow2(hidden_size)
-        _residual_rms_norm_kernel[(xs.shape[0],)](
-            xs, rs, post_weight, next_weight, hidden, normed,
-            xs.stride(0), rs.stride(0), hidden.stride(0), normed.stride(0), eps,
-            HIDDEN=hidden_size, BLOCK=block, num_warps=_row_warps(block), **launch_options(),
-        )  # fmt: skip
-    return hidden.view(x.shape), normed.view(x.shape)
-
-
-@triton.jit
-def _add_rms_norm_kernel(
-    x_ptr, d_ptr, w_ptr, sum_ptr, normed_ptr, stride_x, stride_d, stride_s, stride_n, eps,
-    HIDDEN: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
-):  # fmt: skip
-    pdl_start(USE_PDL)
-    row = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK)
-    mask = offs < HIDDEN
-    dtype = sum_ptr.dtype.element_ty
-    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
-    d = tl.load(d_ptr + row * stride_d + offs, mask=mask, other=0.0).to(tl.float32)
-    h = (x + d).to(dtype)
-    tl.store(sum_ptr + row * stride_s + offs, h, mask=mask)
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(normed_ptr + row * stride_n + offs, _rms_scale(h.to(tl.float32), w, eps, HIDDEN, dtype), mask=mask)
+    return _add_then_norm(x, residual, post_weight, next_weight, eps, like=x)
 
 
 def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
                  ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """A pre-norm block's residual add and the next norm in one launch (the vision tower's blocks): returns
     (h, rms_norm(h, weight)) with h = x + delta rounded to x's dtype first, as eager PyTorch rounds it."""
-    xs, ds = _rows(x), _rows(delta)
-    hidden_size = xs.shape[-1]
-    h = torch.empty(xs.shape, dtype=x.dtype, device=x.device)
-    normed = torch.empty_like(h)
-    if xs.shape[0]:
-        block = _next_pow2(hidden_size)
-        _add_rms_norm_kernel[(xs.shape[0],)](
-            xs, ds, weight, h, normed, xs.stride(0), ds.stride(0), h.stride(0), normed.stride(0), eps,
-            HIDDEN=hidden_size, BLOCK=block, num_warps=_row_warps(block), **launch_options(),
-        )  # fmt: skip
-    return h.view(x.shape), normed.view(x.shape)
+    return _add_then_norm(delta, x, None, weight, eps, like=x)
 
 
 @triton.jit
