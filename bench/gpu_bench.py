@@ -178,12 +178,18 @@ class StepRecorder:
         return out
 
 
-def decode_step_summary(records: list[tuple[float, int, int]]) -> dict[str, float]:
-    """Median wall time (ms) of decode-only steps by batch size, for the batch sizes seen most."""
+def _decode_walls(records: list[tuple[float, int, int]]) -> dict[int, list[float]]:
+    """Wall seconds of the decode-only steps, by how many rows they decoded."""
     by: dict[int, list[float]] = {}
     for wall, pre, dec in records:
         if pre == 0 and dec:
             by.setdefault(dec, []).append(wall)
+    return by
+
+
+def decode_step_summary(records: list[tuple[float, int, int]]) -> dict[str, float]:
+    """Median wall time (ms) of decode-only steps by batch size, for the batch sizes seen most."""
+    by = _decode_walls(records)
     top = sorted(by, key=lambda b: -len(by[b]))[:3]
     return {str(b): round(1e3 * statistics.median(by[b]), 3) for b in sorted(top)}
 
@@ -192,10 +198,7 @@ def decode_step_spread(records: list[tuple[float, int, int]]) -> dict[str, float
     """For the decode-only batch size seen most: step count, mean, median, p90 and max (ms), and how many steps took
     over 1.3x the median (host stalls: GC, the GIL, late launches). Steady throughput follows the mean, not the
     median."""
-    by: dict[int, list[float]] = {}
-    for wall, pre, dec in records:
-        if pre == 0 and dec:
-            by.setdefault(dec, []).append(wall)
+    by = _decode_walls(records)
     if not by:
         return {}
     rows = max(by, key=lambda b: len(by[b]))
