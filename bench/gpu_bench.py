@@ -144,6 +144,7 @@ class StepRecorder:
 
         def timed_step():
             kind.clear()
+            self._trace_tick()
             t = time.perf_counter()
             out = step()
             if self.enabled:
@@ -173,9 +174,67 @@ class StepRecorder:
 
         llm.add_request = timed_add
 
+        self._trace: list | None = None  # [steps to skip, steps to record, profiler]
+        self.trace_events: list[dict] | None = None
+
+    def arm_trace(self, skip: int, count: int) -> None:
+        """Record the device timeline (CUDA activity only: the host's pace stays as it is) of `count` engine steps
+        after the next `skip` ones."""
+        self._trace, self.trace_events = [skip, count, None], None
+
+    def _trace_tick(self) -> None:
+        """Called before every step, on the engine's thread (the profiler is started and stopped there)."""
+        plan = self._trace
+        if plan is None:
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        if plan[0] > 0:
+            plan[0] -= 1
+            if plan[0] == 0:
+                plan[2] = profile(activities=[ProfilerActivity.CUDA])
+                plan[2].start()
+            return
+        plan[1] -= 1
+        if plan[1] < 0:
+            torch.cuda.synchronize()
+            plan[2].stop()
+            self.trace_events = _device_events(plan[2])
+            self._trace = None
+
     def take(self) -> list[tuple[float, int, int]]:
         out, self.records = self.records, []
         return out
+
+
+def _device_events(prof) -> list[dict]:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.load(open(f.name)).get("traceEvents", [])
+    return sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy") and "dur" in e),
+                  key=lambda e: e["ts"])
+
+
+def steady_timeline(events: list[dict], steps: int, rows: int) -> dict:
+    """The device timeline of `steps` steady decode steps: time per step, kernel time per step, idle time per step,
+    and the kernels that run at most twice a step (the work around the decoder's 40 layers: embedding, lm_head,
+    argmax, copies), each with its time per step."""
+    if not events or steps <= 0:
+        return {}
+    span = events[-1]["ts"] + events[-1]["dur"] - events[0]["ts"]
+    busy = sum(e["dur"] for e in events)
+    by: dict[str, list[float]] = {}
+    for e in events:
+        by.setdefault(e["name"][:60], []).append(e["dur"])
+    rare = sorted(((n, len(d), sum(d)) for n, d in by.items() if len(d) <= 2 * steps), key=lambda x: -x[2])
+    res = {"rows": rows, "steps": steps, "step_us": round(span / steps, 1), "busy_us": round(busy / steps, 1),
+           "idle_us": round((span - busy) / steps, 1), "kernels_per_step": round(len(events) / steps, 1),
+           "per_step_work": [(n, round(c / steps, 2), round(t / steps, 1)) for n, c, t in rare[:12]]}
+    log(f"steady decode timeline at {rows} rows over {steps} steps: {res['step_us']} us a step, kernels busy "
+        f"{res['busy_us']}, idle {res['idle_us']}; once-a-step work (name, per step, us): {res['per_step_work']}")
+    return res
 
 
 def _decode_walls(records: list[tuple[float, int, int]]) -> dict[int, list[float]]:
@@ -573,6 +632,12 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
             log(f"glmv: {conc}: (e2e, steady) tok/s per run {res[f'throughput_{conc}_runs']}, "
                 f"steps {res[f'steps_{conc}']}, spread {res[f'steps_{conc}_spread']}")
             save()
+        # one more 64-request run, not counted: the device timeline of 30 steady steps (after prefill is done)
+        rec.arm_trace(skip=min(40, out_n // 2), count=30)
+        await run_requests(engine, [random_text_prompt(512, vocab, 7000 + i) for i in range(64)], greedy)
+        rec.take()
+        res["timeline_64"] = steady_timeline(rec.trace_events or [], 30, 64)
+        save()
 
         log("glmv: TTFT of one image prompt (idle)")
         rec.take()

@@ -113,6 +113,7 @@ class ModelRunner:
         self._init_decode_buffers(engine_config.max_num_seqs)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None]] = {}
         self.vision_tokens_encoded = 0
+        self.greedy_graph_steps = 0  # decode steps whose tokens were the graph's own argmax (no sampler kernels)
         self.gemv_report: list = []  # (shape key, cuBLAS us, best us, config) from plan_gemv at capture time
 
     # ---- sizing ----
@@ -237,7 +238,11 @@ class ModelRunner:
                                  decode_seq_lens=meta[self.META_LENS, :batch].to(torch.int32))
         hidden = self.model.forward(self.model.embed(ids), meta[self.META_POS:self.META_POS + 3, :batch],
                                     self.kv_caches, attn)
-        return self.model.logits(hidden)
+        logits = self.model.raw_logits(hidden)
+        # Every row's argmax, into the buffer the next step reads pending ids from (after this step read its own):
+        # a greedy batch then needs no kernel outside the graph but the copy of its tokens to the host.
+        torch.argmax(logits, dim=-1, out=self.buf_prev_tokens[:batch])
+        return logits
 
     @property
     def graphs_worthwhile(self) -> bool:
@@ -352,6 +357,11 @@ class ModelRunner:
         prev_rows = prev.row_of if prev is not None and prev.sample is not None else {}
         if not prefills and self.graphs and len(decodes) <= self.buckets[-1]:
             logits = self._run_decode_graph(decodes, prev, prev_rows)
+            rows = [e.request for e in sampled]
+            if len(sampled) == len(decodes) and self.sampler.plain_greedy(rows):
+                self.greedy_graph_steps += 1
+                pending = self.sampler.launch_tokens(self.buf_prev_tokens[:len(decodes)], rows)
+                return PendingStep(sampled, pending, {id(e.request): i for i, e in enumerate(sampled)})
             if len(sampled) < len(decodes):
                 keep = torch.tensor([i for i, e in enumerate(decodes) if e.samples], device=self.device)
                 logits = logits.index_select(0, keep)
@@ -498,7 +508,8 @@ class ModelRunner:
         self.buf_block_tables[:bucket].copy_(host.tables[:bucket], non_blocking=True)
         if any_pending:
             tokens = prev.sample.tokens
-            self.buf_prev_tokens[:tokens.shape[0]].copy_(tokens)
+            if tokens.data_ptr() != self.buf_prev_tokens.data_ptr():  # else the previous graph wrote them there
+                self.buf_prev_tokens[:tokens.shape[0]].copy_(tokens)
         graph, out = self.graphs[bucket]
         if graph is None:  # static decode without a graph (CPU tests of the buffer bookkeeping)
             return self._static_decode(bucket)[:batch]

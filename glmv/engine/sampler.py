@@ -79,6 +79,22 @@ class Sampler:
         sampled while its previous token is still on the device."""
         return params.repetition_penalty != 1.0 or bool(params.frequency_penalty) or bool(params.presence_penalty)
 
+    def plain_greedy(self, rows) -> bool:
+        """Whether every row's token is the argmax of its raw logits: greedy, no logprobs, and no processor that
+        changes a logit (penalties, logit_bias, min_tokens still masking the stop ids). Such a batch can take the
+        argmax the decode graph computed (`launch_tokens`) instead of sampling."""
+        for r in rows:
+            p = r.params
+            if not p.greedy or p.logprobs is not None or p.logit_bias or self.needs_history(p):
+                return False
+            if p.min_tokens and _num_tokens(r) - r.num_prompt_tokens < p.min_tokens:
+                return False
+        return True
+
+    def launch_tokens(self, tokens: torch.Tensor, rows) -> PendingSample:
+        """Hand over tokens chosen on the device already (the decode graph's argmax, for a `plain_greedy` batch)."""
+        return PendingSample(_to_host(tokens), [None] * len(rows), 0, tokens)
+
     def apply_logits_processors(self, logits: torch.Tensor, rows) -> torch.Tensor:
         """Penalties, logit_bias and min_tokens, on a float32 copy of the logits."""
         dev, vocab = logits.device, logits.shape[1]
@@ -200,7 +216,7 @@ class _HostCopy:
 
 def _to_host(t: torch.Tensor) -> _HostCopy:
     if t.device.type != "cuda":
-        return _HostCopy(t, None)
+        return _HostCopy(t.clone(), None)  # a copy still: `t` may be a buffer the next step overwrites
     host = t.to("cpu", non_blocking=True)  # lands in pinned memory (PyTorch's caching host allocator)
     event = torch.cuda.Event()
     event.record()

@@ -344,4 +344,9 @@ class Glm4vModel:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> float32 logits [N, vocab]."""
-        return self._linear(hidden, self.w.lm_head).float()
+        return self.raw_logits(hidden).float()
+
+    def raw_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] -> logits [N, vocab] in the model's dtype (the decode graph's output: an argmax needs no
+        float32 copy, and the sampler converts only when it samples)."""
+        return self._linear(hidden, self.w.lm_head)

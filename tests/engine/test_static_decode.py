@@ -35,7 +35,25 @@ def test_static_decode_buffers_match_eager(make_engine, prompts):
     assert set(static) == set(eager)
     for rid in eager:
         assert tokens_of(static, rid) == tokens_of(eager, rid), rid
+    assert engine.runner.greedy_graph_steps > 0  # steps with only greedy rows took the decode graph's argmax
     assert engine.pool.all_free()
+
+
+def test_greedy_rows_with_logprobs_or_min_tokens_go_through_the_sampler(make_engine, prompts):
+    """The graph's argmax stands in for sampling only where nothing would change a logit or ask for logprobs."""
+    cases = {"logprobs": greedy(12, logprobs=2), "min_tokens": greedy(12, min_tokens=12),
+             "bias": greedy(12, logit_bias={5: 100.0})}
+    for name, params in cases.items():
+        eager = run_to_completion(make_engine(), {0: [(name, prompts["text"], params)]})
+        engine = make_engine()
+        engine.runner.use_static_decode([1, 2])
+        static = run_to_completion(engine, {0: [(name, prompts["text"], params)]})
+        assert tokens_of(static, name) == tokens_of(eager, name), name
+        assert engine.runner.greedy_graph_steps == 0, name
+        if name == "logprobs":
+            assert static[name][0].logprobs == eager[name][0].logprobs
+        if name == "bias":
+            assert set(tokens_of(static, name)) == {5}
 
 
 def test_static_decode_under_preemption(make_engine, prompts):
