@@ -153,6 +153,22 @@ class StepRecorder:
 
         llm.runner.launch = timed_launch
         llm.step = timed_step
+        # CUDA events around every graphed decode step (its input copies + the replay), in device time: the gaps
+        # between one step's end and the next one's start are the device's idle time plus work outside the graph
+        self.graph_marks: list[tuple[torch.cuda.Event, torch.cuda.Event, int]] = []
+        run_graph = llm.runner._run_decode_graph
+
+        def timed_graph(decodes, prev=None, prev_rows=None):
+            if not self.enabled:
+                return run_graph(decodes, prev, prev_rows)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = run_graph(decodes, prev, prev_rows)
+            end.record()
+            self.graph_marks.append((start, end, len(decodes)))
+            return out
+
+        llm.runner._run_decode_graph = timed_graph
         self.uploads: list[float] = []  # host seconds of each pixel upload (CPU conversion to bf16 + async copy)
         upload = llm.runner._upload
 
@@ -204,6 +220,56 @@ class StepRecorder:
 
     def take(self) -> list[tuple[float, int, int]]:
         out, self.records = self.records, []
+        return out
+
+    def take_device_gaps(self) -> dict[str, float]:
+        """Of consecutive graphed decode steps at the most common batch: median device time of a step (input copies
+        + replay), median and mean device time from one step's end to the next one's start (the sampler's kernels,
+        the copy of the tokens, idle), and the mean period (us)."""
+        marks, self.graph_marks = self.graph_marks, []
+        if len(marks) < 3:
+            return {}
+        torch.cuda.synchronize()
+        rows = statistics.mode(m[2] for m in marks)
+        spans, gaps, periods = [], [], []
+        for (a, b, n), (a2, _, n2) in zip(marks, marks[1:], strict=False):
+            if n == rows and n2 == rows:
+                spans.append(1e3 * a.elapsed_time(b))
+                gaps.append(1e3 * b.elapsed_time(a2))
+                periods.append(1e3 * a.elapsed_time(a2))
+        if not spans:
+            return {}
+        return {"rows": rows, "pairs": len(spans), "step_us": round(statistics.median(spans), 1),
+                "gap_us_median": round(statistics.median(gaps), 1), "gap_us_mean": round(statistics.fmean(gaps), 1),
+                "period_us_mean": round(statistics.fmean(periods), 1),
+                "gaps_over_1ms": sum(g > 1000 for g in gaps)}
+
+
+class GcMonitor:
+    """Times the garbage collector's passes (any thread) through gc.callbacks: a full pass over a large heap holds
+    the GIL for tens of ms, long enough to delay a decode step."""
+
+    def __init__(self):
+        self.passes: list[tuple[int, float]] = []  # (generation, seconds)
+        self._started: float | None = None
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self.passes.append((info["generation"], time.perf_counter() - self._started))
+            self._started = None
+
+    def take(self) -> dict[str, list[float]]:
+        """Per generation: [passes, total ms, longest ms] since the last take."""
+        out: dict[str, list[float]] = {}
+        for gen, secs in self.passes:
+            row = out.setdefault(f"gen{gen}", [0, 0.0, 0.0])
+            row[0] += 1
+            row[1] = round(row[1] + 1e3 * secs, 2)
+            row[2] = round(max(row[2], 1e3 * secs), 2)
+        self.passes = []
         return out
 
 
@@ -592,6 +658,7 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
 
     engine = AsyncEngine(mc, ec, builder.tokenizer, engine=llm)
     rec = StepRecorder(llm)
+    gcmon = GcMonitor()
     out_n = 64 if args.quick else 256
     vocab = mc.text.vocab_size
 
@@ -613,7 +680,9 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
         res["decode_1"] = statistics.median(runs)
         res["decode_1_runs"] = runs
         res["steps_1"] = decode_step_summary(rec.take())
-        log(f"glmv: single stream {res['decode_1']:.1f} tok/s; steps {res['steps_1']}")
+        res["device_gaps_1"] = rec.take_device_gaps()
+        log(f"glmv: single stream {res['decode_1']:.1f} tok/s; steps {res['steps_1']}, device gaps "
+            f"{res['device_gaps_1']}")
         save()
         for conc in (8, 64):
             log(f"glmv: {conc} concurrent 512/{out_n}, {args.repeat} runs")
@@ -629,18 +698,37 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
             records = rec.take()
             res[f"steps_{conc}"] = decode_step_summary(records)
             res[f"steps_{conc}_spread"] = decode_step_spread(records)
+            res[f"gc_{conc}"] = gcmon.take()
+            res[f"device_gaps_{conc}"] = rec.take_device_gaps()
             log(f"glmv: {conc}: (e2e, steady) tok/s per run {res[f'throughput_{conc}_runs']}, "
-                f"steps {res[f'steps_{conc}']}, spread {res[f'steps_{conc}_spread']}")
+                f"steps {res[f'steps_{conc}']}, spread {res[f'steps_{conc}_spread']}, "
+                f"GC passes (count, ms, longest) {res[f'gc_{conc}']}, device gaps {res[f'device_gaps_{conc}']}")
             save()
+        if gc.get_freeze_count():  # the same 64 requests with the collector walking the whole heap (engine default off)
+            gc.unfreeze()
+            runs = [await run_requests(engine, [random_text_prompt(512, vocab, 9000 + 100 * rep + i) for i in range(64)],
+                                       greedy) for rep in range(2)]
+            gc.collect()
+            gc.freeze()
+            records = rec.take()
+            res["throughput_64_unfrozen_runs"] = [round(r.get("steady_tok_s") or 0) for r in runs]
+            res["steps_64_unfrozen_spread"] = decode_step_spread(records)
+            res["gc_64_unfrozen"] = gcmon.take()
+            res["device_gaps_64_unfrozen"] = rec.take_device_gaps()
+            log(f"glmv: 64 with the heap not frozen: steady {res['throughput_64_unfrozen_runs']}, spread "
+                f"{res['steps_64_unfrozen_spread']}, GC passes {res['gc_64_unfrozen']}, device gaps "
+                f"{res['device_gaps_64_unfrozen']}")
         # one more 64-request run, not counted: the device timeline of 30 steady steps (after prefill is done)
         rec.arm_trace(skip=min(40, out_n // 2), count=30)
         await run_requests(engine, [random_text_prompt(512, vocab, 7000 + i) for i in range(64)], greedy)
         rec.take()
+        rec.graph_marks.clear()
         res["timeline_64"] = steady_timeline(rec.trace_events or [], 30, 64)
         save()
 
         log("glmv: TTFT of one image prompt (idle)")
         rec.take()
+        rec.graph_marks.clear()
         times, staging = [], []
         for seed in range(5):
             # As `glmv serve` does: the door converts the pixels to the model dtype in pinned memory where it builds
@@ -685,6 +773,7 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
         res["image_128_n"] = n_img
         res["image_128_detail"] = {k: v for k, v in r.items() if k != "ttft"}
         res["steps_image"] = decode_step_summary(rec.take())
+        res["device_gaps_image"] = rec.take_device_gaps()
         log(f"glmv: images: e2e {r['e2e_tok_s']:.0f} tok/s, steady {r.get('steady_tok_s', 0):.0f}, "
             f"wall {r['wall']:.1f} s, last first token at {r['last_first_token_at']:.1f} s")
         await engine.shutdown()

@@ -617,12 +617,12 @@ def probe_decode_engine_shapes(kernels, bandwidth) -> None:
     shapes of the bench's decode steps (PDL as the engine runs it)."""
     scale = HEAD_DIM**-0.5
     T = kernels.DecodeTuning
-    # session 4: the last split merges (default) against the separate merge kernel, and the split counts that the
-    # saved launch may now favour (sessions 2-3 swept block_n, warps and stages: see bench/notes/gpu_engine.md)
-    variants = [T(), T(merge_in_kernel=False), T(block_n=32), T(block_n=32, merge_in_kernel=False),
-                T(programs_per_sm=1), T(programs_per_sm=3), T(programs_per_sm=4), T(block_n=32, programs_per_sm=4),
-                T(programs_per_sm=4, merge_in_kernel=False), T(max_splits=1), T(max_splits=2),
-                T(max_splits=2, merge_in_kernel=False)]
+    variants = [T(), T(block_n=32), T(block_n=32, num_stages=4), T(block_n=64, num_stages=4),
+                T(block_n=128, num_warps=8), T(programs_per_sm=1), T(programs_per_sm=3), T(programs_per_sm=4),
+                T(block_n=32, programs_per_sm=4), T(num_warps=8), T(block_n=32, num_warps=2),
+                # session 3: no split at all (one program per sequence and KV head), and at most two
+                T(max_splits=1), T(max_splits=1, num_warps=8), T(max_splits=1, block_n=32, num_stages=4),
+                T(max_splits=1, block_n=128, num_warps=8), T(max_splits=1, num_stages=4), T(max_splits=2)]
     print("\n== decode attention at graph-sized tables (us, CUDA graph) ==", flush=True)
     cases = [(1, 640), (64, 640), (64, 1024), (128, 640)]
     print(f"{'variant':<44}" + "".join(f"{f'b{b}/c{c}':>11}" for b, c in cases), flush=True)
@@ -642,8 +642,7 @@ def probe_decode_engine_shapes(kernels, bandwidth) -> None:
                 cells.append("   n/a")
                 print(f"  {tuning}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
         name = f"n{tuning.block_n} w{tuning.num_warps} s{tuning.num_stages} pps{tuning.programs_per_sm}" + (
-            f" max{tuning.max_splits}" if tuning.max_splits != T().max_splits else "") + (
-            "" if tuning.merge_in_kernel else " merge-kernel")
+            f" max{tuning.max_splits}" if tuning.max_splits != T().max_splits else "")
         print(f"{name:<44}" + "".join(f"{c:>11}" for c in cells), flush=True)
     floors = [sets.kv_bytes / bandwidth * 1e6 for sets in all_sets]
     print(f"{'byte floor':<44}" + "".join(f"{f:>11.1f}" for f in floors), flush=True)

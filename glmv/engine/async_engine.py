@@ -15,7 +15,9 @@ futex wake-up for every parallel op (measured on 2 cores: 77 instead of 97-118 t
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import os
 import queue
 import sys
 import threading
@@ -220,6 +222,14 @@ class AsyncEngine:
         # decode step), so ask for 1 ms.
         if sys.getswitchinterval() > 0.001:
             sys.setswitchinterval(0.001)
+        frozen = _freeze_heap()
+        try:
+            self._serve()
+        finally:
+            if frozen:
+                gc.unfreeze()
+
+    def _serve(self) -> None:
         while not self._stopping:
             self._apply_commands()
             if not self.engine.has_unfinished_requests():
@@ -241,6 +251,19 @@ class AsyncEngine:
         self._apply_commands()
         error = EngineDeadError("The engine shut down before this request finished.")
         self._deliver([(rid, error) for rid in self.engine.fail_all()])
+
+
+def _freeze_heap() -> bool:
+    """Move every object alive now (model, tokenizer, libraries: millions of them) out of the garbage collector's
+    reach while the loop serves. A full collection otherwise walks all of them (tens of ms with the GIL held) every
+    so often, and the decode step that waits on it misses its turn on the device. Objects made while serving are
+    collected as usual; the heap is unfrozen when the loop ends, so a dropped engine is freed. GLMV_GC_FREEZE=0
+    leaves the collector alone."""
+    if os.environ.get("GLMV_GC_FREEZE", "1") == "0":
+        return False
+    gc.collect()
+    gc.freeze()
+    return True
 
 
 def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:

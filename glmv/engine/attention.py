@@ -160,7 +160,8 @@ def select_backend(device: torch.device | str, dtype: torch.dtype | None = None)
                 from glmv.kernels import triton_swiglu as swiglu
             except Exception as exc:  # noqa: BLE001 - the gating then stays a separate kernel
                 log.info("glmv.kernels.triton_swiglu not usable (%s); SiLU-gating runs as its own kernel", exc)
-        fused = SimpleNamespace(**fused_fns, rotary_half=getattr(kernels, "rotary_half", None), swiglu=swiglu)
+        fused = SimpleNamespace(**fused_fns, rotary_half=getattr(kernels, "rotary_half", None), swiglu=swiglu,
+                                argmax=getattr(kernels, "argmax", None))
         names.append("fused=triton" + (",swiglu=triton" if swiglu is not None else ""))
     return AttentionBackend(",".join(names), chosen["write_kv"], chosen["paged_decode_attention"],
                             chosen["paged_prefill_attention"], fused)

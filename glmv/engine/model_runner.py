@@ -241,7 +241,11 @@ class ModelRunner:
         logits = self.model.raw_logits(hidden)
         # Every row's argmax, into the buffer the next step reads pending ids from (after this step read its own):
         # a greedy batch then needs no kernel outside the graph but the copy of its tokens to the host.
-        torch.argmax(logits, dim=-1, out=self.buf_prev_tokens[:batch])
+        fast_argmax = getattr(self.model.backend.fused, "argmax", None)
+        if fast_argmax is not None:
+            fast_argmax(logits, out=self.buf_prev_tokens[:batch])
+        else:
+            torch.argmax(logits, dim=-1, out=self.buf_prev_tokens[:batch])
         return logits
 
     @property

@@ -14,6 +14,7 @@ triton_gemv: gemv (decode-batch matmul, M <= 128, optionally split-K in one laun
 in its epilogue) and plan_gemv (per-shape choice against cuBLAS, timed on the device).
 triton_swiglu (imported directly): the gate/up matmul for many rows with the SiLU-gating in its epilogue, its
 interleaved weight layout, the pairwise gating kernel, and its planner.
+triton_argmax: argmax (a decode batch's greedy tokens from its logits, in two short launches).
 pdl: programmatic dependent launch on Hopper (every kernel above launches with it where it works; GLMV_PDL=0: off).
 """
 
@@ -42,6 +43,7 @@ __all__ = [
     "gemv",
     "plan_gemv",
     "GemvConfig",
+    "argmax",
 ]
 
 _ATTENTION_NAMES = {
@@ -82,8 +84,9 @@ def __getattr__(name: str) -> Any:
         except ImportError as exc:
             raise AttributeError(f"glmv.kernels.{name} needs Triton, which failed to import: {exc}") from exc
         return getattr(module, _GEMV_NAMES[name])
-    if name in _ATTENTION_NAMES or name in _FUSED_NAMES:
-        source = "triton_attention" if name in _ATTENTION_NAMES else "triton_fused"
+    if name in _ATTENTION_NAMES or name in _FUSED_NAMES or name == "argmax":
+        source = ("triton_attention" if name in _ATTENTION_NAMES else "triton_argmax" if name == "argmax"
+                  else "triton_fused")
         try:
             module = importlib.import_module(f"glmv.kernels.{source}")
         except ImportError as exc:

@@ -41,9 +41,6 @@ class DecodeTuning:
     programs_per_sm: int = 2  # split the context until batch * kv_heads * splits reaches this many programs per SM
     min_tokens_per_split: int = 128  # never split finer than this: the merge costs more than it saves
     max_splits: int = 64
-    # the last split of each (sequence, KV head) merges them, instead of a second kernel (GLMV_DECODE_MERGE=kernel
-    # brings the kernel back)
-    merge_in_kernel: bool = os.environ.get("GLMV_DECODE_MERGE", "fused") != "kernel"
 
 
 @dataclass(frozen=True)
@@ -167,7 +164,7 @@ def write_kv(
 @triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
-    out_ptr, part_out_ptr, part_lse_ptr, arrivals_ptr,
+    out_ptr, part_out_ptr, part_lse_ptr,
     qk_scale, num_splits,
     stride_qb, stride_qh, stride_ob, stride_oh,
     stride_kb, stride_ks, stride_kh,
@@ -177,13 +174,9 @@ def _decode_split_kernel(
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-    SINGLE_SPLIT: tl.constexpr, MERGE_HERE: tl.constexpr, SPLITS_PAD: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, USE_PDL: tl.constexpr,
+    SINGLE_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
-    """One program = one sequence x one KV head x one slice of its context, for all GROUP query heads at once.
-
-    With MERGE_HERE, the split that finishes last for its (sequence, KV head) merges all of them (`_merge_splits`),
-    so no second kernel is launched."""
+    """One program = one sequence x one KV head x one slice of its context, for all GROUP query heads at once."""
     pdl_start(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -250,44 +243,6 @@ def _decode_split_kernel(
         tl.store(part_out_ptr + part[:, None] * HEAD_DIM_PAD + offs_d[None, :], out, mask=store_mask)
         lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
         tl.store(part_lse_ptr + part, lse, mask=g_mask)
-        if MERGE_HERE:
-            _merge_splits(out_ptr, part_out_ptr, part_lse_ptr, arrivals_ptr + seq * tl.num_programs(1) + kv_head,
-                          num_splits, seq * stride_ob + heads * stride_oh, seq * stride_pb + heads * stride_ph,
-                          stride_ps, offs_d, g_mask, d_mask, GROUP_PAD, SPLITS_PAD, HEAD_DIM_PAD)
-
-
-@triton.jit
-def _merge_splits(
-    out_ptr, part_out_ptr, part_lse_ptr, arrival_ptr, num_splits,
-    out_rows, part_rows, stride_ps, offs_d, g_mask, d_mask,
-    GROUP_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-):  # fmt: skip
-    """Called by every split of one (sequence, KV head) after it stored its partial result: each one counts itself
-    in at `arrival_ptr`; the last to arrive merges the partial results (as `_decode_merge_kernel` does) and sets the
-    counter back to 0 for the next launch. The barrier puts all of this program's stores before its count, whose
-    release makes them visible to the last program; that program reads through L2 (.cg), never a stale L1 line."""
-    tl.debug_barrier()
-    arrived = tl.atomic_add(arrival_ptr, 1, sem="acq_rel", scope="gpu")
-    if arrived == num_splits - 1:
-        tl.debug_barrier()
-        offs_s = tl.arange(0, SPLITS_PAD)
-        s_mask = offs_s < num_splits
-        lse = tl.load(part_lse_ptr + part_rows[None, :] + offs_s[:, None] * stride_ps,
-                      mask=s_mask[:, None] & g_mask[None, :], other=float("-inf"), cache_modifier=".cg")
-        m = tl.max(lse, 0)
-        m = tl.where(m == float("-inf"), 0.0, m)
-        denom = tl.sum(tl.exp2(lse - m[None, :]), 0)
-        acc = tl.zeros([GROUP_PAD, HEAD_DIM_PAD], dtype=tl.float32)
-        for s in range(num_splits):
-            rows = part_rows + s * stride_ps
-            w = tl.exp2(tl.load(part_lse_ptr + rows, mask=g_mask, other=float("-inf"), cache_modifier=".cg") - m)
-            o = tl.load(part_out_ptr + rows[:, None] * HEAD_DIM_PAD + offs_d[None, :],
-                        mask=g_mask[:, None] & d_mask[None, :], other=0.0, cache_modifier=".cg")
-            acc += o * w[:, None]
-        out = acc / tl.where(denom > 0.0, denom, 1.0)[:, None]
-        tl.store(out_ptr + out_rows[:, None] + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
-                 mask=g_mask[:, None] & d_mask[None, :])
-        tl.atomic_xchg(arrival_ptr, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -335,22 +290,6 @@ def decode_num_splits(
     return max(1, min(wanted, by_length, tuning.max_splits))
 
 
-_ARRIVALS: dict[torch.device, torch.Tensor] = {}
-
-
-def _arrival_counters(device: torch.device, count: int) -> torch.Tensor:
-    """Zeroed int32 counters, one per (sequence, KV head), that the in-kernel merge leaves at zero again. Kept per
-    device and grown outside graph captures only: a graph records their address."""
-    have = _ARRIVALS.get(device)
-    if have is None or have.numel() < count:
-        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("decode attention's split counters must be allocated before a CUDA graph capture: run "
-                               "the largest batch once outside the capture first")
-        have = torch.zeros(max(count, 1 << 14), dtype=torch.int32, device=device)
-        _ARRIVALS[device] = have
-    return have
-
-
 def paged_decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -382,8 +321,6 @@ def paged_decode_attention(
         num_splits = decode_num_splits(batch, kv_heads, block_tables.shape[1] * block_size, q.device, tuning)
     head_dim_pad = _next_pow2(head_dim)
     single = num_splits == 1
-    merge_here = not single and tuning.merge_in_kernel
-    arrivals = _arrival_counters(q.device, batch * kv_heads) if merge_here else out  # else unused
     if single:
         part_out = part_lse = out  # unused by the kernel
         part_strides = (0, 0, 0)
@@ -393,7 +330,7 @@ def paged_decode_attention(
         part_strides = (heads * num_splits, num_splits, 1)
     _decode_split_kernel[(batch, kv_heads, num_splits)](
         q, k_cache, v_cache, block_tables, seq_lens,
-        out, part_out, part_lse, arrivals,
+        out, part_out, part_lse,
         scale * _LOG2E, num_splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -403,11 +340,10 @@ def paged_decode_attention(
         GROUP=group, GROUP_PAD=max(16, _next_pow2(group)),
         HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
         BLOCK_SIZE=block_size, BLOCK_N=tuning.block_n,
-        SINGLE_SPLIT=single, MERGE_HERE=merge_here, SPLITS_PAD=_next_pow2(num_splits),
-        DOT_PRECISION=_dot_precision(q.dtype), UPCAST_DOT=_upcast_dot(q.dtype),
+        SINGLE_SPLIT=single, DOT_PRECISION=_dot_precision(q.dtype), UPCAST_DOT=_upcast_dot(q.dtype),
         num_warps=tuning.num_warps, num_stages=tuning.num_stages, **launch_options(),
     )  # fmt: skip
-    if not single and not merge_here:
+    if not single:
         _decode_merge_kernel[(batch, heads)](
             out, part_out, part_lse, num_splits,
             out.stride(0), out.stride(1), *part_strides,

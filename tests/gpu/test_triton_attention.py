@@ -173,12 +173,9 @@ if ON_GPU:
     ]
 
 
-@pytest.mark.parametrize("merge_in_kernel", [True, False], ids=["merge-in-kernel", "merge-kernel"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dims,block_size,seq_lens,num_splits", DECODE_CASES)
-def test_decode_matches_reference(dims, block_size, seq_lens, num_splits, dtype, merge_in_kernel):
-    from glmv.kernels.triton_attention import DecodeTuning
-
+def test_decode_matches_reference(dims, block_size, seq_lens, num_splits, dtype):
     gen = torch.Generator().manual_seed(hash((block_size, tuple(seq_lens), num_splits)) % 2**31)
     heads, kv_heads, head_dim = dims["heads"], dims["kv_heads"], dims["head_dim"]
     tables, num_blocks = scatter_block_tables(seq_lens, block_size, gen)
@@ -187,35 +184,11 @@ def test_decode_matches_reference(dims, block_size, seq_lens, num_splits, dtype,
     lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
     scale = head_dim**-0.5
 
-    out = kernels.paged_decode_attention(q, k_cache, v_cache, tables, lens, scale, num_splits=num_splits,
-                                         tuning=DecodeTuning(merge_in_kernel=merge_in_kernel))
+    out = kernels.paged_decode_attention(q, k_cache, v_cache, tables, lens, scale, num_splits=num_splits)
 
     ref = reference_decode(q, k_cache, v_cache, tables, lens, scale)
     assert out.shape == q.shape and out.dtype == dtype
     assert_close_per_row(out, ref, [slice(s, s + 1) for s in range(len(seq_lens))], dtype)
-
-
-def test_decode_in_kernel_merge_is_repeatable_and_leaves_its_counters_at_zero():
-    """The last split to arrive merges in a fixed order (split 0 first): every launch gives the same bits, whichever
-    program comes last, and the counters are back at zero for the next launch (a replayed graph reuses them)."""
-    from glmv.kernels.triton_attention import _ARRIVALS, DecodeTuning
-
-    gen = torch.Generator().manual_seed(9)
-    dtype = DTYPES[-1]
-    seq_lens = [40, 3, 77, 0, 130]
-    tables, num_blocks = scatter_block_tables(seq_lens, 16, gen)
-    k_cache, v_cache = make_cache(num_blocks, 16, 2, 32, dtype, gen)
-    q = torch.randn(len(seq_lens), 4, 32, generator=gen).to(dtype).to(DEVICE)
-    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
-    tuning = DecodeTuning(merge_in_kernel=True)
-    first = kernels.paged_decode_attention(q, k_cache, v_cache, tables, lens, 0.3, num_splits=5, tuning=tuning)
-    for _ in range(3):
-        again = kernels.paged_decode_attention(q, k_cache, v_cache, tables, lens, 0.3, num_splits=5, tuning=tuning)
-        assert torch.equal(again, first)
-    assert int(_ARRIVALS[q.device].abs().sum()) == 0
-    apart = kernels.paged_decode_attention(q, k_cache, v_cache, tables, lens, 0.3, num_splits=5,
-                                           tuning=DecodeTuning(merge_in_kernel=False))
-    assert_close_per_row(first, apart, [slice(s, s + 1) for s in range(len(seq_lens))], dtype)
 
 
 def test_decode_more_splits_than_tokens_and_padding_sequences():
