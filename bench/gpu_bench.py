@@ -704,20 +704,19 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
                 f"steps {res[f'steps_{conc}']}, spread {res[f'steps_{conc}_spread']}, "
                 f"GC passes (count, ms, longest) {res[f'gc_{conc}']}, device gaps {res[f'device_gaps_{conc}']}")
             save()
-        if gc.get_freeze_count():  # the same 64 requests with the collector walking the whole heap (engine default off)
-            gc.unfreeze()
+        res["gc_policy"] = {"mode": engine.gc_policy.mode, "passes_after_steps": list(engine.gc_policy.collections)}
+        # the same 64-request case under the engine's other GC modes (glmv/engine/gc_policy.py), two runs each
+        default_mode = engine.gc_policy.mode
+        for mode in [m for m in ("freeze", "python") if m != default_mode]:
+            engine.gc_policy.switch(mode)
             runs = [await run_requests(engine, [random_text_prompt(512, vocab, 9000 + 100 * rep + i) for i in range(64)],
                                        greedy) for rep in range(2)]
-            gc.collect()
-            gc.freeze()
             records = rec.take()
-            res["throughput_64_unfrozen_runs"] = [round(r.get("steady_tok_s") or 0) for r in runs]
-            res["steps_64_unfrozen_spread"] = decode_step_spread(records)
-            res["gc_64_unfrozen"] = gcmon.take()
-            res["device_gaps_64_unfrozen"] = rec.take_device_gaps()
-            log(f"glmv: 64 with the heap not frozen: steady {res['throughput_64_unfrozen_runs']}, spread "
-                f"{res['steps_64_unfrozen_spread']}, GC passes {res['gc_64_unfrozen']}, device gaps "
-                f"{res['device_gaps_64_unfrozen']}")
+            res[f"gc_mode_{mode}"] = {"steady": [round(r.get("steady_tok_s") or 0) for r in runs],
+                                      "spread": decode_step_spread(records), "gc": gcmon.take(),
+                                      "device_gaps": rec.take_device_gaps()}
+            log(f"glmv: 64 concurrent with GC mode {mode!r}: {res[f'gc_mode_{mode}']}")
+        engine.gc_policy.switch(default_mode)
         # one more 64-request run, not counted: the device timeline of 30 steady steps (after prefill is done)
         rec.arm_trace(skip=min(40, out_n // 2), count=30)
         await run_requests(engine, [random_text_prompt(512, vocab, 7000 + i) for i in range(64)], greedy)

@@ -15,9 +15,7 @@ futex wake-up for every parallel op (measured on 2 cores: 77 instead of 97-118 t
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-import os
 import queue
 import sys
 import threading
@@ -28,6 +26,7 @@ from typing import Any
 from glmv.config import EngineConfig, ModelConfig
 from glmv.engine.client import EngineOverloadedError
 from glmv.engine.engine import LLMEngine
+from glmv.engine.gc_policy import GcPolicy
 from glmv.engine.outputs import RequestOutput
 from glmv.inputs.prompt import Prompt
 from glmv.sampling import SamplingParams
@@ -62,6 +61,7 @@ class AsyncEngine:
         self._start_lock = threading.Lock()
         self._loop_done = threading.Event()
         self._external_loop = False
+        self.gc_policy = GcPolicy()  # when Python's collector runs while the loop serves (GLMV_GC)
         import torch
 
         # OpenMP's thread count is per thread: a new thread would not inherit the caller's torch.set_num_threads
@@ -222,12 +222,11 @@ class AsyncEngine:
         # decode step), so ask for 1 ms.
         if sys.getswitchinterval() > 0.001:
             sys.setswitchinterval(0.001)
-        frozen = _freeze_heap()
+        self.gc_policy.start()
         try:
             self._serve()
         finally:
-            if frozen:
-                gc.unfreeze()
+            self.gc_policy.stop()
 
     def _serve(self) -> None:
         while not self._stopping:
@@ -247,23 +246,11 @@ class AsyncEngine:
             self._stats = self.engine.stats()
             if outputs:
                 self._deliver([(o.request_id, o) for o in outputs])
+            self.gc_policy.after_step()
         # shutting down: end what is left
         self._apply_commands()
         error = EngineDeadError("The engine shut down before this request finished.")
         self._deliver([(rid, error) for rid in self.engine.fail_all()])
-
-
-def _freeze_heap() -> bool:
-    """Move every object alive now (model, tokenizer, libraries: millions of them) out of the garbage collector's
-    reach while the loop serves. A full collection otherwise walks all of them (tens of ms with the GIL held) every
-    so often, and the decode step that waits on it misses its turn on the device. Objects made while serving are
-    collected as usual; the heap is unfrozen when the loop ends, so a dropped engine is freed. GLMV_GC_FREEZE=0
-    leaves the collector alone."""
-    if os.environ.get("GLMV_GC_FREEZE", "1") == "0":
-        return False
-    gc.collect()
-    gc.freeze()
-    return True
 
 
 def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:

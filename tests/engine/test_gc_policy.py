@@ -1,0 +1,61 @@
+"""GcPolicy: the engine loop's control over Python's garbage collector (glmv/engine/gc_policy.py)."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from glmv.engine.gc_policy import YOUNG_THRESHOLD, GcPolicy
+
+
+class _Cycle:
+    def __init__(self):
+        self.me = self
+
+
+def test_managed_mode_freezes_the_heap_and_collects_only_after_steps():
+    assert gc.isenabled()
+    policy = GcPolicy("managed")
+    policy.start()
+    try:
+        assert not gc.isenabled() and gc.get_freeze_count() > 0
+        policy.after_step()  # nothing due yet
+        assert policy.collections == [0, 0, 0]
+        garbage = [_Cycle() for _ in range(YOUNG_THRESHOLD + 10)]
+        del garbage  # cycles: only a collection frees them
+        assert gc.get_count()[0] >= YOUNG_THRESHOLD
+        policy.after_step()
+        assert sum(policy.collections) == 1
+        assert gc.get_count()[0] < YOUNG_THRESHOLD
+    finally:
+        policy.stop()
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_freeze_and_python_modes_leave_collection_automatic():
+    for mode, frozen in (("freeze", True), ("python", False)):
+        policy = GcPolicy(mode)
+        policy.start()
+        try:
+            assert gc.isenabled()
+            assert (gc.get_freeze_count() > 0) == frozen
+            policy.after_step()
+            assert policy.collections == [0, 0, 0]
+        finally:
+            policy.stop()
+        assert gc.get_freeze_count() == 0
+
+
+def test_switching_modes_and_a_bad_name(monkeypatch):
+    policy = GcPolicy("python")
+    policy.start()
+    policy.switch("managed")
+    try:
+        assert not gc.isenabled()
+    finally:
+        policy.stop()
+    assert gc.isenabled()
+    monkeypatch.setenv("GLMV_GC", "sometimes")
+    with pytest.raises(ValueError, match="GLMV_GC must be one of"):
+        GcPolicy()
