@@ -142,13 +142,33 @@ class StepRecorder:
                          sum(1 for e in sched.scheduled if e.num_tokens == 1))
             return launch(sched, prev)
 
+        from glmv.engine.model_runner import PendingStep
+
+        waited = [0.0]
+        wait = PendingStep.wait
+
+        def timed_wait(pending):
+            t = time.perf_counter()
+            try:
+                return wait(pending)
+            finally:
+                waited[0] += time.perf_counter() - t
+
+        PendingStep.wait = timed_wait
+        self.host_busy: list[tuple[float, int]] = []  # (seconds of a decode-only step not spent waiting, rows)
+
         def timed_step():
             kind.clear()
             self._trace_tick()
+            waited[0] = 0.0
             t = time.perf_counter()
             out = step()
             if self.enabled:
-                self.records.append((time.perf_counter() - t, *kind.get("k", (0, 0))))
+                wall = time.perf_counter() - t
+                pre, dec = kind.get("k", (0, 0))
+                self.records.append((wall, pre, dec))
+                if pre == 0 and dec:
+                    self.host_busy.append((wall - waited[0], dec))
             return out
 
         llm.runner.launch = timed_launch
@@ -221,6 +241,17 @@ class StepRecorder:
     def take(self) -> list[tuple[float, int, int]]:
         out, self.records = self.records, []
         return out
+
+    def take_host_busy(self) -> dict[str, float]:
+        """Host time of the decode-only steps at the most common batch, less the wait for the device (ms): the
+        engine's own work per step, which must stay under a step's device time."""
+        busy, self.host_busy = self.host_busy, []
+        if not busy:
+            return {}
+        rows = statistics.mode(n for _, n in busy)
+        ms = sorted(1e3 * b for b, n in busy if n == rows)
+        return {"rows": rows, "median_ms": round(statistics.median(ms), 3), "p90_ms": round(ms[int(0.9 * (len(ms) - 1))], 3),
+                "max_ms": round(ms[-1], 3)}
 
     def take_device_gaps(self) -> dict[str, float]:
         """Of consecutive graphed decode steps at the most common batch: median device time of a step (input copies
@@ -700,9 +731,11 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
             res[f"steps_{conc}_spread"] = decode_step_spread(records)
             res[f"gc_{conc}"] = gcmon.take()
             res[f"device_gaps_{conc}"] = rec.take_device_gaps()
+            res[f"host_busy_{conc}"] = rec.take_host_busy()
             log(f"glmv: {conc}: (e2e, steady) tok/s per run {res[f'throughput_{conc}_runs']}, "
                 f"steps {res[f'steps_{conc}']}, spread {res[f'steps_{conc}_spread']}, "
-                f"GC passes (count, ms, longest) {res[f'gc_{conc}']}, device gaps {res[f'device_gaps_{conc}']}")
+                f"GC passes (count, ms, longest) {res[f'gc_{conc}']}, device gaps {res[f'device_gaps_{conc}']}, "
+                f"host work per step {res[f'host_busy_{conc}']}")
             save()
         res["gc_policy"] = {"mode": engine.gc_policy.mode, "passes_after_steps": list(engine.gc_policy.collections)}
         # the same 64-request case under the engine's other GC modes (glmv/engine/gc_policy.py), two runs each
@@ -714,7 +747,7 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
             records = rec.take()
             res[f"gc_mode_{mode}"] = {"steady": [round(r.get("steady_tok_s") or 0) for r in runs],
                                       "spread": decode_step_spread(records), "gc": gcmon.take(),
-                                      "device_gaps": rec.take_device_gaps()}
+                                      "device_gaps": rec.take_device_gaps(), "host": rec.take_host_busy()}
             log(f"glmv: 64 concurrent with GC mode {mode!r}: {res[f'gc_mode_{mode}']}")
         engine.gc_policy.switch(default_mode)
         # one more 64-request run, not counted: the device timeline of 30 steady steps (after prefill is done)
