@@ -737,7 +737,7 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
                 f"GC passes (count, ms, longest) {res[f'gc_{conc}']}, device gaps {res[f'device_gaps_{conc}']}, "
                 f"host work per step {res[f'host_busy_{conc}']}")
             save()
-        res["gc_policy"] = {"mode": engine.gc_policy.mode, "passes_after_steps": list(engine.gc_policy.collections)}
+        res["gc_policy"] = {"mode": engine.gc_policy.mode, "passes_after_launch": list(engine.gc_policy.collections)}
         # the same 64-request case under the engine's other GC modes (glmv/engine/gc_policy.py), two runs each
         default_mode = engine.gc_policy.mode
         for mode in [m for m in ("freeze", "python") if m != default_mode]:

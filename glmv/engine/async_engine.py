@@ -223,9 +223,11 @@ class AsyncEngine:
         if sys.getswitchinterval() > 0.001:
             sys.setswitchinterval(0.001)
         self.gc_policy.start()
+        self.engine.on_launched = self.gc_policy.after_launch
         try:
             self._serve()
         finally:
+            self.engine.on_launched = None
             self.gc_policy.stop()
 
     def _serve(self) -> None:
@@ -246,7 +248,6 @@ class AsyncEngine:
             self._stats = self.engine.stats()
             if outputs:
                 self._deliver([(o.request_id, o) for o in outputs])
-            self.gc_policy.after_step()
         # shutting down: end what is left
         self._apply_commands()
         error = EngineDeadError("The engine shut down before this request finished.")

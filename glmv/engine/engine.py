@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,9 @@ class LLMEngine:
         self.steps = 0
         self._queued: list[Request] = []  # sequences with tokens awaiting detokenization, in order
         self._inflight: PendingStep | None = None  # the step launched last, whose tokens are not taken in yet
+        # called right after a step's device work is queued, when the host has the most time to spare (AsyncEngine
+        # collects garbage there: glmv/engine/gc_policy.py)
+        self.on_launched: Callable[[], None] | None = None
 
     # ---- requests ----
     def check_request(self, prompt: Prompt, params: SamplingParams) -> int:
@@ -185,6 +189,8 @@ class LLMEngine:
             for e in pending.sampled:
                 e.request.num_pending += 1
             self.steps += 1
+            if self.on_launched is not None:
+                self.on_launched()
         # Computed counts advance as soon as the step is queued (even an empty step can bring an n>1 parent to its
         # fork point: its whole prefix came from the cache).
         for parent in self.scheduler.update(sched):

@@ -9,9 +9,10 @@ between 12 of 750 steps.
 
 Modes (GLMV_GC, default "managed"):
 - "managed": at start the heap is collected once and frozen (moved out of the collector's reach), automatic
-  collection is switched off, and the loop collects itself after each step (`after_step`), right after a step was
-  launched, so that the device has work queued while it runs; it collects the generations that Python's own
-  thresholds (with a larger first one) say are due.
+  collection is switched off, and the engine collects itself right after it launched a step (`after_launch`), when
+  the device has the most work queued: the young generation every YOUNG_THRESHOLD tracked allocations (short
+  passes), the middle one every tenth time as Python does, and the old one (objects made since start-up) only every
+  OLD_EVERY middle passes, since an explicit full pass skips Python's own rule that keeps those rare.
 - "freeze": the start-up heap is frozen; collection otherwise as Python does it.
 - "python": Python's default.
 `stop()` puts back what `start()` changed: a dropped engine's objects can be collected again.
@@ -23,7 +24,8 @@ import gc
 import os
 
 MODES = ("managed", "freeze", "python")
-YOUNG_THRESHOLD = 10_000  # tracked allocations (net) before the young generation is collected: ~0.5 ms a pass
+YOUNG_THRESHOLD = 2_000  # tracked allocations (net) before the young generation is collected
+OLD_EVERY = 100  # middle-generation passes between two passes over the old generation
 
 
 class GcPolicy:
@@ -46,15 +48,15 @@ class GcPolicy:
             gc.disable()
             self._disabled = True
 
-    def after_step(self) -> None:
+    def after_launch(self) -> None:
         """Run the collection that is due, if any (managed mode only)."""
         if not self._disabled:
             return
         young, middle, old = gc.get_count()
         if young < YOUNG_THRESHOLD:
             return
-        _, t1, t2 = gc.get_threshold()
-        generation = 0 if middle < t1 else 1 if old < t2 else 2
+        t1 = gc.get_threshold()[1]
+        generation = 0 if middle < t1 else 1 if old < OLD_EVERY else 2
         gc.collect(generation)
         self.collections[generation] += 1
 

@@ -231,17 +231,21 @@ class ModelRunner:
     def _static_decode(self, batch: int) -> torch.Tensor:
         """The decode step over the first `batch` rows of the persistent buffers (what a CUDA graph records)."""
         meta = self.buf_meta
-        src = meta[self.META_SRC, :batch]
-        ids = torch.where(src >= 0, self.buf_prev_tokens[src.clamp(min=0)], meta[self.META_IDS, :batch])
+        src, ids, lens = meta[self.META_SRC, :batch], meta[self.META_IDS, :batch], meta[self.META_LENS, :batch]
+        fused = self.model.backend.fused
+        step_inputs = getattr(fused, "decode_step_inputs", None)
+        if step_inputs is not None:
+            embeds, lens32 = step_inputs(ids, src, self.buf_prev_tokens, self.model.w.embed, lens)
+        else:
+            embeds = self.model.embed(torch.where(src >= 0, self.buf_prev_tokens[src.clamp(min=0)], ids))
+            lens32 = lens.to(torch.int32)
         attn = AttentionMetadata(slot_mapping=meta[self.META_SLOTS, :batch], num_prefill_tokens=0,
-                                 decode_block_tables=self.buf_block_tables[:batch],
-                                 decode_seq_lens=meta[self.META_LENS, :batch].to(torch.int32))
-        hidden = self.model.forward(self.model.embed(ids), meta[self.META_POS:self.META_POS + 3, :batch],
-                                    self.kv_caches, attn)
+                                 decode_block_tables=self.buf_block_tables[:batch], decode_seq_lens=lens32)
+        hidden = self.model.forward(embeds, meta[self.META_POS:self.META_POS + 3, :batch], self.kv_caches, attn)
         logits = self.model.raw_logits(hidden)
         # Every row's argmax, into the buffer the next step reads pending ids from (after this step read its own):
         # a greedy batch then needs no kernel outside the graph but the copy of its tokens to the host.
-        fast_argmax = getattr(self.model.backend.fused, "argmax", None)
+        fast_argmax = getattr(fused, "argmax", None)
         if fast_argmax is not None:
             fast_argmax(logits, out=self.buf_prev_tokens[:batch])
         else:

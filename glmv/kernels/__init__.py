@@ -9,7 +9,8 @@
 
 triton_attention: write_kv, paged_decode_attention, paged_prefill_attention (glmv/engine/attention.py's signatures).
 triton_fused: rms_norm, residual_rms_norm, silu_mul, rotary_write_kv (glmv/models/glm4v.py's steps, one launch each),
-rotary_half, rotary_half_pair and add_rms_norm (the vision tower's rotary and residual-add + norm).
+rotary_half, rotary_half_pair and add_rms_norm (the vision tower's rotary and residual-add + norm), decode_step_inputs
+(the decode graph's token gather + embedding).
 triton_gemv: gemv (decode-batch matmul, M <= 128, optionally split-K in one launch, optionally with the SwiGLU gating
 in its epilogue) and plan_gemv (per-shape choice against cuBLAS, timed on the device).
 triton_swiglu (imported directly): the gate/up matmul for many rows with the SiLU-gating in its epilogue, its
@@ -44,6 +45,7 @@ __all__ = [
     "plan_gemv",
     "GemvConfig",
     "argmax",
+    "decode_step_inputs",
 ]
 
 _ATTENTION_NAMES = {
@@ -57,7 +59,7 @@ _ATTENTION_NAMES = {
 
 
 _FUSED_NAMES = {"rms_norm", "residual_rms_norm", "silu_mul", "rotary_write_kv", "rotary_half", "rotary_half_pair",
-                "add_rms_norm"}
+                "add_rms_norm", "decode_step_inputs"}
 _GEMV_NAMES = {"gemv": "gemv", "plan_gemv": "plan", "GemvConfig": "GemvConfig"}
 
 

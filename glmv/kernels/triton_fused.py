@@ -13,6 +13,8 @@ same points as glmv/models' torch code), so bf16 outputs match the torch path to
     silu_mul(gate_up)                            == up * silu(gate), with gate, up = gate_up.chunk(2, dim=-1)
     rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, slot_mapping) -> q rotated; k rotated and v stored at slots
         (GLM's interleaved partial rotary: pair (2j, 2j+1) of the first 2*cos.shape[-1] dims turns by angle j)
+    decode_step_inputs(ids, src, prev, table, lens) == (table[where(src >= 0, prev[src], ids)], lens.int())
+        (the decode graph's inputs: a row whose token the previous step sampled on the device reads it there)
 """
 
 from __future__ import annotations
@@ -366,3 +368,37 @@ def rotary_half_pair(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: t
             num_warps=4 if heads * head_dim >= 1024 else 1, **launch_options(),
         )  # fmt: skip
     return out[0], out[1]
+
+
+@triton.jit
+def _decode_step_inputs_kernel(ids_ptr, src_ptr, prev_ptr, table_ptr, lens_ptr, out_ptr, lens_out_ptr, stride_t,
+                               stride_o, HIDDEN: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_start(USE_PDL)
+    row = tl.program_id(0)
+    src = tl.load(src_ptr + row)
+    token = tl.load(ids_ptr + row)
+    if src >= 0:
+        token = tl.load(prev_ptr + src)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < HIDDEN
+    emb = tl.load(table_ptr + token.to(tl.int64) * stride_t + offs, mask=mask)
+    tl.store(out_ptr + row.to(tl.int64) * stride_o + offs, emb, mask=mask)
+    tl.store(lens_out_ptr + row, tl.load(lens_ptr + row).to(tl.int32))
+
+
+def decode_step_inputs(ids: torch.Tensor, src: torch.Tensor, prev: torch.Tensor, table: torch.Tensor,
+                       lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One launch for what a decode step's graph does first (in eager PyTorch a where, a clamp, two gathers and a
+    cast): each row's token is prev[src] where src >= 0 (sampled by the step before, still on the device), else its
+    id; returns (the tokens' embeddings [rows, hidden] in table's dtype, lens as int32). ids, src, lens: int64 [rows];
+    prev: int64; table: [vocab, hidden] with a contiguous last dim."""
+    rows, hidden = ids.shape[0], table.shape[1]
+    out = torch.empty(rows, hidden, dtype=table.dtype, device=table.device)
+    lens32 = torch.empty(rows, dtype=torch.int32, device=table.device)
+    if rows:
+        block = _next_pow2(hidden)
+        _decode_step_inputs_kernel[(rows,)](
+            ids, src, prev, table, lens, out, lens32, table.stride(0), out.stride(0), HIDDEN=hidden, BLOCK=block,
+            num_warps=_row_warps(block), **launch_options(),
+        )  # fmt: skip
+    return out, lens32

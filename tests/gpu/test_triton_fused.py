@@ -218,3 +218,22 @@ def test_rotary_half_pair_equals_two_rotary_half_calls(heads, head_dim, dtype):
     assert q_rot.is_contiguous() and k_rot.is_contiguous()
     assert torch.equal(q_rot, kernels.rotary_half(q, cos, sin))
     assert torch.equal(k_rot, kernels.rotary_half(k, cos, sin))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_step_inputs_gathers_pending_tokens_and_embeds(dtype):
+    gen = torch.Generator().manual_seed(21)
+    vocab, hidden, rows = 50, 96, 6
+    table = torch.randn(vocab, hidden, generator=gen).to(dtype).to(DEVICE)
+    meta = torch.zeros(3, 8, dtype=torch.long)  # rows of one int64 buffer, as the runner keeps them
+    meta[0, :rows] = torch.tensor([3, 0, 7, 0, 49, 0])  # ids (0 where the token is pending)
+    meta[1, :rows] = torch.tensor([-1, 2, -1, 0, -1, 5])  # row of the previous step that sampled it, or -1
+    meta[2, :rows] = torch.tensor([10, 11, 1, 700, 3, 2])  # sequence lengths
+    meta = meta.to(DEVICE)
+    prev = torch.tensor([11, 12, 13, 14, 15, 16, 17, 18], device=DEVICE)
+    ids, src, lens = meta[0, :rows], meta[1, :rows], meta[2, :rows]
+    embeds, lens32 = kernels.decode_step_inputs(ids, src, prev, table, lens)
+    tokens = torch.where(src >= 0, prev[src.clamp(min=0)], ids)
+    assert tokens.cpu().tolist() == [3, 13, 7, 11, 49, 16]
+    assert torch.equal(embeds, table[tokens])
+    assert lens32.dtype == torch.int32 and lens32.cpu().tolist() == [10, 11, 1, 700, 3, 2]
