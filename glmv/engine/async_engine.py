@@ -223,7 +223,7 @@ class AsyncEngine:
         if sys.getswitchinterval() > 0.001:
             sys.setswitchinterval(0.001)
         self.gc_policy.start()
-        self.engine.on_launched = self.gc_policy.after_launch
+        self.engine.on_launched = self.gc_policy.collect_if_due
         try:
             self._serve()
         finally:
@@ -235,6 +235,7 @@ class AsyncEngine:
             self._apply_commands()
             if not self.engine.has_unfinished_requests():
                 self._stats = self.engine.stats()
+                self.gc_policy.collect_if_due()  # garbage made while idle (HTTP handling) is collected too
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue

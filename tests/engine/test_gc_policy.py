@@ -14,18 +14,18 @@ class _Cycle:
         self.me = self
 
 
-def test_managed_mode_freezes_the_heap_and_collects_only_after_launchs():
+def test_managed_mode_freezes_the_heap_and_collects_only_when_asked():
     assert gc.isenabled()
     policy = GcPolicy("managed")
     policy.start()
     try:
         assert not gc.isenabled() and gc.get_freeze_count() > 0
-        policy.after_launch()  # nothing due yet
+        policy.collect_if_due()  # nothing due yet
         assert policy.collections == [0, 0, 0]
         garbage = [_Cycle() for _ in range(YOUNG_THRESHOLD + 10)]
         del garbage  # cycles: only a collection frees them
         assert gc.get_count()[0] >= YOUNG_THRESHOLD
-        policy.after_launch()
+        policy.collect_if_due()
         assert sum(policy.collections) == 1
         assert gc.get_count()[0] < YOUNG_THRESHOLD
     finally:
@@ -40,7 +40,7 @@ def test_freeze_and_python_modes_leave_collection_automatic():
         try:
             assert gc.isenabled()
             assert (gc.get_freeze_count() > 0) == frozen
-            policy.after_launch()
+            policy.collect_if_due()
             assert policy.collections == [0, 0, 0]
         finally:
             policy.stop()
