@@ -162,7 +162,8 @@ def select_backend(device: torch.device | str, dtype: torch.dtype | None = None)
                 log.info("glmv.kernels.triton_swiglu not usable (%s); SiLU-gating runs as its own kernel", exc)
         fused = SimpleNamespace(**fused_fns, rotary_half=getattr(kernels, "rotary_half", None), swiglu=swiglu,
                                 argmax=getattr(kernels, "argmax", None),
-                                decode_step_inputs=getattr(kernels, "decode_step_inputs", None))
+                                decode_step_inputs=getattr(kernels, "decode_step_inputs", None),
+                                mrope_cos_sin=getattr(kernels, "mrope_cos_sin", None))
         names.append("fused=triton" + (",swiglu=triton" if swiglu is not None else ""))
     return AttentionBackend(",".join(names), chosen["write_kv"], chosen["paged_decode_attention"],
                             chosen["paged_prefill_attention"], fused)

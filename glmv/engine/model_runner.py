@@ -242,15 +242,9 @@ class ModelRunner:
         attn = AttentionMetadata(slot_mapping=meta[self.META_SLOTS, :batch], num_prefill_tokens=0,
                                  decode_block_tables=self.buf_block_tables[:batch], decode_seq_lens=lens32)
         hidden = self.model.forward(embeds, meta[self.META_POS:self.META_POS + 3, :batch], self.kv_caches, attn)
-        logits = self.model.raw_logits(hidden)
-        # Every row's argmax, into the buffer the next step reads pending ids from (after this step read its own):
-        # a greedy batch then needs no kernel outside the graph but the copy of its tokens to the host.
-        fast_argmax = getattr(fused, "argmax", None)
-        if fast_argmax is not None:
-            fast_argmax(logits, out=self.buf_prev_tokens[:batch])
-        else:
-            torch.argmax(logits, dim=-1, out=self.buf_prev_tokens[:batch])
-        return logits
+        # Every row's argmax goes into the buffer the next step reads pending ids from (after this step read its
+        # own): a greedy batch then needs no kernel outside the graph but the copy of its tokens to the host.
+        return self.model.raw_logits(hidden, greedy_out=self.buf_prev_tokens[:batch])
 
     @property
     def graphs_worthwhile(self) -> bool:

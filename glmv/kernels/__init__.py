@@ -10,7 +10,7 @@
 triton_attention: write_kv, paged_decode_attention, paged_prefill_attention (glmv/engine/attention.py's signatures).
 triton_fused: rms_norm, residual_rms_norm, silu_mul, rotary_write_kv (glmv/models/glm4v.py's steps, one launch each),
 rotary_half, rotary_half_pair and add_rms_norm (the vision tower's rotary and residual-add + norm), decode_step_inputs
-(the decode graph's token gather + embedding).
+(the decode graph's token gather + embedding), mrope_cos_sin (the decoder's rotary angles).
 triton_gemv: gemv (decode-batch matmul, M <= 128, optionally split-K in one launch, optionally with the SwiGLU gating
 in its epilogue) and plan_gemv (per-shape choice against cuBLAS, timed on the device).
 triton_swiglu (imported directly): the gate/up matmul for many rows with the SiLU-gating in its epilogue, its
@@ -46,6 +46,7 @@ __all__ = [
     "GemvConfig",
     "argmax",
     "decode_step_inputs",
+    "mrope_cos_sin",
 ]
 
 _ATTENTION_NAMES = {
@@ -59,7 +60,7 @@ _ATTENTION_NAMES = {
 
 
 _FUSED_NAMES = {"rms_norm", "residual_rms_norm", "silu_mul", "rotary_write_kv", "rotary_half", "rotary_half_pair",
-                "add_rms_norm", "decode_step_inputs"}
+                "add_rms_norm", "decode_step_inputs", "mrope_cos_sin"}
 _GEMV_NAMES = {"gemv": "gemv", "plan_gemv": "plan", "GemvConfig": "GemvConfig"}
 
 

@@ -33,6 +33,19 @@ def _first_max(vals, idx, n_mask):
 
 
 @triton.jit
+def first_max_rows(vals, idx, mask):
+    """`_first_max` along axis 1 of a [rows, cols] block: per row, (value, index) of its first largest entry (idx
+    [cols] gives each column's index)."""
+    is_nan = (vals != vals) & mask
+    keyed = tl.where(is_nan, float("inf"), tl.where(mask, vals, float("-inf")))
+    best = tl.max(keyed, 1)
+    rank = tl.where(is_nan, idx[None, :], idx[None, :] + (1 << 30))
+    at = tl.min(tl.where(mask & (keyed == best[:, None]), rank, 2147483647), 1)
+    nan = at < (1 << 30)
+    return tl.where(nan, float("nan"), best), tl.where(nan, at, at - (1 << 30))
+
+
+@triton.jit
 def _chunk_max_kernel(x_ptr, val_ptr, idx_ptr, N, stride_x, num_chunks, CHUNK: tl.constexpr, USE_PDL: tl.constexpr):
     pdl_start(USE_PDL)
     row = tl.program_id(0)
@@ -70,6 +83,14 @@ def argmax(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tenso
     idx = torch.empty(rows, chunks, dtype=torch.int32, device=logits.device)
     _chunk_max_kernel[(rows, chunks)](logits, vals, idx, n, logits.stride(0), chunks, CHUNK=CHUNK, num_warps=4,
                                       **launch_options())
-    _row_pick_kernel[(rows,)](vals, idx, out, chunks, CHUNKS_PAD=max(16, triton.next_power_of_2(chunks)),
-                              num_warps=1, **launch_options())
+    return pick_rows(vals, idx, out)
+
+
+def pick_rows(vals: torch.Tensor, idx: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Second stage: per row of vals/idx [rows, chunks] (each chunk's largest value and its index, chunks in index
+    order), the index of the first largest, into out (int64 [rows]). Also used after gemv's argmax epilogue."""
+    rows, chunks = vals.shape
+    pad = max(16, triton.next_power_of_2(chunks))
+    _row_pick_kernel[(rows,)](vals, idx, out, chunks, CHUNKS_PAD=pad, num_warps=1 if pad <= 256 else 4,
+                              **launch_options())
     return out

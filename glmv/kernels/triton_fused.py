@@ -13,6 +13,8 @@ same points as glmv/models' torch code), so bf16 outputs match the torch path to
     silu_mul(gate_up)                            == up * silu(gate), with gate, up = gate_up.chunk(2, dim=-1)
     rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, slot_mapping) -> q rotated; k rotated and v stored at slots
         (GLM's interleaved partial rotary: pair (2j, 2j+1) of the first 2*cos.shape[-1] dims turns by angle j)
+    mrope_cos_sin(positions, cos_table, sin_table, row_of_freq, dtype)
+        == (cos_table[positions[row_of_freq].t(), j].to(dtype), the same for sin), j = arange(len(row_of_freq))
     decode_step_inputs(ids, src, prev, table, lens) == (table[where(src >= 0, prev[src], ids)], lens.int())
         (the decode graph's inputs: a row whose token the previous step sampled on the device reads it there)
 """
@@ -402,3 +404,32 @@ def decode_step_inputs(ids: torch.Tensor, src: torch.Tensor, prev: torch.Tensor,
             num_warps=_row_warps(block), **launch_options(),
         )  # fmt: skip
     return out, lens32
+
+
+@triton.jit
+def _mrope_cos_sin_kernel(pos_ptr, cos_tab_ptr, sin_tab_ptr, row_ptr, cos_ptr, sin_ptr, stride_p, stride_tab,
+                          HALF: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_start(USE_PDL)
+    token = tl.program_id(0)
+    j = tl.arange(0, BLOCK)
+    mask = j < HALF
+    which = tl.load(row_ptr + j, mask=mask, other=0)  # the t, h or w position row of each frequency
+    pos = tl.load(pos_ptr + which * stride_p + token, mask=mask, other=0)
+    at = pos * stride_tab + j
+    tl.store(cos_ptr + token * HALF + j, tl.load(cos_tab_ptr + at, mask=mask).to(cos_ptr.dtype.element_ty), mask=mask)
+    tl.store(sin_ptr + token * HALF + j, tl.load(sin_tab_ptr + at, mask=mask).to(sin_ptr.dtype.element_ty), mask=mask)
+
+
+def mrope_cos_sin(positions: torch.Tensor, cos_table: torch.Tensor, sin_table: torch.Tensor,
+                  row_of_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """M-RoPE angles in one launch (eager PyTorch: a gather, two 2-D gathers, two casts): positions int64 [3, T] (last
+    dim contiguous), tables float32 [max_pos, rot/2], row_of_freq int64 [rot/2] -> cos, sin [T, rot/2] in dtype."""
+    tokens, half = positions.shape[1], cos_table.shape[1]
+    cos = torch.empty(tokens, half, dtype=dtype, device=positions.device)
+    sin = torch.empty(tokens, half, dtype=dtype, device=positions.device)
+    if tokens:
+        _mrope_cos_sin_kernel[(tokens,)](
+            positions, cos_table, sin_table, row_of_freq, cos, sin, positions.stride(0), cos_table.stride(0),
+            HALF=half, BLOCK=max(16, _next_pow2(half)), num_warps=1, **launch_options(),
+        )  # fmt: skip
+    return cos, sin

@@ -25,6 +25,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from glmv.kernels import pdl
 from glmv.kernels.timing import graph_time_us
+from glmv.kernels.triton_argmax import first_max_rows, pick_rows
 from glmv.kernels.triton_swiglu import cublas_silu, silu_pairs
 
 MAX_ROWS = 128
@@ -71,10 +72,10 @@ def _prefetch_l2(ptrs, nbytes):
 @triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, x_desc, w_desc, b_ptr, out_ptr, ws_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_om,
-    pf_bytes, pf_programs,
+    pf_bytes, pf_programs, best_val_ptr, best_idx_ptr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, W_BYTES: tl.constexpr,
-    SILU_MUL: tl.constexpr, TMA: tl.constexpr,
+    SILU_MUL: tl.constexpr, TMA: tl.constexpr, ARGMAX: tl.constexpr,
 ):  # fmt: skip
     """One program = BLOCK_N weight rows x one of SPLIT_K slices of K (whole BLOCK_K tiles). With SPLIT_K > 1 each
     program leaves its float32 partial in ws; the last of an n-block's programs to finish (an atomic counter per
@@ -86,7 +87,9 @@ def _gemv_kernel(
 
     SILU_MUL: the weight is an interleaved gate/up pair stack (glmv.kernels.triton_swiglu) and the output, N // 2 wide,
     is up * silu(gate). TMA: x and w tiles come through the descriptors x_desc and w_desc (rows and columns past the
-    ends read as zeros), else by pointer loads from x_ptr and w_ptr."""
+    ends read as zeros), else by pointer loads from x_ptr and w_ptr. ARGMAX (SPLIT_K == 1, no SILU_MUL): each program
+    also leaves, per row, the largest output of its tile as stored (rounded) and its column, at [row, n-block] of
+    best_val / best_idx, for glmv.kernels.triton_argmax.pick_rows."""
     pid = tl.program_id(0)
     pid_n = pid // SPLIT_K
     pid_k = pid % SPLIT_K
@@ -129,6 +132,12 @@ def _gemv_kernel(
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
         _store_tile(out_ptr, acc, offs_m, pid_n, M, N, stride_om, BLOCK_M, BLOCK_N, SILU_MUL)
+        if ARGMAX:
+            stored = acc.to(out_ptr.dtype.element_ty).to(tl.float32)
+            best, at = first_max_rows(stored, offs_n, m_mask[:, None] & n_mask[None, :])
+            n_blocks = tl.num_programs(0)
+            tl.store(best_val_ptr + offs_m * n_blocks + pid_n, best, mask=m_mask)
+            tl.store(best_idx_ptr + offs_m * n_blocks + pid_n, at, mask=m_mask)
     else:
         part = offs_m[:, None] * N + offs_n[None, :]
         part_mask = m_mask[:, None] & n_mask[None, :]
@@ -175,18 +184,22 @@ def _counters(device: torch.device, needed: int) -> torch.Tensor:
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: GemvConfig,
-         silu_mul: bool = False) -> torch.Tensor:
+         silu_mul: bool = False, argmax_out: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] (M <= 128, last dim contiguous) @ weight [N, K].T (+ bias [N]) -> [M, N] in x's dtype.
 
     silu_mul: weight is an interleaved gate/up stack (glmv.kernels.triton_swiglu.interleave_gate_up); returns
-    [M, N // 2] = up * silu(gate), gated in the epilogue. Split-K configurations synchronise through per-device
-    counters: issue them from one stream at a time."""
+    [M, N // 2] = up * silu(gate), gated in the epilogue. argmax_out (int64 [M], split_k 1 only): also writes each
+    row's argmax of the output into it (torch.argmax's answer), from per-tile maxima the epilogue leaves and one
+    short launch after. Split-K configurations synchronise through per-device counters: issue them from one stream
+    at a time."""
     m, k = x.shape
     n = weight.shape[0]
     if m > MAX_ROWS or x.stride(-1) != 1 or weight.stride(-1) != 1 or weight.shape[1] != k:
         raise ValueError(f"gemv takes at most {MAX_ROWS} rows with contiguous last dims and matching K")
     if silu_mul and (bias is not None or n % 2 or config.block_n % 2):
         raise ValueError("gemv's SiLU epilogue takes an even N, an even block_n and no bias")
+    if argmax_out is not None and (silu_mul or config.split_k != 1):
+        raise ValueError("gemv's argmax epilogue needs split_k 1 and no SiLU epilogue")
     out = torch.empty((m, n // 2 if silu_mul else n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
@@ -205,13 +218,20 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, confi
     tma = c.tma and aligned and x.data_ptr() % 16 == 0 and x.stride(0) * x.element_size() % 16 == 0
     x_desc = TensorDescriptor.from_tensor(x, [block_m(m), c.block_k]) if tma else x  # else unused
     w_desc = TensorDescriptor.from_tensor(weight, [c.block_n, c.block_k]) if tma else weight
+    if argmax_out is not None:
+        best_val = torch.empty(m, n_blocks, dtype=torch.float32, device=x.device)
+        best_idx = torch.empty(m, n_blocks, dtype=torch.int32, device=x.device)
+    else:
+        best_val = best_idx = out  # unused by the kernel
     _gemv_kernel[(grid,)](
         x, weight, x_desc, w_desc, bias if bias is not None else weight, out, ws, counters, m, n, k,
-        x.stride(0), weight.stride(0), out.stride(0), pf_bytes, pf_programs,
+        x.stride(0), weight.stride(0), out.stride(0), pf_bytes, pf_programs, best_val, best_idx,
         HAS_BIAS=bias is not None, BLOCK_M=block_m(m), BLOCK_N=c.block_n, BLOCK_K=c.block_k, SPLIT_K=c.split_k,
         EVEN_K=k % c.block_k == 0, PREFETCH=pf_bytes > 0, W_BYTES=weight.element_size(), SILU_MUL=silu_mul, TMA=tma,
-        num_warps=c.num_warps, num_stages=c.num_stages, **launch,
+        ARGMAX=argmax_out is not None, num_warps=c.num_warps, num_stages=c.num_stages, **launch,
     )  # fmt: skip
+    if argmax_out is not None:
+        pick_rows(best_val, best_idx, argmax_out)
     return out
 
 

@@ -9,6 +9,7 @@ function over the whole batch: nothing here loops over tokens or sequences in Py
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -102,8 +103,11 @@ class MRotaryEmbedding:
         self.freq_index = torch.arange(len(section), device=device)
         self.max_positions = max_positions
 
-    def __call__(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [3, T] long -> cos, sin [T, rot/2] in `dtype`."""
+    def __call__(self, positions: torch.Tensor, dtype: torch.dtype, kernel=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [3, T] long -> cos, sin [T, rot/2] in `dtype` (through `kernel`, glmv.kernels.mrope_cos_sin,
+        when given: one launch, the same values)."""
+        if kernel is not None and positions.stride(-1) == 1:
+            return kernel(positions, self.cos_table, self.sin_table, self.row_of_freq, dtype)
         rows = positions[self.row_of_freq].t()  # [T, rot/2]: for each frequency, the position row it uses
         cos = self.cos_table[rows, self.freq_index]
         sin = self.sin_table[rows, self.freq_index]
@@ -298,7 +302,7 @@ class Glm4vModel:
         """`forward` with one kernel per elementwise step: each sub-layer's exit (post-norm + residual add) is fused
         with the next entry norm, and rotary is fused with the KV write. Rounds where the torch path rounds."""
         fk, eps = self.backend.fused, self.dims.rms_norm_eps
-        cos, sin = self.rope(positions, hidden.dtype)
+        cos, sin = self.rope(positions, hidden.dtype, getattr(fk, "mrope_cos_sin", None))
         layers = self.w.layers
         x = fk.rms_norm(hidden, layers[0].input_norm, eps)
         for i, (layer, (k_cache, v_cache)) in enumerate(zip(layers, kv_caches, strict=True)):
@@ -346,7 +350,20 @@ class Glm4vModel:
         """[N, hidden] -> float32 logits [N, vocab]."""
         return self.raw_logits(hidden).float()
 
-    def raw_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def raw_logits(self, hidden: torch.Tensor, greedy_out: torch.Tensor | None = None) -> torch.Tensor:
         """[N, hidden] -> logits [N, vocab] in the model's dtype (the decode graph's output: an argmax needs no
-        float32 copy, and the sampler converts only when it samples)."""
-        return self._linear(hidden, self.w.lm_head)
+        float32 copy, and the sampler converts only when it samples). greedy_out (int64 [N]) receives every row's
+        argmax: from the decode matmul's epilogue where the plan put the lm_head on it, else by an argmax kernel."""
+        w = self.w.lm_head
+        if greedy_out is None:
+            return self._linear(hidden, w)
+        cfg = self._gemv_plan.get((w.shape[0], w.shape[1], False, hidden.shape[0])) if self._gemv_plan else None
+        if cfg is not None and cfg.split_k == 1 and os.environ.get("GLMV_ARGMAX_EPILOGUE", "1") != "0":
+            return self._gemv(hidden, w, None, cfg, argmax_out=greedy_out)
+        logits = self._linear(hidden, w)
+        argmax = getattr(self.backend.fused, "argmax", None)
+        if argmax is not None:
+            argmax(logits, out=greedy_out)
+        else:
+            torch.argmax(logits, dim=-1, out=greedy_out)
+        return logits

@@ -237,3 +237,28 @@ def test_decode_step_inputs_gathers_pending_tokens_and_embeds(dtype):
     assert tokens.cpu().tolist() == [3, 13, 7, 11, 49, 16]
     assert torch.equal(embeds, table[tokens])
     assert lens32.dtype == torch.int32 and lens32.cpu().tolist() == [10, 11, 1, 700, 3, 2]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mrope_cos_sin_is_the_rotary_tables_gather(dtype):
+    """GLM-4.1V-9B's M-RoPE (head_dim 128, rotary 64 dims, sections 8/12/12) over image-like positions, and over
+    positions that are one row broadcast (a prompt without pictures): the same values as the PyTorch gather."""
+    from glmv.config import TextDims
+    from glmv.models.glm4v import MRotaryEmbedding
+
+    dims = TextDims(hidden_size=4096, num_layers=1, num_heads=32, num_kv_heads=2, head_dim=128, intermediate_size=8,
+                    vocab_size=8, rms_norm_eps=1e-5, rope_theta=10000.0, partial_rotary_factor=0.5,
+                    mrope_section=(8, 12, 12), max_position_embeddings=4096)
+    rope = MRotaryEmbedding(dims, 4096, torch.device(DEVICE))
+    gen = torch.Generator().manual_seed(3)
+    image_like = torch.randint(0, 4096, (3, 37), generator=gen).to(DEVICE)
+    text_like = torch.arange(100, 140, device=DEVICE).expand(3, -1)
+    for positions in (image_like, text_like):
+        want = rope(positions, dtype)
+        got = rope(positions, dtype, kernels.mrope_cos_sin)
+        assert got[0].dtype == dtype
+        if kernels.interpreting() and dtype == torch.bfloat16:  # the interpreter truncates to bf16 (see RTOL)
+            for g, w in zip(got, want, strict=True):
+                torch.testing.assert_close(g, w, rtol=RTOL[dtype], atol=0)
+        else:
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

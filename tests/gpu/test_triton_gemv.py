@@ -44,6 +44,31 @@ def test_gemv_matches_float64(n, k, rows, with_bias, dtype):
         assert relative_error(out, ref) <= 2 * relative_error(F.linear(x, w, b), ref)
 
 
+@pytest.mark.parametrize("rows", [1, 5, 64, 128])
+def test_argmax_epilogue_gives_torch_argmax_of_the_output(rows):
+    """The lm_head's greedy tokens from the decode matmul's epilogue: the output is unchanged, and argmax_out holds
+    torch.argmax of it (first index among ties, here planted across tiles and within one)."""
+    from glmv.kernels.triton_gemv import CONFIGS, block_m
+
+    dtype = DTYPES[0]
+    n, k = (151552, 4096) if ON_GPU else (300, 64)
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, k, generator=gen).to(dtype).to(DEVICE)
+    w = (torch.randn(n, k, generator=gen) / k**0.5).to(dtype)
+    w[n - 1] = w[7] = w[n // 2] = 0.5 * torch.sign(x[0].float().cpu()).to(dtype)  # one big logit thrice in row 0
+    w[8] = w[7]
+    w = w.to(DEVICE)
+    for cfg in [c for c in CONFIGS[block_m(rows)] if c.split_k == 1][:3]:
+        plain = kernels.gemv(x, w, None, cfg)
+        tokens = torch.full((rows,), -1, dtype=torch.int64, device=DEVICE)
+        out = kernels.gemv(x, w, None, cfg, argmax_out=tokens)
+        assert torch.equal(out, plain), cfg
+        assert torch.equal(tokens, out.argmax(dim=-1)), cfg
+        assert int(tokens[0]) in (7, 8), cfg  # the planted rows' first (equal rows may still round apart)
+    with pytest.raises(ValueError, match="argmax epilogue"):
+        kernels.gemv(x, w, None, CONFIGS[16][2], argmax_out=tokens)
+
+
 def test_gemv_refuses_more_rows_than_it_pads_to():
     from glmv.kernels.triton_gemv import CONFIGS, MAX_ROWS
 
