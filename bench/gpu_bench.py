@@ -315,9 +315,10 @@ def _device_events(prof) -> list[dict]:
 
 
 def steady_timeline(events: list[dict], steps: int, rows: int) -> dict:
-    """The device timeline of `steps` steady decode steps: time per step, kernel time per step, idle time per step,
-    and the kernels that run at most twice a step (the work around the decoder's 40 layers: embedding, lm_head,
-    argmax, copies), each with its time per step."""
+    """The device timeline of `steps` steady decode steps (under the profiler, which slows them): time per step, the
+    sum of kernel durations per step (over the step time where PDL overlaps kernels, so no idle time can be read from
+    it; gpu_bench's CUDA-event gaps measure that), and the kernels that run at most twice a step (the work around
+    the decoder's 40 layers), each with its time per step."""
     if not events or steps <= 0:
         return {}
     span = events[-1]["ts"] + events[-1]["dur"] - events[0]["ts"]
@@ -326,11 +327,11 @@ def steady_timeline(events: list[dict], steps: int, rows: int) -> dict:
     for e in events:
         by.setdefault(e["name"][:60], []).append(e["dur"])
     rare = sorted(((n, len(d), sum(d)) for n, d in by.items() if len(d) <= 2 * steps), key=lambda x: -x[2])
-    res = {"rows": rows, "steps": steps, "step_us": round(span / steps, 1), "busy_us": round(busy / steps, 1),
-           "idle_us": round((span - busy) / steps, 1), "kernels_per_step": round(len(events) / steps, 1),
+    res = {"rows": rows, "steps": steps, "step_us": round(span / steps, 1), "kernel_sum_us": round(busy / steps, 1),
+           "kernels_per_step": round(len(events) / steps, 1),
            "per_step_work": [(n, round(c / steps, 2), round(t / steps, 1)) for n, c, t in rare[:12]]}
-    log(f"steady decode timeline at {rows} rows over {steps} steps: {res['step_us']} us a step, kernels busy "
-        f"{res['busy_us']}, idle {res['idle_us']}; once-a-step work (name, per step, us): {res['per_step_work']}")
+    log(f"steady decode timeline at {rows} rows over {steps} steps (profiled): {res['step_us']} us a step, "
+        f"{res['kernels_per_step']} kernels; once-a-step work (name, per step, us): {res['per_step_work']}")
     return res
 
 
@@ -737,27 +738,6 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
                 f"GC passes (count, ms, longest) {res[f'gc_{conc}']}, device gaps {res[f'device_gaps_{conc}']}, "
                 f"host work per step {res[f'host_busy_{conc}']}")
             save()
-        res["gc_policy"] = {"mode": engine.gc_policy.mode, "passes_after_launch": list(engine.gc_policy.collections)}
-        # the same 64-request case under the engine's other GC modes (glmv/engine/gc_policy.py), two runs each
-        default_mode = engine.gc_policy.mode
-        for mode in [m for m in ("freeze", "python") if m != default_mode]:
-            engine.gc_policy.switch(mode)
-            runs = [await run_requests(engine, [random_text_prompt(512, vocab, 9000 + 100 * rep + i) for i in range(64)],
-                                       greedy) for rep in range(2)]
-            records = rec.take()
-            res[f"gc_mode_{mode}"] = {"steady": [round(r.get("steady_tok_s") or 0) for r in runs],
-                                      "spread": decode_step_spread(records), "gc": gcmon.take(),
-                                      "device_gaps": rec.take_device_gaps(), "host": rec.take_host_busy()}
-            log(f"glmv: 64 concurrent with GC mode {mode!r}: {res[f'gc_mode_{mode}']}")
-        engine.gc_policy.switch(default_mode)
-        # one more 64-request run, not counted: the device timeline of 30 steady steps (after prefill is done)
-        rec.arm_trace(skip=min(40, out_n // 2), count=30)
-        await run_requests(engine, [random_text_prompt(512, vocab, 7000 + i) for i in range(64)], greedy)
-        rec.take()
-        rec.graph_marks.clear()
-        res["timeline_64"] = steady_timeline(rec.trace_events or [], 30, 64)
-        save()
-
         log("glmv: TTFT of one image prompt (idle)")
         rec.take()
         rec.graph_marks.clear()
@@ -808,7 +788,33 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
         res["device_gaps_image"] = rec.take_device_gaps()
         log(f"glmv: images: e2e {r['e2e_tok_s']:.0f} tok/s, steady {r.get('steady_tok_s', 0):.0f}, "
             f"wall {r['wall']:.1f} s, last first token at {r['last_first_token_at']:.1f} s")
+        res["gc_policy"] = {"mode": engine.gc_policy.mode, "passes_after_launch": list(engine.gc_policy.collections)}
+        if args.diagnose:
+            await diagnose(engine, rec, gcmon, res, vocab, greedy, out_n)
         await engine.shutdown()
+
+    async def diagnose(engine, rec, gcmon, res, vocab, greedy, out_n):
+        """Extra runs, after the measured figures (their load warms the GPU: compute-bound figures measured after
+        them read a few % slower): the 64-request case under the engine's other GC modes (glmv/engine/gc_policy.py),
+        two runs each, and a profiled device timeline of 30 steady steps."""
+        default_mode = engine.gc_policy.mode
+        for mode in [m for m in ("freeze", "python") if m != default_mode]:
+            engine.gc_policy.switch(mode)
+            runs = [await run_requests(engine, [random_text_prompt(512, vocab, 9000 + 100 * rep + i) for i in range(64)],
+                                       greedy) for rep in range(2)]
+            records = rec.take()
+            res[f"gc_mode_{mode}"] = {"steady": [round(r.get("steady_tok_s") or 0) for r in runs],
+                                      "spread": decode_step_spread(records), "gc": gcmon.take(),
+                                      "device_gaps": rec.take_device_gaps(), "host": rec.take_host_busy()}
+            log(f"glmv: 64 concurrent with GC mode {mode!r}: {res[f'gc_mode_{mode}']}")
+        engine.gc_policy.switch(default_mode)
+        # one more 64-request run, not counted: the device timeline of 30 steady steps (after prefill is done)
+        rec.arm_trace(skip=min(40, out_n // 2), count=30)
+        await run_requests(engine, [random_text_prompt(512, vocab, 7000 + i) for i in range(64)], greedy)
+        rec.take()
+        rec.graph_marks.clear()
+        res["timeline_64"] = steady_timeline(rec.trace_events or [], 30, 64)
+        save()
 
     asyncio.run(main())
     res["engine_stats"] = {k: v for k, v in llm.stats().items() if k != "time"}
@@ -829,6 +835,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs of the 8- and 64-concurrent cases (median)")
     ap.add_argument("--drop-caches", action="store_true", help="drop the OS page cache before glmv loads (cold load)")
     ap.add_argument("--trace", action="store_true", help="write a Chrome trace of the batch-1 decode step")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="after glmv's figures, also run 64 concurrent under the other GC modes (GLMV_GC) and record a "
+                         "profiled device timeline of 30 steady decode steps (~20 s; warms the GPU before HF runs)")
     ap.add_argument("--json", default=None, help="where to write results (default $OUT/gpu_bench.json)")
     args = ap.parse_args()
 
