@@ -4,9 +4,9 @@ Why: the engine thread launches a decode step, then needs the GIL back within on
 an H100) to launch the next, or the device goes idle. A collection holds the GIL for as long as it takes, in
 whichever thread allocated the object that tripped it (often the server's event loop). Measured with
 bench/gpu_bench.py at 64 concurrent requests (H100): a full pass over the start-up heap (model, tokenizer,
-libraries) took 230-330 ms; Python's default left the device idle between 12 of 750 steps (steady 7,700-7,930
-tok/s); with the start-up heap frozen, passes over younger objects still took up to 10 ms; managed, no gap over
-1 ms in 750 steps (8,043-8,053 tok/s).
+libraries) took 230-330 ms, and passes over younger objects up to 10 ms; with collection automatic (Python's
+default, or the start-up heap frozen), 12 of 509-750 steps were followed by over 1 ms of idle device in some runs
+(steady 7,680-7,980 tok/s); managed, 0-1 such gaps in 750 steps in every run (8,043-8,092 tok/s).
 
 Modes (GLMV_GC, default "managed"):
 - "managed": at start the heap is collected once and frozen (moved out of the collector's reach), automatic
@@ -38,7 +38,7 @@ class GcPolicy:
         self.mode = mode
         self._froze = False
         self._disabled = False
-        self.collections = [0, 0, 0]  # passes run by after_step, per generation
+        self.collections = [0, 0, 0]  # passes run by collect_if_due, per generation
 
     def start(self) -> None:
         if self.mode == "python":

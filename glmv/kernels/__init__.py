@@ -62,6 +62,8 @@ _ATTENTION_NAMES = {
 _FUSED_NAMES = {"rms_norm", "residual_rms_norm", "silu_mul", "rotary_write_kv", "rotary_half", "rotary_half_pair",
                 "add_rms_norm", "decode_step_inputs", "mrope_cos_sin"}
 _GEMV_NAMES = {"gemv": "gemv", "plan_gemv": "plan", "GemvConfig": "GemvConfig"}
+_MODULE_OF = {**dict.fromkeys(_ATTENTION_NAMES, "triton_attention"), **dict.fromkeys(_FUSED_NAMES, "triton_fused"),
+              "argmax": "triton_argmax"}
 
 
 def interpreting() -> bool:
@@ -87,9 +89,8 @@ def __getattr__(name: str) -> Any:
         except ImportError as exc:
             raise AttributeError(f"glmv.kernels.{name} needs Triton, which failed to import: {exc}") from exc
         return getattr(module, _GEMV_NAMES[name])
-    if name in _ATTENTION_NAMES or name in _FUSED_NAMES or name == "argmax":
-        source = ("triton_attention" if name in _ATTENTION_NAMES else "triton_argmax" if name == "argmax"
-                  else "triton_fused")
+    source = _MODULE_OF.get(name)
+    if source is not None:
         try:
             module = importlib.import_module(f"glmv.kernels.{source}")
         except ImportError as exc:

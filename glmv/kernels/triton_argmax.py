@@ -19,23 +19,11 @@ CHUNK = 4096  # logits per first-stage program (8 KB of bf16): 37 chunks a row a
 
 
 @triton.jit
-def _first_max(vals, idx, n_mask):
-    """(value, index) of the first largest entry, NaN counted largest; masked-off entries never win. Two reductions:
-    the largest value (NaN as +inf), then the smallest rank among the entries equal to it, where a NaN's rank is its
-    index and any other entry's is its index + 2^30 (so a NaN beats a real +inf before it)."""
-    is_nan = (vals != vals) & n_mask
-    keyed = tl.where(is_nan, float("inf"), tl.where(n_mask, vals, float("-inf")))
-    best = tl.max(keyed, 0)
-    rank = tl.where(is_nan, idx, idx + (1 << 30))
-    at = tl.min(tl.where(n_mask & (keyed == best), rank, 2147483647), 0)
-    nan = at < (1 << 30)
-    return tl.where(nan, float("nan"), best), tl.where(nan, at, at - (1 << 30))
-
-
-@triton.jit
 def first_max_rows(vals, idx, mask):
-    """`_first_max` along axis 1 of a [rows, cols] block: per row, (value, index) of its first largest entry (idx
-    [cols] gives each column's index)."""
+    """Per row of a [rows, cols] block: (value, index) of its first largest entry, NaN counted largest; masked-off
+    entries never win (idx [cols] gives each column's index). Two reductions: the largest value (NaN as +inf), then
+    the smallest rank among the entries equal to it, where a NaN's rank is its index and any other entry's is its
+    index + 2^30 (so a NaN beats a real +inf before it)."""
     is_nan = (vals != vals) & mask
     keyed = tl.where(is_nan, float("inf"), tl.where(mask, vals, float("-inf")))
     best = tl.max(keyed, 1)
@@ -53,9 +41,10 @@ def _chunk_max_kernel(x_ptr, val_ptr, idx_ptr, N, stride_x, num_chunks, CHUNK: t
     offs = chunk * CHUNK + tl.arange(0, CHUNK)
     n_mask = offs < N
     vals = tl.load(x_ptr + row.to(tl.int64) * stride_x + offs, mask=n_mask, other=float("-inf")).to(tl.float32)
-    best, at = _first_max(vals, offs, n_mask)
-    tl.store(val_ptr + row * num_chunks + chunk, best)
-    tl.store(idx_ptr + row * num_chunks + chunk, at)
+    best, at = first_max_rows(vals[None, :], offs, n_mask[None, :])
+    one = tl.arange(0, 1)
+    tl.store(val_ptr + row * num_chunks + chunk + one, best)
+    tl.store(idx_ptr + row * num_chunks + chunk + one, at)
 
 
 @triton.jit
@@ -65,8 +54,9 @@ def _row_pick_kernel(val_ptr, idx_ptr, out_ptr, num_chunks, CHUNKS_PAD: tl.const
     offs = tl.arange(0, CHUNKS_PAD)
     c_mask = offs < num_chunks
     vals = tl.load(val_ptr + row * num_chunks + offs, mask=c_mask, other=float("-inf"))
-    _, chunk = _first_max(vals, offs, c_mask)  # chunks are in index order: the first chunk's index wins
-    tl.store(out_ptr + row, tl.load(idx_ptr + row * num_chunks + chunk).to(tl.int64))
+    _, chunk = first_max_rows(vals[None, :], offs, c_mask[None, :])  # chunks in index order: the first one wins
+    one = tl.arange(0, 1)
+    tl.store(out_ptr + row + one, tl.load(idx_ptr + row * num_chunks + chunk + one).to(tl.int64))
 
 
 def argmax(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
