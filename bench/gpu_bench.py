@@ -790,10 +790,10 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
             f"wall {r['wall']:.1f} s, last first token at {r['last_first_token_at']:.1f} s")
         res["gc_policy"] = {"mode": engine.gc_policy.mode, "passes_after_launch": list(engine.gc_policy.collections)}
         if args.diagnose:
-            await diagnose(engine, rec, gcmon, res, vocab, greedy, out_n)
+            await diagnose(greedy)
         await engine.shutdown()
 
-    async def diagnose(engine, rec, gcmon, res, vocab, greedy, out_n):
+    async def diagnose(greedy: SamplingParams):
         """Extra runs, after the measured figures (their load warms the GPU: compute-bound figures measured after
         them read a few % slower): the 64-request case under the engine's other GC modes (glmv/engine/gc_policy.py),
         two runs each, and a profiled device timeline of 30 steady steps."""

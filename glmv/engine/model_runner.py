@@ -357,19 +357,22 @@ class ModelRunner:
         if not entries:
             return PendingStep([], None)
         prev_rows = prev.row_of if prev is not None and prev.sample is not None else {}
+        rows = [e.request for e in sampled]
+        graph_tokens = None  # the decode graph's argmax, where it is every row's token
         if not prefills and self.graphs and len(decodes) <= self.buckets[-1]:
             logits = self._run_decode_graph(decodes, prev, prev_rows)
-            rows = [e.request for e in sampled]
             if len(sampled) == len(decodes) and self.sampler.plain_greedy(rows):
                 self.greedy_graph_steps += 1
-                pending = self.sampler.launch_tokens(self.buf_prev_tokens[:len(decodes)], rows)
-                return PendingStep(sampled, pending, {id(e.request): i for i, e in enumerate(sampled)})
-            if len(sampled) < len(decodes):
+                graph_tokens = self.buf_prev_tokens[:len(decodes)]
+            elif len(sampled) < len(decodes):
                 keep = torch.tensor([i for i, e in enumerate(decodes) if e.samples], device=self.device)
                 logits = logits.index_select(0, keep)
         else:
             logits = self._run_eager(prefills, decodes, sampled, prev, prev_rows)
-        pending = self.sampler.launch(logits, [e.request for e in sampled]) if sampled else None
+        if graph_tokens is not None:
+            pending = self.sampler.launch_tokens(graph_tokens, rows)
+        else:
+            pending = self.sampler.launch(logits, rows) if sampled else None
         for e in prefills:
             if e.end >= e.request.num_prompt_tokens:
                 e.request.mm_embeds.clear()  # the prompt's media are in the KV cache now

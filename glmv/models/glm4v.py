@@ -9,7 +9,6 @@ function over the whole batch: nothing here loops over tokens or sequences in Py
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -358,7 +357,7 @@ class Glm4vModel:
         if greedy_out is None:
             return self._linear(hidden, w)
         cfg = self._gemv_plan.get((w.shape[0], w.shape[1], False, hidden.shape[0])) if self._gemv_plan else None
-        if cfg is not None and cfg.split_k == 1 and os.environ.get("GLMV_ARGMAX_EPILOGUE", "1") != "0":
+        if cfg is not None and cfg.split_k == 1:
             return self._gemv(hidden, w, None, cfg, argmax_out=greedy_out)
         logits = self._linear(hidden, w)
         argmax = getattr(self.backend.fused, "argmax", None)
