@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.gpu_probe import event_time_ms, probe_ceilings  # noqa: E402
+
 from glmv.config import EngineConfig, ModelConfig  # noqa: E402
 from glmv.inputs.prompt import Prompt  # noqa: E402
 from glmv.sampling import SamplingParams  # noqa: E402
@@ -416,7 +417,7 @@ def prefill_ms(runner, tokens: int, graphed: bool = False) -> float:
 
 def prefill_fn(runner, tokens: int):
     """One eager decoder pass over a fresh prompt of `tokens` tokens and its last logits, as a closure."""
-    from glmv.engine.attention import AttentionMetadata
+    from glmv.layers.attention import AttentionMetadata
 
     dev, bs = runner.device, runner.block_size
     model = runner.model
@@ -617,7 +618,7 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
     torch.cuda.synchronize()
     res["load_s"] = time.perf_counter() - t
     res["load_gb"] = model.bytes_loaded / 1e9
-    log(f"glmv: loaded {res['load_gb']:.1f} GB in {res['load_s']:.1f} s; backend {model.backend.name}")
+    log(f"glmv: loaded {res['load_gb']:.1f} GB in {res['load_s']:.1f} s; backend {model.kernels.describe()}")
     t = time.perf_counter()
     runner = ModelRunner(mc, ec, ec.max_model_len, model=model)
     res["kv_plan_s"] = time.perf_counter() - t

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from glmv.options import KernelOptions, RuntimeOptions
+
 ARCHITECTURE = "Glm4vForConditionalGeneration"
 MODEL_TYPES = ("glm4v",)
 
@@ -196,6 +198,10 @@ class EngineConfig:
     pipeline_parallel_size: int = 1
     vllm_python: str | None = None
     vllm_engine_args: dict = field(default_factory=dict, compare=False, hash=False)
+    # Which kernels glmv's engine may use (GLMV_* switches, read once by glmv.options) and when Python's collector
+    # runs while its loop serves (GLMV_GC).
+    kernels: KernelOptions = field(default_factory=KernelOptions.from_env, compare=False, hash=False)
+    gc_mode: str = field(default_factory=lambda: RuntimeOptions.from_env().gc_mode, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.engine not in ("glmv", "transformers", "vllm"):

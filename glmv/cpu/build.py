@@ -17,6 +17,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from glmv.options import default_cache_dir
+
 log = logging.getLogger("glmv.cpu")
 
 SOURCE = Path(__file__).with_name("kernels.c")
@@ -33,9 +35,7 @@ _tried = False
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("GLMV_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "glmv")
-    return Path(root) / "cpu-kernels"
+    return default_cache_dir() / "cpu-kernels"
 
 
 def _cpu_signature() -> str:
@@ -81,9 +81,6 @@ def load() -> ctypes.CDLL | None:
     if _tried:
         return _lib
     _tried = True
-    if os.environ.get("GLMV_CPU_KERNELS", "1") == "0":
-        _error = "turned off by GLMV_CPU_KERNELS=0"
-        return None
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         _error = "no C compiler (gcc or cc) on PATH"

@@ -5,12 +5,10 @@ blocked format on every call. Packing each weight once at load time into that bl
 tensor) and calling oneDNN's linear directly gives bit-identical results at about twice the speed for decode-sized
 batches (measured on 2 AMD EPYC cores with AVX-512 bf16: a 5632x1024 weight at 1 row, 0.20 -> 0.10 ms; at 128 rows,
 1.67 -> 1.49 ms). Packed weights replace the plain ones in place (no second copy); `linear` below is the one way to
-multiply by either kind. GLMV_CPU_PACKED=0 turns packing off.
+multiply by either kind. Whether to pack is the kernel choice's (glmv.layers.kernels; GLMV_CPU_PACKED=0: never).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +16,7 @@ import torch.nn.functional as F
 
 def packing_supported(device: torch.device, dtype: torch.dtype) -> bool:
     """True where packed oneDNN weights apply: 16-bit weights on a CPU whose oneDNN runs them natively."""
-    if device.type != "cpu" or os.environ.get("GLMV_CPU_PACKED", "1") == "0":
+    if device.type != "cpu":
         return False
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
         return False

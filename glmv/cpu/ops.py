@@ -1,15 +1,13 @@
 """The CPU kernels (glmv/cpu/kernels.c) behind the same Python contracts as the CUDA kernels in glmv.kernels.
 
-`fused_ops()` gives the model's fused steps (rms_norm, residual_rms_norm, silu_mul, rotary_write_kv: the formulas
-are in glmv/kernels/triton_fused.py's docstring) and `paged_decode_attention` follows glmv/engine/attention.py's
-contract. bfloat16 only: float32 runs keep PyTorch's ops, which are the exact reference the tests compare against.
+rms_norm, residual_rms_norm, silu_mul and rotary_write_kv compute glmv.layers.torch_ops' formulas, and
+`paged_decode_attention` follows glmv/layers/attention.py's contract; glmv.layers.kernels picks them. bfloat16 only: float32 runs keep PyTorch's ops, which are the exact reference the tests compare against.
 Each wrapper checks what the C code assumes (dtype, contiguous last dims) and allocates its outputs.
 """
 
 from __future__ import annotations
 
 import ctypes
-from types import SimpleNamespace
 
 import torch
 
@@ -139,9 +137,3 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
             k_cache.stride(1), k_cache.stride(2), tables.data_ptr(), tables.stride(0), lens.data_ptr(), out.data_ptr(),
             batch, heads, kv_heads, dim, k_cache.shape[1], scale)
     return out
-
-
-def fused_ops() -> SimpleNamespace:
-    """The model's fused steps, as AttentionBackend.fused expects them."""
-    return SimpleNamespace(rms_norm=rms_norm, residual_rms_norm=residual_rms_norm, silu_mul=silu_mul,
-                           rotary_write_kv=rotary_write_kv, rotary_half=None)

@@ -61,7 +61,7 @@ class AsyncEngine:
         self._start_lock = threading.Lock()
         self._loop_done = threading.Event()
         self._external_loop = False
-        self.gc_policy = GcPolicy()  # when Python's collector runs while the loop serves (GLMV_GC)
+        self.gc_policy = GcPolicy(engine_config.gc_mode)  # when Python's collector runs while the loop serves
         import torch
 
         # OpenMP's thread count is per thread: a new thread would not inherit the caller's torch.set_num_threads

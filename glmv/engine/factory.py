@@ -14,12 +14,8 @@ def build_engine(model_config: ModelConfig, engine_config: EngineConfig, tokeniz
 
         return TransformersEngine(model_config, engine_config, tokenizer)
     if engine_config.engine == "glmv":
-        try:
-            from glmv.engine.async_engine import AsyncEngine
-        except ImportError:  # our engine lands with the engine issue; until then the reference serves
-            from glmv.engine.reference import TransformersEngine
+        from glmv.engine.async_engine import AsyncEngine
 
-            return TransformersEngine(model_config, engine_config, tokenizer)
         return AsyncEngine(model_config, engine_config, tokenizer)
     if engine_config.engine == "vllm":
         from glmv.backends.vllm import VllmEngine  # type: ignore[import-not-found]

@@ -23,7 +23,6 @@ Modes (GLMV_GC, default "managed"):
 from __future__ import annotations
 
 import gc
-import os
 
 MODES = ("managed", "freeze", "python")
 YOUNG_THRESHOLD = 2_000  # tracked allocations (net) before the young generation is collected
@@ -31,8 +30,7 @@ OLD_EVERY = 100  # middle-generation passes between two passes over the old gene
 
 
 class GcPolicy:
-    def __init__(self, mode: str | None = None):
-        mode = mode or os.environ.get("GLMV_GC", "managed")
+    def __init__(self, mode: str = "managed"):
         if mode not in MODES:
             raise ValueError(f"GLMV_GC must be one of {', '.join(MODES)}; got {mode!r}")
         self.mode = mode

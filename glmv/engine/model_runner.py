@@ -13,7 +13,6 @@ use the null KV block), which is what `capture_decode_graphs()` records as CUDA 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,12 +20,12 @@ import torch
 
 from glmv.config import EngineConfig, ModelConfig
 from glmv.cpu.runtime import keep_freed_memory
-from glmv.engine.attention import NULL_BLOCK, AttentionMetadata
-from glmv.engine.attention import paged_decode_attention as torch_decode_attention
 from glmv.engine.request import Request
 from glmv.engine.sampler import PendingSample, Sampler, SamplerOutput
 from glmv.engine.scheduler import ScheduledRequest, SchedulerOutput
 from glmv.inputs.prompt import stage_pixels
+from glmv.layers.attention import NULL_BLOCK, AttentionMetadata
+from glmv.layers.kernels import select_kernels
 from glmv.models.glm4v import Glm4vModel
 from glmv.models.vision import VisionEmbeddingCache
 
@@ -89,7 +88,8 @@ class ModelRunner:
         self.max_model_len = max_model_len
         self.block_size = engine_config.block_size
         self.max_blocks_per_seq = -(-max_model_len // self.block_size)
-        self.model = model or Glm4vModel.load(model_config, self.device, self.dtype, max_positions=max_model_len + 1)
+        self.model = model or Glm4vModel.load(model_config, self.device, self.dtype, max_positions=max_model_len + 1,
+                                              kernels=select_kernels(self.device, self.dtype, engine_config.kernels))
         if self.device.type == "cpu":
             keep_freed_memory()
             packed = self.model.pack_cpu_weights()
@@ -232,13 +232,7 @@ class ModelRunner:
         """The decode step over the first `batch` rows of the persistent buffers (what a CUDA graph records)."""
         meta = self.buf_meta
         src, ids, lens = meta[self.META_SRC, :batch], meta[self.META_IDS, :batch], meta[self.META_LENS, :batch]
-        fused = self.model.backend.fused
-        step_inputs = getattr(fused, "decode_step_inputs", None)
-        if step_inputs is not None:
-            embeds, lens32 = step_inputs(ids, src, self.buf_prev_tokens, self.model.w.embed, lens)
-        else:
-            embeds = self.model.embed(torch.where(src >= 0, self.buf_prev_tokens[src.clamp(min=0)], ids))
-            lens32 = lens.to(torch.int32)
+        embeds, lens32 = self.model.kernels.decode_step_inputs(ids, src, self.buf_prev_tokens, self.model.w.embed, lens)
         attn = AttentionMetadata(slot_mapping=meta[self.META_SLOTS, :batch], num_prefill_tokens=0,
                                  decode_block_tables=self.buf_block_tables[:batch], decode_seq_lens=lens32)
         hidden = self.model.forward(embeds, meta[self.META_POS:self.META_POS + 3, :batch], self.kv_caches, attn)
@@ -250,7 +244,7 @@ class ModelRunner:
     def graphs_worthwhile(self) -> bool:
         """Graphs pay off once decode attention reads only each sequence's blocks (a native kernel); the PyTorch
         reference decode reads the full static block-table width."""
-        return self.model.backend.paged_decode_attention is not torch_decode_attention
+        return self.model.kernels.native_decode_attention
 
     @torch.inference_mode()
     def capture_decode_graphs(self, batch_sizes: list[int] | None = None) -> list[int]:
@@ -258,7 +252,7 @@ class ModelRunner:
         if self.device.type != "cuda":
             return []
         sizes = sorted(batch_sizes or self.buckets, reverse=True)
-        if os.environ.get("GLMV_GEMV", "1") != "0":
+        if self.model.kernels.plan_gemv is not None:
             report: list = []
             used = self.model.plan_gemv(sizes, report)
             self.gemv_report = report

@@ -10,7 +10,8 @@ PyTorch and cuBLAS kernel) still waits for the whole of the one before it, so mi
 
 Every glmv kernel that takes `USE_PDL` therefore calls `pdl_start(USE_PDL)` before its first memory access.
 `enabled()` says whether to launch with it: CUDA with compute capability 9.0+, a Triton that has the instructions
-and launches one PDL kernel correctly here, and GLMV_PDL not 0.
+and launches one PDL kernel correctly here, and not turned off by `allow(False)` (glmv.layers hands in the
+user's choice when it selects the kernels).
 """
 
 from __future__ import annotations
@@ -22,6 +23,15 @@ import triton
 import triton.language as tl
 
 _ENABLED: bool | None = None
+_ALLOWED = True
+
+
+def allow(enabled: bool) -> None:
+    """Whether PDL may be used in this process at all (the caller's option; decided before the first launch)."""
+    global _ALLOWED, _ENABLED
+    _ALLOWED = enabled
+    if not enabled:
+        _ENABLED = False
 
 
 @triton.jit
@@ -44,7 +54,7 @@ def enabled() -> bool:
     global _ENABLED
     if _ENABLED is not None:
         return _ENABLED
-    if os.environ.get("GLMV_PDL", "1") == "0" or os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if not _ALLOWED or os.environ.get("TRITON_INTERPRET", "0") == "1":
         _ENABLED = False
         return False
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:

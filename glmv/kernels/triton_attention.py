@@ -1,6 +1,6 @@
 """Triton kernels for paged attention: KV writes, GQA decode with split-K, and varlen causal prefill.
 
-Same signatures as the torch reference versions in glmv/engine/attention.py, so the model runner can swap them in
+Same signatures as the torch reference versions in glmv/layers/attention.py, so the model runner can swap them in
 when `glmv.kernels.available()` says so. Layouts (shared with the engine):
 
 - KV cache per layer: ``k_cache``/``v_cache`` of shape ``[num_blocks, block_size, num_kv_heads, head_dim]``; a token's

@@ -14,7 +14,6 @@ keeps a configuration only where it is clearly faster: the plan never makes a sh
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
@@ -235,7 +234,13 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, confi
     return out
 
 
-PREFETCH_BYTES = int(float(os.environ.get("GLMV_GEMV_PREFETCH_MB", "24")) * 2**20)  # L2 is 50 MB on an H100
+PREFETCH_BYTES = 24 << 20  # L2 is 50 MB on an H100; set_prefetch_window changes it
+
+
+def set_prefetch_window(megabytes: float) -> None:
+    """How much of the next weights the decode matmul prefetches into L2 (0: none); the caller's option."""
+    global PREFETCH_BYTES
+    PREFETCH_BYTES = int(megabytes * 2**20)
 
 
 def _prefetch_plan(device: torch.device, grid: int, m: int, k: int, elem: int, c: GemvConfig) -> tuple[int, int]:

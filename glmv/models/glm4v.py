@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from glmv.config import ModelConfig, TextDims
-from glmv.cpu import linear as cpu_linear
-from glmv.engine.attention import AttentionBackend, AttentionMetadata, select_backend
-from glmv.models.swiglu import GateUpAct
-from glmv.models.vision import Glm4vVisionTower, rms_norm
-from glmv.models.weights import CheckpointReader, expect_shape
+from glmv.layers.attention import AttentionMetadata
+from glmv.layers.kernels import Kernels, select_kernels
+from glmv.layers.linear import DenseLinear, DenseLinearLoader, GemvPlan, Linear, LinearLoader
+from glmv.layers.swiglu import GateUpAct
+from glmv.models.vision import Glm4vVisionTower
+from glmv.models.weights import CheckpointError, CheckpointReader, expect_shape
+from glmv.options import KernelOptions
 
 VISION_PLAN_ROWS = 16384  # patches: a few large pictures or a short video in one tower call
 
@@ -27,14 +29,16 @@ VISION_PLAN_ROWS = 16384  # patches: a few large pictures or a short video in on
 @dataclass
 class DecoderLayerWeights:
     input_norm: torch.Tensor
-    qkv_weight: torch.Tensor  # [(heads + 2*kv_heads) * head_dim, hidden]: q, k, v stacked
-    qkv_bias: torch.Tensor | None
-    o_weight: torch.Tensor
+    qkv: Linear  # [(heads + 2*kv_heads) * head_dim, hidden]: q, k, v stacked, with their bias
+    o: Linear
     post_self_attn_norm: torch.Tensor
     post_attention_norm: torch.Tensor  # the pre-MLP norm (transformers' name)
-    gate_up_weight: torch.Tensor  # [2 * intermediate, hidden]: gate then up
-    down_weight: torch.Tensor
+    gate_up: Linear  # [2 * intermediate, hidden]: gate then up (interleaved for the fused gating, dense only)
+    down: Linear
     post_mlp_norm: torch.Tensor
+
+    def linears(self) -> tuple[Linear, Linear, Linear, Linear]:
+        return self.qkv, self.o, self.gate_up, self.down
 
 
 @dataclass
@@ -42,42 +46,44 @@ class TextWeights:
     embed: torch.Tensor
     layers: list[DecoderLayerWeights]
     norm: torch.Tensor
-    lm_head: torch.Tensor
+    lm_head: DenseLinear  # stays dense in every format: the greedy argmax rides in its decode matmul's epilogue
     gate_up_interleaved: bool = False  # set once the model lays the gate/up weights out for the fused gating
 
 
-def load_text_weights(reader: CheckpointReader, dims: TextDims) -> TextWeights:
+def _expect_linear(linear: Linear, shape: tuple[int, int], what: str) -> Linear:
+    found = (linear.out_features, linear.in_features)
+    if found != shape:
+        raise CheckpointError(f"{what}: expected shape {shape}, the checkpoint has {found}.")
+    return linear
+
+
+def load_text_weights(reader: CheckpointReader, dims: TextDims, linears: LinearLoader, plan: GemvPlan) -> TextWeights:
     hd, hidden = dims.head_dim, dims.hidden_size
-    q_out, kv_out = dims.num_heads * hd, dims.num_kv_heads * hd
+    qkv_out = (dims.num_heads + 2 * dims.num_kv_heads) * hd
     layers = []
     for i in range(dims.num_layers):
         p = f"layers.{i}."
-        q = expect_shape(reader.text(p + "self_attn.q_proj.weight"), (q_out, hidden), p + "q_proj")
-        k = expect_shape(reader.text(p + "self_attn.k_proj.weight"), (kv_out, hidden), p + "k_proj")
-        v = expect_shape(reader.text(p + "self_attn.v_proj.weight"), (kv_out, hidden), p + "v_proj")
-        qkv = torch.cat([q, k, v], dim=0)
-        del q, k, v
-        biases = [reader.text(p + f"self_attn.{n}_proj.bias", required=dims.attention_bias) for n in "qkv"]
-        qkv_bias = torch.cat(biases, dim=0) if all(b is not None for b in biases) else None
-        gate_up = reader.text(p + "mlp.gate_up_proj.weight", required=False)
-        if gate_up is None:  # checkpoints that store gate and up separately
-            gate_up = torch.cat([reader.text(p + "mlp.gate_proj.weight"), reader.text(p + "mlp.up_proj.weight")])
+        attn = [p + f"self_attn.{n}_proj" for n in "qkv"]
+        mlp = [p + "mlp.gate_up_proj"] if reader.has_text_module(p + "mlp.gate_up_proj") else \
+            [p + "mlp.gate_proj", p + "mlp.up_proj"]  # checkpoints that store gate and up separately
         layers.append(DecoderLayerWeights(
             input_norm=reader.text(p + "input_layernorm.weight"),
-            qkv_weight=qkv,
-            qkv_bias=qkv_bias,
-            o_weight=reader.text(p + "self_attn.o_proj.weight"),
+            qkv=_expect_linear(linears.load(reader, attn, dims.attention_bias), (qkv_out, hidden), p + "qkv_proj"),
+            o=_expect_linear(linears.load(reader, [p + "self_attn.o_proj"], False), (hidden, dims.num_heads * hd),
+                             p + "o_proj"),
             post_self_attn_norm=reader.text(p + "post_self_attn_layernorm.weight"),
             post_attention_norm=reader.text(p + "post_attention_layernorm.weight"),
-            gate_up_weight=expect_shape(gate_up, (2 * dims.intermediate_size, hidden), p + "gate_up_proj"),
-            down_weight=reader.text(p + "mlp.down_proj.weight"),
+            gate_up=_expect_linear(linears.load(reader, mlp, False), (2 * dims.intermediate_size, hidden),
+                                   p + "gate_up_proj"),
+            down=_expect_linear(linears.load(reader, [p + "mlp.down_proj"], False),
+                                (hidden, dims.intermediate_size), p + "down_proj"),
             post_mlp_norm=reader.text(p + "post_mlp_layernorm.weight"),
         ))
     return TextWeights(
         embed=expect_shape(reader.text("embed_tokens.weight"), (dims.vocab_size, hidden), "embed_tokens"),
         layers=layers,
         norm=reader.text("norm.weight"),
-        lm_head=expect_shape(reader.lm_head(), (dims.vocab_size, hidden), "lm_head"),
+        lm_head=DenseLinear(expect_shape(reader.lm_head(), (dims.vocab_size, hidden), "lm_head"), None, plan),
     )
 
 
@@ -99,60 +105,46 @@ class MRotaryEmbedding:
         for i, n in enumerate(dims.mrope_section):
             section += [i % 3] * n
         self.row_of_freq = torch.tensor(section, device=device, dtype=torch.long)  # [rot/2]
-        self.freq_index = torch.arange(len(section), device=device)
         self.max_positions = max_positions
 
-    def __call__(self, positions: torch.Tensor, dtype: torch.dtype, kernel=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [3, T] long -> cos, sin [T, rot/2] in `dtype` (through `kernel`, glmv.kernels.mrope_cos_sin,
-        when given: one launch, the same values)."""
-        if kernel is not None and positions.stride(-1) == 1:
-            return kernel(positions, self.cos_table, self.sin_table, self.row_of_freq, dtype)
-        rows = positions[self.row_of_freq].t()  # [T, rot/2]: for each frequency, the position row it uses
-        cos = self.cos_table[rows, self.freq_index]
-        sin = self.sin_table[rows, self.freq_index]
-        return cos.to(dtype), sin.to(dtype)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, head_dim]; rotates interleaved pairs of the first 2*cos.shape[-1] dims, passes the rest."""
-    rot = cos.shape[-1] * 2
-    x_rot, x_pass = x[..., :rot], x[..., rot:]
-    x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
-    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
-    rotated = torch.stack((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).flatten(-2)
-    return torch.cat((rotated, x_pass), dim=-1)
+    def __call__(self, positions: torch.Tensor, dtype: torch.dtype, kernel) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [3, T] long -> cos, sin [T, rot/2] in `dtype`, through the model's mrope_cos_sin kernel."""
+        return kernel(positions, self.cos_table, self.sin_table, self.row_of_freq, dtype)
 
 
 class Glm4vModel:
-    """The whole GLM-4.1V: `embed`, `forward` (decoder over a packed batch), `logits`, and `vision` (the ViT)."""
+    """The whole GLM-4.1V: `embed`, `forward` (decoder over a packed batch), `logits`, and `vision` (the ViT).
+
+    Built with its Kernels and its weights' Linear objects handed in; one forward path, whichever kernels run it."""
 
     def __init__(self, config: ModelConfig, text: TextWeights, vision: Glm4vVisionTower | None,
-                 device: torch.device, dtype: torch.dtype, max_positions: int,
-                 backend: AttentionBackend | None = None):
+                 device: torch.device, dtype: torch.dtype, max_positions: int, kernels: Kernels,
+                 gate_up_act: GateUpAct, gemv_plan: GemvPlan):
         self.config = config
         self.dims = config.text
         self.w = text
         self.vision = vision
         self.device = device
         self.dtype = dtype
+        self.kernels = kernels
+        self.gate_up_act = gate_up_act
+        self.gemv_plan = gemv_plan
         self.rope = MRotaryEmbedding(self.dims, max_positions, device)
-        self.backend = backend or select_backend(device, dtype)
-        fused = self.backend.fused
-        self.gate_up_act = GateUpAct(getattr(fused, "swiglu", None), getattr(fused, "silu_mul", None))
-        if vision is not None:
-            vision.fused = fused
-            vision.gate_up_act = self.gate_up_act
-        self._lay_out_gate_up(text, vision)
+        self._lay_out_gate_up(text)
         self.scale = self.dims.head_dim**-0.5
         d = self.dims
         self._split = [d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim, d.num_kv_heads * d.head_dim]
-        self._gemv_plan: dict = {}  # (N, K, has bias, rows) -> Triton GEMV config, where it beat cuBLAS here
-        self._gemv = None
 
-    def _lay_out_gate_up(self, text: TextWeights, vision: Glm4vVisionTower | None) -> None:
-        """Interleave the gate/up rows (decoder, vision blocks, merger) when this model fuses the gating into the
-        matmul. Weights already laid out for another model are refused rather than interleaved twice."""
-        act = self.gate_up_act
+    @staticmethod
+    def build_kernels(device: torch.device, dtype: torch.dtype, kernels: Kernels) -> tuple[GateUpAct, GemvPlan]:
+        """The gating dispatcher and the (empty) decode-matmul plan that a model and its vision tower share."""
+        plan = GemvPlan(kernels.gemv)
+        return GateUpAct(kernels.swiglu, kernels.silu_mul, plan), plan
+
+    def _lay_out_gate_up(self, text: TextWeights) -> None:
+        """Interleave the dense gate/up rows (decoder, vision blocks, merger) when this model fuses the gating into
+        the matmul. Weights already laid out for another model are refused rather than interleaved twice."""
+        act, vision = self.gate_up_act, self.vision
         parts = [text] + ([vision.w] if vision is not None else [])
         if not act.interleaved and any(w.gate_up_interleaved for w in parts):
             raise ValueError("these weights were laid out for the fused SwiGLU gating by another model; load them "
@@ -161,7 +153,8 @@ class Glm4vModel:
             return
         with torch.inference_mode():
             for lw in text.layers:
-                lw.gate_up_weight = act.prepare(lw.gate_up_weight)
+                if isinstance(lw.gate_up, DenseLinear):
+                    lw.gate_up.weight = act.prepare(lw.gate_up.weight)
             text.gate_up_interleaved = True
             if vision is not None:
                 for blk in vision.w.blocks:
@@ -171,18 +164,23 @@ class Glm4vModel:
 
     @classmethod
     def load(cls, config: ModelConfig, device: str | torch.device, dtype: torch.dtype, max_positions: int | None = None,
-             load_vision: bool = True) -> Glm4vModel:
-        """Read the checkpoint tensor by tensor onto `device` in `dtype`."""
+             load_vision: bool = True, kernels: Kernels | None = None,
+             linear_loader: LinearLoader | None = None) -> Glm4vModel:
+        """Read the checkpoint tensor by tensor onto `device` in `dtype`. `kernels` defaults to the choice
+        KernelOptions.from_env() makes here; `linear_loader` to dense weights (bf16 / fp16 / fp32 checkpoints)."""
         device = torch.device(device)
+        kernels = kernels or select_kernels(device, dtype, KernelOptions.from_env())
+        gate_up_act, plan = cls.build_kernels(device, dtype, kernels)
         reader = CheckpointReader(config.path, device, dtype)
         with torch.inference_mode():
-            text = load_text_weights(reader, config.text)
+            text = load_text_weights(reader, config.text, linear_loader or DenseLinearLoader(plan), plan)
             vision = None
             if load_vision:
                 theta = ((config.raw.get("vision_config") or {}).get("rope_parameters") or {}).get("rope_theta", 1e4)
-                vision = Glm4vVisionTower.load(reader, config.vision, float(theta))
+                vision = Glm4vVisionTower.load(reader, config.vision, kernels, gate_up_act, float(theta))
         reader.close()
-        model = cls(config, text, vision, device, dtype, max_positions or config.text.max_position_embeddings)
+        model = cls(config, text, vision, device, dtype, max_positions or config.text.max_position_embeddings,
+                    kernels, gate_up_act, plan)
         model.bytes_loaded = reader.bytes_read
         return model
 
@@ -191,152 +189,46 @@ class Glm4vModel:
 
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
                 meta: AttentionMetadata) -> torch.Tensor:
-        """hidden [T, hidden] (input embeddings), positions [3, T] -> final-normed hidden states [T, hidden]."""
-        if self.backend.fused is not None:
-            return self._forward_fused(hidden, positions, kv_caches, meta)
-        d = self.dims
-        eps = d.rms_norm_eps
-        cos, sin = self.rope(positions, hidden.dtype)
-        for layer, (k_cache, v_cache) in zip(self.w.layers, kv_caches, strict=True):
-            residual = hidden
-            x = rms_norm(hidden, layer.input_norm, eps)
-            x = self._attention(x, layer, cos, sin, k_cache, v_cache, meta)
-            hidden = residual + rms_norm(x, layer.post_self_attn_norm, eps)
-            residual = hidden
-            x = rms_norm(hidden, layer.post_attention_norm, eps)
-            gate, up = self._linear(x, layer.gate_up_weight).chunk(2, dim=-1)
-            x = self._linear(up * F.silu(gate), layer.down_weight)
-            hidden = residual + rms_norm(x, layer.post_mlp_norm, eps)
-        return rms_norm(hidden, self.w.norm, eps)
+        """hidden [T, hidden] (input embeddings), positions [3, T] -> final-normed hidden states [T, hidden].
+
+        Each sub-layer's exit (post-norm + residual add) is one step with the next entry norm, and rotary is one
+        step with the KV write: one kernel each where the kernels fuse them, the same rounding where they don't."""
+        kn, eps = self.kernels, self.dims.rms_norm_eps
+        cos, sin = self.rope(positions, hidden.dtype, kn.mrope_cos_sin)
+        layers = self.w.layers
+        x = kn.rms_norm(hidden, layers[0].input_norm, eps)
+        for i, (layer, (k_cache, v_cache)) in enumerate(zip(layers, kv_caches, strict=True)):
+            attn = self._attention(x, layer, cos, sin, k_cache, v_cache, meta)
+            hidden, x = kn.residual_rms_norm(attn, hidden, layer.post_self_attn_norm, layer.post_attention_norm, eps)
+            mlp = layer.down(self.gate_up_act(x, layer.gate_up))
+            next_norm = layers[i + 1].input_norm if i + 1 < len(layers) else self.w.norm
+            hidden, x = kn.residual_rms_norm(mlp, hidden, layer.post_mlp_norm, next_norm, eps)
+        return x
 
     def _attention(self, x: torch.Tensor, layer: DecoderLayerWeights, cos: torch.Tensor, sin: torch.Tensor,
                    k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        d, be = self.dims, self.backend
-        tokens = x.shape[0]
-        q, k, v = self._linear(x, layer.qkv_weight, layer.qkv_bias).split(self._split, dim=-1)
-        q = apply_rotary(q.view(tokens, d.num_heads, d.head_dim), cos, sin)
-        k = apply_rotary(k.view(tokens, d.num_kv_heads, d.head_dim), cos, sin)
-        v = v.reshape(tokens, d.num_kv_heads, d.head_dim)
-        be.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
-        n_pre = meta.num_prefill_tokens
-        if n_pre == 0:
-            out = be.paged_decode_attention(q, k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens,
-                                            self.scale)
-        elif n_pre == tokens:
-            out = be.paged_prefill_attention(q, k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens_q,
-                                             meta.prefill_seq_lens, self.scale, meta.prefill_max_seqlen_q)
-        else:
-            pre = be.paged_prefill_attention(q[:n_pre], k_cache, v_cache, meta.prefill_block_tables,
-                                             meta.prefill_cu_seqlens_q, meta.prefill_seq_lens, self.scale,
-                                             meta.prefill_max_seqlen_q)
-            dec = be.paged_decode_attention(q[n_pre:], k_cache, v_cache, meta.decode_block_tables,
-                                            meta.decode_seq_lens, self.scale)
-            out = torch.cat([pre, dec], dim=0)
-        return self._linear(out.reshape(tokens, -1), layer.o_weight)
-
-    # ---- CUDA: decode-batch matmuls ----
-    def plan_gemv(self, batch_sizes: list[int], report: list | None = None) -> int:
-        """Time glmv's Triton decode matmul against cuBLAS for every weight shape at these decode batch sizes and
-        use it where it is faster. 16-bit weights on CUDA only. Returns how many (shape, batch) pairs use it."""
-        if self.device.type != "cuda" or self.dtype not in (torch.bfloat16, torch.float16) or self.backend.fused is None:
-            return 0
-        try:
-            from glmv import kernels
-
-            planner, self._gemv = kernels.plan_gemv, kernels.gemv
-        except (ImportError, AttributeError):
-            return 0
-        layers = self.w.layers[: min(8, len(self.w.layers))]
-        groups = [
-            ([lw.qkv_weight for lw in layers], [lw.qkv_bias for lw in layers] if layers[0].qkv_bias is not None
-             else None),
-            ([lw.o_weight for lw in layers], None),
-            ([lw.gate_up_weight for lw in layers], None, self.gate_up_act.interleaved),
-            ([lw.down_weight for lw in layers], None),
-            ([self.w.lm_head], None),
-        ]
-        self._gemv_plan = planner(groups, batch_sizes, report)
-        self.gate_up_act.small_plan, self.gate_up_act.gemv = self._gemv_plan, self._gemv
-        return len(self._gemv_plan)
-
-    def plan_swiglu(self, max_rows: int, report: list | None = None) -> int:
-        """Choose, by timing on this device, the row counts at which the MLP's gate/up matmul runs with its gating
-        fused (glmv.models.swiglu); the text decoder up to `max_rows` (the most prompt tokens in one step), the
-        vision tower up to VISION_PLAN_ROWS patches. Returns how many (shape, rows) points use the fused kernel."""
-        if not self.gate_up_act.interleaved or self.device.type != "cuda" or self.dtype == torch.float32:
-            return 0  # float32 stays on cuBLAS, exact (Triton's float32 dot is tf32)
-        groups = [([lw.gate_up_weight for lw in self.w.layers[:2]], max_rows)]
-        if self.vision is not None:
-            groups.append(([blk.gate_up_weight for blk in self.vision.w.blocks[:4]], VISION_PLAN_ROWS))
-        return self.gate_up_act.plan(groups, report)
-
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if self._gemv_plan:
-            cfg = self._gemv_plan.get((weight.shape[0], weight.shape[1], bias is not None, x.shape[0]))
-            if cfg is not None:
-                return self._gemv(x, weight, bias, cfg)
-        return cpu_linear.linear(x, weight, bias)
-
-    # ---- CPU: oneDNN-packed decoder weights ----
-    def pack_cpu_weights(self) -> int:
-        """Replace the decoder's matmul weights (and the lm_head) by oneDNN-packed ones where the CPU supports it
-        (glmv.cpu.linear). Returns how many weights were packed (0: not applicable here)."""
-        if not cpu_linear.packing_supported(self.device, self.dtype):
-            return 0
-        count = 0
-        with torch.inference_mode():
-            for lw in self.w.layers:
-                for name in ("qkv_weight", "o_weight", "gate_up_weight", "down_weight"):
-                    if not getattr(lw, name).is_mkldnn:
-                        setattr(lw, name, cpu_linear.pack_weight(getattr(lw, name)))
-                        count += 1
-            if not self.w.lm_head.is_mkldnn:
-                self.w.lm_head = cpu_linear.pack_weight(self.w.lm_head)
-                count += 1
-        return count
-
-    # ---- the same layer with its elementwise steps fused (glmv.kernels on CUDA, glmv.cpu.ops on the CPU in bf16) ----
-    def _forward_fused(self, hidden: torch.Tensor, positions: torch.Tensor,
-                       kv_caches: list[tuple[torch.Tensor, torch.Tensor]], meta: AttentionMetadata) -> torch.Tensor:
-        """`forward` with one kernel per elementwise step: each sub-layer's exit (post-norm + residual add) is fused
-        with the next entry norm, and rotary is fused with the KV write. Rounds where the torch path rounds."""
-        fk, eps = self.backend.fused, self.dims.rms_norm_eps
-        cos, sin = self.rope(positions, hidden.dtype, getattr(fk, "mrope_cos_sin", None))
-        layers = self.w.layers
-        x = fk.rms_norm(hidden, layers[0].input_norm, eps)
-        for i, (layer, (k_cache, v_cache)) in enumerate(zip(layers, kv_caches, strict=True)):
-            attn = self._attention_fused(x, layer, cos, sin, k_cache, v_cache, meta)
-            hidden, x = fk.residual_rms_norm(attn, hidden, layer.post_self_attn_norm, layer.post_attention_norm, eps)
-            mlp = self._linear(self.gate_up_act(x, layer.gate_up_weight, self._linear), layer.down_weight)
-            next_norm = layers[i + 1].input_norm if i + 1 < len(layers) else self.w.norm
-            hidden, x = fk.residual_rms_norm(mlp, hidden, layer.post_mlp_norm, next_norm, eps)
-        return x
-
-    def _attention_fused(self, x: torch.Tensor, layer: DecoderLayerWeights, cos: torch.Tensor, sin: torch.Tensor,
-                         k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        d, be = self.dims, self.backend
+        d, kn = self.dims, self.kernels
         tokens, n_pre = x.shape[0], meta.num_prefill_tokens
-        q, k, v = self._linear(x, layer.qkv_weight, layer.qkv_bias).split(self._split, dim=-1)
+        q, k, v = layer.qkv(x).split(self._split, dim=-1)
         q = q.view(tokens, d.num_heads, d.head_dim)
         k = k.view(tokens, d.num_kv_heads, d.head_dim)
         v = v.view(tokens, d.num_kv_heads, d.head_dim)
         dense = n_pre > 0 and meta.prefill_dense
         k_rot = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dense else None
         v_dense = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dense else None  # SDPA wants v contiguous
-        q = be.fused.rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, meta.slot_mapping, k_out=k_rot,
-                                     v_out=v_dense)
+        q = kn.rotary_write_kv(q, k, v, cos, sin, k_cache, v_cache, meta.slot_mapping, k_out=k_rot, v_out=v_dense)
         parts = []
         if dense:  # one fresh prompt chunk: SDPA over its own keys beats reading them back from the pages
             parts.append(self._dense_causal(q[:n_pre], k_rot[:n_pre], v_dense[:n_pre]))
         elif n_pre:
-            parts.append(be.paged_prefill_attention(q[:n_pre], k_cache, v_cache, meta.prefill_block_tables,
+            parts.append(kn.paged_prefill_attention(q[:n_pre], k_cache, v_cache, meta.prefill_block_tables,
                                                     meta.prefill_cu_seqlens_q, meta.prefill_seq_lens, self.scale,
                                                     meta.prefill_max_seqlen_q))
         if n_pre < tokens:
-            parts.append(be.paged_decode_attention(q[n_pre:], k_cache, v_cache, meta.decode_block_tables,
+            parts.append(kn.paged_decode_attention(q[n_pre:], k_cache, v_cache, meta.decode_block_tables,
                                                    meta.decode_seq_lens, self.scale))
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        return self._linear(out.reshape(tokens, -1), layer.o_weight)
+        return layer.o(out.reshape(tokens, -1))
 
     def _dense_causal(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Causal GQA attention of one sequence's chunk over its own keys: q [T, H, D], k/v [T, KVH, D]."""
@@ -344,6 +236,57 @@ class Glm4vModel:
                                            v.contiguous().transpose(0, 1).unsqueeze(0), is_causal=True,
                                            scale=self.scale, enable_gqa=q.shape[1] != k.shape[1])
         return o.squeeze(0).transpose(0, 1)
+
+    # ---- CUDA: matmul plans, timed on the device ----
+    def plan_gemv(self, batch_sizes: list[int], report: list | None = None) -> int:
+        """Time glmv's Triton decode matmul against cuBLAS for every dense weight shape at these decode batch sizes
+        and use it where it is faster. Returns how many (shape, batch) pairs use it (0 where there is no such kernel
+        or no dense decoder weight)."""
+        planner = self.kernels.plan_gemv
+        layers = self.w.layers[: min(8, len(self.w.layers))]
+        if planner is None or self.device.type != "cuda":
+            return 0
+        groups = []
+        for pick in (lambda lw: lw.qkv, lambda lw: lw.o, lambda lw: lw.gate_up, lambda lw: lw.down):
+            linears = [pick(lw) for lw in layers]
+            if not all(isinstance(lin, DenseLinear) for lin in linears):
+                continue
+            biases = [lin.bias for lin in linears] if linears[0].bias is not None else None
+            weights = [lin.weight for lin in linears]
+            is_gate_up = linears[0] is layers[0].gate_up
+            groups.append((weights, biases, self.gate_up_act.interleaved) if is_gate_up else (weights, biases))
+        groups.append(([self.w.lm_head.weight], None))
+        self.gemv_plan.configs = planner(groups, batch_sizes, report)
+        return len(self.gemv_plan.configs)
+
+    def plan_swiglu(self, max_rows: int, report: list | None = None) -> int:
+        """Choose, by timing on this device, the row counts at which the MLP's gate/up matmul runs with its gating
+        fused (glmv.layers.swiglu); the text decoder up to `max_rows` (the most prompt tokens in one step), the
+        vision tower up to VISION_PLAN_ROWS patches. Returns how many (shape, rows) points use the fused kernel."""
+        if not self.gate_up_act.interleaved or self.device.type != "cuda" or self.dtype == torch.float32:
+            return 0  # float32 stays on cuBLAS, exact (Triton's float32 dot is tf32)
+        groups = []
+        dense = [lw.gate_up for lw in self.w.layers[:2] if isinstance(lw.gate_up, DenseLinear)]
+        if dense:
+            groups.append(([lin.weight for lin in dense], max_rows))
+        if self.vision is not None:
+            groups.append(([blk.gate_up_weight for blk in self.vision.w.blocks[:4]], VISION_PLAN_ROWS))
+        return self.gate_up_act.plan(groups, report)
+
+    # ---- CPU: oneDNN-packed decoder weights ----
+    def pack_cpu_weights(self) -> int:
+        """Lay the dense decoder weights (and the lm_head) out for oneDNN where the kernels chose packing (CPU,
+        16-bit). Returns how many weights were packed (0: not applicable here)."""
+        if not self.kernels.cpu_packed:
+            return 0
+        count = 0
+        with torch.inference_mode():
+            for lw in self.w.layers:
+                for lin in lw.linears():
+                    if isinstance(lin, DenseLinear) and lin.pack_for_cpu():
+                        count += 1
+            count += self.w.lm_head.pack_for_cpu()
+        return count
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> float32 logits [N, vocab]."""
@@ -353,16 +296,6 @@ class Glm4vModel:
         """[N, hidden] -> logits [N, vocab] in the model's dtype (the decode graph's output: an argmax needs no
         float32 copy, and the sampler converts only when it samples). greedy_out (int64 [N]) receives every row's
         argmax: from the decode matmul's epilogue where the plan put the lm_head on it, else by an argmax kernel."""
-        w = self.w.lm_head
         if greedy_out is None:
-            return self._linear(hidden, w)
-        cfg = self._gemv_plan.get((w.shape[0], w.shape[1], False, hidden.shape[0])) if self._gemv_plan else None
-        if cfg is not None and cfg.split_k == 1:
-            return self._gemv(hidden, w, None, cfg, argmax_out=greedy_out)
-        logits = self._linear(hidden, w)
-        argmax = getattr(self.backend.fused, "argmax", None)
-        if argmax is not None:
-            argmax(logits, out=greedy_out)
-        else:
-            torch.argmax(logits, dim=-1, out=greedy_out)
-        return logits
+            return self.w.lm_head(hidden)
+        return self.w.lm_head.with_argmax(hidden, greedy_out, self.kernels.argmax)

@@ -9,7 +9,6 @@ Segments (one per image or frame) of equal length run in one batched SDPA call i
 from __future__ import annotations
 
 import logging
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -17,30 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from glmv.config import VisionDims
-from glmv.models.swiglu import GateUpAct
+from glmv.layers.kernels import Kernels
+from glmv.layers.swiglu import GateUpAct
 from glmv.models.weights import CheckpointReader
 
 log = logging.getLogger("glmv.vision")
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm computed in float32, scaled in the input dtype (transformers' Glm4vRMSNorm)."""
-    dtype = x.dtype
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(dtype)
-
-
-def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps: float
-                 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """A pre-norm block's residual add and the next block's norm: (h, rms_norm(h)) with h = x + delta."""
-    h = x + delta
-    return h, rms_norm(h, weight, eps)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 @dataclass
@@ -114,15 +94,15 @@ class Glm4vVisionTower:
 
     On CUDA the tower is recorded as a CUDA graph per input shape (grids and pixel dtype) the second time that shape
     comes, for inputs of at most GRAPH_MAX_PATCHES patches in equal-length segments (one picture, or frames of one
-    size): a replay launches its ~300 kernels without the host, the same kernels as the eager path (same results).
-    GLMV_VISION_GRAPHS=0 turns this off.
+    size): a replay launches its ~300 kernels without the host, the same kernels as the eager path (same results),
+    where the kernels allow it (`Kernels.vision_graphs`: glmv's Triton kernels, unless GLMV_VISION_GRAPHS=0).
     """
 
     GRAPH_MAX_PATCHES = 8192  # one 1260x1260 picture; larger inputs amortise their launches anyway
     GRAPH_MAX_ENTRIES = 4  # shapes kept (LRU); they share one memory pool
 
     def __init__(self, dims: VisionDims, weights: VisionWeights, device: torch.device, dtype: torch.dtype,
-                 rope_theta: float = 10000.0):
+                 kernels: Kernels, gate_up_act: GateUpAct, rope_theta: float = 10000.0):
         self.dims = dims
         self.w = weights
         self.device = device
@@ -134,19 +114,18 @@ class Glm4vVisionTower:
         self.inv_freq = 1.0 / (rope_theta**steps)
         self.pos_side = int(weights.pos_embed.shape[0] ** 0.5)
         self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
-        # Fused kernels set by the model (glmv.kernels on CUDA, glmv.cpu.ops on the CPU in bf16), else None.
-        self.fused = None
-        # Set by the model with the fused set: how the MLPs gate (and how their gate/up weights are laid out).
-        self.gate_up_act: GateUpAct | None = None
-        self._extra_kernels: dict[str, object] = {}
-        self.use_graphs = device.type == "cuda" and os.environ.get("GLMV_VISION_GRAPHS", "1") != "0"
+        self.kernels = kernels
+        self.gate_up_act = gate_up_act  # shared with the text decoder: how the MLPs gate (and the weights' layout)
+        self.use_graphs = device.type == "cuda" and kernels.vision_graphs
         self._graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = OrderedDict()
         self._graph_pool = None
         self._shapes_seen: dict[tuple, int] = {}
 
     @classmethod
-    def load(cls, reader: CheckpointReader, dims: VisionDims, rope_theta: float = 10000.0) -> Glm4vVisionTower:
-        return cls(dims, load_vision_weights(reader, dims), reader.device, reader.dtype, rope_theta)
+    def load(cls, reader: CheckpointReader, dims: VisionDims, kernels: Kernels, gate_up_act: GateUpAct,
+             rope_theta: float = 10000.0) -> Glm4vVisionTower:
+        return cls(dims, load_vision_weights(reader, dims), reader.device, reader.dtype, kernels, gate_up_act,
+                   rope_theta)
 
     # ---- per-grid tables (cached by grid shape: every frame of a video and every same-size image share them) ----
     def _grid_coords(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,24 +158,6 @@ class Glm4vVisionTower:
         return tables
 
     # ---- the tower ----
-    def _kernel(self, name: str):
-        """A fused kernel when the tower runs fused: from the model's fused set, else (on CUDA) from glmv.kernels;
-        None: the torch steps run. The CPU's fused set (glmv.cpu.ops) lacks the tower-only kernels, and Triton's
-        must not be called on CPU tensors."""
-        if self.fused is None:
-            return None
-        if name not in self._extra_kernels:
-            fn = getattr(self.fused, name, None)
-            if fn is None and self.device.type == "cuda":
-                try:
-                    from glmv import kernels
-
-                    fn = getattr(kernels, name, None)
-                except Exception:  # noqa: BLE001 - no Triton: the torch steps
-                    fn = None
-            self._extra_kernels[name] = fn
-        return self._extra_kernels[name]
-
     @torch.inference_mode()
     def encode(self, pixel_values: torch.Tensor, grids: list[tuple[int, int, int]]) -> torch.Tensor:
         """pixel_values [sum(t*h*w), C*T*P*P] for items with grids (t, h, w) -> [sum(t*h*w)/merge^2, out_hidden].
@@ -223,7 +184,7 @@ class Glm4vVisionTower:
         return self._encode(pixel_values, grids)
 
     def _graph_key(self, pixel_values: torch.Tensor, grids: list[tuple[int, int, int]]) -> tuple | None:
-        if not self.use_graphs or pixel_values.device.type != "cuda" or self.fused is None:
+        if not self.use_graphs or pixel_values.device.type != "cuda":
             return None
         if pixel_values.shape[0] > self.GRAPH_MAX_PATCHES:
             return None
@@ -254,10 +215,8 @@ class Glm4vVisionTower:
     def _encode(self, pixel_values: torch.Tensor, grids: list[tuple[int, int, int]]) -> torch.Tensor:
         d, w = self.dims, self.w
         eps = d.rms_norm_eps
-        fk = self.fused
-        gate_up_act = self.gate_up_act or GateUpAct(None, fk.silu_mul if fk is not None else None)
-        norm = fk.rms_norm if fk is not None else rms_norm
-        add_norm = self._kernel("add_rms_norm") or add_rms_norm
+        kn, gate_up_act = self.kernels, self.gate_up_act
+        norm, add_norm = kn.rms_norm, kn.add_rms_norm
         # copy first, convert on the device (float32 -> bf16 on the CPU would cost more than the copy)
         x = F.linear(pixel_values.to(self.device, non_blocking=True).to(self.dtype), w.patch_weight, w.patch_bias)
         x = norm(x, w.post_conv_norm, eps)
@@ -271,13 +230,13 @@ class Glm4vVisionTower:
         x, h = add_norm(x, pos.to(self.dtype), norms[0], eps)
         for i, blk in enumerate(w.blocks):
             x, h = add_norm(x, self._attention(h, blk, cos, sin, groups), blk.norm2, eps)
-            x, h = add_norm(x, F.linear(gate_up_act(h, blk.gate_up_weight), blk.down_weight), norms[i + 1], eps)
+            x, h = add_norm(x, F.linear(gate_up_act.dense(h, blk.gate_up_weight), blk.down_weight), norms[i + 1], eps)
         x = h  # post-normed
         m = d.spatial_merge_size
         x = F.linear(x.reshape(-1, m * m * hidden), w.downsample_weight, w.downsample_bias)
         x = F.linear(x, w.merger_proj)
         x = F.gelu(F.layer_norm(x, (x.shape[-1],), w.merger_norm_weight, w.merger_norm_bias, 1e-5))
-        return F.linear(gate_up_act(x, w.merger_gate_up), w.merger_down)
+        return F.linear(gate_up_act.dense(x, w.merger_gate_up), w.merger_down)
 
     def _segment_groups(self, segments: list[int]) -> list[tuple[int, torch.Tensor | None, int]]:
         """Group equal-length segments so each group is one batched SDPA: (length, row index or None, count)."""
@@ -300,16 +259,7 @@ class Glm4vVisionTower:
         heads, hd = self.dims.num_heads, self.head_dim
         qkv = F.linear(x, blk.qkv_weight, blk.qkv_bias).view(-1, 3, heads, hd)
         q, k, v = qkv.unbind(1)
-        pair = self._kernel("rotary_half_pair")
-        if pair is not None:
-            q, k = pair(q, k, cos, sin)
-        elif self.fused is not None and getattr(self.fused, "rotary_half", None) is not None:
-            q, k = self.fused.rotary_half(q, cos, sin), self.fused.rotary_half(k, cos, sin)
-        else:
-            qf, kf = q.float(), k.float()
-            c, s = cos.unsqueeze(1), sin.unsqueeze(1)
-            q = (qf * c + _rotate_half(qf) * s).to(x.dtype)
-            k = (kf * c + _rotate_half(kf) * s).to(x.dtype)
+        q, k = self.kernels.rotary_half_pair(q, k, cos, sin)
         scale = hd**-0.5
         if len(groups) == 1 and groups[0][1] is None:
             n, _, count = groups[0]

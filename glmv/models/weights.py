@@ -79,6 +79,12 @@ class CheckpointReader:
         self.bytes_read += tensor.numel() * tensor.element_size()
         return tensor.to(dtype=dtype or self.dtype)
 
+    def has_text_module(self, module: str) -> bool:
+        """Whether the checkpoint holds any tensor of this text module (`layers.0.mlp.gate_up_proj`), whatever
+        format its tensors are in (`.weight`, `.qweight`, `.weight_packed`, ...)."""
+        dotted = [prefix + module + "." for prefix in TEXT_PREFIXES]
+        return any(name.startswith(tuple(dotted)) for name in self._files)
+
     def text(self, suffix: str, required: bool = True) -> torch.Tensor | None:
         name = self.resolve(suffix, TEXT_PREFIXES)
         if name is None:

@@ -17,8 +17,9 @@ import torch
 from glmv.config import EngineConfig
 from glmv.cpu import ops
 from glmv.engine.async_engine import AsyncEngine
-from glmv.engine.attention import TORCH_BACKEND, AttentionMetadata
 from glmv.inputs.prompt import Prompt
+from glmv.layers.attention import AttentionMetadata
+from glmv.layers.kernels import TORCH_KERNELS
 from glmv.models.glm4v import Glm4vModel
 from glmv.sampling import SamplingParams
 
@@ -59,10 +60,10 @@ def teacher_forced_logits(model: Glm4vModel, prompts: list[list[int]], forced: l
 @pytest.mark.skipif(not ops.available(), reason="no C compiler here")
 def test_bf16_cpu_kernels_track_the_torch_path(model_config):
     fast = Glm4vModel.load(model_config, "cpu", torch.bfloat16, max_positions=512, load_vision=False)
-    assert fast.backend.fused is not None and "cpu" in fast.backend.name
+    assert fast.kernels.name == "cpu"
     packed = fast.pack_cpu_weights()
-    reference = Glm4vModel.load(model_config, "cpu", torch.bfloat16, max_positions=512, load_vision=False)
-    reference.backend = TORCH_BACKEND  # plain PyTorch steps, plain weights
+    reference = Glm4vModel.load(model_config, "cpu", torch.bfloat16, max_positions=512, load_vision=False,
+                                kernels=TORCH_KERNELS)  # plain PyTorch steps, plain weights
     exact = Glm4vModel.load(model_config, "cpu", torch.float32, max_positions=512, load_vision=False)
 
     gen = torch.Generator().manual_seed(0)
@@ -126,15 +127,15 @@ def test_bf16_cpu_engine_takes_pictures(model_config, tiny_dir, tokenizer, promp
     from glmv.engine.engine import LLMEngine
 
     model = Glm4vModel.load(model_config, "cpu", torch.bfloat16, max_positions=4096)
-    assert model.vision.fused is model.backend.fused is not None
+    assert model.vision.kernels is model.kernels and model.kernels.name == "cpu"
     prompt = prompts[name]
     mm = prompt.mm
     pixels, grids = (mm.pixel_values, mm.image_grid_thw) if name == "image" else (mm.pixel_values_videos,
                                                                                    mm.video_grid_thw)
     grids = [tuple(g) for g in grids.tolist()]
     fused = model.vision.encode(pixels, grids)
-    model.vision.fused = None
-    plain = model.vision.encode(pixels, grids)
+    plain = Glm4vModel.load(model_config, "cpu", torch.bfloat16, max_positions=4096,
+                            kernels=TORCH_KERNELS).vision.encode(pixels, grids)
     assert float((fused.float() - plain.float()).norm() / plain.float().norm()) < 2e-2
 
     config = EngineConfig(model=str(tiny_dir), device="cpu", dtype="bfloat16", max_model_len=4096)

@@ -15,9 +15,8 @@ import torch.nn.functional as F
 
 from glmv.cpu import build, ops
 from glmv.cpu import linear as cpu_linear
-from glmv.engine import attention as ref
-from glmv.models.glm4v import apply_rotary
-from glmv.models.vision import rms_norm
+from glmv.layers import attention as ref
+from glmv.layers.torch_ops import apply_rotary, rms_norm
 
 BF16 = torch.bfloat16
 

@@ -66,7 +66,7 @@ def test_tiny_greedy_parity_on_cuda(attention, graphs, model_config, tokenizer, 
         engine.add_request(name, prompts[name], greedy(24))
     done = run_to_completion(engine)
     for name in NAMES:
-        assert tokens_of(done, name) == reference[name], (name, model.backend.name)
+        assert tokens_of(done, name) == reference[name], (name, model.kernels.describe())
     assert engine.pool.all_free()
 
 
@@ -177,7 +177,7 @@ def test_vision_tower_graph_replays_equal_the_eager_tower(model_config, prompts,
     and shapes the graphs cannot take (unequal frames) stay eager."""
     model = Glm4vModel.load(model_config, "cuda", dtype)
     vision = model.vision
-    assert vision.use_graphs and vision.fused is not None
+    assert vision.use_graphs and vision.kernels.name == "triton"
     mm = prompts["image"].mm
     grids = [tuple(int(v) for v in g) for g in mm.image_grid_thw.tolist()]
     pixels = mm.pixel_values.to("cuda").to(dtype)
@@ -202,7 +202,7 @@ def test_vision_tower_graph_replays_equal_the_eager_tower(model_config, prompts,
 
 def dense_prefill(model: Glm4vModel, ids: torch.Tensor) -> torch.Tensor:
     """The decoder's final hidden states for one fresh prompt (one chunk, dense attention) on a scratch cache."""
-    from glmv.engine.attention import AttentionMetadata
+    from glmv.layers.attention import AttentionMetadata
 
     t, n, bs = model.dims, ids.numel(), 16
     blocks = -(-n // bs) + 1
@@ -229,7 +229,7 @@ def test_fused_mlp_gating_matches_the_separate_kernel(model_config, monkeypatch)
     fused = Glm4vModel.load(model_config, "cuda", torch.bfloat16)
     assert fused.gate_up_act.interleaved and not plain.gate_up_act.interleaved
     config = CONFIGS[0]
-    weights = [fused.w.layers[0].gate_up_weight, fused.vision.w.blocks[0].gate_up_weight, fused.vision.w.merger_gate_up]
+    weights = [fused.w.layers[0].gate_up.weight, fused.vision.w.blocks[0].gate_up_weight, fused.vision.w.merger_gate_up]
     for w in weights:
         fused.gate_up_act.large_plan[tuple(w.shape)] = [(129, config)]
 

@@ -7,6 +7,7 @@ import gc
 import pytest
 
 from glmv.engine.gc_policy import YOUNG_THRESHOLD, GcPolicy
+from glmv.options import RuntimeOptions
 
 
 class _Cycle:
@@ -56,6 +57,8 @@ def test_switching_modes_and_a_bad_name(monkeypatch):
     finally:
         policy.stop()
     assert gc.isenabled()
-    monkeypatch.setenv("GLMV_GC", "sometimes")
     with pytest.raises(ValueError, match="GLMV_GC must be one of"):
-        GcPolicy()
+        GcPolicy("sometimes")
+    monkeypatch.setenv("GLMV_GC", "sometimes")  # the environment is read once, by glmv.options
+    with pytest.raises(ValueError, match="GLMV_GC must be one of"):
+        RuntimeOptions.from_env()

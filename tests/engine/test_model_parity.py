@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glmv.engine.attention import AttentionMetadata
 from glmv.engine.request import find_media_items
+from glmv.layers.attention import AttentionMetadata
 from glmv.models.mrope import get_rope_index
 
 MM_PROMPTS = ["image", "two_images", "video"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glmv import kernels
 from tests.gpu.where import DEVICE, GPU_TEST_MARKS, ON_GPU
+from tests.gpu.where import TRITON as kernels
 
 pytestmark = GPU_TEST_MARKS
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]

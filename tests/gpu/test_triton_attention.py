@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from glmv import kernels
 from tests.gpu.where import DEVICE, GPU_TEST_MARKS, ON_GPU
+from tests.gpu.where import TRITON as kernels
 
 pytestmark = GPU_TEST_MARKS
 # bf16 operands land between 1e-3 and 1e-2 of relative error; float32 through the interpreter is exact to rounding.
@@ -25,7 +25,7 @@ if kernels.interpreting():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# references (float64 gather + softmax); glmv/engine/attention.py holds the engine's own torch versions
+# references (float64 gather + softmax); glmv/layers/attention.py holds the engine's own torch versions
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -325,7 +325,7 @@ def test_write_then_prefill_then_decode_equals_one_full_prefill():
 
 
 def test_engine_reference_agrees_with_the_kernels():
-    attention = pytest.importorskip("glmv.engine.attention", reason="glmv/engine/attention.py has not landed yet")
+    attention = pytest.importorskip("glmv.engine.attention", reason="glmv/layers/attention.py has not landed yet")
     gen = torch.Generator().manual_seed(11)
     dtype = DTYPES[0]
     chunks = [(0, 21), (30, 5), (7, 1)]
@@ -347,7 +347,7 @@ def test_engine_reference_agrees_with_the_kernels():
 
 @pytest.mark.skipif(not ON_GPU, reason="the engine picks Triton kernels on CUDA devices only")
 def test_engine_selects_the_triton_kernels_on_cuda():
-    attention = pytest.importorskip("glmv.engine.attention", reason="glmv/engine/attention.py has not landed yet")
+    attention = pytest.importorskip("glmv.engine.attention", reason="glmv/layers/attention.py has not landed yet")
     backend = attention.select_backend("cuda")
     assert backend.paged_decode_attention is kernels.paged_decode_attention, backend.name
     assert backend.paged_prefill_attention is kernels.paged_prefill_attention, backend.name

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glmv import kernels
 from tests.gpu.where import DEVICE, GPU_TEST_MARKS, ON_GPU
+from tests.gpu.where import TRITON as kernels
 
 pytestmark = GPU_TEST_MARKS
 DTYPES = [torch.bfloat16, torch.float16] if ON_GPU else [torch.float32, torch.bfloat16]

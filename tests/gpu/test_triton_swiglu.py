@@ -1,5 +1,5 @@
 """SwiGLU's gate/up matmul with the gating fused in (glmv.kernels.triton_swiglu, gemv's epilogue) and the model-side
-dispatcher (glmv.models.swiglu.GateUpAct), against float64 math on the stacked weight.
+dispatcher (glmv.layers.swiglu.GateUpAct), against float64 math on the stacked weight.
 
 GPU tests: CUDA, or the CPU through `TRITON_INTERPRET=1` (float32 there: the interpreter's 16-bit dot is unreliable).
 """
@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glmv import kernels
 from tests.gpu.where import DEVICE, GPU_TEST_MARKS, ON_GPU
+from tests.gpu.where import TRITON as kernels
 
 pytestmark = GPU_TEST_MARKS
 DTYPE = torch.bfloat16 if ON_GPU else torch.float32
@@ -105,29 +105,30 @@ def test_gemv_epilogue_gates_pairs(rows):
 
 def test_dispatcher_takes_each_planned_path_and_agrees(monkeypatch):
     from glmv.kernels.triton_gemv import GemvConfig
-    from glmv.models.swiglu import GateUpAct
+    from glmv.layers import torch_ops
+    from glmv.layers.linear import DenseLinear, GemvPlan
+    from glmv.layers.swiglu import GateUpAct
 
     sw = swiglu()
-    act = GateUpAct(sw, kernels.silu_mul)
-    plain = GateUpAct(None, kernels.silu_mul)
-    torch_only = GateUpAct(None, None)
+    calls = []
+    plan = GemvPlan(lambda *a: calls.append("gemv") or kernels.gemv(*a))
+    act = GateUpAct(sw, kernels.silu_mul, plan)
+    plain = GateUpAct(None, kernels.silu_mul, GemvPlan())
+    torch_only = GateUpAct(None, torch_ops.silu_mul, GemvPlan())
     x, w, ref = stacked_case(200, 96, 128, seed=5)
     wi = act.prepare(w)
     assert act.interleaved and plain.prepare(w) is w
-    cfg_small = GemvConfig(32, 64, 4, 2)
-    act.small_plan, act.gemv = {(192, 128, False, 3): cfg_small}, kernels.gemv
+    plan.configs = {(192, 128, False, 3): GemvConfig(32, 64, 4, 2)}
     act.large_plan = {(192, 128): [(129, None), (150, sw.MatmulSiluConfig(32, 64, 32, 4, 2))]}
-    calls = []
-    real_matmul, real_gemv = sw.matmul_silu, kernels.gemv
+    real_matmul = sw.matmul_silu
     monkeypatch.setattr(sw, "matmul_silu", lambda *a: calls.append("matmul") or real_matmul(*a))
-    act.gemv = lambda *a: calls.append("gemv") or real_gemv(*a)
     for rows, path in [(3, "gemv"), (4, None), (140, None), (200, "matmul")]:
         calls.clear()
-        out = act(x[:rows], wi)
+        out = act(x[:rows], DenseLinear(wi, None, plan))
         assert calls == ([path] if path else []), rows
         assert relative_error(out, ref[:rows]) < TOL, rows
-        assert relative_error(plain(x[:rows], w), ref[:rows]) < TOL
-        assert relative_error(torch_only(x[:rows], w), ref[:rows]) < TOL
+        assert relative_error(plain.dense(x[:rows], w), ref[:rows]) < TOL
+        assert relative_error(torch_only(x[:rows], DenseLinear(w, None, GemvPlan())), ref[:rows]) < TOL
 
 
 @pytest.mark.skipif(not ON_GPU, reason="times kernels in CUDA graphs")
@@ -148,30 +149,32 @@ def test_plan_chooses_only_configurations_that_win():
 
 
 def test_model_lays_out_its_weights_once_and_matches_the_separate_gating(tmp_path, monkeypatch):
-    """A tiny model whose backend fuses the gating (forced for every prompt row count) gives the decoder's and the
+    """A tiny model whose kernels fuse the gating (forced for every prompt row count) gives the decoder's and the
     tower's outputs of the same model gating separately; weights interleaved for one model are not interleaved again
     for a second, and a model that gates separately refuses them."""
-    from types import SimpleNamespace
+    from dataclasses import replace
 
     from glmv.config import ModelConfig
-    from glmv.engine import attention
-    from glmv.engine.attention import AttentionMetadata
+    from glmv.layers.attention import AttentionMetadata
+    from glmv.layers.kernels import TORCH_KERNELS
     from glmv.models.glm4v import Glm4vModel
     from glmv.models.tiny import make_tiny_model
 
     sw = swiglu()
-    monkeypatch.setenv("GLMV_SWIGLU", "0")  # loading keeps the stacked layout; each test model's backend decides
     make_tiny_model(tmp_path / "tiny", preset="tiny")
     config = ModelConfig.from_dir(tmp_path / "tiny")
+    triton = replace(TORCH_KERNELS, name="test", write_kv=kernels.write_kv,
+                     paged_decode_attention=kernels.paged_decode_attention,
+                     paged_prefill_attention=kernels.paged_prefill_attention, rms_norm=kernels.rms_norm,
+                     residual_rms_norm=kernels.residual_rms_norm, silu_mul=kernels.silu_mul,
+                     rotary_write_kv=kernels.rotary_write_kv, rotary_half_pair=kernels.rotary_half_pair)
 
     def model(swiglu_module, loaded=None):
-        fused = SimpleNamespace(rms_norm=kernels.rms_norm, residual_rms_norm=kernels.residual_rms_norm,
-                                silu_mul=kernels.silu_mul, rotary_write_kv=kernels.rotary_write_kv,
-                                rotary_half=kernels.rotary_half, swiglu=swiglu_module)
-        backend = attention.AttentionBackend("test", kernels.write_kv, kernels.paged_decode_attention,
-                                             kernels.paged_prefill_attention, fused)
-        loaded = loaded or Glm4vModel.load(config, DEVICE, torch.float32, max_positions=1024)
-        return Glm4vModel(config, loaded.w, loaded.vision, loaded.device, loaded.dtype, 1024, backend=backend)
+        chosen = replace(triton, swiglu=swiglu_module)
+        if loaded is None:
+            return Glm4vModel.load(config, DEVICE, torch.float32, max_positions=1024, kernels=chosen)
+        act, plan = Glm4vModel.build_kernels(loaded.device, loaded.dtype, chosen)
+        return Glm4vModel(config, loaded.w, None, loaded.device, loaded.dtype, 1024, chosen, act, plan)
 
     def prefill(m, ids):
         t, n, bs = m.dims, ids.numel(), 16
@@ -190,7 +193,7 @@ def test_model_lays_out_its_weights_once_and_matches_the_separate_gating(tmp_pat
     plain, fused = model(None), model(sw)
     assert fused.w.gate_up_interleaved and not plain.w.gate_up_interleaved
     cfg = sw.MatmulSiluConfig(32, 64, 32, 4, 2) if not ON_GPU else sw.MatmulSiluConfig(64, 128, 32, 4, 3)  # float32
-    for w in (fused.w.layers[0].gate_up_weight, fused.vision.w.blocks[0].gate_up_weight):
+    for w in (fused.w.layers[0].gate_up.weight, fused.vision.w.blocks[0].gate_up_weight):
         fused.gate_up_act.large_plan[tuple(w.shape)] = [(129, cfg)]
     ids = torch.randint(0, config.text.vocab_size, (200,), device=DEVICE)
     ours, ref = prefill(fused, ids), prefill(plain, ids)
@@ -200,8 +203,8 @@ def test_model_lays_out_its_weights_once_and_matches_the_separate_gating(tmp_pat
     with torch.inference_mode():
         assert relative_error(fused.vision.encode(pixels, [(1, 16, 16)]),
                               plain.vision.encode(pixels, [(1, 16, 16)]).double()) < TOL * 10
-    first_layer = fused.w.layers[0].gate_up_weight
+    first_layer = fused.w.layers[0].gate_up.weight
     again = model(sw, loaded=fused)
-    assert again.w.layers[0].gate_up_weight is first_layer  # not interleaved a second time
+    assert again.w.layers[0].gate_up.weight is first_layer  # not interleaved a second time
     with pytest.raises(ValueError, match="laid out"):
         model(None, loaded=fused)

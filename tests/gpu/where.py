@@ -3,6 +3,8 @@ float32 where the interpreter's 16-bit dot is unreliable); skipped elsewhere (CI
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -14,3 +16,19 @@ GPU_TEST_MARKS = [
 ]
 ON_GPU = torch.cuda.is_available() and not kernels.interpreting()
 DEVICE = "cuda" if ON_GPU else "cpu"
+
+
+def _triton_namespace() -> SimpleNamespace | None:
+    """glmv's Triton kernels by their function names, imported from the modules that define them."""
+    if not kernels.available():
+        return None
+    from glmv.kernels import triton_argmax, triton_attention, triton_fused, triton_gemv
+
+    names = {m: [n for n in dir(m) if not n.startswith("_")] for m in (triton_attention, triton_fused, triton_argmax)}
+    ns = {n: getattr(m, n) for m, ns_ in names.items() for n in ns_}
+    ns.update(gemv=triton_gemv.gemv, plan_gemv=triton_gemv.plan, GemvConfig=triton_gemv.GemvConfig,
+              available=kernels.available, interpreting=kernels.interpreting)
+    return SimpleNamespace(**ns)
+
+
+TRITON = _triton_namespace()

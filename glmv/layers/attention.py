@@ -1,4 +1,4 @@
-"""Paged attention: the contract every attention backend implements, the PyTorch reference and backend selection.
+"""Paged attention: the contract every attention kernel implements, its PyTorch reference, and the batch metadata.
 
 The KV cache of one layer is two tensors `k_cache`, `v_cache` of shape [num_blocks, block_size, num_kv_heads, head_dim]
 in the model dtype. A token's slot is `block_id * block_size + offset`. Block 0 is never handed to a sequence: it is the
@@ -23,25 +23,16 @@ The three functions (signatures are stable; glmv/kernels/ implements the same na
         Causal: query i of sequence s sits at kv position seq_lens[s] - q_len_s + i and attends to kv positions
         0 .. that position (earlier chunks and cached prefixes included). out: [total_q, num_heads, head_dim].
 
-Backends are chosen once per model by `select_backend(device, dtype)`: on CUDA, functions glmv.kernels exports under
-these names replace the PyTorch ones (each independently), and the model's elementwise steps run as fused Triton
-kernels (`AttentionBackend.fused`; GLMV_FUSED=0 turns that off). On the CPU in bfloat16, glmv.cpu's C kernels take
-decode attention and the fused steps. GLMV_ATTENTION=torch forces the PyTorch reference for all.
+These are the PyTorch references. glmv.kernels.triton_attention implements the same three for CUDA and glmv.cpu.ops
+decode attention for the CPU; glmv.layers.kernels chooses among them once per model (`select_kernels`).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-log = logging.getLogger("glmv.attention")
 
 NULL_BLOCK = 0
 
@@ -107,76 +98,6 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
             o = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale, enable_gqa=gqa)
         out[q_start:q_end] = o.squeeze(0).transpose(0, 1)
     return out
-
-
-@dataclass(frozen=True)
-class AttentionBackend:
-    """The three paged-attention functions one model uses, and where each came from (for logs and /metrics)."""
-
-    name: str
-    write_kv: Callable[..., None]
-    paged_decode_attention: Callable[..., torch.Tensor]
-    paged_prefill_attention: Callable[..., torch.Tensor]
-    # Fused layer kernels (glmv.kernels: rms_norm, residual_rms_norm, silu_mul, rotary_write_kv, and `swiglu`, the
-    # module that fuses the MLP's gating into its gate/up matmul, or None) or None: the model then runs its plain
-    # PyTorch steps.
-    fused: Any = None
-
-
-TORCH_BACKEND = AttentionBackend("torch", write_kv, paged_decode_attention, paged_prefill_attention)
-
-
-def select_backend(device: torch.device | str, dtype: torch.dtype | None = None) -> AttentionBackend:
-    """Triton kernels from glmv.kernels on CUDA when importable (function by function); glmv's C kernels
-    (glmv.cpu.ops) for bfloat16 on the CPU when they build here; else the PyTorch reference."""
-    device = torch.device(device)
-    if os.environ.get("GLMV_ATTENTION", "").lower() == "torch":
-        return TORCH_BACKEND
-    if device.type == "cpu" and dtype == torch.bfloat16:
-        return _cpu_backend()
-    if device.type != "cuda":
-        return TORCH_BACKEND
-    try:
-        import glmv.kernels as kernels  # type: ignore[import-not-found]
-    except Exception as exc:  # noqa: BLE001 - any import failure (no triton, old GPU) falls back to torch
-        log.info("glmv.kernels not usable (%s); using PyTorch paged attention", exc)
-        return TORCH_BACKEND
-    probe = getattr(kernels, "available", None)
-    if callable(probe) and not probe():
-        return TORCH_BACKEND
-    chosen = {}
-    names = []
-    for fn in ("write_kv", "paged_decode_attention", "paged_prefill_attention"):
-        impl = getattr(kernels, fn, None)
-        chosen[fn] = impl if callable(impl) else getattr(TORCH_BACKEND, fn)
-        names.append(f"{fn}={'triton' if callable(impl) else 'torch'}")
-    fused = None
-    fused_fns = {fn: getattr(kernels, fn, None) for fn in ("rms_norm", "residual_rms_norm", "silu_mul",
-                                                           "rotary_write_kv")}
-    if os.environ.get("GLMV_FUSED", "1") != "0" and all(callable(f) for f in fused_fns.values()):
-        swiglu = None
-        if os.environ.get("GLMV_SWIGLU", "1") != "0":
-            try:
-                from glmv.kernels import triton_swiglu as swiglu
-            except Exception as exc:  # noqa: BLE001 - the gating then stays a separate kernel
-                log.info("glmv.kernels.triton_swiglu not usable (%s); SiLU-gating runs as its own kernel", exc)
-        fused = SimpleNamespace(**fused_fns, rotary_half=getattr(kernels, "rotary_half", None), swiglu=swiglu,
-                                argmax=getattr(kernels, "argmax", None),
-                                decode_step_inputs=getattr(kernels, "decode_step_inputs", None),
-                                mrope_cos_sin=getattr(kernels, "mrope_cos_sin", None))
-        names.append("fused=triton" + (",swiglu=triton" if swiglu is not None else ""))
-    return AttentionBackend(",".join(names), chosen["write_kv"], chosen["paged_decode_attention"],
-                            chosen["paged_prefill_attention"], fused)
-
-
-def _cpu_backend() -> AttentionBackend:
-    from glmv.cpu import build, ops
-
-    if not ops.available():
-        log.info("glmv's CPU kernels are unavailable (%s); using PyTorch ops", build.load_error())
-        return TORCH_BACKEND
-    return AttentionBackend("write_kv=torch,paged_decode_attention=cpu,paged_prefill_attention=torch,fused=cpu",
-                            write_kv, ops.paged_decode_attention, paged_prefill_attention, ops.fused_ops())
 
 
 @dataclass

@@ -5,33 +5,30 @@ Why a dispatcher: on CUDA with glmv's Triton kernels the gating runs in the matm
 triton_swiglu), which needs the weight's rows interleaved [g0, u0, g1, u1, ...]; `prepare` does that once at load,
 and from then on every product with that weight must gate pairwise. Which kernel wins depends on the row count: the
 Triton decode matmul with its epilogue (rows <= 128, where plan_gemv chose it), the large-row fused matmul (where
-`plan` found it faster), or cuBLAS + the pairwise gating. Elsewhere (CPU, GLMV_SWIGLU=0, no Triton) the weight stays
-stacked and the gating is a separate step, as before.
+`plan` found it faster), or cuBLAS + the pairwise gating. Elsewhere (CPU, GLMV_SWIGLU=0, quantized
+weights) the weight stays stacked and the gating is a separate step.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
-from typing import Any
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
-
-Linear = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from glmv.layers.linear import DenseLinear, GemvPlan, Linear
 
 
 class GateUpAct:
-    """`gate_up_act(x, weight, linear)` -> up * silu(gate); `prepare(weight)` lays a stacked weight out for it."""
+    """`gate_up_act(x, linear)` -> up * silu(gate) for a decoder Linear; `dense(x, weight)` for a plain stacked
+    weight (the vision tower); `prepare` lays a dense weight out for the fused gating once, at load."""
 
-    def __init__(self, kernels: Any = None, silu_mul: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(self, kernels: ModuleType | None, silu_mul: Callable[[torch.Tensor], torch.Tensor], plan: GemvPlan):
         self.kernels = kernels  # glmv.kernels.triton_swiglu, or None: stacked weights, gating as a separate step
-        self.silu_mul = silu_mul  # the separate stacked-layout gating kernel (Triton or C), or None: PyTorch ops
+        self.silu_mul = silu_mul  # the stacked-layout gating (Triton, C or PyTorch)
         self.large_plan: dict[tuple[int, int], list] = {}  # (N, K) -> [(rows, MatmulSiluConfig | None)]
-        self.small_plan: dict = {}  # the model's gemv plan: (N, K, False, rows) -> GemvConfig with the epilogue
-        self.gemv: Callable | None = None
+        self.small_plan = plan  # the model's decode-matmul plan (its configs carry the gating epilogue)
 
     @property
     def interleaved(self) -> bool:
@@ -41,21 +38,22 @@ class GateUpAct:
         """The weight as this dispatcher multiplies it (interleaved rows when the fused kernels are in use)."""
         return self.kernels.interleave_gate_up(weight) if self.kernels is not None else weight
 
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor, linear: Linear = F.linear) -> torch.Tensor:
-        """x [rows, K] @ weight (as `prepare` left it) -> up * silu(gate) [rows, N // 2]. `linear` is the caller's
-        matmul for the unfused path (the text decoder's picks cuBLAS, Triton or oneDNN per shape)."""
+    def __call__(self, x: torch.Tensor, linear: Linear) -> torch.Tensor:
+        """x [rows, K] through a decoder gate/up Linear -> up * silu(gate) [rows, N // 2]. Dense weights gate in
+        the matmul where the fused kernels run; every other format multiplies first and gates after."""
+        if self.interleaved and isinstance(linear, DenseLinear):
+            return self.dense(x, linear.weight)
+        return self.silu_mul(linear(x))
+
+    def dense(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x [rows, K] @ weight (as `prepare` left it) -> up * silu(gate) [rows, N // 2]."""
         sw = self.kernels
         if sw is None:
-            gate_up = linear(x, weight)
-            if self.silu_mul is not None:
-                return self.silu_mul(gate_up)
-            gate, up = gate_up.chunk(2, dim=-1)
-            return up * F.silu(gate)
+            return self.silu_mul(F.linear(x, weight))
         rows = x.shape[0]
-        if self.gemv is not None:
-            cfg = self.small_plan.get((weight.shape[0], weight.shape[1], False, rows))
-            if cfg is not None:
-                return self.gemv(x, weight, None, cfg, True)
+        cfg = self.small_plan.config(weight, False, rows)
+        if cfg is not None:
+            return self.small_plan.gemv(x, weight, None, cfg, True)
         cfg = sw.planned_config(self.large_plan.get(tuple(weight.shape)), rows) if rows > 128 else None
         if cfg is not None and sw.fits(x, weight, cfg):
             return sw.matmul_silu(x, weight, cfg)
