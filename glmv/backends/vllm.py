@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from glmv.config import EngineConfig, ModelConfig
 from glmv.engine.client import EngineOverloadedError, PromptTooLongError
 from glmv.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from glmv.inputs.prompt import Prompt
+from glmv.options import RuntimeOptions
 from glmv.reasoning.budget import ThinkingBudget, make_budget
 from glmv.sampling import FinishReason, SamplingParams
 
@@ -180,8 +180,8 @@ class VllmEngine:
         self.model_config = model_config
         self.config = engine_config
         self.tokenizer = tokenizer
-        self.python = resolve_vllm_python(python or getattr(engine_config, "vllm_python", None))
-        timeout = startup_timeout_s or float(os.environ.get("GLMV_VLLM_STARTUP_TIMEOUT", "1800"))
+        self.python = resolve_vllm_python(python or engine_config.vllm_python)
+        timeout = startup_timeout_s or RuntimeOptions.from_env().vllm_startup_timeout_s
         self.process = VllmProcess(self.python, worker_env(self.python, engine_config.device), timeout)
         ready = self.process.start(engine_args_for(model_config, engine_config))
         self.max_model_len: int = int(ready["max_model_len"])

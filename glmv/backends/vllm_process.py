@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from glmv.backends.vllm_worker import recv_msg, send_msg
+from glmv.options import RuntimeOptions
 
 log = logging.getLogger("glmv.vllm")
 
@@ -46,8 +47,9 @@ def candidate_pythons(explicit: str | None) -> list[tuple[str, str]]:
     """(python, where it came from) in the order glmv tries them."""
     if explicit:
         return [(explicit, "--vllm-python")]
-    if os.environ.get("GLMV_VLLM_PYTHON"):
-        return [(os.environ["GLMV_VLLM_PYTHON"], "GLMV_VLLM_PYTHON")]
+    from_env = RuntimeOptions.from_env().vllm_python
+    if from_env:
+        return [(from_env, "GLMV_VLLM_PYTHON")]
     found = []
     for root in dict.fromkeys((Path.cwd(), REPO_ROOT)):
         py = root / DEFAULT_VENV / "bin" / "python"
