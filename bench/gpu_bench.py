@@ -35,9 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.gpu_probe import event_time_ms, probe_ceilings  # noqa: E402
-
+from bench.ceilings import event_time_ms, probe_ceilings  # noqa: E402
 from glmv.config import EngineConfig, ModelConfig  # noqa: E402
+from glmv.engine.observer import StepObserver  # noqa: E402
 from glmv.inputs.prompt import Prompt  # noqa: E402
 from glmv.sampling import SamplingParams  # noqa: E402
 
@@ -129,87 +129,53 @@ def _tokens_at(trace: list[tuple[float, int]], t: float) -> float:
     return prev_n
 
 
-class StepRecorder:
-    """Wraps LLMEngine.step and ModelRunner.launch to time every engine step and note what it ran."""
+class StepRecorder(StepObserver):
+    """The engine's step observer (glmv/engine/observer.py): times every engine step, its wait for the device, the
+    graphed decode steps (CUDA events), pixel uploads and add_request, and notes what each step ran."""
+
+    wants_graph_events = True
 
     def __init__(self, llm):
         self.records: list[tuple[float, int, int]] = []  # (wall seconds, prefill tokens, decode rows)
         self.enabled = False
-        launch, step = llm.runner.launch, llm.step
-        kind: dict[str, tuple[int, int]] = {}
-
-        def timed_launch(sched, prev=None):
-            kind["k"] = (sum(e.num_tokens for e in sched.scheduled if e.num_tokens > 1),
-                         sum(1 for e in sched.scheduled if e.num_tokens == 1))
-            return launch(sched, prev)
-
-        from glmv.engine.model_runner import PendingStep
-
-        waited = [0.0]
-        wait = PendingStep.wait
-
-        def timed_wait(pending):
-            t = time.perf_counter()
-            try:
-                return wait(pending)
-            finally:
-                waited[0] += time.perf_counter() - t
-
-        PendingStep.wait = timed_wait
         self.host_busy: list[tuple[float, int]] = []  # (seconds of a decode-only step not spent waiting, rows)
-
-        def timed_step():
-            kind.clear()
-            self._trace_tick()
-            waited[0] = 0.0
-            t = time.perf_counter()
-            out = step()
-            if self.enabled:
-                wall = time.perf_counter() - t
-                pre, dec = kind.get("k", (0, 0))
-                self.records.append((wall, pre, dec))
-                if pre == 0 and dec:
-                    self.host_busy.append((wall - waited[0], dec))
-            return out
-
-        llm.runner.launch = timed_launch
-        llm.step = timed_step
-        # CUDA events around every graphed decode step (its input copies + the replay), in device time: the gaps
-        # between one step's end and the next one's start are the device's idle time plus work outside the graph
         self.graph_marks: list[tuple[torch.cuda.Event, torch.cuda.Event, int]] = []
-        run_graph = llm.runner._run_decode_graph
-
-        def timed_graph(decodes, prev=None, prev_rows=None):
-            if not self.enabled:
-                return run_graph(decodes, prev, prev_rows)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = run_graph(decodes, prev, prev_rows)
-            end.record()
-            self.graph_marks.append((start, end, len(decodes)))
-            return out
-
-        llm.runner._run_decode_graph = timed_graph
         self.uploads: list[float] = []  # host seconds of each pixel upload (CPU conversion to bf16 + async copy)
-        upload = llm.runner._upload
-
-        def timed_upload(pixels):
-            t = time.perf_counter()
-            out = upload(pixels)
-            self.uploads.append(time.perf_counter() - t)
-            return out
-
-        llm.runner._upload = timed_upload
         self.adds: list[float] = []  # host seconds of each add_request (request objects, positions, hashing)
-        add = llm.add_request
+        self._kind = (0, 0)
+        self._waited = 0.0
+        self._started = 0.0
+        llm.observe(self)
 
-        def timed_add(*a, **kw):
-            t = time.perf_counter()
-            out = add(*a, **kw)
-            self.adds.append(time.perf_counter() - t)
-            return out
+    def step_started(self) -> None:
+        self._kind, self._waited = (0, 0), 0.0
+        self._trace_tick()
+        self._started = time.perf_counter()
 
-        llm.add_request = timed_add
+    def launched(self, prefill_tokens: int, decode_rows: int) -> None:
+        self._kind = (prefill_tokens, decode_rows)
+
+    def waited(self, seconds: float) -> None:
+        self._waited += seconds
+
+    def step_finished(self) -> None:
+        if not self.enabled:
+            return
+        wall = time.perf_counter() - self._started
+        pre, dec = self._kind
+        self.records.append((wall, pre, dec))
+        if pre == 0 and dec:
+            self.host_busy.append((wall - self._waited, dec))
+
+    def decode_graph_ran(self, start: torch.cuda.Event, end: torch.cuda.Event, rows: int) -> None:
+        if self.enabled:
+            self.graph_marks.append((start, end, rows))
+
+    def pixels_uploaded(self, seconds: float) -> None:
+        self.uploads.append(seconds)
+
+    def request_added(self, seconds: float) -> None:
+        self.adds.append(seconds)
 
         self._trace: list | None = None  # [steps to skip, steps to record, profiler]
         self.trace_events: list[dict] | None = None

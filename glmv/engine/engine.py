@@ -27,6 +27,7 @@ from glmv.engine.client import PromptTooLongError
 from glmv.engine.detokenizer import IncrementalDetokenizer
 from glmv.engine.kv_cache import KVBlockPool
 from glmv.engine.model_runner import ModelRunner, PendingStep
+from glmv.engine.observer import NO_OBSERVER, StepObserver
 from glmv.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from glmv.engine.request import Request, RequestStatus
 from glmv.engine.scheduler import Scheduler, SchedulerConfig
@@ -89,6 +90,11 @@ class LLMEngine:
         # called right after a step's device work is queued, when the host has the most time to spare (AsyncEngine
         # collects garbage there: glmv/engine/gc_policy.py)
         self.on_launched: Callable[[], None] | None = None
+        self.observer: StepObserver = NO_OBSERVER
+
+    def observe(self, observer: StepObserver) -> None:
+        """Hand the step's hooks (glmv/engine/observer.py) to this engine and its model runner."""
+        self.observer = self.runner.observer = observer
 
     # ---- requests ----
     def check_request(self, prompt: Prompt, params: SamplingParams) -> int:
@@ -109,6 +115,11 @@ class LLMEngine:
         return params.max_tokens or room
 
     def add_request(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
+        started = time.perf_counter()
+        self._add_request(request_id, prompt, params)
+        self.observer.request_added(time.perf_counter() - started)
+
+    def _add_request(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
         if request_id in self.groups:
             raise ValueError(f"Request id {request_id!r} is already running.")
         max_tokens = self.check_request(prompt, params)
@@ -179,6 +190,7 @@ class LLMEngine:
         """Schedule and launch a step; while the device runs it, hand out the text of earlier tokens and take in the
         tokens of the step before (which ran while the host prepared this one). Sequences whose sampling needs
         their full history (penalties) make the step wait for the previous one first."""
+        self.observer.step_started()
         prev = self._inflight
         if prev is not None and not self._can_overlap():
             self._finish_step(prev, None)
@@ -189,6 +201,8 @@ class LLMEngine:
             for e in pending.sampled:
                 e.request.num_pending += 1
             self.steps += 1
+            self.observer.launched(sum(e.num_tokens for e in sched.scheduled if e.num_tokens > 1),
+                                   sum(1 for e in sched.scheduled if e.num_tokens == 1))
             if self.on_launched is not None:
                 self.on_launched()
         # Computed counts advance as soon as the step is queued (even an empty step can bring an n>1 parent to its
@@ -199,6 +213,7 @@ class LLMEngine:
         if prev is not None:
             self._finish_step(prev, pending)
         self._inflight = pending
+        self.observer.step_finished()
         return outputs
 
     def _can_overlap(self) -> bool:
@@ -207,7 +222,9 @@ class LLMEngine:
     def _finish_step(self, step: PendingStep, next_step: PendingStep | None) -> None:
         """Wait for a step's tokens and take them in. A sequence that the thinking budget gives forced tokens now
         had its next token sampled (in `next_step`, already launched) after the wrong context: that one is dropped."""
+        started = time.perf_counter()
         run = step.wait()
+        self.observer.waited(time.perf_counter() - started)
         if run.result is None:
             return
         res = run.result

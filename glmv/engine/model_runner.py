@@ -13,6 +13,7 @@ use the null KV block), which is what `capture_decode_graphs()` records as CUDA 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 
 from glmv.config import EngineConfig, ModelConfig
 from glmv.cpu.runtime import keep_freed_memory
+from glmv.engine.observer import NO_OBSERVER, StepObserver
 from glmv.engine.request import Request
 from glmv.engine.sampler import PendingSample, Sampler, SamplerOutput
 from glmv.engine.scheduler import ScheduledRequest, SchedulerOutput
@@ -115,6 +117,7 @@ class ModelRunner:
         self.vision_tokens_encoded = 0
         self.greedy_graph_steps = 0  # decode steps whose tokens were the graph's own argmax (no sampler kernels)
         self.gemv_report: list = []  # (shape key, cuBLAS us, best us, config) from plan_gemv at capture time
+        self.observer: StepObserver = NO_OBSERVER  # set with the engine's (LLMEngine.observe)
 
     # ---- sizing ----
     def _plan_num_blocks(self) -> int:
@@ -315,8 +318,11 @@ class ModelRunner:
         asynchronously (a 1008x1008 image is 24 MB of float32)."""
         if self.device.type != "cuda" or pixels.device.type != "cpu":
             return pixels.to(self.device)
+        started = time.perf_counter()
         # pixels the door staged already (AsyncEngine.stage_prompt) go up as they are
-        return stage_pixels(pixels, self.dtype, pin_memory=True).to(self.device, non_blocking=True)
+        out = stage_pixels(pixels, self.dtype, pin_memory=True).to(self.device, non_blocking=True)
+        self.observer.pixels_uploaded(time.perf_counter() - started)
+        return out
 
     @staticmethod
     def _media_plan(media_entries: list[ScheduledRequest], starts: dict[int, int]):
@@ -354,7 +360,14 @@ class ModelRunner:
         rows = [e.request for e in sampled]
         graph_tokens = None  # the decode graph's argmax, where it is every row's token
         if not prefills and self.graphs and len(decodes) <= self.buckets[-1]:
-            logits = self._run_decode_graph(decodes, prev, prev_rows)
+            if self.observer.wants_graph_events:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                logits = self._run_decode_graph(decodes, prev, prev_rows)
+                end.record()
+                self.observer.decode_graph_ran(start, end, len(decodes))
+            else:
+                logits = self._run_decode_graph(decodes, prev, prev_rows)
             if len(sampled) == len(decodes) and self.sampler.plain_greedy(rows):
                 self.greedy_graph_steps += 1
                 graph_tokens = self.buf_prev_tokens[:len(decodes)]

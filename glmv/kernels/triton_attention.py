@@ -33,7 +33,7 @@ _LOG2E = 1.4426950408889634
 
 @dataclass(frozen=True)
 class DecodeTuning:
-    """Launch shape of the decode kernel; defaults chosen from bench/gpu_probe.py's sweep on an H100."""
+    """Launch shape of the decode kernel; defaults chosen from a launch-shape sweep on an H100 (bench/notes/gpu_engine.md)."""
 
     block_n: int = 64  # KV tokens per inner step (several pages at block_size 16)
     num_warps: int = 4
@@ -45,7 +45,7 @@ class DecodeTuning:
 
 @dataclass(frozen=True)
 class PrefillTuning:
-    """Launch shape of the prefill kernel; defaults chosen from bench/gpu_probe.py's sweep on an H100."""
+    """Launch shape of the prefill kernel; defaults chosen from a launch-shape sweep on an H100 (bench/notes/gpu_engine.md)."""
 
     block_m: int = 128  # query rows per program
     block_n: int = 64  # KV tokens per inner step
