@@ -320,12 +320,13 @@ def test_write_then_prefill_then_decode_equals_one_full_prefill():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# the engine's torch reference, once it exists, computes the same function
+# the layers' torch reference computes the same function, and the kernel choice picks these kernels on CUDA
 # ---------------------------------------------------------------------------------------------------------------------
 
 
 def test_engine_reference_agrees_with_the_kernels():
-    attention = pytest.importorskip("glmv.engine.attention", reason="glmv/layers/attention.py has not landed yet")
+    from glmv.layers import attention
+
     gen = torch.Generator().manual_seed(11)
     dtype = DTYPES[0]
     chunks = [(0, 21), (30, 5), (7, 1)]
@@ -347,8 +348,13 @@ def test_engine_reference_agrees_with_the_kernels():
 
 @pytest.mark.skipif(not ON_GPU, reason="the engine picks Triton kernels on CUDA devices only")
 def test_engine_selects_the_triton_kernels_on_cuda():
-    attention = pytest.importorskip("glmv.engine.attention", reason="glmv/layers/attention.py has not landed yet")
-    backend = attention.select_backend("cuda")
-    assert backend.paged_decode_attention is kernels.paged_decode_attention, backend.name
-    assert backend.paged_prefill_attention is kernels.paged_prefill_attention, backend.name
-    assert backend.write_kv is kernels.write_kv, backend.name
+    from glmv.layers.kernels import select_kernels
+    from glmv.options import KernelOptions
+
+    chosen = select_kernels("cuda", torch.bfloat16, KernelOptions())
+    assert chosen.paged_decode_attention is kernels.paged_decode_attention, chosen.name
+    assert chosen.paged_prefill_attention is kernels.paged_prefill_attention, chosen.name
+    assert chosen.write_kv is kernels.write_kv, chosen.name
+    assert chosen.rms_norm is kernels.rms_norm and chosen.argmax is kernels.argmax, chosen.name
+    forced = select_kernels("cuda", torch.bfloat16, KernelOptions(attention="torch"))
+    assert forced.name == "torch" and forced.gemv is None

@@ -244,6 +244,7 @@ def test_mrope_cos_sin_is_the_rotary_tables_gather(dtype):
     """GLM-4.1V-9B's M-RoPE (head_dim 128, rotary 64 dims, sections 8/12/12) over image-like positions, and over
     positions that are one row broadcast (a prompt without pictures): the same values as the PyTorch gather."""
     from glmv.config import TextDims
+    from glmv.layers import torch_ops
     from glmv.models.glm4v import MRotaryEmbedding
 
     dims = TextDims(hidden_size=4096, num_layers=1, num_heads=32, num_kv_heads=2, head_dim=128, intermediate_size=8,
@@ -254,7 +255,7 @@ def test_mrope_cos_sin_is_the_rotary_tables_gather(dtype):
     image_like = torch.randint(0, 4096, (3, 37), generator=gen).to(DEVICE)
     text_like = torch.arange(100, 140, device=DEVICE).expand(3, -1)
     for positions in (image_like, text_like):
-        want = rope(positions, dtype)
+        want = rope(positions, dtype, torch_ops.mrope_cos_sin)
         got = rope(positions, dtype, kernels.mrope_cos_sin)
         assert got[0].dtype == dtype
         if kernels.interpreting() and dtype == torch.bfloat16:  # the interpreter truncates to bf16 (see RTOL)
