@@ -61,11 +61,6 @@ class ModelConfig:
     text: TextDims
     vision: VisionDims
     image_token_id: int
-    video_token_id: int
-    image_start_token_id: int
-    image_end_token_id: int
-    video_start_token_id: int
-    video_end_token_id: int
     eos_token_ids: tuple[int, ...]
     generation_defaults: dict = field(default_factory=dict, compare=False, hash=False)
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
@@ -151,21 +146,10 @@ class ModelConfig:
             text=text,
             vision=vision,
             image_token_id=raw.get("image_token_id", 151343),
-            video_token_id=raw.get("video_token_id", 151344),
-            image_start_token_id=raw.get("image_start_token_id", 151339),
-            image_end_token_id=raw.get("image_end_token_id", 151340),
-            video_start_token_id=raw.get("video_start_token_id", 151341),
-            video_end_token_id=raw.get("video_end_token_id", 151342),
             eos_token_ids=eos_ids,
             generation_defaults={k: gen[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty") if k in gen},
             raw=raw,
         )
-
-    @cached_property
-    def kv_bytes_per_token(self) -> int:
-        """K and V for every layer, at 2 bytes an element (bf16/fp16)."""
-        t = self.text
-        return t.num_layers * 2 * t.num_kv_heads * t.head_dim * 2
 
 
 @dataclass(frozen=True)

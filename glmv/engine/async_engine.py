@@ -31,6 +31,26 @@ from glmv.engine.outputs import RequestOutput
 from glmv.inputs.prompt import Prompt
 from glmv.sampling import SamplingParams
 
+
+@dataclass(frozen=True)
+class AddRequest:
+    """From an event loop to the engine thread: queue this request."""
+
+    request_id: str
+    prompt: Prompt
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class AbortRequest:
+    """From an event loop to the engine thread: stop this request and free its blocks (then resolve `done`)."""
+
+    request_id: str
+    done: asyncio.Future | None = None
+
+
+EngineCommand = AddRequest | AbortRequest
+
 log = logging.getLogger("glmv.async_engine")
 
 
@@ -141,7 +161,7 @@ class AsyncEngine:
             raise ValueError(f"Request id {request_id!r} is already in use.")
         self._streams[request_id] = stream
         self._pending_adds += 1
-        self._send(("add", request_id, prompt, params))
+        self._send(AddRequest(request_id, prompt, params))
         finished = False
         try:
             while True:
@@ -156,17 +176,17 @@ class AsyncEngine:
         finally:
             self._streams.pop(request_id, None)
             if not finished:
-                self._send(("abort", request_id, None))
+                self._send(AbortRequest(request_id))
 
     async def abort(self, request_id: str) -> None:
         """Abort a request and wait until its blocks are free."""
         if self._thread is None or not self._thread.is_alive():
             return
         done: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._send(("abort", request_id, done))
+        self._send(AbortRequest(request_id, done))
         await done
 
-    def _send(self, command: tuple) -> None:
+    def _send(self, command: EngineCommand) -> None:
         self._commands.put(command)
         self._wake.set()
 
@@ -191,19 +211,18 @@ class AsyncEngine:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 break
-            kind, request_id = command[0], command[1]
-            if kind == "add":
+            if isinstance(command, AddRequest):
                 self._pending_adds -= 1
                 try:
-                    self.engine.add_request(request_id, command[2], command[3])
+                    self.engine.add_request(command.request_id, command.prompt, command.params)
                 except Exception as exc:  # noqa: BLE001 - the request's stream raises it
-                    out.append((request_id, exc))
-            elif kind == "abort":
-                final = self.engine.abort_request(request_id)
+                    out.append((command.request_id, exc))
+            else:
+                final = self.engine.abort_request(command.request_id)
                 if final is not None:
-                    out.append((request_id, final))
-                if command[2] is not None:
-                    resolved.append(command[2])
+                    out.append((command.request_id, final))
+                if command.done is not None:
+                    resolved.append(command.done)
         if out:
             self._deliver(out)
         for fut in resolved:

@@ -203,10 +203,6 @@ class Request:
     def finished(self) -> bool:
         return self.status.finished
 
-    @property
-    def in_prefill(self) -> bool:
-        return self.num_computed_tokens < self.num_prompt_tokens
-
     def positions(self, start: int, end: int) -> torch.Tensor:
         """(3, end-start) M-RoPE positions of tokens start..end-1 of this sequence (CPU, long)."""
         if self.mrope_positions is None:
@@ -219,6 +215,3 @@ class Request:
             return tail
         return torch.cat([self.mrope_positions[:, start:prompt_len], tail], dim=1)
 
-    def position_of(self, index: int) -> int:
-        """The (equal) position of a token past the prompt, or of any token of a text-only prompt."""
-        return index + self.rope_delta

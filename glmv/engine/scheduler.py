@@ -77,9 +77,6 @@ class Scheduler:
     def num_running(self) -> int:
         return len(self.running)
 
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
-
     def finish(self, request: Request, status: RequestStatus) -> None:
         """End a sequence now (finished, aborted or failed): leave the queues and free its blocks at once."""
         if request.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED):
