@@ -186,6 +186,8 @@ class EngineConfig:
     # runs while its loop serves (GLMV_GC).
     kernels: KernelOptions = field(default_factory=KernelOptions.from_env, compare=False, hash=False)
     gc_mode: str = field(default_factory=lambda: RuntimeOptions.from_env().gc_mode, compare=False, hash=False)
+    # glmv engine only: replicas behind the one server, one process per GPU (or per CPU share); glmv/engine/replicas.
+    data_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         if self.engine not in ("glmv", "transformers", "vllm"):
@@ -210,6 +212,15 @@ class EngineConfig:
             raise ValueError(f"--max-thinking-tokens must be >= 0, got {self.max_thinking_tokens}.")
         if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1:
             raise ValueError("--tensor-parallel-size and --pipeline-parallel-size must be at least 1.")
+        if self.data_parallel_size < 1:
+            raise ValueError(f"--data-parallel-size must be at least 1, got {self.data_parallel_size}.")
+        if self.data_parallel_size > 1 and self.engine != "glmv":
+            raise ValueError(f"--data-parallel-size runs replicas of glmv's own engine (--engine glmv); with --engine "
+                             f"{self.engine} it is not available (for vLLM pass --vllm-engine-args "
+                             "'{\"data_parallel_size\": N}', see docs/SCALE_OUT.md).")
+        if self.data_parallel_size > 1 and self.device.startswith("cuda:"):
+            raise ValueError(f"--data-parallel-size gives each replica one GPU of those visible; --device "
+                             f"{self.device} names one. Use --device cuda and CUDA_VISIBLE_DEVICES.")
 
     @cached_property
     def resolved_device(self) -> str:

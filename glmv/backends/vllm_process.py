@@ -97,12 +97,23 @@ def worker_env(python: str, device: str) -> dict[str, str]:
 
 
 class VllmProcess:
-    """One worker process and its socket. `on_message` runs on the reader thread; `on_exit` once, when it ends."""
+    """One worker process and its socket. `on_message` runs on the reader thread; `on_exit` once, when it ends.
 
-    def __init__(self, python: str, env: dict[str, str], startup_timeout_s: float = 1800.0):
+    The vLLM worker by default; glmv's engine replicas (glmv/engine/replicas/) run their own worker through the same
+    class, naming it with `command` (what runs before `--socket PATH`), `label` (in messages), `logger` (its log)
+    and `start_error` (the ValueError raised when it cannot start).
+    """
+
+    def __init__(self, python: str, env: dict[str, str], startup_timeout_s: float = 1800.0, *,
+                 command: list[str] | None = None, label: str = "vLLM", logger: logging.Logger = log,
+                 start_error: type[ValueError] = VllmUnavailableError):
         self.python = python
         self.env = env
         self.startup_timeout_s = startup_timeout_s
+        self.command = command or [python, str(WORKER_FILE)]
+        self.label = label
+        self.log = logger
+        self.start_error = start_error
         self.log_tail: collections.deque[str] = collections.deque(maxlen=40)
         self.proc: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
@@ -121,8 +132,8 @@ class VllmProcess:
         listener.listen(1)
         token = secrets.token_hex(16)
         env = dict(self.env, GLMV_VLLM_TOKEN=token, PYTHONUNBUFFERED="1")
-        log.info("starting vLLM with %s", self.python)
-        self.proc = subprocess.Popen([self.python, str(WORKER_FILE), "--socket", path], env=env,
+        self.log.info("starting %s with %s", self.label, self.python)
+        self.proc = subprocess.Popen([*self.command, "--socket", path], env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self._finalizer.detach()
@@ -133,7 +144,7 @@ class VllmProcess:
             self.sock = self._accept(listener, deadline)
             hello = self._recv_before(deadline)
             if hello.get("type") != "hello" or not secrets.compare_digest(str(hello.get("token")), token):
-                raise VllmUnavailableError("The vLLM worker did not identify itself; refusing the connection.")
+                raise self.start_error(f"The {self.label} worker did not identify itself; refusing the connection.")
             self.send({"type": "config", "engine_args": engine_args})
             msg = self._recv_before(deadline)
         except BaseException:
@@ -144,8 +155,8 @@ class VllmProcess:
         if msg.get("type") != "ready":
             reason = msg.get("message", msg)
             self.close()
-            raise VllmUnavailableError(f"vLLM ({self.python}) could not start the model: {reason}."
-                                       + self._tail_note())
+            raise self.start_error(f"{self.label} ({self.python}) could not start the model: {reason}."
+                                   + self._tail_note())
         self.ready = msg
         return msg
 
@@ -167,18 +178,20 @@ class VllmProcess:
                 if msg is None:
                     self._wait_exit(10)
                     self._check_alive(deadline)
-                    raise VllmUnavailableError("The vLLM worker closed its connection while starting." + self._tail_note())
+                    raise self.start_error(f"The {self.label} worker closed its connection while starting."
+                                           + self._tail_note())
                 return msg
             self._check_alive(deadline)
 
     def _check_alive(self, deadline: float) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             self._wait_exit(2)
-            raise VllmUnavailableError(
-                f"vLLM ({self.python}) exited with status {self.proc.returncode} while starting." + self._tail_note())
+            raise self.start_error(
+                f"{self.label} ({self.python}) exited with status {self.proc.returncode} while starting."
+                + self._tail_note())
         if time.monotonic() > deadline:
-            raise VllmUnavailableError(
-                f"vLLM ({self.python}) was not ready after {self.startup_timeout_s:.0f} s (GLMV_VLLM_STARTUP_TIMEOUT "
+            raise self.start_error(
+                f"{self.label} ({self.python}) was not ready after {self.startup_timeout_s:.0f} s (GLMV_VLLM_STARTUP_TIMEOUT "
                 "raises the limit)." + self._tail_note())
 
     def _wait_exit(self, seconds: float) -> None:
@@ -198,31 +211,31 @@ class VllmProcess:
             if "Attempted to load weight" in line:  # one line per tensor when dtypes differ; noise
                 continue
             self.log_tail.append(line)
-            log.info("%s", line)
+            self.log.info("%s", line)
 
     # ---- running ----
     def listen(self, on_message: Callable[[dict[str, Any]], None], on_exit: Callable[[str], None]) -> None:
         """Start the reader thread (after start())."""
 
         def run() -> None:
-            reason = "the vLLM worker closed its connection"
+            reason = f"the {self.label} worker closed its connection"
             try:
                 while (msg := recv_msg(self.sock)) is not None:
                     on_message(msg)
             except (OSError, ValueError) as exc:
-                reason = f"the connection to the vLLM worker failed: {exc}"
+                reason = f"the connection to the {self.label} worker failed: {exc}"
             if not self._closed:
                 self._wait_exit(5)
                 code = self.proc.poll() if self.proc else None
                 on_exit(f"{reason} (exit status {code})." + self._tail_note())
             else:
-                on_exit("the vllm engine was shut down.")
+                on_exit(f"the {self.label} engine was shut down.")
 
         threading.Thread(target=run, name="glmv-vllm-reader", daemon=True).start()
 
     def send(self, msg: dict[str, Any]) -> None:
         if self.sock is None:
-            raise ConnectionError("the vLLM worker is not connected")
+            raise ConnectionError(f"the {self.label} worker is not connected")
         with self._send_lock:
             send_msg(self.sock, msg)
 
@@ -242,7 +255,7 @@ class VllmProcess:
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                log.warning("vLLM did not stop within %.0f s; ending its process group", timeout_s)
+                self.log.warning("%s did not stop within %.0f s; ending its process group", self.label, timeout_s)
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.close()

@@ -124,7 +124,7 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     return "internal", f"{type(cause).__name__}: {message}"
 
 
-class _Outbox:
+class Outbox:
     """Sends on a thread of its own, so the event loop never blocks on the socket."""
 
     def __init__(self, sock: socket.socket):
@@ -148,7 +148,7 @@ class _Outbox:
                 return
 
 
-async def _serve(sock: socket.socket, outbox: _Outbox, config: dict[str, Any]) -> None:
+async def _serve(sock: socket.socket, outbox: Outbox, config: dict[str, Any]) -> None:
     import asyncio
 
     import vllm
@@ -271,7 +271,7 @@ def main() -> int:
     config = recv_msg(sock)
     if config is None or config.get("type") != "config":
         return 2
-    outbox = _Outbox(sock)
+    outbox = Outbox(sock)
     try:
         asyncio.run(_serve(sock, outbox, config))
     finally:

@@ -60,6 +60,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vllm-engine-args", type=_json_dict, default={},
                    help='more vLLM engine arguments as JSON, e.g. \'{"distributed_executor_backend": "ray"}\' '
                    "(vllm engine only)")
+    g.add_argument("--data-parallel-size", "-dp", type=int, default=1,
+                   help="replicas of glmv's engine behind the one server: one process per GPU (CUDA), or an equal "
+                   "share of the cores each (CPU); requests go by prefix affinity, then by load (docs/SCALE_OUT.md)")
     g.add_argument("--max-waiting-requests", type=int, default=1024,
                    help="requests that may wait in the queue beyond --max-num-seqs; more get 503 with Retry-After "
                    "(default: 1024)")
@@ -78,7 +81,7 @@ def engine_config_from_args(args: argparse.Namespace):
         hub=args.hub, revision=args.revision, seed=args.seed, max_thinking_tokens=args.max_thinking_tokens,
         tensor_parallel_size=args.tensor_parallel_size, max_waiting_requests=args.max_waiting_requests,
         pipeline_parallel_size=args.pipeline_parallel_size, vllm_python=args.vllm_python,
-        vllm_engine_args=args.vllm_engine_args,
+        vllm_engine_args=args.vllm_engine_args, data_parallel_size=args.data_parallel_size,
     )
 
 

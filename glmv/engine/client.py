@@ -1,11 +1,13 @@
 """EngineClient: the one interface every door drives, whichever engine sits behind it.
 
-Implemented by glmv's own AsyncEngine, by the transformers reference engine and by the vLLM backend.
+Implemented by glmv's own AsyncEngine, by the transformers reference engine, by the vLLM backend and by the
+data-parallel engine over several AsyncEngine replicas (ReplicatedEngine).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
 from glmv.engine.outputs import RequestOutput
@@ -47,4 +49,39 @@ class EngineClient(Protocol):
 
     def stats(self) -> dict[str, float]:
         """Gauges for /metrics: running, waiting, kv_usage (0-1), prefix_cache_hit_rate (0-1)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ReplicaHealth:
+    index: int
+    state: str  # starting | up | down | stopped
+    pid: int | None
+    restarts: int
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    """What /health says about an engine made of replicas: "ok" (all up), "degraded" (some down: the server
+    serves on the rest, answering 200), "down" (none up: 503)."""
+
+    status: str
+    replicas: tuple[ReplicaHealth, ...]
+
+    @property
+    def serving(self) -> bool:
+        return self.status != "down"
+
+    def as_json(self) -> dict:
+        return {"status": self.status, "replicas": [asdict(r) for r in self.replicas]}
+
+
+@runtime_checkable
+class ReplicatedEngine(EngineClient, Protocol):
+    """An EngineClient made of several engine replicas (`--data-parallel-size`): /health and /metrics show each."""
+
+    def health(self) -> EngineHealth: ...
+
+    def replica_stats(self) -> list[dict[str, float]]:
+        """Per replica: its engine's gauges plus up (0/1), restarts, in_flight, routed_total, prefix_routed_total."""
         ...

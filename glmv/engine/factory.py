@@ -13,6 +13,10 @@ def build_engine(model_config: ModelConfig, engine_config: EngineConfig, tokeniz
         from glmv.engine.reference import TransformersEngine
 
         return TransformersEngine(model_config, engine_config, tokenizer)
+    if engine_config.engine == "glmv" and engine_config.data_parallel_size > 1:
+        from glmv.engine.replicas.engine import build_data_parallel_engine
+
+        return build_data_parallel_engine(model_config, engine_config)
     if engine_config.engine == "glmv":
         from glmv.engine.async_engine import AsyncEngine
 

@@ -25,8 +25,9 @@ T = TypeVar("T")
 
 
 def engine_wants_main_thread(engine_config: EngineConfig) -> bool:
-    """glmv's engine on the CPU runs its loop in the main thread."""
-    return engine_config.engine == "glmv" and engine_config.resolved_device == "cpu"
+    """glmv's engine on the CPU runs its loop in the main thread (data-parallel replicas: in theirs)."""
+    return engine_config.engine == "glmv" and engine_config.resolved_device == "cpu" and \
+        engine_config.data_parallel_size == 1
 
 
 def run_beside_engine_loop(engine: Any, door: Callable[[], Coroutine[Any, Any, T]],

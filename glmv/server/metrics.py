@@ -29,12 +29,27 @@ _ENGINE_GAUGES = {
 }
 
 
-class _EngineGauges:
-    """A custom collector: reads the engine's stats when Prometheus scrapes."""
+# replica_stats() key -> (metric name, help); one sample per replica, labelled replica="i" (--data-parallel-size)
+_REPLICA_GAUGES = {key: (name.replace("glmv_", "glmv_replica_", 1), doc) for key, (name, doc) in _ENGINE_GAUGES.items()} | {
+    "up": ("glmv_replica_up", "1 while the engine replica serves, 0 while it is down or restarting."),
+    "restarts": ("glmv_replica_restarts", "Times the engine replica was restarted after it died."),
+    "in_flight": ("glmv_replica_requests_in_flight", "Requests routed to the replica and not finished."),
+    "routed_total": ("glmv_replica_routed_requests", "Requests routed to the replica."),
+    "prefix_routed_total": ("glmv_replica_prefix_routed_requests", "Requests routed to the replica because it "
+                            "holds their prompt's prefix."),
+    "failed_requests_total": ("glmv_replica_failed_requests", "Requests that failed because the replica died."),
+    "prefix_hits": ("glmv_replica_prefix_cache_hit_tokens", "Prompt tokens the replica served from its prefix cache."),
+}
 
-    def __init__(self, engine_stats: Callable[[], dict[str, float]], inflight: Callable[[], int]):
+
+class _EngineGauges:
+    """A custom collector: reads the engine's stats (and its replicas', if any) when Prometheus scrapes."""
+
+    def __init__(self, engine_stats: Callable[[], dict[str, float]], inflight: Callable[[], int],
+                 replica_stats: Callable[[], list[dict[str, float]]] | None = None):
         self.engine_stats = engine_stats
         self.inflight = inflight
+        self.replica_stats = replica_stats
 
     def collect(self):
         try:
@@ -45,10 +60,18 @@ class _EngineGauges:
             yield GaugeMetricFamily(name, doc, value=float(stats.get(key, 0.0)))
         yield GaugeMetricFamily("glmv_server_requests_in_flight", "Generation requests admitted by the HTTP server "
                                 "and not finished (running plus queued).", value=float(self.inflight()))
+        if self.replica_stats is not None:
+            replicas = self.replica_stats()
+            for key, (name, doc) in _REPLICA_GAUGES.items():
+                family = GaugeMetricFamily(name, doc, labels=["replica"])
+                for i, stats in enumerate(replicas):
+                    family.add_metric([str(i)], float(stats.get(key, 0.0)))
+                yield family
 
 
 class ServerMetrics:
-    def __init__(self, engine_stats: Callable[[], dict[str, float]], inflight: Callable[[], int]):
+    def __init__(self, engine_stats: Callable[[], dict[str, float]], inflight: Callable[[], int],
+                 replica_stats: Callable[[], list[dict[str, float]]] | None = None):
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.http_responses = Counter("glmv_http_responses", "HTTP responses by method, route and status code.",
                                       ["method", "route", "status"], registry=r)
@@ -68,7 +91,7 @@ class ServerMetrics:
                              buckets=_ITL_BUCKETS, registry=r)
         self.e2e = Histogram("glmv_e2e_request_latency_seconds", "Time from admission to the last token.",
                              buckets=_LATENCY_BUCKETS, registry=r)
-        r.register(_EngineGauges(engine_stats, inflight))
+        r.register(_EngineGauges(engine_stats, inflight, replica_stats))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from glmv import __version__
+from glmv.engine.client import ReplicatedEngine
 from glmv.server.errors import APIError
 from glmv.server.protocol import ModelCard, ModelList, ModelPermission, VersionResponse
 from glmv.server.state import ServingState
@@ -34,7 +35,11 @@ async def retrieve_model(model_id: str, raw: Request) -> ModelCard:
 
 
 @router.get("/health", summary="200 while the server can take requests")
-async def health() -> JSONResponse:
+async def health(raw: Request) -> JSONResponse:
+    engine = raw.app.state.serving.engine
+    if isinstance(engine, ReplicatedEngine):  # "degraded" (200) while a replica restarts; 503 when none is up
+        report = engine.health()
+        return JSONResponse(report.as_json(), status_code=200 if report.serving else 503)
     return JSONResponse({"status": "ok"})
 
 

@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 
 from glmv.config import EngineConfig, ModelConfig
-from glmv.engine.client import EngineClient
+from glmv.engine.client import EngineClient, ReplicatedEngine
 from glmv.inputs.messages import MediaPolicy
 from glmv.inputs.processor import PromptBuilder
 from glmv.server.metrics import ServerMetrics
@@ -82,7 +82,8 @@ class ServingState:
 
     def __post_init__(self) -> None:
         if self.metrics is None:
-            self.metrics = ServerMetrics(self.engine.stats, lambda: self.inflight)
+            replicas = self.engine.replica_stats if isinstance(self.engine, ReplicatedEngine) else None
+            self.metrics = ServerMetrics(self.engine.stats, lambda: self.inflight, replicas)
 
     @property
     def tokenizer(self):
@@ -100,7 +101,8 @@ class ServingState:
     def max_inflight(self) -> int:
         if self.server_config.max_inflight_requests is not None:
             return self.server_config.max_inflight_requests
-        return self.engine_config.max_num_seqs + self.engine_config.max_waiting_requests
+        per_replica = self.engine_config.max_num_seqs + self.engine_config.max_waiting_requests
+        return per_replica * self.engine_config.data_parallel_size
 
     @property
     def default_name(self) -> str:
