@@ -108,33 +108,25 @@ class DataParallelEngine:
     async def generate(self, prompt: Prompt, params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
         if self._closing:
             raise ReplicaFailedError("The server is shutting down; retry on another server or after it restarts.")
-        with self._lock:
-            if request_id in self._streams:
-                raise ValueError(f"Request id {request_id!r} is already in use.")
-            try:
-                choice = self.router.choose(prompt, [c.in_flight for c in self._counters],
-                                            [r.up for r in self.replicas])
-            except LookupError:
-                raise ReplicaFailedError("No engine replica is serving right now (all are restarting); retry "
-                                         "shortly.") from None
-            index = choice.replica
-            counters = self._counters[index]
-            stream = _Stream(asyncio.get_running_loop(), asyncio.Queue(), index, list(prompt.token_ids))
-            self._streams[request_id] = stream
-            counters.in_flight += 1
-            counters.routed += 1
-            counters.prefix_routed += choice.prefix_blocks > 0
-        finished = False
-        try:
-            msg = {"type": "generate", "id": request_id, "prompt": prompt_to_wire(prompt),
-                   "params": params_to_wire(params)}
+        msg = {"type": "generate", "id": request_id, "prompt": prompt_to_wire(prompt), "params": params_to_wire(params)}
+        unreachable: set[int] = set()
+        stream = self._admit(prompt, request_id, unreachable)
+        while True:
             try:
                 if prompt.mm.empty:
-                    self.replicas[index].send(msg)
+                    self.replicas[stream.replica].send(msg)
                 else:  # pixels can be megabytes: keep the event loop free while they are written
-                    await asyncio.to_thread(self.replicas[index].send, msg)
+                    await asyncio.to_thread(self.replicas[stream.replica].send, msg)
+                break
             except OSError as exc:
-                raise self._died_error(index, f"it could not be reached ({exc})") from None
+                # The replica died and its exit is not handled yet; nothing ran there, so another replica takes it.
+                log.warning("glmv replica %d unreachable (%s); routing %s elsewhere", stream.replica, exc, request_id)
+                self._release(request_id, stream)
+                unreachable.add(stream.replica)
+                stream = self._admit(prompt, request_id, unreachable)
+        index = stream.replica
+        finished = False
+        try:
             while True:
                 msg = await stream.queue.get()
                 kind = msg["type"]
@@ -151,11 +143,34 @@ class DataParallelEngine:
                     finished = True
                     raise _request_error(msg)
         finally:
-            with self._lock:
-                self._streams.pop(request_id, None)
-                self._counters[index].in_flight -= 1
+            self._release(request_id, stream)
             if not finished:
                 self._send_quietly(index, {"type": "abort", "id": request_id})
+
+    def _admit(self, prompt: Prompt, request_id: str, unreachable: set[int]) -> _Stream:
+        """Route the request and count it in flight there."""
+        with self._lock:
+            if request_id in self._streams:
+                raise ValueError(f"Request id {request_id!r} is already in use.")
+            try:
+                choice = self.router.choose(prompt, [c.in_flight for c in self._counters],
+                                            [r.up and r.index not in unreachable for r in self.replicas])
+            except LookupError:
+                raise ReplicaFailedError("No engine replica is serving right now (they are restarting); retry "
+                                         "shortly.") from None
+            counters = self._counters[choice.replica]
+            stream = _Stream(asyncio.get_running_loop(), asyncio.Queue(), choice.replica, list(prompt.token_ids))
+            self._streams[request_id] = stream
+            counters.in_flight += 1
+            counters.routed += 1
+            counters.prefix_routed += choice.prefix_blocks > 0
+            return stream
+
+    def _release(self, request_id: str, stream: _Stream) -> None:
+        with self._lock:
+            if self._streams.get(request_id) is stream:
+                del self._streams[request_id]
+                self._counters[stream.replica].in_flight -= 1
 
     async def abort(self, request_id: str) -> None:
         stream = self._streams.get(request_id)
@@ -250,8 +265,8 @@ class DataParallelEngine:
             return
 
     def _died_error(self, index: int, reason: str) -> ReplicaFailedError:
-        return ReplicaFailedError(f"Engine replica {index} stopped while running this request ({reason}). It is being "
-                                  "restarted and the other replicas keep serving; retry the request.")
+        return ReplicaFailedError(f"Engine replica {index} stopped while running this request ({reason.rstrip('.')}). "
+                                  "It is being restarted and the other replicas keep serving; retry the request.")
 
     def _send_quietly(self, index: int, msg: dict[str, Any]) -> None:
         try:
