@@ -15,6 +15,9 @@ import httpx
 import openai
 import pytest
 
+from glmv.engine.client import PromptTooLongError
+from glmv.inputs.prompt import Prompt
+from glmv.sampling import SamplingParams
 from tests.server.conftest import serve_args, start_server
 from tests.server.test_serve_process import free_port, start
 
@@ -22,8 +25,9 @@ MODEL_FLAGS = ("--data-parallel-size", "2", "--max-model-len", "1024")
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    live = start_server(serve_args(tiny_model_dir, "glmv", *MODEL_FLAGS))
+def server(tiny_model_dir, media_dir):
+    live = start_server(serve_args(tiny_model_dir, "glmv", *MODEL_FLAGS, "--allowed-local-media-path",
+                                   str(media_dir)))
     yield live
     live.stop()
 
@@ -115,6 +119,51 @@ def test_a_conversation_stays_on_the_replica_that_holds_its_prefix(server):
     assert len(set(homes)) == 1, homes
     hits = scrape(server, "glmv_replica_prefix_cache_hit_tokens")
     assert hits[str(homes[0])] >= 2 * 16, hits  # its later turns reused cached blocks of the earlier ones
+
+
+def test_a_conversation_about_a_picture_reuses_its_cached_prefix_on_one_replica(server, media_dir):
+    client = server.client()
+    model = server.state.default_name
+    image = {"type": "image_url", "image_url": {"url": f"file://{media_dir / 'demo1.png'}"}}
+    messages = [{"role": "user", "content": [image, {"type": "text", "text": "What is in this picture?"}]}]
+    before = replicas(server)
+    first = client.chat.completions.create(model=model, messages=messages, max_tokens=5, temperature=0)
+    middle = replicas(server)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content or "a picture"},
+                 {"role": "user", "content": "Describe its colours."}]
+    second = client.chat.completions.create(model=model, messages=messages, max_tokens=5, temperature=0)
+    after = replicas(server)
+    home = [i for i in range(2) if middle[i]["routed_total"] > before[i]["routed_total"]]
+    again = [i for i in range(2) if after[i]["routed_total"] > middle[i]["routed_total"]]
+    assert home == again and len(home) == 1
+    assert after[home[0]]["prefix_routed_total"] == middle[home[0]]["prefix_routed_total"] + 1
+    # the picture's vision tokens (and the text before them) came from that replica's prefix cache
+    assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 16, \
+        (second.usage, first.usage)
+
+
+def test_a_replica_refusing_a_request_is_the_usual_openai_error(server):
+    client = server.client()
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.completions.create(model=server.state.default_name, prompt="hello", max_tokens=5000)
+    assert too_long.value.code == "context_length_exceeded" and "1024" in too_long.value.message
+    ok = client.completions.create(model=server.state.default_name, prompt="hello", max_tokens=2)
+    assert ok.usage.completion_tokens >= 1
+
+
+def test_errors_raised_in_a_replica_come_back_typed(server):
+    """The server checks lengths first; driven directly, the replica's own refusal crosses the wire as the same
+    typed error, with its counts."""
+
+    async def run(prompt: Prompt, params: SamplingParams, request_id: str):
+        return [out async for out in server.state.engine.generate(prompt, params, request_id)]
+
+    with pytest.raises(PromptTooLongError) as refused:
+        asyncio.run(run(Prompt(token_ids=[5] * 1030), SamplingParams(max_tokens=4), "direct-too-long"))
+    assert refused.value.prompt_tokens == 1030 and refused.value.max_model_len == 1024
+    outs = asyncio.run(run(Prompt(token_ids=[5, 6, 7]), SamplingParams(max_tokens=3, temperature=0,
+                                                                        ignore_eos=True), "direct-ok"))
+    assert outs[-1].finished and outs[-1].outputs[0].num_tokens == 3 and outs[-1].prompt_token_ids == [5, 6, 7]
 
 
 def test_a_killed_replica_fails_only_its_requests_and_comes_back(server):
