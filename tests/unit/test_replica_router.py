@@ -1,8 +1,11 @@
-"""PrefixRouter and the replica wire, without processes: load spreading, prefix affinity (media included), the
-imbalance override, forgetting a restarted replica; Prompt / SamplingParams / RequestOutput across the wire."""
+"""Data-parallel pieces without processes: PrefixRouter (load spreading, prefix affinity with media, the imbalance
+override, forgetting a restarted replica), Prompt / SamplingParams / RequestOutput across the wire, one GPU or a
+share of the cores per replica, and the flags that cannot work."""
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
 
 import pytest
@@ -81,7 +84,7 @@ def test_a_dead_or_restarted_replica_gets_no_affinity():
 
 def _crosses(obj):
     """What the framing would deliver: a builtins-only pickle round trip (it refuses any class)."""
-    return _BuiltinsOnly(__import__("io").BytesIO(pickle.dumps(obj, protocol=5))).load()
+    return _BuiltinsOnly(io.BytesIO(pickle.dumps(obj, protocol=5))).load()
 
 
 def test_prompt_params_and_outputs_cross_the_wire_as_builtins():
@@ -99,3 +102,35 @@ def test_prompt_params_and_outputs_cross_the_wire_as_builtins():
     assert output_from_wire(_crosses(output_to_wire(out)), [1, 2]) == out
     with pytest.raises(pickle.UnpicklingError):
         _crosses(prompt)  # the typed object itself would not cross
+
+
+def test_replicas_get_one_gpu_each_or_a_share_of_the_cores(tiny_model_dir):
+    from glmv.config import EngineConfig, ModelConfig
+    from glmv.engine.replicas.engine import plan_replicas
+
+    mc = ModelConfig.from_dir(tiny_model_dir)
+    times = {"startup_timeout_s": 60.0, "drain_timeout_s": 5.0}
+    gpu = plan_replicas(mc, EngineConfig(model="m", device="cuda", data_parallel_size=2), visible_gpus=["3", "5", "6"],
+                        cpu_count=32, **times)
+    assert [(p.cuda_device, p.torch_threads, p.engine_config["device"]) for p in gpu] == [("3", 16, "cuda"),
+                                                                                         ("5", 16, "cuda")]
+    assert gpu[1].env()["CUDA_VISIBLE_DEVICES"] == "5"
+    cpu = plan_replicas(mc, EngineConfig(model="m", device="cpu", data_parallel_size=3), visible_gpus=[], cpu_count=7,
+                        **times)
+    assert [(p.cuda_device, p.torch_threads) for p in cpu] == [(None, 2)] * 3
+    assert cpu[0].env().get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")  # left as it was
+    with pytest.raises(ValueError, match="shows 1 GPU"):
+        plan_replicas(mc, EngineConfig(model="m", device="cuda", data_parallel_size=2), visible_gpus=["0"],
+                      cpu_count=8, **times)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"data_parallel_size": 0}, "at least 1"),
+    ({"data_parallel_size": 2, "engine": "vllm"}, "data_parallel_size"),
+    ({"data_parallel_size": 2, "device": "cuda:1"}, "CUDA_VISIBLE_DEVICES"),
+])
+def test_data_parallel_flags_that_cannot_work_are_refused(kwargs, message):
+    from glmv.config import EngineConfig
+
+    with pytest.raises(ValueError, match=message):
+        EngineConfig(model="m", **kwargs)
