@@ -166,6 +166,24 @@ def test_errors_raised_in_a_replica_come_back_typed(server):
     assert outs[-1].finished and outs[-1].outputs[0].num_tokens == 3 and outs[-1].prompt_token_ids == [5, 6, 7]
 
 
+def test_a_client_that_goes_away_aborts_its_request_in_the_replica(server):
+    client = server.client()
+    wait_for(lambda: all(r["in_flight"] == 0 and r["running"] == 0 for r in replicas(server)), 10, "an idle server")
+    before = sum(r["generation_tokens_total"] for r in replicas(server))
+    stream = client.completions.create(model=server.state.default_name, prompt="walk away", max_tokens=800,
+                                       temperature=0, stream=True, extra_body={"ignore_eos": True})
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    # the replica's own engine stops running it (its gauges come every 0.2 s), long before 800 tokens
+    wait_for(lambda: all(r["in_flight"] == 0 and r["running"] == 0 for r in replicas(server)), 10, "the abort")
+    generated = sum(r["generation_tokens_total"] for r in replicas(server))
+    assert generated - before < 400, generated - before  # it did not run to its 800 tokens
+    time.sleep(0.5)
+    assert sum(r["generation_tokens_total"] for r in replicas(server)) == generated
+
+
 def test_a_killed_replica_fails_only_its_requests_and_comes_back(server):
     victim = 0
     old_pid = health(server.base_url).json()["replicas"][victim]["pid"]
@@ -243,3 +261,27 @@ def test_sigterm_lets_running_requests_finish_and_stops_every_replica(tiny_model
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_replicas_end_when_the_server_is_killed(tiny_model_dir):
+    """No orphaned replica keeps a GPU: each ends when its connection to the server drops."""
+    port = free_port()
+    proc = start(tiny_model_dir, port, "--dtype", "float32", *MODEL_FLAGS)
+    try:
+        pids = [r["pid"] for r in health(f"http://127.0.0.1:{port}").json()["replicas"]]
+        proc.kill()
+        proc.communicate(timeout=30)
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            with open(f"/proc/{pid}/stat") as f:  # exited but not yet reaped by init: gone too
+                return f.read().split(") ")[1].startswith("Z")
+
+        wait_for(lambda: all(gone(pid) for pid in pids), 30, "the replicas to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
