@@ -134,3 +134,14 @@ def test_data_parallel_flags_that_cannot_work_are_refused(kwargs, message):
 
     with pytest.raises(ValueError, match=message):
         EngineConfig(model="m", **kwargs)
+
+
+def test_the_engine_config_crosses_as_builtins_kernel_choices_included():
+    from glmv.config import EngineConfig
+    from glmv.engine.replicas.wire import engine_config_from_wire, engine_config_to_wire
+    from glmv.options import KernelOptions
+
+    cfg = EngineConfig(model="m", device="cpu", data_parallel_size=2, max_num_seqs=7,
+                       kernels=KernelOptions(attention="torch", fused=False), vllm_engine_args={"a": 1})
+    back = engine_config_from_wire(_crosses(engine_config_to_wire(cfg)))
+    assert back == cfg and back.kernels == cfg.kernels and back.gc_mode == cfg.gc_mode
