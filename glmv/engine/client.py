@@ -19,6 +19,11 @@ class EngineOverloadedError(RuntimeError):
     """The engine's queue is full; doors answer 503 with Retry-After."""
 
 
+class ReplicaFailedError(EngineOverloadedError):
+    """The engine replica running the request died (or none is up now); doors answer 503 with Retry-After and code
+    replica_failed. Only with several replicas (glmv/engine/replicas/)."""
+
+
 class PromptTooLongError(ValueError):
     """The prompt plus the generation budget does not fit the context; doors answer 400 with the counts."""
 

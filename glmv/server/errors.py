@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from glmv.engine.client import EngineOverloadedError, PromptTooLongError
+from glmv.engine.client import EngineOverloadedError, PromptTooLongError, ReplicaFailedError
 from glmv.inputs.processor import InvalidInputError
 from glmv.server.protocol import ErrorResponse
 
@@ -75,6 +75,8 @@ def to_api_error(exc: Exception) -> APIError:
         return APIError(exc.status, str(exc), exc.param, exc.code)
     if isinstance(exc, PromptTooLongError):
         return APIError(400, str(exc), "messages", "context_length_exceeded")
+    if isinstance(exc, ReplicaFailedError):
+        return APIError(503, str(exc), None, "replica_failed", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     if isinstance(exc, EngineOverloadedError):
         return overloaded_error(str(exc) or None)
     if isinstance(exc, ValueError):

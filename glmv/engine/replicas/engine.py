@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glmv.config import EngineConfig, ModelConfig
-from glmv.engine.client import EngineHealth, EngineOverloadedError, PromptTooLongError, ReplicaHealth
+from glmv.engine.client import (
+    EngineHealth,
+    EngineOverloadedError,
+    PromptTooLongError,
+    ReplicaFailedError,
+    ReplicaHealth,
+)
 from glmv.engine.outputs import RequestOutput
 from glmv.engine.replicas.replica import Replica, ReplicaLaunch, ReplicaStartError, ReplicaState
 from glmv.engine.replicas.router import PrefixRouter
@@ -34,10 +40,6 @@ from glmv.sampling import SamplingParams
 log = logging.getLogger("glmv.replicas")
 
 MAX_RESTART_DELAY_S = 30.0
-
-
-class ReplicaFailedError(EngineOverloadedError):
-    """The replica running a request died (or none is up): doors answer 503 with Retry-After and this message."""
 
 
 @dataclass
@@ -107,7 +109,7 @@ class DataParallelEngine:
 
     async def generate(self, prompt: Prompt, params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
         if self._closing:
-            raise ReplicaFailedError("The server is shutting down; retry on another server or after it restarts.")
+            raise EngineOverloadedError("The server is shutting down; retry on another server or after it restarts.")
         msg = {"type": "generate", "id": request_id, "prompt": prompt_to_wire(prompt), "params": params_to_wire(params)}
         unreachable: set[int] = set()
         stream = self._admit(prompt, request_id, unreachable)
