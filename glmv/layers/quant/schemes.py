@@ -179,11 +179,11 @@ def _gptq(qc: dict) -> Gptq:
 
 
 def _compressed_tensors(qc: dict) -> CompressedFp8 | CompressedInt:
-    fmt = qc.get("format")
     groups = qc.get("config_groups") or {}
     if len(groups) != 1:
         raise _refuse(f"compressed-tensors with {len(groups)} config groups (one group for every Linear is served)")
     group = next(iter(groups.values()))
+    fmt = group.get("format") or qc.get("format")
     targets = group.get("targets") or []
     if targets != ["Linear"]:
         raise _refuse(f"compressed-tensors targeting {targets} (targets ['Linear'] is served)")
