@@ -23,11 +23,12 @@ def write(model_dir: str, out: str, scheme: str) -> None:
     recipe = QuantizationModifier(targets="Linear", scheme=scheme, ignore=["lm_head", "re:.*visual.*"])
     if scheme == "FP8":  # static activation scales need calibration rows
         from datasets import Dataset
+        from transformers import AutoTokenizer
 
         vocab = model.config.text_config.vocab_size
         rows = [{"input_ids": torch.randint(10, vocab - 10, (32,)).tolist()} for _ in range(4)]
         oneshot(model=model, recipe=recipe, dataset=Dataset.from_list(rows), num_calibration_samples=4,
-                max_seq_length=32)
+                max_seq_length=32, processor=AutoTokenizer.from_pretrained(model_dir))
     else:
         oneshot(model=model, recipe=recipe)
     model.save_pretrained(out, save_compressed=True)

@@ -127,7 +127,7 @@ class QuantLinearLoader:
         module = self._module(reader, part)
         if isinstance(s, OnlineFp8):
             return unpack.quantize_fp8_rows(reader.text(part + ".weight"))
-        if isinstance(s, (CompressedFp8, BlockFp8, CompressedInt)) and is_ignored(module, s.ignore):
+        if isinstance(s, (CompressedFp8, BlockFp8, CompressedInt, AwqGemm)) and is_ignored(module, s.ignore):
             return reader.text(part + ".weight")
         if isinstance(s, CompressedFp8):
             w = self._need(reader, part, "weight", torch.float8_e4m3fn)

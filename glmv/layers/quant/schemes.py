@@ -70,6 +70,7 @@ class AwqGemm:
     """AutoAWQ's GEMM layout: qweight [in, out/8] int32 in AWQ's interleaved nibble order, qzeros, fp16 scales."""
 
     layer: IntLayer
+    ignore: tuple[str, ...] = ()  # modules_to_not_convert: stored dense
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Gptq:
     def layer_for(self, module: str) -> IntLayer | None:
         """The options of this module (`model.language_model.layers.3.mlp.down_proj`), None if it is skipped."""
         for sign, pattern, options in self.dynamic:
-            if pattern.search(module):
+            if pattern.match(module):
                 if sign == "-":
                     return None
                 return _int_layer(options, self.base, "gptq")
@@ -159,7 +160,7 @@ def _awq(qc: dict) -> AwqGemm:
         raise _refuse(f"AWQ with {bits}-bit weights (4-bit is served)")
     if group != 128:
         raise _refuse(f"AWQ with group_size {group} (group 128 is served)")
-    return AwqGemm(IntLayer(4, 128, symmetric=False))
+    return AwqGemm(IntLayer(4, 128, symmetric=False), tuple(qc.get("modules_to_not_convert") or ()))
 
 
 def _gptq(qc: dict) -> Gptq:
@@ -224,11 +225,12 @@ def _compressed_tensors(qc: dict) -> CompressedFp8 | CompressedInt:
 
 
 def is_ignored(module: str, ignore: tuple[str, ...]) -> bool:
-    """compressed-tensors / HF `ignore` lists: exact module names, or `re:` patterns."""
+    """compressed-tensors `ignore` (module names or `re:` patterns) and HF/AutoAWQ `modules_to_not_convert`
+    (names or name fragments such as "visual")."""
     for entry in ignore:
         if entry.startswith("re:"):
             if re.match(entry[3:], module):
                 return True
-        elif module == entry or module.endswith("." + entry) or entry == module.rsplit(".", 1)[-1]:
+        elif module == entry or entry in module.split(".") or module.endswith("." + entry):
             return True
     return False

@@ -89,7 +89,8 @@ def gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_id
     qweight [in*bits/32, out] packed down the input dim, qzeros [groups, out*bits/32] packed along the output dim,
     scales [groups, out], g_idx [in]. v1 checkpoints store each zero minus one (zero_offset 1)."""
     q = _unpack_rows(qweight, bits).t()  # [out, in]
-    zeros = _unpack_cols(qzeros, bits).float() + zero_offset  # [groups, out]
+    # v1's "zero - 1" wraps a zero of 0 to all ones; adding one back modulo 2^bits restores it (gptqmodel's v1->v2)
+    zeros = ((_unpack_cols(qzeros, bits) + zero_offset) & ((1 << bits) - 1)).float()  # [groups, out]
     if g_idx is None:
         g_idx = torch.arange(q.shape[1], device=q.device) // group_size
     return IntWeight(q.to(torch.uint8).contiguous(), scales.t().float().contiguous(), zeros.t().contiguous(),
