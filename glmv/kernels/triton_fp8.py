@@ -3,7 +3,7 @@ per-token activation quantizer that feeds FP8 tensor cores through torch._scaled
 
 Why two paths: at decode batch sizes the matmul is bound by reading the weight, so halving its bytes is the win and
 the activations can stay bf16: the kernel loads E4M3 tiles, widens them in registers and runs a bf16 dot, applying
-the per-channel scale once at the end (or a 128x128 block scale per tile). For prefill the matmul is bound by
+the per-channel scale once at the end (or a block's scales per tile). For prefill the matmul is bound by
 compute, where FP8 tensor cores double bf16's rate; there the activations are quantized per token (one scale per
 row, from its absmax) and cuBLASLt's FP8 GEMM with row-wise scales (torch._scaled_mm) runs it: it is NVIDIA's tuned
 FP8 tensor-core path, which a Triton kernel would only match after tuning per shape on the device.
@@ -60,7 +60,7 @@ def _fp8_matmul_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, st
         raw = tl.load(w_ptr + offs_n[None, :] * stride_wn + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0)
         w = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
         if BLOCK_SCALE:  # BLOCK_K divides SCALE_BLOCK: one scale column per tile
-            s = tl.load(s_ptr + (offs_n // SCALE_BLOCK) * stride_sb + k0 // SCALE_BLOCK, mask=n_ok, other=0.0)
+            s = tl.load(s_ptr + offs_n * stride_sb + k0 // SCALE_BLOCK, mask=n_ok, other=0.0)
             w = w * s[None, :]
         acc = tl.dot(x, w.to(x.dtype), acc)
     if not BLOCK_SCALE:
@@ -74,7 +74,7 @@ def _fp8_matmul_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, st
 def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
                scale_block: int | None = None, config: Fp8MatmulConfig | None = None) -> torch.Tensor:
     """x [M, K] @ (E4M3 weight [N, K] * scale).T -> [M, N] in x's dtype. scale: float32 [N] per channel, or
-    [ceil(N/B), ceil(K/B)] per B x B block (scale_block=B)."""
+    [N, ceil(K/B)] per row and B-wide block of K (scale_block=B)."""
     m, k = x.shape
     n = weight.shape[0]
     cfg = config or default_config(m, k)

@@ -49,7 +49,6 @@ def dequantize(folder: str, out: str) -> None:
     import shutil
     from pathlib import Path
 
-    import torch
     from compressed_tensors.compressors import BaseCompressor
     from compressed_tensors.quantization import QuantizationConfig
     from safetensors.torch import load_file, save_file

@@ -150,3 +150,23 @@ def gptq_module(bits_of, sym: bool, act_order: bool, v1: bool, seed: int = 0):
         return gptq_pack(q, z, s, g_idx, bits, v1), deq
 
     return pack
+
+
+def fp8_block_module(module: str, w: torch.Tensor, block: int = 128):
+    """Hugging Face fine-grained FP8 (transformers' quantizer_finegrained_fp8.py / integrations/finegrained_fp8.py,
+    the layout of zai-org's FP8 releases): E4M3 weight, float32 `weight_scale_inv` [ceil(out/128), ceil(in/128)]
+    = block absmax / 448, applied by multiplying."""
+    out, in_ = w.shape
+    wf = w.float()
+    scale = torch.empty(-(-out // block), -(-in_ // block))
+    q = torch.empty(out, in_, dtype=torch.float8_e4m3fn)
+    deq = torch.empty(out, in_)
+    for bi in range(scale.shape[0]):
+        for bj in range(scale.shape[1]):
+            tile = wf[bi * block:(bi + 1) * block, bj * block:(bj + 1) * block]
+            s = tile.abs().amax().clamp(min=1e-12) / 448.0
+            qt = (tile / s).clamp(-448, 448).to(torch.float8_e4m3fn)
+            scale[bi, bj] = s
+            q[bi * block:(bi + 1) * block, bj * block:(bj + 1) * block] = qt
+            deq[bi * block:(bi + 1) * block, bj * block:(bj + 1) * block] = qt.float() * s
+    return {"weight": q, "weight_scale_inv": scale}, deq

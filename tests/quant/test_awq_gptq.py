@@ -1,4 +1,4 @@
-"""AutoAWQ GEMM and GPTQ (gptqmodel) checkpoints of the tiny model, packed as their writers pack them
+"""AutoAWQ GEMM, GPTQ (gptqmodel) and Hugging Face fine-grained FP8 checkpoints of the tiny model, packed as their writers pack them
 (tests/quant/packers.py), read by glmv against the same weights dequantized to a dense folder."""
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ def mixed_bits(module: str):
     return 4
 
 
+FP8_BLOCK_CONFIG = {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
+                    "weight_block_size": [128, 128], "modules_to_not_convert": ["lm_head"]}
+
 CASES = {
+    "fp8-block": (FP8_BLOCK_CONFIG, packers.fp8_block_module),
     "awq": (AWQ_CONFIG, packers.awq_module),
     "gptq-sym": (gptq_config(True, False, True), packers.gptq_module(lambda m: 4, True, False, True)),
     "gptq-asym": (gptq_config(False, False, True), packers.gptq_module(lambda m: 4, False, False, True)),

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from glmv.layers.quant.schemes import CompressedFp8, CompressedInt, scheme_from_config
-
 from tests.quant.helpers import PROMPTS, greedy_tokens, load_model, prompt_logits
 
 SCHEMES = ["FP8_DYNAMIC", "FP8", "W4A16", "W4A16_ASYM"]

@@ -125,8 +125,8 @@ class QuantLinearLoader:
     def _read_part(self, reader, part: str) -> Part:
         s = self.scheme
         module = self._module(reader, part)
-        if isinstance(s, OnlineFp8):
-            return unpack.quantize_fp8_rows(reader.text(part + ".weight"))
+        if isinstance(s, OnlineFp8):  # from the stored precision (not the model dtype), as `glmv quantize` does
+            return unpack.quantize_fp8_rows(self._need(reader, part, "weight", torch.float32))
         if isinstance(s, (CompressedFp8, BlockFp8, CompressedInt, AwqGemm)) and is_ignored(module, s.ignore):
             return reader.text(part + ".weight")
         if isinstance(s, CompressedFp8):
@@ -134,8 +134,7 @@ class QuantLinearLoader:
             return unpack.fp8_channel(w, self._need(reader, part, "weight_scale", torch.float32))
         if isinstance(s, BlockFp8):
             w = self._need(reader, part, "weight", torch.float8_e4m3fn)
-            return unpack.Fp8Weight(w, self._need(reader, part, "weight_scale_inv", torch.float32).contiguous(),
-                                    s.block[0])
+            return unpack.fp8_block(w, self._need(reader, part, "weight_scale_inv", torch.float32), s.block[1])
         if isinstance(s, CompressedInt):
             zp = None
             if not s.layer.symmetric:

@@ -117,7 +117,9 @@ def compressed_pack(weight_packed: torch.Tensor, weight_scale: torch.Tensor, wei
 
 @dataclass
 class Fp8Weight:
-    """E4M3 weight [out, in] and float32 scales: [out] per channel, or [ceil(out/B), ceil(in/B)] per B x B block."""
+    """E4M3 weight [out, in] and float32 scales: [out] per channel, or [out, ceil(in/B)] per row and B-wide block
+    of input channels (`block` = B; block-scaled checkpoints store one scale per B x B tile, repeated per row at
+    read so that fused parts of any row count stack)."""
 
     weight: torch.Tensor
     scale: torch.Tensor
@@ -127,9 +129,16 @@ class Fp8Weight:
         w = self.weight.float()
         if self.block is None:
             return (w * self.scale[:, None]).to(dtype)
-        b = self.block
-        s = self.scale.repeat_interleave(b, 0).repeat_interleave(b, 1)[: w.shape[0], : w.shape[1]]
-        return (w * s).to(dtype)
+        return (w * self.scale.repeat_interleave(self.block, 1)[:, : w.shape[1]]).to(dtype)
+
+
+def fp8_block(weight: torch.Tensor, scale_inv: torch.Tensor, block: int) -> Fp8Weight:
+    """Hugging Face fine-grained FP8: `weight_scale_inv` [ceil(out/B), ceil(in/B)] multiplies its B x B tile."""
+    out, in_ = weight.shape
+    if tuple(scale_inv.shape) != (-(-out // block), -(-in_ // block)):
+        raise ValueError(f"an FP8 weight {tuple(weight.shape)} with {block}x{block} blocks has scales "
+                         f"{tuple(scale_inv.shape)}")
+    return Fp8Weight(weight, scale_inv.float().repeat_interleave(block, 0)[:out].contiguous(), block)
 
 
 def fp8_channel(weight: torch.Tensor, scale: torch.Tensor) -> Fp8Weight:
@@ -145,17 +154,17 @@ def fp8_channel(weight: torch.Tensor, scale: torch.Tensor) -> Fp8Weight:
 def cat_fp8(parts: list[Fp8Weight]) -> Fp8Weight:
     if len(parts) == 1:
         return parts[0]
-    if any(p.block is not None for p in parts):
-        if any(p.weight.shape[0] % p.block for p in parts[:-1]):
-            raise ValueError("block-scaled FP8 parts must have row counts that are multiples of the block")
-        return Fp8Weight(torch.cat([p.weight for p in parts]), torch.cat([p.scale for p in parts]), parts[0].block)
-    return Fp8Weight(torch.cat([p.weight for p in parts]), torch.cat([p.scale for p in parts]))
+    if len({p.block for p in parts}) != 1:
+        raise ValueError("fused FP8 parts (q/k/v or gate/up) mix block and channel scales")
+    return Fp8Weight(torch.cat([p.weight for p in parts]), torch.cat([p.scale for p in parts]), parts[0].block)
 
 
 def quantize_fp8_rows(weight: torch.Tensor) -> Fp8Weight:
-    """Online FP8: E4M3 with one float32 scale per output channel (its absmax maps to 448)."""
+    """Online FP8: E4M3 with one scale per output channel (its absmax maps to 448). The scale is rounded to bf16,
+    the dtype llm-compressor stores it in, so a checkpoint glmv writes dequantizes to the same bf16 weights in every
+    reader (compressed-tensors computes in the scale's dtype)."""
     w = weight.float()
-    scale = (w.abs().amax(dim=1) / FP8_MAX).clamp(min=1e-12)
+    scale = (w.abs().amax(dim=1) / FP8_MAX).clamp(min=1e-12).to(torch.bfloat16).float()
     q = (w / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return Fp8Weight(q, scale)
 

@@ -1,6 +1,6 @@
 """Writes an FP8 checkpoint in compressed-tensors' format (`glmv quantize MODEL OUT --method fp8`).
 
-The text decoder's matmul weights become E4M3 with one float32 scale per output channel (`weight_scale` [out, 1]),
+The text decoder's matmul weights become E4M3 with one bf16 scale per output channel (`weight_scale` [out, 1]),
 activations declared dynamic per token: llm-compressor's FP8_DYNAMIC scheme, so vLLM and glmv both load it. The
 embedding, norms, lm_head and the vision tower are copied as they are (listed in `ignore`). Shard by shard: one
 source shard is in memory at a time.
@@ -74,7 +74,7 @@ def write_fp8_checkpoint(src: Path, out: Path, progress: Callable[[int], object]
                     q = quantize_fp8_rows(t)
                     module = name[: -len(".weight")]
                     tensors[name] = q.weight
-                    tensors[module + ".weight_scale"] = q.scale.reshape(-1, 1)
+                    tensors[module + ".weight_scale"] = q.scale.reshape(-1, 1).to(torch.bfloat16)  # exact: see quantize_fp8_rows
                     quantized += 1
                 else:
                     tensors[name] = t
