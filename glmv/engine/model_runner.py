@@ -91,8 +91,6 @@ class ModelRunner:
         self.max_model_len = max_model_len
         self.block_size = engine_config.block_size
         self.max_blocks_per_seq = -(-max_model_len // self.block_size)
-        # what the device already held before this runner loaded anything (--max-gpu-memory counts only the rest)
-        self._gpu_in_use_at_start = self._gpu_in_use() if self.device.type == "cuda" else 0
         self.model = model or Glm4vModel.load(
             model_config, self.device, self.dtype, max_positions=max_model_len + 1,
             kernels=select_kernels(self.device, self.dtype, engine_config.kernels),
@@ -148,10 +146,6 @@ class ModelRunner:
                  (num_blocks - 1) * self.block_size, self.max_model_len)
         return num_blocks
 
-    def _gpu_in_use(self) -> int:
-        free, total = torch.cuda.mem_get_info(self.device)
-        return total - free
-
     def _cuda_kv_budget(self) -> int:
         """Free memory after the weights and one profiled worst-case step, within gpu_memory_utilization."""
         torch.cuda.synchronize(self.device)
@@ -166,8 +160,8 @@ class ModelRunner:
         in_use = total - free
         reserve = 256 << 20  # CUDA graphs, allocator fragmentation
         budget = int(total * self.config.gpu_memory_utilization) - in_use - activations - reserve
-        if self.config.max_gpu_memory is not None:  # a smaller card, simulated: only what glmv holds counts
-            held = in_use - self._gpu_in_use_at_start
+        if self.config.max_gpu_memory is not None:  # a smaller card, simulated: what glmv's allocator holds counts
+            held = torch.cuda.memory_reserved(self.device)  # weights and buffers (the CUDA context comes on top)
             budget = min(budget, self.config.max_gpu_memory - held - activations - reserve)
             log.info("--max-gpu-memory %.1f GiB: glmv holds %.2f GiB before its KV cache",
                      self.config.max_gpu_memory / 2**30, held / 2**30)
