@@ -72,7 +72,7 @@ def test_fp8_linear_per_channel(shape):
     w = quantize_fp8_rows(torch.randn(shape, generator=gen).to(DEVICE) * 0.02)
     bias = torch.randn(shape[0], generator=gen).to(DEVICE, DTYPE)
     k = kernels()
-    lin = Fp8Linear(w, bias, k.fp8_weight_only, k.fp8_tensor_core)
+    lin = Fp8Linear(w, bias, k.fp8_weight_only, k.fp8_tensor_core, DTYPE)
     dense = w.dense(torch.float32)
     for rows in BATCHES:
         x = torch.randn(rows, shape[1], generator=gen).to(DEVICE, DTYPE)
@@ -91,7 +91,7 @@ def test_fp8_linear_block_scales(shape):
     scale_inv = (torch.rand(-(-out // 128), -(-in_ // 128), generator=gen) * 1e-4 + 1e-5).to(DEVICE)
     w = fp8_block(weight, scale_inv, 128)
     k = kernels()
-    lin = Fp8Linear(w, None, k.fp8_weight_only, k.fp8_tensor_core)
+    lin = Fp8Linear(w, None, k.fp8_weight_only, k.fp8_tensor_core, DTYPE)
     dense = w.dense(torch.float32)
     for rows in BATCHES:
         x = torch.randn(rows, in_, generator=gen).to(DEVICE, DTYPE)
@@ -107,3 +107,41 @@ def test_quantize_rows():
     torch.testing.assert_close(s.flatten(), x.float().abs().amax(dim=1) / 448)
     if ON_GPU:  # the interpreter's float->E4M3 cast mis-rounds at binade tops (127.6 -> -64); the GPU's does not
         check(q.float() * s, x.float(), 1 / 16)
+
+
+@pytest.mark.parametrize("case", ["awq", "gptq-desc-act", "fp8-block", "online-fp8"])
+def test_model_on_quantized_kernels_matches_dequantized(case, tiny_model_dir, tmp_path):
+    """The tiny model with its decoder on these kernels (IntLinear / Fp8Linear, not dequantized at load) against
+    the same weights dense: the CUDA path's wiring (fused parts, bias, act-order gather) end to end."""
+    from glmv.config import ModelConfig
+    from glmv.layers.linear import GemvPlan
+    from glmv.layers.quant.loaders import QuantLinearLoader
+    from glmv.layers.quant.schemes import scheme_from_config
+    from glmv.models.glm4v import Glm4vModel
+    from tests.quant import test_awq_gptq as formats
+    from tests.quant.packers import write_pair
+
+    if case == "online-fp8":
+        quant, quantization = tiny_model_dir, "fp8"
+    else:
+        config, pack = formats.CASES[case]
+        quant, quantization = tmp_path / "q", None
+        write_pair(tiny_model_dir, quant, tmp_path / "d", config, pack)
+    cfg = ModelConfig.from_dir(quant)
+    loader = QuantLinearLoader(scheme_from_config(cfg.raw, quantization), GemvPlan(None), kernels())
+    on_kernels = Glm4vModel.load(cfg, DEVICE, torch.float32, max_positions=256, load_vision=False,
+                                 linear_loader=loader)
+    linears = [lin for lw in on_kernels.w.layers for lin in lw.linears()]
+    assert not any(type(lin).__name__ == "DenseLinear" for lin in linears)
+    dense = [lin.dequantized().float() for lin in linears]
+    gen = torch.Generator().manual_seed(4)
+    for lin, w in zip(linears, dense, strict=True):
+        x = torch.randn(5, lin.in_features, generator=gen).to(DEVICE)
+        bias = lin.bias.float() if lin.bias is not None else 0
+        check(lin(x), x @ w.T + bias)
+    if not ON_GPU:  # and the whole model's logits against the CPU loader's dequantized-at-load model
+        from tests.quant.helpers import PROMPTS, load_model, prompt_logits
+
+        reference = load_model(quant, quantization)
+        for ids in PROMPTS:
+            check(prompt_logits(on_kernels, ids), prompt_logits(reference, ids))

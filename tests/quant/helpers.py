@@ -16,7 +16,9 @@ import torch
 
 from glmv.config import ModelConfig
 from glmv.layers.attention import AttentionMetadata
-from glmv.layers.quant import choose_linear_loader
+from glmv.layers.linear import GemvPlan
+from glmv.layers.quant.loaders import QuantLinearLoader
+from glmv.layers.quant.schemes import scheme_from_config
 from glmv.models.glm4v import Glm4vModel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,8 +65,11 @@ def llmc_checkpoints(quant_python, tiny_model_dir, tmp_path_factory):
 
 
 def load_model(folder: Path, quantization: str | None = None, dtype=torch.float32) -> Glm4vModel:
+    """The model on the CPU with quantized weights dequantized at load (never on Triton kernels, even under
+    TRITON_INTERPRET=1: this is the reference tests/gpu compares the kernels with)."""
     cfg = ModelConfig.from_dir(folder)
-    loader = choose_linear_loader(cfg.raw, quantization, torch.device("cpu"))
+    scheme = scheme_from_config(cfg.raw, quantization)
+    loader = None if scheme is None else QuantLinearLoader(scheme, GemvPlan(None), kernels=None)
     return Glm4vModel.load(cfg, "cpu", dtype, max_positions=256, load_vision=False, linear_loader=loader)
 
 

@@ -28,8 +28,9 @@ class Fp8Linear:
     tensor cores (`tensor_core_matmul`, None where the GPU has none)."""
 
     def __init__(self, weight: Fp8Weight, bias: torch.Tensor | None, weight_only_matmul: Callable,
-                 tensor_core_matmul: Callable | None, input_scale: torch.Tensor | None = None):
+                 tensor_core_matmul: Callable | None, dtype: torch.dtype, input_scale: torch.Tensor | None = None):
         self.w = weight
+        self.dtype = dtype
         self.bias = bias
         self.input_scale = input_scale
         self.weight_only_matmul = weight_only_matmul
@@ -42,8 +43,7 @@ class Fp8Linear:
         return self.weight_only_matmul(x, self.w.weight, self.w.scale, self.bias, self.w.block)
 
     def dequantized(self) -> torch.Tensor:
-        dtype = self.bias.dtype if self.bias is not None else torch.bfloat16
-        return self.w.dense(dtype)
+        return self.w.dense(self.dtype)
 
     @property
     def nbytes(self) -> int:

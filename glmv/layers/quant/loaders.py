@@ -97,7 +97,8 @@ class QuantLinearLoader:
             return DenseLinear(weight.dense(reader.dtype).contiguous(), b, self.plan)
         if isinstance(weight, unpack.IntWeight):
             return IntLinear(weight, b, self.kernels.int_matmul, reader.dtype)
-        return Fp8Linear(weight, b, self.kernels.fp8_weight_only, self.kernels.fp8_tensor_core, input_scale)
+        return Fp8Linear(weight, b, self.kernels.fp8_weight_only, self.kernels.fp8_tensor_core, reader.dtype,
+                         input_scale)
 
     # ---- one part, by format ----
     def _name(self, reader, part: str, suffix: str) -> str | None:
