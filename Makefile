@@ -51,7 +51,7 @@ serve: $(STAMP)
 	  exec $(VENV)/bin/glmv serve $(MODEL) --host $(HOST) --port $(PORT) $(ARGS); \
 	fi
 
-test: $(STAMP) system-deps vllm-venv
+test: $(STAMP) system-deps vllm-venv quant-venv
 	$(VENV)/bin/ruff check glmv tests $(wildcard bench)
 	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
@@ -61,6 +61,13 @@ test: $(STAMP) system-deps vllm-venv
 .PHONY: vllm-venv
 vllm-venv:
 	@bash bench/setup_vllm_cpu.sh
+
+# llm-compressor and compressed-tensors in a venv of their own, .cache/quant-tools-venv: tests/quant writes
+# checkpoints with them and checks that their reader accepts what `glmv quantize` writes. About 1.5 GB and a minute
+# or two once; a no-op after that.
+.PHONY: quant-venv
+quant-venv:
+	@bash bench/setup_quant_tools.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check glmv tests $(wildcard bench)

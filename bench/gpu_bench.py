@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ceilings import event_time_ms, probe_ceilings  # noqa: E402
-from glmv.config import EngineConfig, ModelConfig  # noqa: E402
+from glmv.config import EngineConfig, ModelConfig, parse_bytes  # noqa: E402
 from glmv.engine.observer import StepObserver  # noqa: E402
 from glmv.inputs.prompt import Prompt  # noqa: E402
 from glmv.sampling import SamplingParams  # noqa: E402
@@ -570,7 +570,8 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
 
     ec = EngineConfig(model=str(model_dir), device="cuda", dtype="bfloat16", max_num_seqs=args.max_num_seqs,
                       max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-                      gpu_memory_utilization=0.9, enforce_eager=args.enforce_eager)
+                      gpu_memory_utilization=0.9, enforce_eager=args.enforce_eager,
+                      quantization=args.quantization, max_gpu_memory=args.max_gpu_memory)
     if args.drop_caches:
         try:
             os.sync()
@@ -580,7 +581,10 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
             log(f"could not drop the page cache ({exc}): the load below reads a warm cache")
     torch.cuda.synchronize()
     t = time.perf_counter()
-    model = Glm4vModel.load(mc, "cuda", torch.bfloat16, max_positions=ec.max_model_len + 1)
+    from glmv.layers.quant import choose_linear_loader
+
+    model = Glm4vModel.load(mc, "cuda", torch.bfloat16, max_positions=ec.max_model_len + 1,
+                            linear_loader=choose_linear_loader(mc.raw, args.quantization, torch.device("cuda")))
     torch.cuda.synchronize()
     res["load_s"] = time.perf_counter() - t
     res["load_gb"] = model.bytes_loaded / 1e9
@@ -806,6 +810,11 @@ def main() -> int:
                     help="after glmv's figures, also run 64 concurrent under the other GC modes (GLMV_GC) and record a "
                          "profiled device timeline of 30 steady decode steps (~20 s; warms the GPU before HF runs)")
     ap.add_argument("--json", default=None, help="where to write results (default $OUT/gpu_bench.json)")
+    ap.add_argument("--quantization", choices=["fp8"], default=None, help="glmv quantizes the decoder to FP8 at load")
+    ap.add_argument("--awq", action="store_true",
+                    help="benchmark an AutoAWQ GEMM copy of the model (MODEL_DIR-awq, written by "
+                         "bench/awq_checkpoint.py if absent); HF is skipped (it needs autoawq)")
+    ap.add_argument("--max-gpu-memory", type=parse_bytes, default=None, help="glmv's GPU memory cap, e.g. 16GiB")
     args = ap.parse_args()
 
     from glmv.inputs.processor import PromptBuilder
@@ -827,6 +836,14 @@ def main() -> int:
         make_tiny_model(model_dir, "full", device="cuda")
         results["build_s"] = time.perf_counter() - t
         log(f"built in {results['build_s']:.1f} s")
+    if args.awq:
+        awq_dir = model_dir.with_name(model_dir.name + "-awq")
+        if not (awq_dir / "config.json").is_file():
+            from bench.awq_checkpoint import convert
+
+            log(f"writing the AWQ checkpoint {awq_dir}")
+            convert(model_dir, awq_dir, "cuda")
+        model_dir, args.skip_hf = awq_dir, True
     mc = ModelConfig.from_dir(model_dir)
     builder = PromptBuilder(model_dir)
     bandwidth, flops = probe_ceilings()  # the same measurement as the kernel probe's
@@ -856,11 +873,13 @@ def main() -> int:
         log(f"HF: {results['hf']}")
         save()
     if not args.skip_glmv:  # glmv's load again, now that the files are in the page cache (HF just read them)
+        from glmv.layers.quant import choose_linear_loader
         from glmv.models.glm4v import Glm4vModel
 
         torch.cuda.synchronize()
         t = time.perf_counter()
-        model = Glm4vModel.load(mc, "cuda", torch.bfloat16, max_positions=args.max_model_len + 1)
+        model = Glm4vModel.load(mc, "cuda", torch.bfloat16, max_positions=args.max_model_len + 1,
+                                linear_loader=choose_linear_loader(mc.raw, args.quantization, torch.device("cuda")))
         torch.cuda.synchronize()
         results["glmv"]["load_warm_s"] = time.perf_counter() - t
         model = None  # noqa: F841

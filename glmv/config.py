@@ -7,6 +7,7 @@ Invalid values raise ValueError with a message that says what to change.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -166,6 +167,8 @@ class EngineConfig:
     block_size: int = 16
     kv_cache_memory: int | None = None  # bytes; None: from gpu_memory_utilization (CUDA) or 2 GiB (CPU)
     gpu_memory_utilization: float = 0.90
+    max_gpu_memory: int | None = None  # bytes: a cap on what glmv takes of the GPU (simulates a 16/24 GB card)
+    quantization: str | None = None  # fp8: quantize a bf16 checkpoint at load (glmv.layers.quant)
     enable_prefix_caching: bool = True
     enforce_eager: bool = False
     chat_template: str | None = None
@@ -206,6 +209,10 @@ class EngineConfig:
             raise ValueError(f"--block-size must be one of 8, 16, 32, 64, 128, got {self.block_size}.")
         if not 0.05 <= self.gpu_memory_utilization <= 0.99:
             raise ValueError(f"--gpu-memory-utilization must be in [0.05, 0.99], got {self.gpu_memory_utilization}.")
+        if self.max_gpu_memory is not None and self.max_gpu_memory < 1 << 30:
+            raise ValueError(f"--max-gpu-memory must be at least 1GiB, got {self.max_gpu_memory} bytes.")
+        if self.quantization not in (None, "fp8"):
+            raise ValueError(f"--quantization must be fp8 (or left out), got {self.quantization!r}.")
         if self.hub not in ("huggingface", "modelscope"):
             raise ValueError(f"--hub must be huggingface or modelscope, got {self.hub!r}.")
         if self.max_thinking_tokens is not None and self.max_thinking_tokens < 0:
@@ -247,3 +254,16 @@ class EngineConfig:
         if self.dtype == "auto":
             return torch.bfloat16
         return names[self.dtype]
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+               "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'16GiB', '24GB', '1.5gib' or a plain number of bytes -> bytes (GiB = 2^30, GB = 10^9)."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _BYTE_UNITS:
+        raise ValueError(f"{text!r} is not a size; write bytes or a number with a unit such as 16GiB, 24GB, 512MiB.")
+    return int(float(m.group(1)) * _BYTE_UNITS[unit])

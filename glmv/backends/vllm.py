@@ -68,6 +68,8 @@ def engine_args_for(model_config: ModelConfig, cfg: EngineConfig) -> dict[str, A
         args["max_model_len"] = cfg.max_model_len
     if cfg.kv_cache_memory is not None:
         args["kv_cache_memory_bytes"] = cfg.kv_cache_memory
+    if cfg.quantization is not None:  # the same spelling: vLLM quantizes a bf16 checkpoint to FP8 at load too
+        args["quantization"] = cfg.quantization
     args.update(getattr(cfg, "vllm_engine_args", None) or {})
     return args
 

@@ -18,7 +18,7 @@ def _configure_logging(level: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from glmv.cli import batch, chat, download, serve, tiny
+    from glmv.cli import batch, chat, download, quantize, serve, tiny
 
     parser = argparse.ArgumentParser(
         prog="glmv",
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_parser(sub)
     chat.add_parser(sub)
     batch.add_parser(sub)
+    quantize.add_parser(sub)
     return parser
 
 

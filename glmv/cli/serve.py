@@ -41,6 +41,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="bytes for the KV cache (default: from --gpu-memory-utilization on CUDA, 2 GiB on CPU)")
     g.add_argument("--gpu-memory-utilization", type=float, default=0.90,
                    help="fraction of GPU memory glmv may use for weights, activations and KV cache (default: 0.90)")
+    g.add_argument("--max-gpu-memory", type=_size, default=None, metavar="BYTES",
+                   help="cap on the GPU memory glmv takes, e.g. 16GiB or 24GB (simulates a smaller card); the KV "
+                   "cache is sized inside it")
+    g.add_argument("--quantization", "-q", choices=["fp8"], default=None,
+                   help="fp8: quantize a bf16 checkpoint's decoder to FP8 at load (pre-quantized checkpoints are "
+                   "detected from their config.json; docs/QUANTIZATION.md)")
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse KV blocks of repeated prefixes, keyed by tokens and media hashes (default: on)")
     g.add_argument("--enforce-eager", action="store_true", help="do not capture CUDA graphs (slower; for debugging)")
@@ -82,7 +88,17 @@ def engine_config_from_args(args: argparse.Namespace):
         tensor_parallel_size=args.tensor_parallel_size, max_waiting_requests=args.max_waiting_requests,
         pipeline_parallel_size=args.pipeline_parallel_size, vllm_python=args.vllm_python,
         vllm_engine_args=args.vllm_engine_args, data_parallel_size=args.data_parallel_size,
+        max_gpu_memory=args.max_gpu_memory, quantization=args.quantization,
     )
+
+
+def _size(text: str) -> int:
+    from glmv.config import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def normalize_flag_spelling(argv: list[str]) -> list[str]:

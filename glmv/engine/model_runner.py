@@ -28,6 +28,7 @@ from glmv.engine.scheduler import ScheduledRequest, SchedulerOutput
 from glmv.inputs.prompt import stage_pixels
 from glmv.layers.attention import NULL_BLOCK, AttentionMetadata
 from glmv.layers.kernels import select_kernels
+from glmv.layers.quant import choose_linear_loader
 from glmv.models.glm4v import Glm4vModel
 from glmv.models.vision import VisionEmbeddingCache
 
@@ -90,8 +91,10 @@ class ModelRunner:
         self.max_model_len = max_model_len
         self.block_size = engine_config.block_size
         self.max_blocks_per_seq = -(-max_model_len // self.block_size)
-        self.model = model or Glm4vModel.load(model_config, self.device, self.dtype, max_positions=max_model_len + 1,
-                                              kernels=select_kernels(self.device, self.dtype, engine_config.kernels))
+        self.model = model or Glm4vModel.load(
+            model_config, self.device, self.dtype, max_positions=max_model_len + 1,
+            kernels=select_kernels(self.device, self.dtype, engine_config.kernels),
+            linear_loader=choose_linear_loader(model_config.raw, engine_config.quantization, self.device))
         if self.device.type == "cpu":
             keep_freed_memory()
             packed = self.model.pack_cpu_weights()
@@ -138,8 +141,9 @@ class ModelRunner:
                 f"of --max-model-len {self.max_model_len}. Lower --max-model-len or give the cache more memory "
                 "(--kv-cache-memory BYTES or --gpu-memory-utilization)."
             )
-        log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", num_blocks, self.block_size,
-                 num_blocks * self.bytes_per_block / 2**30)
+        log.info("KV cache: %d blocks of %d tokens (%.2f GiB): %d tokens of context fit (--max-model-len %d)",
+                 num_blocks, self.block_size, num_blocks * self.bytes_per_block / 2**30,
+                 (num_blocks - 1) * self.block_size, self.max_model_len)
         return num_blocks
 
     def _cuda_kv_budget(self) -> int:
@@ -156,6 +160,11 @@ class ModelRunner:
         in_use = total - free
         reserve = 256 << 20  # CUDA graphs, allocator fragmentation
         budget = int(total * self.config.gpu_memory_utilization) - in_use - activations - reserve
+        if self.config.max_gpu_memory is not None:  # a smaller card, simulated: what glmv's allocator holds counts
+            held = torch.cuda.memory_reserved(self.device)  # weights and buffers (the CUDA context comes on top)
+            budget = min(budget, self.config.max_gpu_memory - held - activations - reserve)
+            log.info("--max-gpu-memory %.1f GiB: glmv holds %.2f GiB before its KV cache",
+                     self.config.max_gpu_memory / 2**30, held / 2**30)
         log.info("GPU memory: total %.1f GiB, in use %.1f GiB, profiled step %.2f GiB -> KV budget %.1f GiB",
                  total / 2**30, in_use / 2**30, activations / 2**30, budget / 2**30)
         return max(budget, 0)

@@ -58,7 +58,9 @@ def test_engine_args_pass_parallelism_and_extras_through(tiny_model_dir):
     assert args["max_model_len"] == 1024 and args["kv_cache_memory_bytes"] == 1 << 30
     assert args["generation_config"] == "auto"
     off = engine_args_for(mc, EngineConfig(model="m", engine="vllm", generation_config="vllm"))
-    assert off["generation_config"] == "vllm" and "max_model_len" not in off
+    assert off["generation_config"] == "vllm" and "max_model_len" not in off and "quantization" not in off
+    fp8 = engine_args_for(mc, EngineConfig(model="m", engine="vllm", quantization="fp8"))
+    assert fp8["quantization"] == "fp8"
 
 
 def test_stop_ids_come_from_generation_config(tiny_model_dir):

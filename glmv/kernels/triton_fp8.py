@@ -1,0 +1,141 @@
+"""Triton FP8 matmuls: a weight-only E4M3 matmul that dequantizes in registers (decode, and any GPU), and the
+per-token activation quantizer that feeds FP8 tensor cores through torch._scaled_mm (prefill on sm89+).
+
+Why two paths: at decode batch sizes the matmul is bound by reading the weight, so halving its bytes is the win and
+the activations can stay bf16: the kernel loads E4M3 tiles, widens them in registers and runs a bf16 dot, applying
+the per-channel scale once at the end (or a block's scales per tile). For prefill the matmul is bound by
+compute, where FP8 tensor cores double bf16's rate; there the activations are quantized per token (one scale per
+row, from its absmax) and cuBLASLt's FP8 GEMM with row-wise scales (torch._scaled_mm) runs it: it is NVIDIA's tuned
+FP8 tensor-core path, which a Triton kernel would only match after tuning per shape on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+FP8_MAX = 448.0
+
+
+@dataclass(frozen=True)
+class Fp8MatmulConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def default_config(rows: int, k: int) -> Fp8MatmulConfig:
+    if rows <= 16:
+        return Fp8MatmulConfig(16, 64, 128, split_k=4 if k >= 4096 else 1)
+    if rows <= 64:
+        return Fp8MatmulConfig(64, 64, 128, split_k=2 if k >= 8192 else 1)
+    return Fp8MatmulConfig(128, 128, 64, num_warps=8)
+
+
+@triton.jit
+def _fp8_matmul_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_sb, stride_ys,
+                       stride_ym, k_per_split,
+                       BLOCK_SCALE: tl.constexpr, SCALE_BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    k_start = pid_s * k_per_split
+    for k0 in range(k_start, k_start + k_per_split, BLOCK_K):
+        k = k0 + offs_k
+        k_ok = k < K
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        raw = tl.load(w_ptr + offs_n[None, :] * stride_wn + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0)
+        w = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        if BLOCK_SCALE:  # BLOCK_K divides SCALE_BLOCK: one scale column per tile
+            s = tl.load(s_ptr + offs_n * stride_sb + k0 // SCALE_BLOCK, mask=n_ok, other=0.0)
+            w = w * s[None, :]
+        acc = tl.dot(x, w.to(x.dtype), acc)
+    if not BLOCK_SCALE:
+        acc *= tl.load(s_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y = y_ptr + pid_s * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+               scale_block: int | None = None, config: Fp8MatmulConfig | None = None) -> torch.Tensor:
+    """x [M, K] @ (E4M3 weight [N, K] * scale).T -> [M, N] in x's dtype. scale: float32 [N] per channel, or
+    [N, ceil(K/B)] per row and B-wide block of K (scale_block=B)."""
+    m, k = x.shape
+    n = weight.shape[0]
+    cfg = config or default_config(m, k)
+    if scale_block is not None and scale_block % cfg.block_k:
+        cfg = Fp8MatmulConfig(cfg.block_m, cfg.block_n, scale_block, cfg.split_k, cfg.num_warps, cfg.num_stages)
+    splits = max(1, min(cfg.split_k, k // cfg.block_k))
+    k_per_split = -(-k // (splits * cfg.block_k)) * cfg.block_k
+    splits = -(-k // k_per_split)
+    if splits == 1:
+        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    else:
+        y = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
+    raw = weight.view(torch.uint8)
+    grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), splits)
+    _fp8_matmul_kernel[grid](
+        x, raw, scale, bias if bias is not None and splits == 1 else scale, y, m, n, k, x.stride(0), raw.stride(0),
+        scale.stride(0) if scale_block is not None else 0, y.stride(0) if splits > 1 else 0, n, k_per_split,
+        BLOCK_SCALE=scale_block is not None, SCALE_BLOCK=scale_block or 1, HAS_BIAS=bias is not None and splits == 1,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages)
+    if splits == 1:
+        return y
+    out = y.sum(dim=0)
+    if bias is not None:
+        out += bias.float()
+    return out.to(x.dtype)
+
+
+@triton.jit
+def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK_K)
+    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        v = tl.load(x_ptr + row * stride_xm + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(v))
+    scale = tl.maximum(tl.max(amax, axis=0) / 448.0, 1e-12)
+    tl.store(s_ptr + row, scale)
+    for k0 in range(0, K, BLOCK_K):
+        v = tl.load(x_ptr + row * stride_xm + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+        q = tl.minimum(tl.maximum(v / scale, -448.0), 448.0)
+        tl.store(q_ptr + row * stride_qm + k0 + offs, q.to(tl.float8e4nv), mask=k0 + offs < K)
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic per-token FP8: x [M, K] -> (E4M3 [M, K], float32 scales [M, 1]) with x ~= q * scale."""
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
+    s = torch.empty((m, 1), dtype=torch.float32, device=x.device)
+    _quantize_rows_kernel[(m,)](x, q, s, k, x.stride(0), q.stride(0), BLOCK_K=1024)
+    return q, s
+
+
+def scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+              input_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """FP8 tensor cores: x quantized per token (or by a static per-tensor input_scale) times the E4M3 weight
+    [N, K] with per-channel scales [N], in cuBLASLt (row-wise scaling)."""
+    if input_scale is None:
+        xq, xs = quantize_rows(x)
+    else:
+        xs = input_scale.reshape(1, 1).expand(x.shape[0], 1).contiguous()
+        xq = (x.float() / input_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return torch._scaled_mm(xq, weight.t(), scale_a=xs, scale_b=scale.reshape(1, -1), bias=bias,
+                            out_dtype=x.dtype)

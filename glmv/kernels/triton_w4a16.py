@@ -1,0 +1,107 @@
+"""Triton W4A16 / W8A16 matmul: out = x @ W.T (+ bias) with W stored as 4- or 8-bit integers, dequantized in
+registers (the job Marlin/Machete do in vLLM).
+
+Why: 4-bit weights quarter the bytes a decode step reads; the matmul is bound by those reads at decode batch sizes,
+so the weight tile is unpacked, offset by its zero point and scaled inside the kernel, right before the tensor-core
+dot, and never written back dequantized. Layout (made once at load by glmv.layers.quant.unpack.pack_k): int32
+words [K*bits/32, N], value j of a word is input row word*(32/bits)+j; float32 scales and zero points [K/group, N].
+Groups are runs of `group` consecutive input channels (act-ordered GPTQ weights are permuted to that at load, and
+their activations gathered by the same permutation). One kernel serves decode (BLOCK_M 16, split-K partial sums
+for few rows) and prefill (larger BLOCK_M); `IntMatmulConfig` picks the tiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+
+@dataclass(frozen=True)
+class IntMatmulConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def default_config(rows: int, n: int, k: int, group: int) -> IntMatmulConfig:
+    """Decode rows stream the weight with narrow N tiles and split K to fill the SMs; prefill rows use wide tiles."""
+    block_k = min(group, 128)
+    if rows <= 16:
+        return IntMatmulConfig(16, 64, block_k, split_k=4 if k >= 4096 else 1)
+    if rows <= 64:
+        return IntMatmulConfig(64, 64, block_k, split_k=2 if k >= 8192 else 1)
+    return IntMatmulConfig(128, 128, min(block_k, 64), num_warps=8, num_stages=3)
+
+
+@triton.jit
+def _int_matmul_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wk, stride_sg, stride_ys,
+                       stride_ym, k_per_split,
+                       BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    PER: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    k_start = pid_s * k_per_split
+    for k0 in range(k_start, k_start + k_per_split, BLOCK_K):
+        k = k0 + offs_k
+        k_ok = k < K
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        words = tl.load(w_ptr + (k // PER)[:, None] * stride_wk + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :],
+                        other=0)
+        q = (words >> ((k % PER) * BITS)[:, None]) & MASK
+        g = k0 // GROUP  # BLOCK_K divides GROUP: one group per tile
+        s = tl.load(s_ptr + g * stride_sg + offs_n, mask=n_ok, other=0.0)
+        z = tl.load(z_ptr + g * stride_sg + offs_n, mask=n_ok, other=0.0)
+        w = ((q.to(tl.float32) - z[None, :]) * s[None, :]).to(x.dtype)
+        acc = tl.dot(x, w, acc)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y = y_ptr + pid_s * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def int_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+               bias: torch.Tensor | None, bits: int, group: int,
+               config: IntMatmulConfig | None = None) -> torch.Tensor:
+    """x [M, K] (bf16/fp16/fp32) @ the integer weight -> [M, N] in x's dtype. K must be a multiple of `group`."""
+    m, k = x.shape
+    n = qweight.shape[1]
+    if k % group or qweight.shape[0] * (32 // bits) != k:
+        raise ValueError(f"int_matmul: K={k} must be a multiple of the group {group} and match the packed weight")
+    cfg = config or default_config(m, n, k, group)
+    if group % cfg.block_k:
+        raise ValueError(f"int_matmul: block_k {cfg.block_k} must divide the group {group}")
+    splits = max(1, min(cfg.split_k, k // group))
+    k_per_split = -(-k // (splits * group)) * group
+    splits = -(-k // k_per_split)
+    bias_arg = bias if bias is not None else scales
+    if splits == 1:
+        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    else:
+        y = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), splits)
+    _int_matmul_kernel[grid](
+        x, qweight, scales, zeros, bias_arg if splits == 1 else scales, y, m, n, k, x.stride(0), qweight.stride(0),
+        scales.stride(0), y.stride(0) if splits > 1 else 0, n, k_per_split,
+        BITS=bits, GROUP=group, HAS_BIAS=bias is not None and splits == 1, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if splits == 1:
+        return y
+    out = y.sum(dim=0)
+    if bias is not None:
+        out += bias.float()
+    return out.to(x.dtype)

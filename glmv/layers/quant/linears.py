@@ -1,0 +1,98 @@
+"""Quantized Linear objects for CUDA (the text decoder's matmuls): FP8 E4M3 and 4/8-bit integer weights.
+
+Each keeps its weight in the form its kernel reads and is handed its kernels at construction (glmv.kernels
+.triton_fp8 / triton_w4a16). On the CPU the loaders dequantize at load instead (glmv.layers.quant.loaders), so
+these classes run wherever Triton runs: CUDA, or its interpreter in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from glmv.layers.quant.unpack import Fp8Weight, IntWeight, pack_k
+
+TENSOR_CORE_MIN_ROWS = 64  # below this a matmul is bound by weight reads: the weight-only kernel wins
+
+
+def _nbytes(*tensors: torch.Tensor | None) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+class Fp8Linear:
+    """E4M3 weight [out, in] with per-channel (or 128x128 block) float32 scales.
+
+    Few rows: the weight-only kernel (bf16 activations, weight widened in registers). Many rows on sm89+ with
+    per-channel scales: activations quantized per token (or by the checkpoint's static input scale) into FP8
+    tensor cores (`tensor_core_matmul`, None where the GPU has none)."""
+
+    def __init__(self, weight: Fp8Weight, bias: torch.Tensor | None, weight_only_matmul: Callable,
+                 tensor_core_matmul: Callable | None, dtype: torch.dtype, input_scale: torch.Tensor | None = None):
+        self.w = weight
+        self.dtype = dtype
+        self.bias = bias
+        self.input_scale = input_scale
+        self.weight_only_matmul = weight_only_matmul
+        self.tensor_core_matmul = tensor_core_matmul if weight.block is None else None
+        self.out_features, self.in_features = int(weight.weight.shape[0]), int(weight.weight.shape[1])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tensor_core_matmul is not None and x.shape[0] >= TENSOR_CORE_MIN_ROWS:
+            return self.tensor_core_matmul(x, self.w.weight, self.w.scale, self.bias, self.input_scale)
+        return self.weight_only_matmul(x, self.w.weight, self.w.scale, self.bias, self.w.block)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.w.dense(self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self.w.weight, self.w.scale, self.bias, self.input_scale)
+
+
+class IntLinear:
+    """4- or 8-bit integer weight in the W4A16 kernel's layout (int32 words down K, float32 scales and zero
+    points [groups, out]). Act-ordered (GPTQ desc_act) weights are stored with their input channels sorted by
+    group; `perm` gathers the activations to match."""
+
+    def __init__(self, weight: IntWeight, bias: torch.Tensor | None, matmul: Callable, dtype: torch.dtype):
+        perm = None
+        q, g_idx = weight.q, weight.g_idx
+        if weight.act_ordered:
+            perm = torch.argsort(g_idx, stable=True)
+            q, g_idx = q[:, perm], g_idx[perm]
+            plain = torch.arange(q.shape[1], device=q.device) // weight.group_size
+            if not torch.equal(g_idx, plain):
+                raise ValueError("an act-ordered weight whose groups are not all of group_size channels")
+        self.qweight = pack_k(q, weight.bits)
+        self.scales = weight.scales.t().contiguous()
+        self.zeros = weight.zeros.t().contiguous()
+        self.perm = perm
+        self.bias = bias
+        self.bits = weight.bits
+        self.group_size = weight.group_size
+        self.dtype = dtype
+        self.matmul = matmul
+        self.out_features, self.in_features = int(weight.q.shape[0]), int(weight.q.shape[1])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.perm is not None:
+            x = x.index_select(1, self.perm)
+        return self.matmul(x, self.qweight, self.scales, self.zeros, self.bias, self.bits, self.group_size)
+
+    def dequantized(self) -> torch.Tensor:
+        per = 32 // self.bits
+        shifts = torch.arange(per, device=self.qweight.device, dtype=torch.int32) * self.bits
+        q = ((self.qweight[:, None, :] >> shifts[None, :, None]) & ((1 << self.bits) - 1)).reshape(-1, self.out_features)
+        g = torch.arange(self.in_features, device=q.device) // self.group_size
+        w = (q.float() - self.zeros[g]) * self.scales[g]  # [in (sorted), out]
+        dense = torch.empty_like(w)
+        if self.perm is None:
+            dense = w
+        else:
+            dense[self.perm] = w
+        return dense.t().contiguous().to(self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(self.qweight, self.scales, self.zeros, self.bias, self.perm)
