@@ -31,7 +31,7 @@ def test_short_soak_keeps_caches_within_bounds_and_memory_flat(tiny_model_dir, t
     assert abs(reported - rss_mb) < 0.2 * rss_mb
     for sample in result.samples:
         assert set(sample.caches) == set(BOUNDS)
-        for name, (used, entries, bound) in sample.caches.items():
+        for name, (used, _entries, bound) in sample.caches.items():
             assert bound == int(BOUNDS[name] * 2**30), name
             assert used <= bound, (name, sample)
     for name, (used, entries, bound) in result.samples[-1].caches.items():
