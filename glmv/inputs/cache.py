@@ -24,6 +24,16 @@ class CacheStats:
     evictions: int = 0
 
 
+@dataclass(frozen=True)
+class CacheUsage:
+    """What one bounded cache holds now, for /metrics: its name, bytes and entries, and its bound in bytes."""
+
+    name: str
+    bytes_used: int
+    entries: int
+    capacity_bytes: int
+
+
 class MediaCache:
     """Least-recently-used entries go first once `max_bytes` would be exceeded; larger entries are not kept."""
 
@@ -67,13 +77,25 @@ class MediaCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def usage(self, name: str) -> CacheUsage:
+        with self._lock:
+            return CacheUsage(name, self.bytes_used, len(self._entries), self.max_bytes)
+
 
 def sizeof(value: Any) -> int:
-    """Approximate bytes held by decoded media: arrays, tensors, PIL images and containers of them."""
+    """Approximate bytes held by decoded media: arrays, tensors, PIL images and containers of them.
+
+    A tensor or array counts the whole buffer it keeps alive, not only its own elements: a view (a slice of a
+    batch, say) holds its base's memory for as long as it is cached, so counting the view alone would let a cache
+    hold many times its bound.
+    """
     if isinstance(value, torch.Tensor):
-        return value.element_size() * value.numel()
+        return max(value.untyped_storage().nbytes(), value.element_size() * value.numel())
     if isinstance(value, np.ndarray):
-        return value.nbytes
+        base = value
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        return max(base.nbytes, value.nbytes)
     if hasattr(value, "size") and hasattr(value, "getbands"):  # PIL image
         width, height = value.size
         return width * height * len(value.getbands())

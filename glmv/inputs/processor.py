@@ -49,8 +49,8 @@ def load_chat_template(model_dir: Path, override: str | None) -> str:
 class PromptBuilder:
     """Builds Prompts for one checkpoint. Thread-safe: the processors are stateless per call, the cache is locked."""
 
-    def __init__(self, model_dir: Path, chat_template: str | None = None, media_cache_bytes: int = 1 << 30,
-                 patch_cache_bytes: int = 2 << 30):
+    def __init__(self, model_dir: Path, chat_template: str | None = None, media_cache_bytes: int = 512 << 20,
+                 patch_cache_bytes: int = 1 << 30):
         from transformers import AutoProcessor
 
         self.model_dir = Path(model_dir)

@@ -281,7 +281,12 @@ class Glm4vVisionTower:
 
 class VisionEmbeddingCache:
     """Bounded LRU of vision-tower outputs keyed by media content hash + grid, so a chat that resends the same
-    image (or many requests about one picture) runs the encoder once. Bounded by bytes, not entries."""
+    image (or many requests about one picture) runs the encoder once. Bounded by bytes, not entries.
+
+    An entry is stored compact: the runner hands in slices of one batched encoder output, and a slice kept as it
+    is would keep the whole batch's memory alive (every picture of that batch, however many were evicted), so the
+    bound would not bound what is held. On CUDA these bytes are device memory outside the KV pool.
+    """
 
     def __init__(self, max_bytes: int):
         from collections import OrderedDict
@@ -308,6 +313,8 @@ class VisionEmbeddingCache:
         size = value.numel() * value.element_size()
         if size > self.max_bytes:
             return
+        if value.untyped_storage().nbytes() > size or not value.is_contiguous():
+            value = value.clone(memory_format=torch.contiguous_format)
         old = self._entries.pop(key, None)
         if old is not None:
             self.bytes -= old.numel() * old.element_size()

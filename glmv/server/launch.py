@@ -17,7 +17,8 @@ log = logging.getLogger("glmv.server")
 def build_state(engine_config: EngineConfig, server_config: ServerConfig) -> ServingState:
     path = resolve_model(engine_config.model, hub=engine_config.hub, revision=engine_config.revision)
     model_config = ModelConfig.from_dir(path, engine_config.generation_config)
-    builder = PromptBuilder(path, engine_config.chat_template)
+    builder = PromptBuilder(path, engine_config.chat_template, media_cache_bytes=engine_config.media_cache_bytes,
+                            patch_cache_bytes=engine_config.mm_processor_cache_bytes)
     log.info("loading %s with the %s engine on %s", path, engine_config.engine, engine_config.resolved_device)
     engine = build_engine(model_config, engine_config, builder.tokenizer)
     names = server_config.served_model_names or (engine_config.model,)

@@ -2,18 +2,23 @@
 
 Each app owns its registry (not prometheus_client's global one), so several servers in one process (tests) never
 share or clash. Engine gauges (running, waiting, KV usage, prefix-cache hit rate) are read from engine.stats() at
-scrape time, so they are never stale.
+scrape time, so they are never stale. Memory, for a server that runs for weeks: the process's resident memory
+(`process_resident_memory_bytes`, prometheus_client's process collector), every bounded cache's bytes, entries and
+bound (`glmv_cache_*{cache=...}`), and on CUDA the device memory the caching allocator holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from glmv.cpu.runtime import malloc_usage
+from glmv.inputs.cache import CacheUsage
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
                     80.0, 160.0, 640.0)
@@ -26,6 +31,13 @@ _ENGINE_GAUGES = {
     "waiting": ("glmv_num_requests_waiting", "Requests queued in the engine, waiting to be scheduled."),
     "kv_usage": ("glmv_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use (0-1)."),
     "prefix_cache_hit_rate": ("glmv_prefix_cache_hit_rate", "Share of prompt tokens served from the prefix cache (0-1)."),
+}
+# engine.stats() keys present only on CUDA -> (metric name, help)
+_DEVICE_GAUGES = {
+    "device_memory_allocated": ("glmv_device_memory_allocated_bytes", "CUDA memory in tensors now (weights, KV "
+                                "pool, CUDA graphs, vision cache, activations)."),
+    "device_memory_reserved": ("glmv_device_memory_reserved_bytes", "CUDA memory PyTorch's caching allocator "
+                               "holds (allocated plus cached free blocks)."),
 }
 
 
@@ -43,13 +55,16 @@ _REPLICA_GAUGES = {key: (name.replace("glmv_", "glmv_replica_", 1), doc) for key
 
 
 class _EngineGauges:
-    """A custom collector: reads the engine's stats (and its replicas', if any) when Prometheus scrapes."""
+    """A custom collector: reads the engine's stats (and its replicas', if any), the caches and the process's
+    memory when Prometheus scrapes."""
 
     def __init__(self, engine_stats: Callable[[], dict[str, float]], inflight: Callable[[], int],
-                 replica_stats: Callable[[], list[dict[str, float]]] | None = None):
+                 replica_stats: Callable[[], list[dict[str, float]]] | None = None,
+                 caches: Callable[[dict[str, float]], Sequence[CacheUsage]] = lambda _stats: ()):
         self.engine_stats = engine_stats
         self.inflight = inflight
         self.replica_stats = replica_stats
+        self.caches = caches
 
     def collect(self):
         try:
@@ -60,6 +75,24 @@ class _EngineGauges:
             yield GaugeMetricFamily(name, doc, value=float(stats.get(key, 0.0)))
         yield GaugeMetricFamily("glmv_server_requests_in_flight", "Generation requests admitted by the HTTP server "
                                 "and not finished (running plus queued).", value=float(self.inflight()))
+        for key, (name, doc) in _DEVICE_GAUGES.items():
+            if key in stats:
+                yield GaugeMetricFamily(name, doc, value=stats[key])
+        used = GaugeMetricFamily("glmv_cache_bytes", "Bytes a bounded cache holds now.", labels=["cache"])
+        entries = GaugeMetricFamily("glmv_cache_entries", "Entries a bounded cache holds now.", labels=["cache"])
+        bound = GaugeMetricFamily("glmv_cache_capacity_bytes", "The bound of a cache in bytes (its flag; 0: off).",
+                                  labels=["cache"])
+        for usage in self.caches(stats):
+            used.add_metric([usage.name], float(usage.bytes_used))
+            entries.add_metric([usage.name], float(usage.entries))
+            bound.add_metric([usage.name], float(usage.capacity_bytes))
+        yield from (used, entries, bound)
+        heap = malloc_usage()
+        if heap is not None:
+            yield GaugeMetricFamily("glmv_malloc_in_use_bytes", "Bytes glibc malloc has handed out (all arenas, "
+                                    "mapped blocks included).", value=float(heap.in_use_bytes))
+            yield GaugeMetricFamily("glmv_malloc_free_bytes", "Bytes glibc malloc holds free for reuse (resident "
+                                    "once touched).", value=float(heap.free_bytes))
         if self.replica_stats is not None:
             replicas = self.replica_stats()
             for key, (name, doc) in _REPLICA_GAUGES.items():
@@ -71,8 +104,10 @@ class _EngineGauges:
 
 class ServerMetrics:
     def __init__(self, engine_stats: Callable[[], dict[str, float]], inflight: Callable[[], int],
-                 replica_stats: Callable[[], list[dict[str, float]]] | None = None):
+                 replica_stats: Callable[[], list[dict[str, float]]] | None = None,
+                 caches: Callable[[dict[str, float]], Sequence[CacheUsage]] = lambda _stats: ()):
         r = self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, open fds
         self.http_responses = Counter("glmv_http_responses", "HTTP responses by method, route and status code.",
                                       ["method", "route", "status"], registry=r)
         self.request_finished = Counter("glmv_request_finished", "Generation requests (each choice) by finish "
@@ -91,7 +126,7 @@ class ServerMetrics:
                              buckets=_ITL_BUCKETS, registry=r)
         self.e2e = Histogram("glmv_e2e_request_latency_seconds", "Time from admission to the last token.",
                              buckets=_LATENCY_BUCKETS, registry=r)
-        r.register(_EngineGauges(engine_stats, inflight, replica_stats))
+        r.register(_EngineGauges(engine_stats, inflight, replica_stats, caches))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from glmv.config import EngineConfig, ModelConfig
 from glmv.engine.client import EngineClient, ReplicatedEngine
+from glmv.inputs.cache import CacheUsage
 from glmv.inputs.messages import MediaPolicy
 from glmv.inputs.processor import PromptBuilder
 from glmv.server.metrics import ServerMetrics
@@ -83,7 +84,17 @@ class ServingState:
     def __post_init__(self) -> None:
         if self.metrics is None:
             replicas = self.engine.replica_stats if isinstance(self.engine, ReplicatedEngine) else None
-            self.metrics = ServerMetrics(self.engine.stats, lambda: self.inflight, replicas)
+            self.metrics = ServerMetrics(self.engine.stats, lambda: self.inflight, replicas, self.cache_usage)
+
+    def cache_usage(self, engine_stats: dict[str, float]) -> list[CacheUsage]:
+        """Every bounded cache of this server: the prompt builder's two, and the engine's vision cache when the
+        engine reports one (glmv's own engine)."""
+        usage = [self.builder.media_cache.usage("media"), self.builder.patch_cache.usage("mm_processor")]
+        if "vision_cache_bytes" in engine_stats:
+            usage.append(CacheUsage("vision_embedding", int(engine_stats["vision_cache_bytes"]),
+                                    int(engine_stats["vision_cache_entries"]),
+                                    int(engine_stats["vision_cache_capacity_bytes"])))
+        return usage
 
     @property
     def tokenizer(self):

@@ -121,3 +121,37 @@ def test_a_document_in_a_longer_chat_is_not_rendered_or_converted_again(build_pr
     second, _, _ = build_prompt(turn2, max_tokens=256)
     assert counts == {"render": 2, "convert": 1}
     assert first.info == second.info and first.mm.image_hashes == second.mm.image_hashes
+
+
+def test_sizeof_counts_the_buffer_a_view_keeps_alive():
+    batch = torch.zeros(100, 10)
+    assert sizeof(batch[:10]) == 4000  # the slice keeps all 100 rows alive
+    base = np.zeros(1000, dtype=np.uint8)
+    assert sizeof(base[:10]) == 1000 and sizeof(base[:10].copy()) == 10
+
+
+def test_a_cache_reports_its_usage_and_bound():
+    cache = MediaCache(max_bytes=250)
+    for key in "abc":
+        cache.put(key, np.zeros(100, dtype=np.uint8))
+    usage = cache.usage("media")
+    assert (usage.name, usage.bytes_used, usage.entries, usage.capacity_bytes) == ("media", 200, 2, 250)
+    off = MediaCache(max_bytes=0)
+    off.put("a", np.zeros(1, dtype=np.uint8))
+    assert len(off) == 0  # a bound of 0 turns the cache off
+
+
+def test_vision_cache_keeps_compact_copies_of_batch_slices():
+    from glmv.models.vision import VisionEmbeddingCache
+
+    cache = VisionEmbeddingCache(max_bytes=1000)
+    batch = torch.arange(400, dtype=torch.float32).view(100, 4)  # one encoder call's output for several pictures
+    first, rest = batch.split([10, 90])
+    cache.put("first", first)
+    kept = cache.get("first")
+    assert torch.equal(kept, first)
+    assert kept.untyped_storage().nbytes() == 160  # not the batch's 1,600 bytes
+    assert cache.bytes == 160 and len(cache) == 1
+    whole = torch.zeros(10, 4)
+    cache.put("whole", whole)
+    assert cache.get("whole") is whole  # an owning tensor is kept as it is

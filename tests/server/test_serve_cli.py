@@ -80,3 +80,15 @@ def test_missing_model_is_a_clear_error_without_traceback(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     assert "nothing-here" in out.stderr
+
+
+def test_cache_bounds_are_flags_in_gib():
+    engine, _ = configs_from_args(parse("m"))
+    assert (engine.mm_processor_cache_bytes, engine.media_cache_bytes, engine.vision_cache_bytes) == \
+        (1 << 30, 512 << 20, 512 << 20)
+    engine, _ = configs_from_args(parse("m", "--mm_processor_cache_gb", "4", "--media-cache-gb", "0",
+                                        "--vision-cache-gb", "0.25"))
+    assert (engine.mm_processor_cache_bytes, engine.media_cache_bytes, engine.vision_cache_bytes) == \
+        (4 << 30, 0, 256 << 20)
+    with pytest.raises(ValueError, match="--vision-cache-gb must be >= 0"):
+        configs_from_args(parse("m", "--vision-cache-gb", "-1"))
