@@ -5,6 +5,8 @@ plain chat requests ({"messages": [...], ...}). Requests are all sent concurrent
 engine batches them; the output has one OpenAI Batch result line per input line, in input order:
 {"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}, with the thinking in
 `reasoning_content`. A line that cannot be sent (bad JSON, wrong method) gets an error line; the run goes on.
+Results are written as each request finishes, not in input order (as OpenAI's Batch output: match them by
+custom_id), so a finished request is on disk at once and `--resume` never runs it again after a kill.
 
 The requests go through the same API as `glmv serve` (glmv/cli/api.py): in this process, or to --url.
 """
@@ -25,6 +27,7 @@ from typing import Any, TextIO
 import httpx
 
 from glmv.cli.api import error_message, first_model, local_client, local_state, remote_client
+from glmv.cli.batch_output import check_output, open_output
 from glmv.cli.help import DefaultsHelpFormatter
 
 RETRY_STATUSES = (429, 503)  # the server is full: wait and resend
@@ -49,8 +52,8 @@ def parse_line(index: int, line_no: int, text: str) -> BatchLine:
     def bad(problem: str, custom_id: str = fallback_id) -> BatchLine:
         return BatchLine(index, line_no, custom_id, "", None, f"line {line_no}: {problem}")
 
-    try:
-        obj = json.loads(text)
+    try:  # without its newline, or a line cut short is reported at "line 2 column 1" of itself
+        obj = json.loads(text.rstrip("\r\n"))
     except json.JSONDecodeError as exc:
         return bad(f"not valid JSON ({exc.msg} at column {exc.colno}).")
     if not isinstance(obj, dict):
@@ -107,19 +110,14 @@ def result_line(item: BatchLine, status: int | None, body: Any, error: dict | No
     return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": item.custom_id, "response": response, "error": error}
 
 
-class OrderedWriter:
-    """Writes results in input order as soon as every earlier one is written."""
+class ResultWriter:
+    """Writes each result line whole and flushed the moment it is done, so a kill loses no finished request."""
 
     def __init__(self, out: TextIO):
         self.out = out
-        self.next_index = 0
-        self.waiting: dict[int, str] = {}
 
-    def put(self, index: int, result: dict[str, Any]) -> None:
-        self.waiting[index] = json.dumps(result, ensure_ascii=False)
-        while self.next_index in self.waiting:
-            self.out.write(self.waiting.pop(self.next_index) + "\n")
-            self.next_index += 1
+    def put(self, result: dict[str, Any]) -> None:
+        self.out.write(json.dumps(result, ensure_ascii=False) + "\n")
         self.out.flush()
 
 
@@ -163,7 +161,7 @@ async def run_batch(client: httpx.AsyncClient, total: int, items: Iterator[Batch
     from tqdm import tqdm
 
     summary = BatchSummary(total=total)
-    writer = OrderedWriter(out)
+    writer = ResultWriter(out)
     slots = asyncio.Semaphore(concurrency)
     bar = tqdm(total=total, unit="req", desc="glmv batch", file=sys.stderr, disable=progress, dynamic_ncols=True)
     started = time.monotonic()
@@ -183,7 +181,7 @@ async def run_batch(client: httpx.AsyncClient, total: int, items: Iterator[Batch
             summary.completion_tokens += int(usage.get("completion_tokens") or 0)
         else:
             summary.failed += 1
-        writer.put(item.index, result)
+        writer.put(result)
         bar.update(1)
         if summary.failed:
             bar.set_postfix(failed=summary.failed, refresh=False)
@@ -242,6 +240,14 @@ def add_parser(sub) -> None:
                    "with --url, the model for lines that name none (default: the server's first model)")
     g = p.add_argument_group("batch")
     g.add_argument("-o", "--output", default="-", help="where result lines go ('-' writes stdout)")
+    g.add_argument("--resume", action="store_true",
+                   help="carry on a run that stopped: keep the results already in -o and send only the requests "
+                   "whose custom_id is not there (a result line cut short by a kill is dropped and its request sent "
+                   "again)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the results already in -o (without it, or --resume, a non-empty -o is refused)")
+    g.add_argument("--allow-failures", action="store_true",
+                   help="exit 0 even when some requests failed (by default any failed line makes the exit status 1)")
     g.add_argument("--max-concurrency", type=int, default=256,
                    help="most requests in flight at once; keep it above the engine's --max-num-seqs so the batch "
                    "stays full")
@@ -263,8 +269,10 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from glmv.models.loader import DEFAULT_MODEL
+
     from glmv.server.beside_loop import engine_wants_main_thread, run_beside_engine_loop
 
+    _check_args(args)
     if not args.url:
         config = _engine_config(args, args.model or DEFAULT_MODEL)
         if engine_wants_main_thread(config):  # glmv's engine on the CPU: its loop in this thread, the batch beside it
@@ -276,29 +284,46 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, state=None) -> int:
     from glmv.models.loader import DEFAULT_MODEL
 
-    if args.max_concurrency < 1:
-        raise ValueError(f"--max-concurrency must be at least 1, got {args.max_concurrency}.")
     total, items = read_lines(args.input)
-    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    plan = open_output(args.input, args.output, args.resume, args.overwrite)
+    if plan.done:
+        items = (item for item in items if item.custom_id not in plan.done)
+        total = max(0, total - len(plan.done))
+        print(f"glmv batch: {len(plan.done)} requests already answered in {args.output}; sending the other {total}.",
+              file=sys.stderr)
     progress = True if args.no_progress else None  # tqdm: True disables, None disables off a terminal
     try:
         if args.url:
             async with remote_client(args.url, args.api_key, args.max_concurrency) as client:
                 model = args.model or (await first_model(client) if total else None)
-                summary = await run_batch(client, total, items, out, args.max_concurrency, model, False, progress)
+                summary = await run_batch(client, total, items, plan.out, args.max_concurrency, model, False,
+                                          progress)
         else:
             model = args.model or DEFAULT_MODEL
             async with local_client(_engine_config(args, model), (model,), _media_root(args), state) as client:
-                summary = await run_batch(client, total, items, out, args.max_concurrency, model, True, progress)
+                summary = await run_batch(client, total, items, plan.out, args.max_concurrency, model, True,
+                                          progress)
     finally:
-        if out is not sys.stdout:
-            out.close()
+        plan.close()
     rate = summary.completion_tokens / summary.seconds if summary.seconds > 0 else 0.0
     where = "stdout" if args.output == "-" else args.output
     print(f"glmv batch: {summary.total} results to {where}: {summary.ok} ok, {summary.failed} failed; "
           f"{summary.completion_tokens} output tokens in {summary.seconds:.2f} s ({rate:.1f} tok/s)",
           file=sys.stderr)
+    if summary.failed and not args.allow_failures:
+        print(f"glmv batch: {summary.failed} requests failed; each result line says why in its error or response. "
+              "Exit status 1 (--allow-failures makes it 0).", file=sys.stderr)
+        return 1
     return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse what would waste the run before the model loads (minutes for the 9B model)."""
+    if args.max_concurrency < 1:
+        raise ValueError(f"--max-concurrency must be at least 1, got {args.max_concurrency}.")
+    if args.input != "-" and not Path(args.input).is_file():
+        raise ValueError(f"{args.input}: no such input file.")
+    check_output(args.input, args.output, args.resume, args.overwrite)
 
 
 def _engine_config(args: argparse.Namespace, model: str):
