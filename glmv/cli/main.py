@@ -18,6 +18,11 @@ def _configure_logging(level: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    return build_commands()[0]
+
+
+def build_commands() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The `glmv` parser and its sub-commands' parsers by name (to report an error with the right usage)."""
     from glmv.cli import batch, chat, download, quantize, serve, tiny
 
     parser = argparse.ArgumentParser(
@@ -32,14 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_parser(sub)
     batch.add_parser(sub)
     quantize.add_parser(sub)
-    return parser
+    return parser, dict(sub.choices)
 
 
 def main(argv: list[str] | None = None) -> int:
     from glmv.cli.serve import normalize_flag_spelling
     from glmv.models.loader import ModelNotFoundError
 
-    args = build_parser().parse_args(normalize_flag_spelling(sys.argv[1:] if argv is None else list(argv)))
+    parser, commands = build_commands()
+    args, unknown = parser.parse_known_args(normalize_flag_spelling(sys.argv[1:] if argv is None else list(argv)))
+    if unknown:  # said with the sub-command's usage (argparse would print glmv's top-level one)
+        commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)} "
+                                     f"(glmv {args.command} --help lists the flags)")
     _configure_logging(getattr(args, "log_level", "info"))
     try:
         return int(args.func(args) or 0)

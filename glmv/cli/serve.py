@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from glmv.cli.help import DefaultsHelpFormatter
+from glmv.cli.vllm_flags import add_vllm_flags, log_vllm_flag_notes
 from glmv.models.loader import DEFAULT_MODEL
 
 
@@ -181,6 +182,7 @@ def add_parser(sub) -> None:
                    help="largest width x height of an image or video frame; bigger ones get 413 before decoding")
     g.add_argument("--max-document-pages", type=int, default=100, help="most pages read from one document")
     add_engine_args(p)
+    add_vllm_flags(p)
     p.set_defaults(func=run)
 
 
@@ -211,8 +213,25 @@ def configs_from_args(args: argparse.Namespace):
     return engine_config_from_args(args), server_config
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Fail in a second, not after the model has loaded (minutes for the 9B model), when the port is taken."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT does not count
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}. Another server may be running "
+                             "there: stop it, or pick another port with --port.") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from glmv.server.launch import run_server
 
-    run_server(*configs_from_args(args))
+    configs = configs_from_args(args)
+    log_vllm_flag_notes(args.vllm_notes)
+    check_port_free(args.host, args.port)
+    run_server(*configs)
     return 0

@@ -22,12 +22,23 @@ class CheckpointError(ValueError):
     """The checkpoint folder lacks a tensor glmv needs, or has one of the wrong shape."""
 
 
+def open_safetensors(file: Path, device: str = "cpu"):
+    """safe_open, with a damaged file (cut short by a failed download, not safetensors at all) said in one sentence."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(file), framework="pt", device=device)
+    except (SafetensorError, OSError) as exc:
+        size = file.stat().st_size if file.exists() else 0
+        raise CheckpointError(
+            f"{file} cannot be read as safetensors ({exc}; the file is {size:,} bytes): it is probably cut short by "
+            "an interrupted download. Download the checkpoint again (glmv download MODEL).") from None
+
+
 class CheckpointReader:
     """Maps tensor names to their safetensors file and reads them one by one onto `device` as `dtype`."""
 
     def __init__(self, path: str | Path, device: str | torch.device, dtype: torch.dtype):
-        from safetensors import safe_open
-
         self.path = Path(path)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -38,7 +49,7 @@ class CheckpointReader:
             files = {name: self.path / fname for name, fname in weight_map.items()}
         else:
             for f in sorted(self.path.glob("*.safetensors")):
-                with safe_open(str(f), framework="pt") as handle:
+                with open_safetensors(f) as handle:
                     files.update({name: f for name in handle.keys()})
         if not files:
             raise CheckpointError(f"{self.path} holds no *.safetensors weights.")
@@ -56,11 +67,9 @@ class CheckpointReader:
         return list(self._files)
 
     def _handle(self, file: Path):
-        from safetensors import safe_open
-
         handle = self._handles.get(file)
         if handle is None:
-            handle = safe_open(str(file), framework="pt", device=self._load_device)
+            handle = open_safetensors(file, self._load_device)
             self._handles[file] = handle
         return handle
 

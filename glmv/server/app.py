@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from glmv import __version__
 from glmv.server import chat, completions, metrics, models, tokenize
 from glmv.server.auth import APIKeyAuth
+from glmv.server.docs_page import mount_docs
 from glmv.server.errors import install_error_handlers
 from glmv.server.middleware import RequestBodyGuard, ResponseCounter
 from glmv.server.state import ServingState
@@ -34,11 +35,13 @@ def create_app(state: ServingState) -> FastAPI:
 
     cfg = state.server_config
     # --root-path is given to uvicorn (launch.py), which puts it in every request's scope, as FastAPI advises.
-    app = FastAPI(title="glmv", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="glmv", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # Swagger/ReDoc come from a CDN: docs_page.py works offline
     app.state.serving = state
     install_error_handlers(app)
     for module in (models, chat, completions, tokenize, metrics):
         app.include_router(module.router)
+    mount_docs(app)
     mount_ui(app)  # the web chat page at / and /ui: a client of this same /v1 API (docs/DOORS.md)
 
     # add_middleware wraps: the last one added runs first.

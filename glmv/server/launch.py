@@ -33,7 +33,9 @@ def run_server(engine_config: EngineConfig, server_config: ServerConfig) -> None
 
     state = build_state(engine_config, server_config)
     app = create_app(state)
-    log.info("serving %s on http://%s:%d/v1", ", ".join(state.model_names), server_config.host, server_config.port)
+    root = f"http://{server_config.host}:{server_config.port}{server_config.root_path.rstrip('/')}"
+    log.info("serving %s on %s/v1", ", ".join(state.model_names), root)
+    log.info("chat page: %s/   API docs: %s/docs", root, root)
     config = uvicorn.Config(app, host=server_config.host, port=server_config.port, log_level=server_config.log_level,
                             access_log=not server_config.disable_uvicorn_access_log,
                             root_path=server_config.root_path, timeout_graceful_shutdown=5)

@@ -34,6 +34,7 @@ async def retrieve_model(model_id: str, raw: Request) -> ModelCard:
     return model_card(state, model_id)
 
 
+@router.head("/health", include_in_schema=False)  # uptime checkers probe with HEAD
 @router.get("/health", summary="200 while the server can take requests")
 async def health(raw: Request) -> JSONResponse:
     engine = raw.app.state.serving.engine

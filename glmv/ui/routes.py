@@ -50,6 +50,7 @@ def mount_ui(app: FastAPI) -> None:
         return FileResponse(STATIC_DIR / name, media_type=assets[name],
                             headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
-    app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
+    # HEAD too: uptime checkers and `curl -I` probe the page that way (Starlette answers it without a body).
+    app.add_api_route("/", page, methods=["GET", "HEAD"], include_in_schema=False)
     app.add_api_route("/ui", page, methods=["GET"], include_in_schema=False)
     app.add_api_route("/ui/static/{name}", asset, methods=["GET"], include_in_schema=False)

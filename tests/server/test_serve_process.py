@@ -62,6 +62,7 @@ def test_cpu_server_answers_and_stops_on_a_signal(tiny_model_dir, dtype, stop_si
             proc.communicate()
     assert proc.returncode == 0, output
     assert "Traceback" not in output, output
+    assert f"chat page: http://127.0.0.1:{port}/" in output  # the start-up log names the page
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
 
@@ -75,4 +76,6 @@ def test_port_in_use_is_a_clear_failure(tiny_model_dir):
                               "--device", "cpu", "--dtype", "float32"], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "address already in use" in (out.stdout + out.stderr).lower()
+    assert "pick another port with --port" in out.stderr
+    assert "loading" not in out.stderr  # found before the model loads (minutes for the 9B model)
     assert "Traceback" not in out.stdout + out.stderr
