@@ -2,13 +2,17 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "__version__"]
+__all__ = ["LLM", "SamplingParams", "__version__"]
 
 
 def __getattr__(name: str):
-    """Lazy `glmv.LLM` so `import glmv` stays light (the engine pulls in torch)."""
+    """Lazy `glmv.LLM` and `glmv.SamplingParams` so `import glmv` stays light (the engine pulls in torch)."""
     if name == "LLM":
         from glmv.llm import LLM
 
         return LLM
+    if name == "SamplingParams":
+        from glmv.sampling import SamplingParams
+
+        return SamplingParams
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,38 +1,73 @@
 """LLM: the offline API. `LLM(model).generate(prompts, params)` and `.chat(messages, params)` over glmv's engine.
 
-    from glmv import LLM  # or: from glmv.llm import LLM
+    from glmv import LLM, SamplingParams
     llm = LLM("zai-org/GLM-4.1V-9B-Thinking", max_model_len=8192)
-    out = llm.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file:///a.png"}},
-                                                  {"type": "text", "text": "What is this?"}]}])
-    print(out[0].outputs[0].text)
+    out = llm.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "photos/a.png"}},
+                                                  {"type": "text", "text": "What is this?"}]}],
+                   {"temperature": 0.8, "max_tokens": 2048})
+    print(out[0].outputs[0].reasoning)  # the thinking
+    print(out[0].outputs[0].answer)     # the answer, as the server's message.content
 
 Runs the same LLMEngine as the server, synchronously in the caller's thread, with all requests batched together.
-Results are RequestOutputs whose CompletionOutputs hold the whole text and token ids (not deltas), in input order.
+Prompts are built by the builder every door shares (glmv/inputs/build.py): the same history rule, media rules,
+document fitting and limits as the server. Results are RequestOutputs whose outputs hold the whole text and token
+ids (not deltas), in input order; chat's outputs are ChatCompletionOutputs, split as the server splits them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from glmv.config import EngineConfig, ModelConfig
 from glmv.engine.engine import LLMEngine
 from glmv.engine.outputs import CompletionOutput, RequestOutput
-from glmv.inputs.messages import MediaPolicy, load_messages
+from glmv.inputs.build import ChatPromptRequest, build_chat_prompt, build_raw_prompt, keep_pixels
+from glmv.inputs.policy import MediaPolicy
 from glmv.inputs.processor import PromptBuilder
 from glmv.inputs.prompt import Prompt
 from glmv.models.loader import resolve_model
+from glmv.reasoning import prompt_opens_thought, split_reasoning
 from glmv.sampling import SamplingParams
 
 PromptLike = str | Prompt | list[int]
+ParamsLike = SamplingParams | Mapping[str, Any]
+
+
+@dataclass
+class ChatCompletionOutput(CompletionOutput):
+    """A chat choice: the whole text, and it split as the server's message is (reasoning_content, content)."""
+
+    reasoning: str = ""
+    answer: str = ""
+
+
+def as_sampling_params(value: ParamsLike) -> SamplingParams:
+    """SamplingParams as given, or built from a dict of the same fields (a ValueError names an unknown one)."""
+    if isinstance(value, SamplingParams):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(f"sampling_params must be SamplingParams or a dict, got {type(value).__name__}.")
+    known = {f.name for f in dataclasses.fields(SamplingParams)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"Unknown sampling parameter {unknown[0]!r}; known: {', '.join(sorted(known))}.")
+    return SamplingParams(**value)
 
 
 class LLM:
-    """Offline batched generation. Keyword arguments are EngineConfig fields (max_model_len, dtype, device, ...)."""
+    """Offline batched generation. Keyword arguments are EngineConfig fields (max_model_len, dtype, device, ...).
 
-    def __init__(self, model: str, *, allowed_local_media_path: str | None = "/", **engine_kwargs: Any):
+    allowed_local_media_path: the folder media may be read from (plain paths and file:// URLs); the current
+    directory by default, so a script reads its own files but not the whole disk; None turns local files off.
+    """
+
+    def __init__(self, model: str | Path, *, allowed_local_media_path: str | Path | None = ".", **engine_kwargs: Any):
         self.engine_config = EngineConfig(model=str(model), **engine_kwargs)
         cfg = self.engine_config
         self.path = resolve_model(str(model), hub=cfg.hub, revision=cfg.revision)
@@ -41,8 +76,8 @@ class LLM:
                                      patch_cache_bytes=cfg.mm_processor_cache_bytes)
         self.tokenizer = self.builder.tokenizer
         self.engine = LLMEngine(self.model_config, self.engine_config, self.tokenizer)
-        self.media_policy = MediaPolicy(
-            allowed_local_media_path=Path(allowed_local_media_path) if allowed_local_media_path else None)
+        root = Path(allowed_local_media_path).resolve() if allowed_local_media_path is not None else None
+        self.media_policy = MediaPolicy(allowed_local_media_path=root, plain_paths=root is not None)
         self._ids = itertools.count()
 
     def default_sampling_params(self) -> SamplingParams:
@@ -52,36 +87,54 @@ class LLM:
     def _prompt(self, prompt: PromptLike) -> Prompt:
         if isinstance(prompt, Prompt):
             return prompt
-        if isinstance(prompt, str):
-            return self.builder.from_text(prompt)
-        return self.builder.from_token_ids(list(prompt))
+        return build_raw_prompt(self.builder, prompt)
 
     def generate(self, prompts: PromptLike | Sequence[PromptLike],
-                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
+                 sampling_params: ParamsLike | Sequence[ParamsLike] | None = None) -> list[RequestOutput]:
         """Complete raw prompts (text, token ids or built Prompts); one RequestOutput per prompt, in order."""
         if isinstance(prompts, str | Prompt) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # type: ignore[list-item]
         return self._run([self._prompt(p) for p in prompts], sampling_params)
 
     def chat(self, messages: list[dict] | Sequence[list[dict]],
-             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             sampling_params: ParamsLike | Sequence[ParamsLike] | None = None,
              chat_template_kwargs: dict[str, Any] | None = None,
-             mm_processor_kwargs: dict[str, Any] | None = None) -> list[RequestOutput]:
-        """OpenAI-style conversations (one, or a list of them) -> one RequestOutput each, in order."""
+             mm_processor_kwargs: dict[str, Any] | None = None,
+             media_io_kwargs: dict[str, Any] | None = None) -> list[RequestOutput]:
+        """OpenAI-style conversations (one, or a list of them) -> one RequestOutput each, in order; each output
+        is a ChatCompletionOutput with `reasoning` and `answer` apart."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        prompts = []
-        for conv in conversations:
-            normalized, media = load_messages(list(conv), self.media_policy)
-            text = self.builder.render(normalized, True, **(chat_template_kwargs or {}))
-            prompts.append(self.builder.build(text, media, mm_processor_kwargs))
-        return self._run(prompts, sampling_params)
+        params = self._params(sampling_params, len(conversations))
 
-    def _run(self, prompts: list[Prompt], sampling_params) -> list[RequestOutput]:
+        async def build_all() -> list[Prompt]:
+            return list(await asyncio.gather(*(build_chat_prompt(
+                ChatPromptRequest(list(conv), chat_template_kwargs=chat_template_kwargs or {},
+                                  mm_processor_kwargs=mm_processor_kwargs, media_io_kwargs=media_io_kwargs,
+                                  max_tokens=p.max_tokens),
+                self.builder, self.media_policy, self.engine.max_model_len, keep_pixels)
+                for conv, p in zip(conversations, params, strict=True))))
+
+        prompts = asyncio.run(build_all())
+        results = self._run(prompts, params)
+        for result, prompt in zip(results, prompts, strict=True):
+            in_think = prompt_opens_thought(prompt.text)
+            result.outputs = [_split(c, in_think) for c in result.outputs]
+        return results
+
+    def _params(self, sampling_params, count: int) -> list[SamplingParams]:
         if sampling_params is None:
             sampling_params = self.default_sampling_params()
-        params = list(sampling_params) if isinstance(sampling_params, Sequence) else [sampling_params] * len(prompts)
-        if len(params) != len(prompts):
-            raise ValueError(f"Got {len(prompts)} prompts but {len(params)} sampling params.")
+        if isinstance(sampling_params, SamplingParams | Mapping):
+            return [as_sampling_params(sampling_params)] * count
+        params = [as_sampling_params(p) for p in sampling_params]
+        if len(params) != count:
+            raise ValueError(f"Got {count} prompts but {len(params)} sampling params.")
+        return params
+
+    def _run(self, prompts: list[Prompt], sampling_params) -> list[RequestOutput]:
+        params = self._params(sampling_params, len(prompts))
+        for prompt, p in zip(prompts, params, strict=True):
+            self.engine.check_request(prompt, p)  # the context check the server makes, before anything runs
         ids = [f"llm-{next(self._ids)}" for _ in prompts]
         for rid, prompt, p in zip(ids, prompts, params, strict=True):
             self.engine.add_request(rid, prompt, p)
@@ -103,3 +156,9 @@ class LLM:
             results.append(RequestOutput(rid, outs, prompt.token_ids, finished=True,
                                          num_cached_tokens=cached.get(rid, 0)))
         return results
+
+
+def _split(output: CompletionOutput, in_think: bool) -> ChatCompletionOutput:
+    reasoning, answer = split_reasoning(output.text, in_think)
+    fields = {f.name: getattr(output, f.name) for f in dataclasses.fields(CompletionOutput)}
+    return ChatCompletionOutput(**fields, reasoning=reasoning, answer=answer)

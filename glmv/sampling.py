@@ -67,8 +67,8 @@ class SamplingParams:
             raise ValueError(f"n must be between 1 and 128, got {self.n}.")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}.")
-        if not 0.0 <= self.temperature <= 100.0:
-            raise ValueError(f"temperature must be between 0 and 100, got {self.temperature}.")
+        if not 0.0 <= self.temperature <= 2.0:  # OpenAI's (and the server's) range: one limit for every door
+            raise ValueError(f"temperature must be between 0 and 2, got {self.temperature}.")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
         if self.top_k < -1:

@@ -177,6 +177,12 @@ class _SequenceText:
 class VllmEngine:
     """EngineClient over a vLLM worker process. Construction starts vLLM and returns once the model is loaded."""
 
+    computes_logprobs = True
+
+    def stage_prompt(self, prompt: Prompt) -> Prompt:
+        """Nothing to stage: the worker process receives the processor's pixels as they are."""
+        return prompt
+
     def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, tokenizer: Any,
                  python: str | None = None, startup_timeout_s: float | None = None):
         self.model_config = model_config

@@ -65,6 +65,8 @@ class _Stream:
 
 
 class AsyncEngine:
+    computes_logprobs = True
+
     def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, tokenizer: Any,
                  engine: LLMEngine | None = None):
         self.model_config = model_config
@@ -142,7 +144,7 @@ class AsyncEngine:
     def stage_prompt(self, prompt: Prompt) -> Prompt:
         """The prompt with its pixels already in the model dtype (pinned on CUDA). Doors call this where they build
         prompts (an I/O worker thread), so the conversion (~1-2 ms for a 1008x1008 picture) stays off the engine
-        loop, which every running request waits on. Optional: the runner converts unstaged pixels itself."""
+        loop, which every running request waits on (the runner would convert unstaged pixels itself)."""
         if prompt.mm.empty:
             return prompt
         runner = self.engine.runner

@@ -43,6 +43,12 @@ class EngineClient(Protocol):
     """Async interface: one stream of RequestOutput deltas per request; abort frees its resources at once."""
 
     max_model_len: int
+    computes_logprobs: bool  # False: doors answer a logprobs request with 400 rather than empty logprobs
+
+    def stage_prompt(self, prompt: Prompt) -> Prompt:
+        """The prompt made ready for this engine where doors build prompts (a worker thread, off the engine loop):
+        glmv's engine converts the pixels to the model dtype there; engines that need nothing return it as is."""
+        ...
 
     def generate(self, prompt: Prompt, params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]: ...
 

@@ -63,6 +63,8 @@ async def fetch_media(url: str, policy: MediaPolicy, where: str, budget: ByteBud
         fetched = decode_data_uri(url, policy, where)
     elif scheme == "file":
         fetched = await asyncio.to_thread(read_local_file, url, policy, where)
+    elif scheme == "" and policy.plain_paths:
+        fetched = await asyncio.to_thread(read_local_file, Path(url).absolute().as_uri(), policy, where)
     elif scheme in ("http", "https"):
         fetched = await download(url, policy, where, budget)
         return fetched  # download() drew from the budget while streaming

@@ -18,6 +18,9 @@ class MediaPolicy:
 
     # Sources
     allowed_local_media_path: Path | None = None  # file:// is off unless set
+    # A URL with no scheme is a local path (under allowed_local_media_path): glmv.LLM, where scripts name files by
+    # path. Off for the server, whose clients' paths would mean nothing on the server's disk.
+    plain_paths: bool = False
     allowed_media_domains: tuple[str, ...] = ()  # when set: only these hosts; they may resolve to private addresses
     fetch_timeout_s: float = 20.0  # whole download of one URL, redirects included
     max_redirects: int = 5

@@ -1,18 +1,17 @@
 """POST /v1/chat/completions: messages -> Prompt -> engine -> a chat.completion or a stream of chunks.
 
-`build_chat_prompt` (messages -> Prompt) belongs to the media-inputs side; the route and the response formatting
-(glmv/server/chat_response.py) belong to the server.
+The prompt is built by glmv/inputs/build.py (the builder every door shares); the route and the response
+formatting (glmv/server/chat_response.py) belong to the server.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from glmv.inputs.messages import load_messages_async
+from glmv.inputs.build import ChatPromptRequest, build_chat_prompt
 from glmv.inputs.prompt import Prompt
 from glmv.server.chat_response import collect_chat, stream_chat
 from glmv.server.errors import OPENAPI_ERRORS, APIError
@@ -24,29 +23,15 @@ from glmv.server.state import ServingState
 router = APIRouter()
 
 
-
-async def build_chat_prompt(req: ChatCompletionRequest, state: ServingState) -> Prompt:
-    messages = [m.model_dump(exclude_none=True) for m in req.messages]
-    for m in messages:  # history keeps only answers: reasoning sent back is never part of the prompt
-        m.pop("reasoning_content", None)
-        m.pop("reasoning", None)
-    policy = state.server_config.media_policy
-    builder = state.builder
-    # Media are fetched concurrently on the event loop and decoded in worker threads; documents are sized to fit
-    # the context left after max_tokens (docs/INPUTS.md).
-    options = builder.media_options(policy, req.mm_processor_kwargs, req.media_io_kwargs,
-                                    max_model_len=state.max_model_len,
-                                    max_tokens=req.max_completion_tokens or req.max_tokens)
-    normalized, media = await load_messages_async(messages, policy, options, builder.media_cache)
-
-    stage = getattr(state.engine, "stage_prompt", None)  # glmv's engine: pixels to the model dtype here, not in its loop
-
-    def work() -> Prompt:
-        text = builder.render(normalized, req.add_generation_prompt, **(req.chat_template_kwargs or {}))
-        prompt = builder.build(text, media, req.mm_processor_kwargs)
-        return stage(prompt) if stage is not None else prompt
-
-    return await asyncio.to_thread(work)
+async def prompt_for(req: ChatCompletionRequest, state: ServingState) -> Prompt:
+    """The request's Prompt, built by the one builder every door uses (glmv/inputs/build.py)."""
+    request = ChatPromptRequest(
+        messages=[m.model_dump(exclude_none=True) for m in req.messages],
+        add_generation_prompt=req.add_generation_prompt, chat_template_kwargs=req.chat_template_kwargs or {},
+        mm_processor_kwargs=req.mm_processor_kwargs, media_io_kwargs=req.media_io_kwargs,
+        max_tokens=req.max_completion_tokens or req.max_tokens)
+    return await build_chat_prompt(request, state.builder, state.server_config.media_policy, state.max_model_len,
+                                   state.engine.stage_prompt)
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=OPENAPI_ERRORS,
@@ -63,7 +48,7 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request, state: Serv
         raise APIError(400, "continue_final_message needs add_generation_prompt: false and a last assistant message.",
                        "continue_final_message", "invalid_request")
     try:  # media downloads can be slow: stop them too if the client leaves
-        prompt = await unless_disconnected(raw, build_chat_prompt(req, state), [])
+        prompt = await unless_disconnected(raw, prompt_for(req, state), [])
     except ClientDisconnected:
         return Response(status_code=499)
     gen = TrackedGeneration(state, prompt, params, random_id("chatcmpl"), model, arrival)

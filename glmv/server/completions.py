@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from glmv.engine.outputs import RequestOutput
+from glmv.inputs.build import build_raw_prompt
 from glmv.inputs.prompt import Prompt
 from glmv.reasoning import count_reasoning_tokens, prompt_opens_thought
 from glmv.sampling import FinishReason
@@ -47,13 +48,12 @@ def completion_prompts(req: CompletionRequest, state: ServingState) -> list[Prom
         if isinstance(item, str):
             if not item:
                 raise APIError(400, "prompt must not be an empty string.", "prompt", "invalid_request")
-            ids = state.tokenizer(item, add_special_tokens=req.add_special_tokens)["input_ids"]
-            prompts.append(Prompt(token_ids=list(ids), text=item))
+            prompts.append(build_raw_prompt(state.builder, item, req.add_special_tokens))
         else:
             if not item:
                 raise APIError(400, "prompt must not be an empty token list.", "prompt", "invalid_request")
             check_token_ids(state, item, "prompt")
-            prompts.append(Prompt(token_ids=list(item), text=None))
+            prompts.append(build_raw_prompt(state.builder, item))
     return prompts
 
 

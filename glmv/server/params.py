@@ -42,9 +42,9 @@ def _logit_bias(state: ServingState, bias: dict[str, float] | None) -> dict[int,
 
 
 def check_logprobs_supported(state: ServingState, logprobs: int | None) -> None:
-    """Engines say if they compute logprobs (`computes_logprobs`, default yes); asking one that does not is a 400
+    """Engines say if they compute logprobs (EngineClient.computes_logprobs); asking one that does not is a 400
     rather than a response with silently empty logprobs."""
-    if logprobs is not None and not getattr(state.engine, "computes_logprobs", True):
+    if logprobs is not None and not state.engine.computes_logprobs:
         raise APIError(400, f"logprobs are not available with --engine {state.engine_config.engine}; serve with "
                        "--engine glmv for them.", "logprobs", "unsupported_parameter")
 

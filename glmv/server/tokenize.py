@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from glmv.server.chat import build_chat_prompt
+from glmv.server.chat import prompt_for
 from glmv.server.errors import OPENAPI_ERRORS
 from glmv.server.params import check_token_ids, resolve_model_name
 from glmv.server.protocol import (
@@ -35,7 +35,7 @@ async def tokenize(req: TokenizeCompletionRequest | TokenizeChatRequest, raw: Re
             continue_final_message=req.continue_final_message, chat_template_kwargs=req.chat_template_kwargs,
             mm_processor_kwargs=req.mm_processor_kwargs, media_io_kwargs=req.media_io_kwargs,
         )
-        ids = list((await build_chat_prompt(chat, state)).token_ids)
+        ids = list((await prompt_for(chat, state)).token_ids)
     else:
         ids = list(state.tokenizer(req.prompt, add_special_tokens=req.add_special_tokens)["input_ids"])
     strs = state.tokenizer.convert_ids_to_tokens(ids) if req.return_token_strs else None
