@@ -128,13 +128,13 @@ class TransformersEngine:
         self.max_model_len = engine_config.max_model_len or model_config.text.max_position_embeddings
         self.model = load_hf_model(model_config.path, self.dtype, self.device)
         self._lock = threading.Lock()
+        self._flags: dict[str, _StopFlag] = {}
+        self._running = 0
+        self._waiting = 0
 
     def stage_prompt(self, prompt: Prompt) -> Prompt:
         """Nothing to stage: HF generate takes the pixels as the processor made them."""
         return prompt
-        self._flags: dict[str, _StopFlag] = {}
-        self._running = 0
-        self._waiting = 0
 
     async def start(self) -> None:
         return None
