@@ -72,10 +72,11 @@ class LiveServer:
         self.thread.join(timeout=30)
 
 
-def start_server(model_dir: Path, with_ui: bool = True, api_key: str | None = None) -> LiveServer:
+def start_server(model_dir: Path, with_ui: bool = True, api_key: str | None = None,
+                 max_model_len: int | None = None) -> LiveServer:
     """Serve model_dir as SERVED_NAME (default engine, CPU) on a free 127.0.0.1 port; returns once it listens."""
     server_config = ServerConfig(served_model_names=(SERVED_NAME,), api_keys=(api_key,) if api_key else ())
-    state = build_state(EngineConfig(model=str(model_dir), device="cpu"), server_config)
+    state = build_state(EngineConfig(model=str(model_dir), device="cpu", max_model_len=max_model_len), server_config)
     app = create_app(state)
     if with_ui:
         mount_ui(app)

@@ -39,8 +39,11 @@ def _final_hidden(embed: torch.Tensor, norm_weight: torch.Tensor, eps: float) ->
 
 
 def make_scripted_model(tiny_dir: Path, out_dir: Path, reasoning: str = " The quick brown fox",
-                        answer: str = " lazy dog") -> ScriptedModel:
-    """Copy the tiny model at tiny_dir to out_dir and rewrite its weights to follow the chain above."""
+                        answer: str = " lazy dog", answer_loops: bool = False) -> ScriptedModel:
+    """Copy the tiny model at tiny_dir to out_dir and rewrite its weights to follow the chain above.
+
+    answer_loops: the answer's last token leads back to its first instead of to </answer>, so the model answers
+    " lazy dog lazy dog ..." until max_tokens (long answers, for tests of a filling context)."""
     from transformers import AutoTokenizer
 
     out_dir = Path(out_dir)
@@ -53,8 +56,9 @@ def make_scripted_model(tiny_dir: Path, out_dir: Path, reasoning: str = " The qu
         return tok.encode(text, add_special_tokens=False)
 
     (start,) = ids("<|assistant|>\n")[-1:]
-    chain = [start, *ids("<think>"), *ids(reasoning), *ids("</think>"), *ids("<answer>"), *ids(answer),
-             *ids("</answer>")]
+    answer_ids = ids(answer)
+    chain = [start, *ids("<think>"), *ids(reasoning), *ids("</think>"), *ids("<answer>"), *answer_ids,
+             *(answer_ids[:1] if answer_loops else ids("</answer>"))]
     sources = chain[:-1]
     if len(set(sources)) != len(sources):
         raise ValueError(f"Tokens of the script repeat ({chain}); pick texts whose tokens are all distinct.")

@@ -134,6 +134,7 @@ def test_multi_turn_sends_answers_only_and_settings(browser, page_server):
     assert request["headers"]["authorization"] == "Bearer sk-page-test"
 
     browser.find_element(By.ID, "new-chat").click()
+    browser.switch_to.alert.accept()  # "Start a new chat? This conversation will be removed"
     assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
     type_prompt(browser, "Fresh start")
     browser.find_element(By.ID, "send").click()

@@ -3,14 +3,19 @@
  * - /v1/models fills the model picker; /v1/chat/completions is called with stream: true and read with
  *   fetch + ReadableStream, parsing Server-Sent Events by hand (EventSource cannot POST).
  * - reasoning_content deltas go to a collapsible "Thinking" block, content deltas to the answer.
- * - The conversation lives in memory only; assistant turns are sent back with the answer alone (no thinking),
- *   as GLM-4.1V expects. Attachments travel as data: URIs in image_url / video_url / file parts.
+ * - The conversation is kept in this browser (localStorage) across reloads; assistant turns are sent back with
+ *   the answer alone (no thinking), as GLM-4.1V expects. Attachments travel as data: URIs.
+ * - Before each request the page counts the prompt (/tokenize) against the model's context: max_tokens is lowered
+ *   to the room left, and a history that no longer fits is said so, with an offer to leave out the oldest turns.
+ * - Regenerate, Copy and Edit-and-resend on the messages; grounding boxes drawn over the image (boxes.js).
  */
 (function () {
   "use strict";
 
   const BASE = document.documentElement.dataset.base || "/";
   const md = window.glmvMarkdown;
+  const boxes = window.glmvBoxes;
+  const MIN_ROOM = 32; // fewer tokens than this left in the context: too little for the model to answer
   const $ = function (id) { return document.getElementById(id); };
   const els = {
     model: $("model"), messages: $("messages"), prompt: $("prompt"), send: $("send"), stop: $("stop"),
@@ -33,7 +38,48 @@
     pending: [], // attachments waiting for the next message: {kind, name, mime, size, dataUrl}
     controller: null,
     busy: false,
+    card: null, // the /v1/models card of the chosen model (max_model_len)
   };
+
+  // ---------------------------------------------------------------- the conversation, kept in this browser
+
+  const CONVERSATION_KEY = "glmv.conversation";
+
+  function saveConversation() {
+    const turns = state.history.map(function (t) {
+      return t.role === "assistant" ? { role: "assistant", answer: t.answer, reasoning: t.reasoning || "" }
+        : { role: "user", text: t.text, attachments: t.attachments };
+    });
+    try {
+      localStorage.setItem(CONVERSATION_KEY, JSON.stringify(turns));
+    } catch (e) { // over the browser's quota (big attachments): keep the words, say the files are not kept
+      try {
+        localStorage.setItem(CONVERSATION_KEY, JSON.stringify(turns.map(function (t) {
+          return t.role === "user" ? { role: "user", text: t.text, attachments: [] } : t;
+        })));
+        setStatus("Attachments are too large to keep in this browser; the words of the chat are kept.");
+      } catch (e2) { /* storage off */ }
+    }
+  }
+
+  function restoreConversation() {
+    let turns = [];
+    try { turns = JSON.parse(localStorage.getItem(CONVERSATION_KEY) || "[]"); } catch (e) { turns = []; }
+    if (!Array.isArray(turns)) return;
+    for (const t of turns) {
+      if (t.role === "user") {
+        const turn = { role: "user", text: String(t.text || ""), attachments: Array.isArray(t.attachments) ? t.attachments : [] };
+        state.history.push(turn);
+        turn.view = renderUser(turn);
+      } else if (t.role === "assistant") {
+        const turn = { role: "assistant", answer: String(t.answer || ""), reasoning: String(t.reasoning || "") };
+        state.history.push(turn);
+        const view = renderAssistant(turn);
+        view.finish({ reasoning: turn.reasoning, answer: turn.answer, finish: null, usage: null, error: null,
+          stopped: false, restored: true });
+      }
+    }
+  }
 
   // ---------------------------------------------------------------- settings
 
@@ -132,13 +178,25 @@
       const body = await resp.json();
       const previous = els.model.value;
       const cards = body.data || [];
-      els.model.replaceChildren.apply(els.model, cards.map(function (card) { return new Option(card.id, card.id); }));
+      els.model.replaceChildren.apply(els.model, cards.map(function (card) {
+        const option = new Option(shownName(card.id), card.id);
+        option.title = card.id;
+        return option;
+      }));
       if (cards.some(function (c) { return c.id === previous; })) els.model.value = previous;
       const card = cards.find(function (c) { return c.id === els.model.value; });
+      state.card = card || null;
       setStatus(card ? "Ready: " + card.id + (card.max_model_len ? " (context " + card.max_model_len + " tokens)" : "") : "The server lists no model.", card ? "" : "error");
     } catch (e) {
       setStatus("Cannot reach the server (" + e.message + "). Is glmv serve running?", "error");
     }
+  }
+
+  /** A served name that is a folder path shows as its last part (the full name stays the value sent). */
+  function shownName(id) {
+    if (id.charAt(0) !== "/" && id.slice(0, 2) !== "./" && id.slice(0, 3) !== "../") return id;
+    const parts = id.replace(/\/+$/, "").split("/");
+    return parts[parts.length - 1] || id;
   }
 
   // ---------------------------------------------------------------- attachments
@@ -302,12 +360,38 @@
       text.textContent = turn.text;
       root.appendChild(text);
     }
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    actions.appendChild(actionButton("Edit", "edit", "Put this message back in the box to change and resend it " +
+      "(the turns after it are removed)", function () { editTurn(turn); }));
+    root.appendChild(actions);
     append(root);
     return root;
   }
 
+  function actionButton(label, name, title, onClick) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "action-" + name;
+    b.textContent = label;
+    b.title = title;
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  /** The image a turn's boxes refer to: the last image attached at or before that turn. */
+  function imageBefore(turn) {
+    const end = state.history.indexOf(turn);
+    for (let i = (end < 0 ? state.history.length : end) - 1; i >= 0; i--) {
+      const t = state.history[i];
+      if (t.role !== "user") continue;
+      for (let j = t.attachments.length - 1; j >= 0; j--) if (t.attachments[j].kind === "image") return t.attachments[j];
+    }
+    return null;
+  }
+
   /** The assistant bubble: a Thinking block (shown once reasoning arrives), the answer, a meta line, errors. */
-  function renderAssistant() {
+  function renderAssistant(turn) {
     const root = document.createElement("div");
     root.className = "msg assistant";
     root.dataset.state = "waiting";
@@ -331,7 +415,18 @@
     note.hidden = true;
     const meta = document.createElement("div");
     meta.className = "meta";
-    root.append(thinking, answer, note, meta);
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    actions.hidden = true;
+    actions.append(
+      actionButton("Copy", "copy", "Copy the answer", function () {
+        copyText(turn.answer).then(function () { setStatus("Answer copied."); },
+          function () { setStatus("The browser did not allow copying; select the text instead.", "error"); });
+      }),
+      actionButton("Regenerate", "regenerate", "Ask again for a new answer to the same message", function () {
+        regenerate(turn);
+      }));
+    root.append(thinking, answer, note, meta, actions);
     append(root);
 
     let userToggled = false;
@@ -388,7 +483,11 @@
         if (!result.error && !result.stopped && !result.finish && !result.answer && !result.reasoning) {
           notes.push("The server closed the stream without an answer.");
         }
+        if (result.notices) for (const text of result.notices) notes.push(text);
         if (notes.length) { note.hidden = false; note.textContent = notes.join(" "); }
+        const found = result.answer ? boxes.extract(result.answer) : [];
+        const image = found.length ? imageBefore(turn) : null;
+        if (image) root.insertBefore(boxes.figure(image.dataUrl, found, image.name), note);
         if (result.error) {
           const err = document.createElement("div");
           err.className = "error";
@@ -403,7 +502,8 @@
         }
         parts.push(seconds.toFixed(1) + " s");
         if (result.finish) parts.push("finish: " + result.finish);
-        meta.textContent = parts.join(" \u00B7 ");
+        meta.textContent = result.restored ? "" : parts.join(" \u00B7 ");
+        actions.hidden = !!result.error && !result.answer;
         root.dataset.state = result.error ? "error" : result.stopped ? "stopped" : "done";
       },
     };
@@ -435,33 +535,149 @@
 
   class StreamError extends Error {}
 
-  async function send() {
+  function copyText(text) {
+    if (navigator.clipboard && navigator.clipboard.writeText) return navigator.clipboard.writeText(text);
+    return Promise.reject(new Error("no clipboard"));
+  }
+
+  /** Prompt tokens of these messages as the server counts them (/tokenize runs the chat road). */
+  async function promptTokens(body) {
+    const resp = await fetch(BASE + "tokenize", { method: "POST", headers: headers(true),
+      body: JSON.stringify({ model: body.model, messages: body.messages }) });
+    if (!resp.ok) return null; // the chat request itself will say what is wrong
+    return (await resp.json()).count;
+  }
+
+  /** Lower max_tokens to the room the context has left; null when the history itself no longer fits. */
+  async function fitToContext(body) {
+    const limit = state.card && state.card.max_model_len;
+    if (!limit) return { body: body, notices: [] };
+    const count = await promptTokens(body);
+    if (count === null) return { body: body, notices: [] };
+    const room = limit - count;
+    if (room < MIN_ROOM) return { body: null, count: count, limit: limit };
+    const notices = [];
+    if (body.max_tokens !== undefined && body.max_tokens > room) {
+      notices.push("Max tokens lowered from " + body.max_tokens + " to " + room + ": that is the room the model's " +
+        "context (" + limit + " tokens) has left after this conversation.");
+      body.max_tokens = room;
+    }
+    return { body: body, notices: notices };
+  }
+
+  function send() {
     if (state.busy) return;
     const text = els.prompt.value.trim();
     if (!text && !state.pending.length) return;
-    const turn = { role: "user", text: text, attachments: state.pending };
-    state.history.push(turn);
-    let body;
     try {
-      body = requestBody();
+      requestBody(); // settings are checked before the message leaves the box
     } catch (e) {
-      state.history.pop();
       setStatus(e.message, "error");
       toggleSettings(true);
       return;
     }
+    const turn = { role: "user", text: text, attachments: state.pending };
+    state.history.push(turn);
     state.pending = [];
     renderPending();
     els.prompt.value = "";
     autosize();
-    const userView = renderUser(turn);
-    const view = renderAssistant();
+    turn.view = renderUser(turn);
+    saveConversation();
+    return generate();
+  }
+
+  function removeTurnsFrom(index) {
+    for (const t of state.history.splice(index)) if (t.view) t.view.remove();
+    for (const offer of Array.from(els.messages.querySelectorAll(".msg.offer"))) offer.remove();
+    saveConversation();
+  }
+
+  function editTurn(turn) {
+    if (state.busy) return;
+    const index = state.history.indexOf(turn);
+    if (index < 0) return;
+    removeTurnsFrom(index);
+    els.prompt.value = turn.text;
+    state.pending = turn.attachments.slice();
+    renderPending();
+    autosize();
+    els.prompt.focus();
+    if (!state.history.length) els.emptyHint.hidden = false;
+    setStatus("Change the message and send it again.");
+  }
+
+  function regenerate(turn) {
+    if (state.busy) return;
+    const index = state.history.indexOf(turn);
+    if (index < 0) return;
+    removeTurnsFrom(index);
+    generate();
+  }
+
+  /** Say the conversation no longer fits, and offer to leave out its oldest turns (they stay on screen, greyed). */
+  function offerToDropOldest(count, limit) {
+    const offer = document.createElement("div");
+    offer.className = "msg offer";
+    const text = document.createElement("div");
+    const users = state.history.filter(function (t) { return t.role === "user"; }).length;
+    text.textContent = "This conversation no longer fits the model's context: it is " + count + " tokens of the " +
+      limit + " the model can take, with no room left for an answer." + (users > 1
+      ? " Leave out the oldest turns to go on, or start a new chat."
+      : " Your message alone is too long: shorten it or attach less.");
+    offer.appendChild(text);
+    if (users > 1) {
+      offer.appendChild(actionButton("Leave out the oldest turns and send", "drop-oldest",
+        "The model will no longer see the oldest messages", function () { offer.remove(); dropOldestAndSend(); }));
+    }
+    offer.appendChild(actionButton("New chat", "offer-new-chat", "Start a new conversation", function () { newChat(true); }));
+    append(offer);
+  }
+
+  async function dropOldestAndSend() {
+    // Leave out whole turns (a question and its answer) from the start until the prompt leaves room to answer.
+    for (;;) {
+      const firstUser = state.history.findIndex(function (t) { return t.role === "user"; });
+      const nextUser = state.history.findIndex(function (t, i) { return i > firstUser && t.role === "user"; });
+      if (firstUser < 0 || nextUser < 0) break;
+      for (const t of state.history.splice(0, nextUser)) if (t.view) t.view.classList.add("dropped");
+      const body = requestBody();
+      const count = await promptTokens(body);
+      if (count === null || !state.card || state.card.max_model_len - count >= MIN_ROOM) break;
+    }
+    saveConversation();
+    return generate();
+  }
+
+  async function generate() {
+    let body;
+    try {
+      body = requestBody();
+    } catch (e) {
+      setStatus(e.message, "error");
+      toggleSettings(true);
+      return;
+    }
+    const turn = { role: "assistant", answer: "", reasoning: "" };
+    setBusy(true);
+    setStatus("Counting the prompt\u2026");
+    const fitted = await fitToContext(body).catch(function () { return { body: body, notices: [] }; });
+    if (!fitted.body) {
+      setBusy(false);
+      setStatus("The conversation no longer fits the model's context.", "error");
+      offerToDropOldest(fitted.count, fitted.limit);
+      return;
+    }
+    body = fitted.body;
+    const userTurn = state.history[state.history.length - 1];
+    const view = renderAssistant(turn);
+    turn.view = view.root;
     const controller = new AbortController();
     state.controller = controller;
-    setBusy(true);
     setStatus("Generating\u2026");
 
-    const result = { reasoning: "", answer: "", finish: null, usage: null, error: null, stopped: false };
+    const result = { reasoning: "", answer: "", finish: null, usage: null, error: null, stopped: false,
+      notices: fitted.notices };
     let notSent = false;
     try {
       const resp = await fetch(BASE + "v1/chat/completions", {
@@ -476,6 +692,7 @@
           try { chunk = JSON.parse(data); } catch (e) { return; }
           if (chunk.error) throw new StreamError(chunk.error.message || JSON.stringify(chunk.error));
           if (chunk.usage) result.usage = chunk.usage;
+          if (chunk.prompt_info) result.notices = result.notices.concat(promptNotices(chunk.prompt_info));
           for (const choice of chunk.choices || []) {
             if (choice.index) continue; // the page asks for one choice
             const delta = choice.delta || {};
@@ -495,23 +712,39 @@
     state.controller = null;
     result.reasoning = result.reasoning.trim();
     result.answer = result.answer.trim();
+    turn.answer = result.answer;
+    turn.reasoning = result.reasoning;
+    if (!notSent) state.history.push(turn); // pushed before finish so the boxes find the image before it
     view.finish(result);
     if (notSent) {
       // Nothing was generated: take the turn back and put the message into the composer to fix and resend.
-      state.history.pop();
-      userView.classList.add("not-sent");
-      if (!els.prompt.value && !state.pending.length) {
-        els.prompt.value = turn.text;
-        state.pending = turn.attachments;
+      const index = state.history.indexOf(userTurn);
+      if (index >= 0) state.history.splice(index, 1);
+      if (userTurn && userTurn.view) userTurn.view.classList.add("not-sent");
+      if (userTurn && !els.prompt.value && !state.pending.length) {
+        els.prompt.value = userTurn.text;
+        state.pending = userTurn.attachments;
         renderPending();
         autosize();
       }
       setStatus("Not sent: fix the message or the settings and send again.", "error");
     } else {
-      state.history.push({ role: "assistant", answer: result.answer });
       setStatus(result.error ? "The answer ended with an error." : result.stopped ? "Stopped." : "");
     }
+    saveConversation();
     setBusy(false);
+  }
+
+  /** What the server says it did to the prompt (a document cut to fit), in a person's words. */
+  function promptNotices(info) {
+    const out = [];
+    if (info.document_pages !== undefined && info.document_pages_total !== undefined &&
+        info.document_pages < info.document_pages_total) {
+      out.push("Only the first " + info.document_pages + " of the document's " + info.document_pages_total +
+        " pages fit the model's context, so the answer is about those pages. Ask about a page range, or lower " +
+        "Max tokens to leave more room for the document.");
+    }
+    return out;
   }
 
   function setBusy(busy) {
@@ -525,9 +758,12 @@
     if (state.controller) state.controller.abort();
   }
 
-  function newChat() {
+  function newChat(confirmed) {
+    if (state.history.length && confirmed !== true &&
+        !window.confirm("Start a new chat? This conversation will be removed from this browser.")) return;
     stop();
     state.history = [];
+    saveConversation();
     for (const node of Array.from(els.messages.children)) if (node !== els.emptyHint) node.remove();
     els.emptyHint.hidden = false;
     setStatus("");
@@ -548,7 +784,7 @@
   function wire() {
     els.send.addEventListener("click", send);
     els.stop.addEventListener("click", stop);
-    els.newChat.addEventListener("click", newChat);
+    els.newChat.addEventListener("click", function () { newChat(false); });
     els.settingsToggle.addEventListener("click", function () { toggleSettings(); });
     els.attach.addEventListener("click", function () { els.fileInput.click(); });
     els.fileInput.addEventListener("change", function () {
@@ -595,6 +831,7 @@
 
   loadSettings();
   wire();
+  restoreConversation();
   loadModels();
   els.prompt.focus();
 })();
