@@ -107,7 +107,7 @@ def test_two_boxes_are_drawn_and_numbered_over_the_image(browser, page_server, t
     image = make_image(tmp_path / "scene.png", 400, 300)
     data = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
     answer = ("The cat is at <|begin_of_box|>[[100,200,400,600]]<|end_of_box|> and the dog at "
-              "[[500,100,900,700]].")
+              "<|begin_of_box|>[[500,100,900,700]]<|end_of_box|>.")
     conversation = [
         {"role": "user", "text": "Where are the cat and the dog?",
          "attachments": [{"kind": "image", "name": "scene.png", "mime": "image/png", "size": 1, "dataUrl": data}]},
