@@ -75,6 +75,7 @@
         const turn = { role: "assistant", answer: String(t.answer || ""), reasoning: String(t.reasoning || "") };
         state.history.push(turn);
         const view = renderAssistant(turn);
+        turn.view = view.root;
         view.finish({ reasoning: turn.reasoning, answer: turn.answer, finish: null, usage: null, error: null,
           stopped: false, restored: true });
       }
