@@ -36,6 +36,10 @@ _EXTRA_TYPES = {".mkv": "video/x-matroska", ".flv": "video/x-flv", ".wmv": "vide
                 ".webp": "image/webp", ".webm": "video/webm",
                 ".pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation"}
 _DOCUMENT_SUFFIXES = (".pdf", ".ppt", ".pptx")
+# Words people type to leave or start over; sent to the model they would only puzzle it.
+_LEAVE_WORDS = ("exit", "quit", "bye")
+_CLEAR_WORDS = ("clear", "reset")
+MIN_ROOM = 32  # fewer tokens than this left in the context: too little for the model to answer
 
 HELP = """Commands:
   /image PATH [PATH ...]  attach images to your next message
@@ -45,9 +49,9 @@ HELP = """Commands:
   /budget N|off           thinking budget: after N thinking tokens the model must answer
   /system TEXT|off        set or clear the system prompt
   /detach                 drop the attachments waiting for your next message
-  /reset                  forget the conversation and pending attachments
+  /reset                  forget the conversation and pending attachments (also typing clear)
   /help                   this list
-  /exit                   leave (also Ctrl-D)
+  /exit                   leave (also Ctrl-D, or typing exit / quit)
 Ctrl-C stops the answer being written."""
 
 
@@ -66,6 +70,11 @@ def media_part(kind: str, path_text: str) -> dict[str, Any]:
         raise ValueError(f"{path}: no such file.")
     if kind == "file" and path.suffix.lower() not in _DOCUMENT_SUFFIXES:
         raise ValueError(f"{path.name}: /file takes a PDF, PPT or PPTX document; use /image or /video for media.")
+    mime = _EXTRA_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or ""
+    if kind in ("image", "video") and not mime.startswith(kind + "/"):
+        examples = "JPG, PNG, GIF, BMP, TIFF, WEBP" if kind == "image" else "MP4, AVI, MKV, MOV, WEBM"
+        raise ValueError(f"{path.name} is not {'an image' if kind == 'image' else 'a video'} ({examples}); "
+                         "/file takes documents.")
     url = data_uri(path)
     if kind == "image":
         return {"type": "image_url", "image_url": {"url": url}}
@@ -97,6 +106,18 @@ class Conversation:
     def reset(self) -> None:
         self.turns.clear()
         self.pending.clear()
+
+    def kinds(self) -> set[str]:
+        """The media kinds ("image_url", "video_url", "file") in the kept turns."""
+        return {p.get("type") for t in self.turns if isinstance(t.get("content"), list) for p in t["content"]
+                if isinstance(p, dict)}
+
+    def drop_oldest_turn(self) -> bool:
+        """Leave out the oldest question and its answer; False when there is none to leave out."""
+        if len(self.turns) < 2:
+            return False
+        del self.turns[:2]
+        return True
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -200,6 +221,20 @@ class ChatSession:
             if self.client is not None:  # else the loop may still be busy loading: the daemon thread just ends
                 self.thread.join(timeout=10)
 
+    def count_tokens(self, messages: list[dict]) -> tuple[int, int] | None:
+        """(prompt tokens, context length) as the server counts them (/tokenize); None when it cannot say."""
+        async def ask():
+            return await self.client.post("/tokenize", json={"model": self.model, "messages": messages})
+
+        try:
+            resp = self._run(ask(), timeout=120)
+        except Exception:  # noqa: BLE001 - a server without /tokenize: the request itself will tell
+            return None
+        if resp.status_code != 200:
+            return None
+        body = resp.json()
+        return int(body["count"]), int(body["max_model_len"])
+
     def stream(self, body: dict, sink: queue.SimpleQueue, finished: threading.Event):
         """Start streaming `body` into `sink` (ChatEvent, then None); returns the concurrent future to cancel."""
 
@@ -281,7 +316,28 @@ class ChatRepl:
                 if self.command(line) == "exit":
                     return 1 if self.failures and not self.interactive else 0
                 continue
+            word = line.lower().rstrip(".!")
+            if word in _LEAVE_WORDS:
+                return 1 if self.failures and not self.interactive else 0
+            if word in _CLEAR_WORDS:
+                self.conversation.reset()
+                self.note("Conversation cleared (to send the word itself, write it in a sentence).")
+                continue
             self.send(line)
+
+    def _check_mixing(self, name: str, parts: list[dict]) -> None:
+        """GLM-4.1V takes images or one video in a prompt, not both: say so when attaching, not on every message."""
+        new = {p["type"] for p in parts} | {p.get("type") for p in self.conversation.pending}
+        kept = self.conversation.kinds()
+        if "video_url" in new and ("image_url" in kept or "image_url" in new - {"video_url"}):
+            raise ValueError("A video cannot go in the same conversation as images (GLM-4.1V reads one or the "
+                             "other). /reset starts a new conversation for the video; /detach drops it.")
+        if "video_url" in new and "video_url" in kept:
+            raise ValueError("This conversation has a video already and GLM-4.1V reads one per prompt: /reset starts "
+                             "a new conversation for this one.")
+        if "image_url" in new and "video_url" in kept:
+            raise ValueError("Images cannot go in the same conversation as a video (GLM-4.1V reads one or the "
+                             "other). /reset starts a new conversation for the images.")
 
     def command(self, line: str) -> str | None:
         try:
@@ -300,6 +356,7 @@ class ChatRepl:
                 if not rest or (name != "/image" and len(rest) > 1):
                     raise ValueError(f"Usage: {name} PATH" + (" [PATH ...]" if name == "/image" else ""))
                 parts = [media_part(name[1:], p) for p in rest]
+                self._check_mixing(name, parts)
                 self.conversation.pending += parts
                 self.note(f"Attached {', '.join(Path(p).name for p in rest)}; it goes with your next message.")
             elif name == "/detach":
@@ -341,13 +398,52 @@ class ChatRepl:
             body["thinking_budget"] = s.thinking_budget
         return body | {k: v for k, v in s.extra.items() if k not in ("messages", "stream")}
 
+    def fit_to_context(self, text: str) -> tuple[list[dict], int | None] | None:
+        """The messages to send and the max_tokens that fits; old turns left out (asked first on a terminal) when
+        the history no longer leaves room to answer. None: not sent."""
+        left_out = 0
+        while True:
+            messages = self.conversation.messages(text)
+            counted = self.session.count_tokens(messages)
+            if counted is None:  # the chat request itself will say what is wrong
+                return messages, self.settings.max_tokens
+            count, limit = counted
+            room = limit - count
+            if room >= MIN_ROOM:
+                break
+            if not self.conversation.turns:
+                self.note(f"Your message is {count} tokens, more than the model's context of {limit} leaves room "
+                          "for: shorten it or attach less.", error=True)
+                return None
+            if left_out == 0 and self.interactive:
+                answer = input(f"The conversation no longer fits the model's context ({count} of {limit} tokens). "
+                               "Leave out the oldest turns and send? [Y/n] ").strip().lower()
+                if answer not in ("", "y", "yes"):
+                    self.note("Not sent. /reset starts a new conversation.")
+                    return None
+            self.conversation.drop_oldest_turn()
+            left_out += 1
+        if left_out:
+            self.note(f"Left out the {left_out} oldest turn(s) so the conversation fits the context.")
+        max_tokens = self.settings.max_tokens
+        if max_tokens is not None and max_tokens > room:
+            self.note(f"max_tokens lowered from {max_tokens} to {room}: that is the room the context has left.")
+            max_tokens = room
+        return messages, max_tokens
+
     def send(self, text: str) -> None:
-        messages = self.conversation.messages(text)
+        fitted = self.fit_to_context(text)
+        if fitted is None:
+            return
+        messages, max_tokens = fitted
         printer = AnswerPrinter(self.stdout, self.color, self.settings.show_thinking)
         sink: queue.SimpleQueue = queue.SimpleQueue()
         finished = threading.Event()
         started = time.monotonic()
-        future = self.session.stream(self.request_body(messages), sink, finished)
+        body = self.request_body(messages)
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        future = self.session.stream(body, sink, finished)
         error = finish = usage = None
         stopped = False
         try:
@@ -372,6 +468,8 @@ class ChatRepl:
         printer.close(self._summary(finish, usage, time.monotonic() - started, stopped))
         if error is not None and not printer.answer_text and not printer.reasoning_text:
             self.note(f"Error: {error}", error=True)  # nothing generated: the turn is not kept
+            if self.conversation.pending:
+                self.note("Not sent; your attachments are still waiting: /detach drops them, /reset starts over.")
             self.failures += 1
             return
         if error is not None:

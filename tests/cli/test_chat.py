@@ -64,9 +64,9 @@ def test_piped_errors_are_reported_and_set_the_exit_code(live_server, scripted_m
     assert "missing.png: no such file." in done.stderr
     assert "Expected a whole number, got 'lots'." in done.stderr
     assert "Unknown command /frobnicate; /help lists them." in done.stderr
-    # A text file sent as an image: the server refuses it with a 4xx that names the part; nothing is answered.
-    assert re.search(r"Error: HTTP 4\d\d: messages\[0\]\.content\[0\]", done.stderr), done.stderr
-    assert scripted_model.answer not in done.stdout
+    # A text file attached as an image is refused on the spot, before anything is sent.
+    assert "notes.txt is not an image (JPG, PNG, GIF, BMP, TIFF, WEBP)" in done.stderr
+    assert scripted_model.answer in done.stdout  # "hi" went alone
 
 
 # --------------------------------------------------------------------------------------------- a real terminal
