@@ -81,6 +81,12 @@ def plan_replicas(model_config: ModelConfig, engine_config: EngineConfig, *, vis
 class DataParallelEngine:
     """EngineClient over N replica processes. Construction starts them all and returns once every model is loaded."""
 
+    computes_logprobs = True
+
+    def stage_prompt(self, prompt: Prompt) -> Prompt:
+        """Nothing to stage here: each replica stages the pixels it receives, off its own engine loop."""
+        return prompt
+
     def __init__(self, launches: list[ReplicaLaunch], block_size: int, drain_timeout_s: float = 30.0):
         self.drain_timeout_s = drain_timeout_s
         self.replicas = [Replica(launch, self._on_message, self._on_exit) for launch in launches]
