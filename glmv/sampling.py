@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from glmv.structured.compiler import CompiledStructure
 
 
 class FinishReason(enum.StrEnum):
@@ -52,6 +56,8 @@ class SamplingParams:
     # Reserved answer budget: if the thought is still open when only this many tokens (plus the forced
     # `</think><answer>`) are left of max_tokens, the engine closes it so the answer gets these tokens. None: off.
     reserved_answer_tokens: int | None = None
+    # Structured output (glmv/structured): the compiled grammar the answer must follow; the thought stays free.
+    structured: CompiledStructure | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

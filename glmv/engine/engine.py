@@ -34,6 +34,7 @@ from glmv.engine.scheduler import Scheduler, SchedulerConfig
 from glmv.inputs.prompt import Prompt
 from glmv.reasoning.budget import make_budget
 from glmv.sampling import FinishReason, SamplingParams
+from glmv.structured.constraint import Constraint
 
 log = logging.getLogger("glmv.engine")
 
@@ -81,6 +82,8 @@ class LLMEngine:
         self._rng = random.Random(engine_config.seed)
         self._merge = model_config.vision.spatial_merge_size
         self._vocab = model_config.text.vocab_size
+        assistant = tokenizer.convert_tokens_to_ids("<|assistant|>")  # where the prompt's last turn starts
+        self._assistant_id = assistant if isinstance(assistant, int) else None
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.requests_finished = 0
@@ -276,6 +279,10 @@ class LLMEngine:
         req.budget = make_budget(self.tokenizer, budget, max_tokens=req.max_tokens,
                                  reserved_answer_tokens=p.reserved_answer_tokens, prompt_token_ids=req.prompt.token_ids)
         forced = req.budget.on_start() if req.budget is not None else []
+        if p.structured is not None:
+            req.constraint = Constraint(p.structured, req.prompt.token_ids, self._assistant_id)
+            for tok in forced:  # before the first token is sampled, its mask must know them
+                req.constraint.accept(tok)
         if append_forced:
             req.token_ids += forced
             req.num_forced_tokens += len(forced)
@@ -305,6 +312,8 @@ class LLMEngine:
             if not appended:
                 req.token_ids.append(tok)
                 req.num_forced_tokens += forced
+                if req.constraint is not None:
+                    req.constraint.accept(tok)
             count += 1
             self.generation_tokens_total += 1
             status, end = None, None

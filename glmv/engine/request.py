@@ -160,6 +160,7 @@ class Request:
     # num_tokens (the scheduler computes them next) but are not in token_ids yet.
     num_pending: int = 0
     stop_id_set: frozenset[int] | None = None  # the engine's stop ids for this sequence (set at its start)
+    constraint: Any = None  # glmv.structured Constraint of a structured-output sequence (set at its start)
     order: int = field(default_factory=lambda: next(_ids))  # arrival order, for stable priorities
 
     @classmethod

@@ -1,8 +1,9 @@
 """Sampler: next tokens for a batch of sequences from their logits, on the device, with one host sync per step.
 
 Per row, in this order (transformers' processor order): repetition penalty (over prompt and output tokens),
-frequency/presence penalties (output tokens), logit_bias, min_tokens (stop ids masked), then greedy argmax or
-temperature -> top_k -> top_p -> min_p -> a draw. Logprobs are those of the model's raw distribution.
+frequency/presence penalties (output tokens), logit_bias, min_tokens (stop ids masked), the structured-output grammar's
+token mask (constrained rows only: glmv/structured/mask.py), then greedy argmax or temperature -> top_k -> top_p ->
+min_p -> a draw. Logprobs are those of the model's raw distribution.
 
 Random draws use the exponential-race form of the Gumbel-max trick, argmax(p_i / E_i) with E_i ~ Exp(1), where the
 noise E is a pure function of (sequence seed, output step, token id) computed with an integer hash on the device.
@@ -15,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from glmv.structured.mask import apply_masks, masked_rows
 
 _MASK32 = 0xFFFFFFFF
 
@@ -60,7 +63,8 @@ def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tens
 
 
 class Sampler:
-    """`sample(logits, rows)`: rows are sequences with `params`, `seed`, `token_ids`, `num_prompt_tokens`."""
+    """`sample(logits, rows)`: rows are sequences with `params`, `seed`, `token_ids`, `num_prompt_tokens` and
+    `constraint` (a glmv.structured Constraint or None)."""
 
     def __init__(self, vocab_size: int, device: torch.device | str, eos_token_ids: tuple[int, ...] = ()):
         self.vocab_size = vocab_size
@@ -76,8 +80,10 @@ class Sampler:
     @staticmethod
     def needs_history(params) -> bool:
         """Whether sampling for these params reads the sequence's earlier tokens (penalties): such a row cannot be
-        sampled while its previous token is still on the device."""
-        return params.repetition_penalty != 1.0 or bool(params.frequency_penalty) or bool(params.presence_penalty)
+        sampled while its previous token is still on the device. A structured output's mask is the grammar's
+        state after every earlier token, so it needs them too."""
+        return (params.repetition_penalty != 1.0 or bool(params.frequency_penalty) or bool(params.presence_penalty)
+                or params.structured is not None)
 
     def plain_greedy(self, rows) -> bool:
         """Whether every row's token is the argmax of its raw logits: greedy, no logprobs, and no processor that
@@ -85,7 +91,8 @@ class Sampler:
         argmax the decode graph computed (`launch_tokens`) instead of sampling."""
         for r in rows:
             p = r.params
-            if not p.greedy or p.logprobs is not None or p.logit_bias or self.needs_history(p):
+            if not p.greedy or p.logprobs is not None or p.logit_bias or self.needs_history(p) \
+                    or r.constraint is not None:
                 return False
             if p.min_tokens and _num_tokens(r) - r.num_prompt_tokens < p.min_tokens:
                 return False
@@ -173,6 +180,9 @@ class Sampler:
         Between the two the host is free (the engine detokenizes the previous step meanwhile)."""
         raw = logits.float()
         x = self.apply_logits_processors(raw, rows)
+        constrained = masked_rows(rows)
+        if constrained:
+            x = apply_masks(x, rows, constrained)
         tokens = x.argmax(dim=-1)
         params = [r.params for r in rows]
         random_rows = [i for i, p in enumerate(params) if not p.greedy]

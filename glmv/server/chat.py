@@ -19,6 +19,7 @@ from glmv.server.generation import ClientDisconnected, GenerationStream, Tracked
 from glmv.server.params import chat_sampling_params, resolve_model_name
 from glmv.server.protocol import ChatCompletionRequest, ChatCompletionResponse, random_id
 from glmv.server.state import ServingState
+from glmv.server.structured import requested_spec, tool_call_plan, with_structured
 
 router = APIRouter()
 
@@ -44,6 +45,8 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request, state: Serv
     arrival = time.monotonic()
     model = resolve_model_name(state, req.model)
     params = chat_sampling_params(req, state)
+    tool_plan = tool_call_plan(req)
+    params = await with_structured(params, tool_plan.spec if tool_plan is not None else requested_spec(req), state)
     if req.continue_final_message and (req.add_generation_prompt or req.messages[-1].role != "assistant"):
         raise APIError(400, "continue_final_message needs add_generation_prompt: false and a last assistant message.",
                        "continue_final_message", "invalid_request")
@@ -57,8 +60,8 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request, state: Serv
         # streaming, at any point before the answer: either way the engine request is aborted.
         await unless_disconnected(raw, gen.start(), [gen])
         if req.stream:
-            return GenerationStream(stream_chat(req, raw, gen, state, model), [gen])
-        body = await unless_disconnected(raw, collect_chat(req, gen, state, model), [gen])
+            return GenerationStream(stream_chat(req, raw, gen, state, model, tool_plan), [gen])
+        body = await unless_disconnected(raw, collect_chat(req, gen, state, model, tool_plan), [gen])
     except ClientDisconnected:
         await gen.close(499)
         return Response(status_code=499)

@@ -20,6 +20,7 @@ from glmv.server.generation import TrackedGeneration, disconnect_guard
 from glmv.server.logprobs import chat_logprobs
 from glmv.server.protocol import ChatCompletionRequest
 from glmv.server.state import ServingState
+from glmv.server.structured import ToolCallPlan
 
 
 def sse(obj: dict | str) -> str:
@@ -42,8 +43,14 @@ def _finish(reason: FinishReason | None) -> str:
     return (reason or FinishReason.LENGTH).openai
 
 
-async def collect_chat(req: ChatCompletionRequest, gen: TrackedGeneration, state: ServingState, model: str) -> dict:
-    """Run the generation to its end and build the `chat.completion` body."""
+def _call_id(gen: TrackedGeneration, index: int) -> str:
+    return f"call_{gen.request_id.rsplit('-', 1)[-1][:24]}_{index}"
+
+
+async def collect_chat(req: ChatCompletionRequest, gen: TrackedGeneration, state: ServingState, model: str,
+                       tool_plan: ToolCallPlan | None = None) -> dict:
+    """Run the generation to its end and build the `chat.completion` body (a forced call's answer becomes
+    `tool_calls`, with finish_reason "tool_calls")."""
     n = gen.params.n
     texts: list[list[str]] = [[] for _ in range(n)]
     logprobs: list[list] = [[] for _ in range(n)]
@@ -69,13 +76,19 @@ async def collect_chat(req: ChatCompletionRequest, gen: TrackedGeneration, state
         message: dict = {"role": "assistant", "content": content}
         if req.include_reasoning:
             message["reasoning_content"] = message["reasoning"] = reasoning or None
+        finish = _finish(gen.finish[i])
         message["tool_calls"] = []
+        if tool_plan is not None:
+            message["tool_calls"] = tool_plan.tool_calls(content or "", _call_id(gen, i))
+            if message["tool_calls"]:
+                message["content"] = None
+                finish = "tool_calls" if finish == "stop" else finish
         choices.append({
             "index": i,
             "message": message,
             "logprobs": chat_logprobs(logprobs[i], gen.params.logprobs or 0) if gen.params.logprobs is not None
             else None,
-            "finish_reason": _finish(gen.finish[i]),
+            "finish_reason": finish,
             "stop_reason": stop_reasons[i],
         })
     body = {"id": gen.request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
@@ -86,13 +99,15 @@ async def collect_chat(req: ChatCompletionRequest, gen: TrackedGeneration, state
 
 
 async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGeneration, state: ServingState,
-                      model: str) -> AsyncIterator[str]:
+                      model: str, tool_plan: ToolCallPlan | None = None) -> AsyncIterator[str]:
     """Server-sent events: per choice a first chunk with the role, content/reasoning deltas, a chunk with the
-    finish_reason; then (if asked) a usage chunk with no choices; then `data: [DONE]`."""
+    finish_reason; then (if asked) a usage chunk with no choices; then `data: [DONE]`. A forced call's answer goes
+    out as `tool_calls` deltas instead of content (ToolCallStream)."""
     created = int(time.time())
     n = gen.params.n
     in_think = prompt_opens_thought(gen.prompt.text)
     splitters = [ThinkSplitter(in_think) for _ in range(n)]
+    calls = [ToolCallStream(tool_plan, _call_id(gen, i)) for i in range(n)] if tool_plan is not None else None
     opts = req.stream_options
     include_usage = bool(opts and opts.include_usage)
     continuous = bool(opts and opts.continuous_usage_stats)
@@ -130,14 +145,21 @@ async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGene
                 delta: dict = {}
                 if reasoning and req.include_reasoning:
                     delta["reasoning_content"] = delta["reasoning"] = reasoning
-                if content:
+                if calls is not None:
+                    tool_delta = calls[c.index].feed(content, c.finish_reason is not None)
+                    if tool_delta:
+                        delta["tool_calls"] = tool_delta
+                elif content:
                     delta["content"] = content
                 logprobs = chat_logprobs(c.logprobs, top_n) if gen.params.logprobs is not None and c.logprobs \
                     else None
                 if delta or logprobs:
                     yield chunk([choice(c.index, delta, logprobs)])
                 if c.finish_reason is not None:
-                    yield chunk([choice(c.index, {}, None, c.finish_reason.openai, c.stop_reason)])
+                    finish = c.finish_reason.openai
+                    if calls is not None and calls[c.index].sent and finish == "stop":
+                        finish = "tool_calls"
+                    yield chunk([choice(c.index, {}, None, finish, c.stop_reason)])
         if include_usage:
             yield chunk([], usage_of(gen, state, in_think))
         yield sse("[DONE]")
@@ -152,3 +174,32 @@ async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGene
     finally:
         watcher.cancel()
         await gen.close(status)
+
+
+class ToolCallStream:
+    """One choice's forced call as OpenAI streams it: a first delta with id, type and name, then fragments of
+    `arguments` that join to the non-streamed arguments. A named call streams its arguments as they are written;
+    one where the model picks the function is sent whole at the end (its name is inside the JSON)."""
+
+    def __init__(self, plan: ToolCallPlan, call_id: str):
+        self.plan = plan
+        self.call_id = call_id
+        self.buffer = ""
+        self.sent = False
+
+    def feed(self, text: str, final: bool) -> list[dict]:
+        self.buffer += text
+        if self.plan.function is not None:
+            out = []
+            if not self.sent and text:
+                out.append({"index": 0, "id": self.call_id, "type": "function",
+                            "function": {"name": self.plan.function, "arguments": ""}})
+                self.sent = True
+            if text:
+                out.append({"index": 0, "function": {"arguments": text}})
+            return out
+        if not final:
+            return []
+        calls = self.plan.tool_calls(self.buffer, self.call_id)
+        self.sent = bool(calls)
+        return [{"index": 0, **call} for call in calls]

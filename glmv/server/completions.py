@@ -33,6 +33,7 @@ from glmv.server.logprobs import LegacyLogprobs
 from glmv.server.params import check_token_ids, completion_sampling_params, resolve_model_name
 from glmv.server.protocol import CompletionRequest, CompletionResponse, random_id
 from glmv.server.state import ServingState
+from glmv.server.structured import requested_spec, with_structured
 
 router = APIRouter()
 
@@ -237,7 +238,7 @@ async def create_completion(req: CompletionRequest, raw: Request) -> Response:
     state: ServingState = raw.app.state.serving
     arrival = time.monotonic()
     model = resolve_model_name(state, req.model)
-    params = completion_sampling_params(req, state)
+    params = await with_structured(completion_sampling_params(req, state), requested_spec(req), state)
     prompts = completion_prompts(req, state)
     request_id = random_id("cmpl")
     gens = [TrackedGeneration(state, p, params, request_id if len(prompts) == 1 else f"{request_id}-{i}", model,

@@ -105,6 +105,53 @@ class ChatMessage(OpenAIModel):
     reasoning_content: str | None = Field(default=None, description="Ignored: history keeps only answers.")
 
 
+# ---- structured outputs and tools (glmv/structured, glmv/server/structured.py) -----------------------------------
+
+
+class JSONSchemaFormat(OpenAIModel):
+    name: str = Field(default="response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | bool | None = Field(default=None, alias="schema")
+    strict: bool | None = False
+
+
+class ResponseFormat(OpenAIModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs` extra: exactly one of these constraints."""
+
+    model_config = ConfigDict(extra="forbid")
+    json_: dict[str, Any] | bool | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+
+class FunctionDefinition(OpenAIModel):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(OpenAIModel):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(OpenAIModel):
+    name: str
+
+
+class NamedToolChoice(OpenAIModel):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
 # ---- sampling fields shared by chat and completions --------------------------------------------------------------
 
 
@@ -143,6 +190,10 @@ class SamplingFields(OpenAIModel):
     reserved_answer_tokens: int | None = Field(
         default=None, ge=1, description="glmv extra: when max_tokens would run out inside the thought, close it this "
         "many tokens early so an answer still fits.")
+    response_format: ResponseFormat | None = Field(
+        default=None, description="OpenAI: json_object or json_schema (with strict) constrain the answer.")
+    structured_outputs: StructuredOutputs | None = Field(
+        default=None, description="vLLM extra: one of json, regex, choice, grammar (EBNF) or json_object.")
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -159,6 +210,11 @@ class ChatCompletionRequest(SamplingFields):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     include_reasoning: bool = Field(default=True, description="glmv extra: false leaves reasoning out.")
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        default=None, description='"required" or a named function: the answer is a call, constrained to the '
+        "function's parameters schema.")
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(SamplingFields):

@@ -13,6 +13,7 @@ from glmv.inputs.cache import CacheUsage
 from glmv.inputs.messages import MediaPolicy
 from glmv.inputs.processor import PromptBuilder
 from glmv.server.metrics import ServerMetrics
+from glmv.structured.compiler import GrammarCompiler
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,11 @@ class ServingState:
     @cached_property
     def think_end_ids(self) -> list[int]:
         return list(self.tokenizer.encode("</think>", add_special_tokens=False))
+
+    @cached_property
+    def grammar_compiler(self) -> GrammarCompiler:
+        """Structured outputs' compiler for this tokenizer (built at the first structured request)."""
+        return GrammarCompiler(self.tokenizer, self.model_config.text.vocab_size, self.model_config.eos_token_ids)
 
     @cached_property
     def think_start_ids(self) -> list[int]:

@@ -20,7 +20,8 @@ DRAWS = 20_000
 def rows(params: SamplingParams, count: int, seed0: int = 0, tokens=(), prompt_len: int | None = None):
     toks = list(tokens)
     plen = len(toks) if prompt_len is None else prompt_len
-    return [SimpleNamespace(params=params, seed=seed0 + i, token_ids=toks, num_prompt_tokens=plen)
+    return [SimpleNamespace(params=params, seed=seed0 + i, token_ids=toks, num_prompt_tokens=plen,
+                            constraint=None)
             for i in range(count)]
 
 

@@ -1,0 +1,31 @@
+"""Token masks of constrained rows, filled on the host by each row's matcher and applied to the logits on the device.
+
+Only the rows whose next token is constrained are filled and masked; the others keep their logits as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import xgrammar as xgr
+
+from glmv.structured.constraint import Constraint
+
+
+def masked_rows(rows: Sequence) -> list[int]:
+    """Indices of the rows (sequences with a `constraint`) whose next token the grammar decides."""
+    return [i for i, r in enumerate(rows) if r.constraint is not None and r.constraint.masks_next]
+
+
+def apply_masks(logits: torch.Tensor, rows: Sequence, indices: list[int]) -> torch.Tensor:
+    """A copy of float32 `logits` [B, V] with disallowed tokens of rows `indices` at -inf."""
+    vocab = logits.shape[1]
+    bitmask = xgr.allocate_token_bitmask(len(rows), vocab)
+    for i in indices:
+        constraint: Constraint = rows[i].constraint
+        constraint.fill_mask(bitmask, i)
+    out = logits.clone()  # the caller's tensor may be the raw logits its logprobs are read from
+    xgr.apply_token_bitmask_inplace(out, bitmask.to(out.device, non_blocking=True), vocab_size=vocab,
+                                    indices=indices)
+    return out
