@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import xgrammar as xgr
 
 from glmv.structured.spec import StructuredOutputError, StructuredSpec
@@ -44,6 +45,9 @@ class CompiledStructure:
     answer_close_id: int
     stop_token_ids: tuple[int, ...]
     vocab_size: int
+    # JSON kinds: the bitmask row of tokens without raw control characters (xgrammar's JSON strings admit them,
+    # JSON does not); None for other kinds
+    json_safe: torch.Tensor | None = None
 
 
 def _single_id(tokenizer: Any, text: str) -> int:
@@ -86,13 +90,20 @@ class GrammarCompiler:
         self.think_end_id = _single_id(tokenizer, "</think>")
         self.answer_open_id = _single_id(tokenizer, "<answer>")
         self.answer_close_id = _single_id(tokenizer, "</answer>")
-        # The answer ends with `</answer>` (an EOS in GLM's generation_config) or another stop id: the grammar's
-        # end allows exactly those, so the engine's stop rule ends the sequence right after the grammar does.
-        stops = [self.answer_close_id, *(t for t in stop_token_ids if t != self.answer_close_id)]
+        # Where the grammar ends, only the answer's end may follow: `</answer>` when it is a stop id (an EOS in
+        # GLM's generation_config), else the model's stop ids; the engine's stop rule then ends the sequence.
+        stops = [self.answer_close_id] if self.answer_close_id in stop_token_ids else list(stop_token_ids)
+        if not stops:
+            raise ValueError("structured outputs need a stop token id to end the answer; the model has none.")
         self.stop_token_ids = tuple(stops)
         self.vocab_size = vocab_size
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stops)
         self._xgr = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+        self._json_safe = xgr.allocate_token_bitmask(1, vocab_size)[0]
+        for token, text in enumerate(info.decoded_vocab):
+            if any(b < 0x20 for b in text) and token not in stops:
+                word, bit = divmod(token, 32)
+                self._json_safe[word] &= ~(1 << bit) if bit < 31 else 0x7FFFFFFF
         self._cache: OrderedDict[StructuredSpec, CompiledStructure] = OrderedDict()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="glmv-grammar")
@@ -118,7 +129,8 @@ class GrammarCompiler:
             return cached
         grammar = self._compile(spec)
         out = CompiledStructure(spec, grammar, self.think_start_id, self.think_end_id, self.answer_open_id, self.answer_close_id,
-                                self.stop_token_ids, self.vocab_size)
+                                self.stop_token_ids, self.vocab_size,
+                                self._json_safe if spec.kind in ("json_schema", "json_object") else None)
         with self._lock:
             self.compiles += 1
             self._cache[spec] = out

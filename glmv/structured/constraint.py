@@ -67,6 +67,8 @@ class Constraint:
             bitmask[row, word] = _bit(bit)
         else:
             self.matcher.fill_next_token_bitmask(bitmask, row)
+            if self.compiled.json_safe is not None:
+                bitmask[row] &= self.compiled.json_safe
 
 
 def _bit(bit: int) -> int:
