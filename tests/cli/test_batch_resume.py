@@ -43,7 +43,12 @@ def test_sigkill_then_resume_runs_every_request_once(live_server, tmp_path):
                 "--no-progress"]
         live_server.recorder.reset()
         proc = subprocess.Popen([*GLMV, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=door_env())
-        time.sleep(rng.uniform(1.5, 5.0))  # random point: loading, mid-run, or writing a line
+        # A random point once results are being written (start-up time varies with the machine's load): mid-run,
+        # or while a line is half written; run 0 is killed during start-up.
+        deadline = time.monotonic() + 60
+        while run and not whole_result_ids(out) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.8) if run else 0.5)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
         finished = set(whole_result_ids(out))
