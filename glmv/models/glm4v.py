@@ -136,7 +136,7 @@ class Glm4vModel:
         self._split = [d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim, d.num_kv_heads * d.head_dim]
 
     @staticmethod
-    def build_kernels(device: torch.device, dtype: torch.dtype, kernels: Kernels) -> tuple[GateUpAct, GemvPlan]:
+    def build_kernels(kernels: Kernels) -> tuple[GateUpAct, GemvPlan]:
         """The gating dispatcher and the (empty) decode-matmul plan that a model and its vision tower share."""
         plan = GemvPlan(kernels.gemv)
         return GateUpAct(kernels.swiglu, kernels.silu_mul, plan), plan
@@ -170,7 +170,7 @@ class Glm4vModel:
         KernelOptions.from_env() makes here; `linear_loader` to dense weights (bf16 / fp16 / fp32 checkpoints)."""
         device = torch.device(device)
         kernels = kernels or select_kernels(device, dtype, KernelOptions.from_env())
-        gate_up_act, plan = cls.build_kernels(device, dtype, kernels)
+        gate_up_act, plan = cls.build_kernels(kernels)
         reader = CheckpointReader(config.path, device, dtype)
         with torch.inference_mode():
             text = load_text_weights(reader, config.text, linear_loader or DenseLinearLoader(plan), plan)

@@ -173,7 +173,7 @@ def test_model_lays_out_its_weights_once_and_matches_the_separate_gating(tmp_pat
         chosen = replace(triton, swiglu=swiglu_module)
         if loaded is None:
             return Glm4vModel.load(config, DEVICE, torch.float32, max_positions=1024, kernels=chosen)
-        act, plan = Glm4vModel.build_kernels(loaded.device, loaded.dtype, chosen)
+        act, plan = Glm4vModel.build_kernels(chosen)
         return Glm4vModel(config, loaded.w, None, loaded.device, loaded.dtype, 1024, chosen, act, plan)
 
     def prefill(m, ids):
