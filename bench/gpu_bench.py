@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ceilings import event_time_ms, probe_ceilings  # noqa: E402
 from glmv.config import EngineConfig, ModelConfig, parse_bytes  # noqa: E402
+from glmv.engine.decode_graphs import META_IDS, META_LENS, META_POS, META_SLOTS, META_SRC  # noqa: E402
 from glmv.engine.observer import StepObserver  # noqa: E402
 from glmv.inputs.prompt import Prompt  # noqa: E402
 from glmv.sampling import SamplingParams  # noqa: E402
@@ -337,30 +338,31 @@ def decode_step_spread(records: list[tuple[float, int, int]]) -> dict[str, float
 def _fill_decode_buffers(runner, batch: int, ctx: int) -> int:
     """Put `batch` rows of `ctx` tokens each (distinct KV blocks per row) into the runner's decode buffers; returns
     the graph bucket. Call only on an idle engine: it writes into free KV blocks; reset the buffers afterwards."""
-    bucket = next(b for b in runner.buckets if b >= batch)
+    graphs = runner.decode_graphs
+    bucket = next(b for b in graphs.buckets if b >= batch)
     bs = runner.block_size
     nb = -(-ctx // bs)
-    host = runner._hosts[0]
+    host = graphs.hosts[0]
     meta, tables = host.np_meta, host.np_tables
-    meta[runner.META_SRC] = -1
+    meta[META_SRC] = -1
     usable = runner.num_blocks - 1
     for i in range(bucket):
         blocks = [1 + (i * nb + j) % usable for j in range(nb)]
         tables[i, :nb] = blocks
-        meta[runner.META_IDS, i] = 1000 + i
-        meta[runner.META_POS:runner.META_POS + 3, i] = ctx - 1
-        meta[runner.META_SLOTS, i] = blocks[-1] * bs + (ctx - 1) % bs
-        meta[runner.META_LENS, i] = ctx
-    runner.buf_meta.copy_(host.meta)
-    runner.buf_block_tables.copy_(host.tables)
+        meta[META_IDS, i] = 1000 + i
+        meta[META_POS:META_POS + 3, i] = ctx - 1
+        meta[META_SLOTS, i] = blocks[-1] * bs + (ctx - 1) % bs
+        meta[META_LENS, i] = ctx
+    graphs.buf_meta.copy_(host.meta)
+    graphs.buf_block_tables.copy_(host.tables)
     return bucket
 
 
 def graph_step_ms(runner, batch: int, ctx: int) -> float:
     """Device time of one graphed decode step at `batch` rows of `ctx` tokens each."""
-    graph, _ = runner.graphs[_fill_decode_buffers(runner, batch, ctx)]
+    graph, _ = runner.decode_graphs.graphs[_fill_decode_buffers(runner, batch, ctx)]
     ms = event_time_ms(graph.replay, iters=20, warmup=3)
-    runner._reset_decode_buffers(runner.buckets[-1])
+    runner.decode_graphs.reset(runner.decode_graphs.buckets[-1])
     return ms
 
 
@@ -501,14 +503,14 @@ def profile_graph(runner, batch: int, ctx: int, path: Path | None) -> list[str]:
     """Kernel time shares inside one graphed decode step (torch.profiler over 5 replays)."""
     from torch.profiler import ProfilerActivity, profile
 
-    graph, _ = runner.graphs[_fill_decode_buffers(runner, batch, ctx)]
+    graph, _ = runner.decode_graphs.graphs[_fill_decode_buffers(runner, batch, ctx)]
     graph.replay()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
             graph.replay()
         torch.cuda.synchronize()
-    runner._reset_decode_buffers(runner.buckets[-1])
+    runner.decode_graphs.reset(runner.decode_graphs.buckets[-1])
     if path is not None:
         try:
             prof.export_chrome_trace(str(path))
@@ -594,24 +596,24 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
     res["kv_plan_s"] = time.perf_counter() - t
     t = time.perf_counter()
     if not args.enforce_eager:
-        runner.capture_decode_graphs()
+        runner.decode_graphs.capture()
     res["graph_capture_s"] = time.perf_counter() - t
     res["kv_blocks"] = runner.num_blocks
-    res["buckets"] = runner.buckets
-    res["gemv_plan"] = [[list(k), cub, best, str(cfg)] for k, cub, best, cfg in runner.gemv_report]
+    res["buckets"] = runner.decode_graphs.buckets
+    res["gemv_plan"] = [[list(k), cub, best, str(cfg)] for k, cub, best, cfg in runner.decode_graphs.gemv_report]
     for row in res["gemv_plan"]:
         log(f"gemv plan {row}")
     llm = LLMEngine(mc, ec, builder.tokenizer, runner=runner)
     log(f"glmv: KV {runner.num_blocks} blocks planned in {res['kv_plan_s']:.1f} s; "
-        f"graphs {runner.buckets} in {res['graph_capture_s']:.1f} s")
+        f"graphs {runner.decode_graphs.buckets} in {res['graph_capture_s']:.1f} s")
 
     # ---- pieces on the bare GPU (engine idle, nothing cached yet) ----
     gpu: dict = {}
-    if runner.graphs:
+    if runner.decode_graphs.graphs:
         for batch in (1, 8, 64, 128):
-            if batch <= runner.buckets[-1]:
+            if batch <= runner.decode_graphs.buckets[-1]:
                 gpu[f"graph_step_ms_b{batch}_ctx640"] = graph_step_ms(runner, batch, 640)
-        gpu["graph_step_ms_b128_ctx1500"] = graph_step_ms(runner, min(128, runner.buckets[-1]), 1500)
+        gpu["graph_step_ms_b128_ctx1500"] = graph_step_ms(runner, min(128, runner.decode_graphs.buckets[-1]), 1500)
         log(f"glmv GPU: graphed decode steps {gpu}")
         prof = profile_graph(runner, 1, 640, out_dir / "decode_b1_trace.json" if args.trace else None)
         res["profile_b1"] = prof

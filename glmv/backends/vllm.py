@@ -26,11 +26,11 @@ from typing import Any
 
 from glmv.backends.vllm_process import VllmProcess, VllmUnavailableError, resolve_vllm_python, worker_env
 from glmv.config import EngineConfig, ModelConfig
+from glmv.engine.budget import ThinkingBudget, make_budget
 from glmv.engine.client import EngineOverloadedError, PromptTooLongError
 from glmv.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from glmv.inputs.prompt import Prompt
 from glmv.options import RuntimeOptions
-from glmv.reasoning.budget import ThinkingBudget, make_budget
 from glmv.sampling import FinishReason, SamplingParams
 
 log = logging.getLogger("glmv.vllm")

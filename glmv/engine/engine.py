@@ -1,16 +1,11 @@
-"""LLMEngine: glmv's synchronous engine core. One step is schedule() -> run() -> postprocess().
+"""LLMEngine: glmv's synchronous engine core, one step at a time.
 
-postprocess appends each sampled token (plus tokens the thinking budget forces), detokenizes incrementally and
-applies the stop rules in this order: a stop token id (generation_config's EOS list, which includes `</answer>`,
-unless ignore_eos; plus params.stop_token_ids; only once min_tokens are out), a stop string, then max_tokens or the
-context length. Finished sequences free their KV blocks at once. Not thread-safe: AsyncEngine drives it from one thread,
+A step is four named stages (`step()`): schedule (which sequences run, how many tokens each), launch (queue the
+device work: glmv/engine/model_runner.py), emit (the output side hands out the text of tokens taken in earlier,
+while the device computes) and take in (wait for the previous step's tokens and apply the token-id rules). The output
+side, its stop rules and queueing live in glmv/engine/output_processor.py; this file owns the requests' lifecycle
+(add, fork for n > 1, abort, fail) and the metrics. Not thread-safe: AsyncEngine drives it from one thread,
 `glmv.LLM` from the caller's.
-
-Postprocess runs in two halves so the host's text work overlaps the device: when a step's tokens arrive, the
-token-id rules run at once (append, stop ids, max_tokens, thinking budget; blocks freed), and the tokens are queued;
-the next step() first launches its device work, then detokenizes the queue, applies stop strings and builds the
-outputs while the device computes. Outputs therefore leave one step() after their tokens were sampled, and a
-sequence ended by a stop string has computed (and drops) one extra token.
 """
 
 from __future__ import annotations
@@ -24,31 +19,18 @@ from typing import Any
 
 from glmv.config import EngineConfig, ModelConfig
 from glmv.engine.client import PromptTooLongError
-from glmv.engine.detokenizer import IncrementalDetokenizer
 from glmv.engine.kv_cache import KVBlockPool
-from glmv.engine.model_runner import ModelRunner, PendingStep
+from glmv.engine.model_runner import ModelRunner
 from glmv.engine.observer import NO_OBSERVER, StepObserver
-from glmv.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
+from glmv.engine.output_processor import OutputProcessor, OutputRules
+from glmv.engine.outputs import CompletionOutput, RequestOutput
+from glmv.engine.pending import PendingStep
 from glmv.engine.request import Request, RequestStatus
-from glmv.engine.scheduler import Scheduler, SchedulerConfig
+from glmv.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from glmv.inputs.prompt import Prompt
-from glmv.reasoning.budget import make_budget
 from glmv.sampling import FinishReason, SamplingParams
-from glmv.structured.constraint import Constraint
 
 log = logging.getLogger("glmv.engine")
-
-
-@dataclass
-class _QueuedToken:
-    """A token appended to a sequence whose text is not produced yet."""
-
-    token: int
-    forced: bool
-    logprob: float | None
-    top: list[tuple[int, float]] | None
-    index: int  # its 1-based position among the sequence's output tokens
-    end: str | None  # "stop_id" or "length" when this token ended the sequence
 
 
 @dataclass
@@ -72,23 +54,24 @@ class LLMEngine:
         self.max_model_len = engine_config.max_model_len or model_config.text.max_position_embeddings
         self.runner = runner or ModelRunner(model_config, engine_config, self.max_model_len)
         if runner is None and self.runner.device.type == "cuda" and not engine_config.enforce_eager \
-                and self.runner.graphs_worthwhile:
-            self.runner.capture_decode_graphs()
+                and self.runner.decode_graphs.worthwhile:
+            self.runner.decode_graphs.capture()
         self.block_size = engine_config.block_size
         self.pool = KVBlockPool(self.runner.num_blocks, self.block_size, engine_config.enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(engine_config.max_num_seqs, engine_config.max_num_batched_tokens,
                                                    self.max_model_len), self.pool)
+        assistant = tokenizer.convert_tokens_to_ids("<|assistant|>")  # where the prompt's last turn starts
+        self.output = OutputProcessor(tokenizer, OutputRules(
+            eos_token_ids=tuple(model_config.eos_token_ids), max_model_len=self.max_model_len,
+            default_thinking_budget=engine_config.max_thinking_tokens,
+            assistant_token_id=assistant if isinstance(assistant, int) else None), self.scheduler.finish)
         self.groups: dict[str, _Group] = {}
         self._rng = random.Random(engine_config.seed)
         self._merge = model_config.vision.spatial_merge_size
         self._vocab = model_config.text.vocab_size
-        assistant = tokenizer.convert_tokens_to_ids("<|assistant|>")  # where the prompt's last turn starts
-        self._assistant_id = assistant if isinstance(assistant, int) else None
         self.prompt_tokens_total = 0
-        self.generation_tokens_total = 0
         self.requests_finished = 0
         self.steps = 0
-        self._queued: list[Request] = []  # sequences with tokens awaiting detokenization, in order
         self._inflight: PendingStep | None = None  # the step launched last, whose tokens are not taken in yet
         # called right after a step's device work is queued, when the host has the most time to spare (AsyncEngine
         # collects garbage there: glmv/engine/gc_policy.py)
@@ -97,7 +80,12 @@ class LLMEngine:
 
     def observe(self, observer: StepObserver) -> None:
         """Hand the step's hooks (glmv/engine/observer.py) to this engine and its model runner."""
-        self.observer = self.runner.observer = observer
+        self.observer = observer
+        self.runner.observe(observer)
+
+    @property
+    def generation_tokens_total(self) -> int:
+        return self.output.generation_tokens_total
 
     # ---- requests ----
     def check_request(self, prompt: Prompt, params: SamplingParams) -> int:
@@ -143,7 +131,7 @@ class LLMEngine:
             seqs = [make(f"{request_id}#{i}", i, seed + i) for i in range(n)]
         self.groups[request_id] = _Group(request_id, prompt, params, seed, seqs, forked=n == 1 or fork_at == 0)
         for seq in seqs:
-            self._start_output(seq, append_forced=True)
+            self.output.start(seq, append_forced=True)
             self.scheduler.add(seq)
         self.prompt_tokens_total += len(prompt)
 
@@ -152,19 +140,7 @@ class LLMEngine:
         group = self.groups.pop(request_id, None)
         if group is None:
             return None
-        outs = []
-        for seq in group.sequences:
-            pre = self._emit_sequence(seq) if seq.text_queue else None  # tokens not handed out yet
-            if not seq.finished:
-                self.scheduler.finish(seq, RequestStatus.FINISHED_ABORTED)
-                text = seq.detokenizer.flush() if seq.detokenizer is not None else ""
-                if pre is not None:
-                    text = pre.text + text
-                    outs.append(self._completion(seq, text, pre.token_ids, pre.logprobs))
-                else:
-                    outs.append(self._completion(seq, text, [], None))
-            elif pre is not None:
-                outs.append(pre)
+        outs = [out for seq in group.sequences if (out := self.output.abort(seq)) is not None]
         if not group.forked:  # aborted before the fork: report every completion index
             outs = [CompletionOutput(index=i, text="", token_ids=[], num_tokens=0, finish_reason=FinishReason.ABORT)
                     for i in range(group.params.n)]
@@ -175,13 +151,12 @@ class LLMEngine:
     def fail_all(self) -> list[str]:
         """After an unrecoverable step error: end every request (blocks freed); return their ids."""
         ids = list(self.groups)
+        self.output.drop_all()
         for group in self.groups.values():
             for seq in group.sequences:
-                seq.text_queue = []
                 if not seq.finished:
                     self.scheduler.finish(seq, RequestStatus.FINISHED_ERROR)
         self.groups.clear()
-        self._queued = []
         self._inflight = None
         return ids
 
@@ -196,9 +171,25 @@ class LLMEngine:
         self.observer.step_started()
         prev = self._inflight
         if prev is not None and not self._can_overlap():
-            self._finish_step(prev, None)
+            self._take_in(prev, None)
             prev = self._inflight = None
-        sched = self.scheduler.schedule()
+        sched = self._schedule()
+        pending = self._launch(sched, prev)
+        outputs = self._emit()
+        if prev is not None:
+            self._take_in(prev, pending)
+        self._inflight = pending
+        self.observer.step_finished()
+        return outputs
+
+    def _can_overlap(self) -> bool:
+        return not any(self.runner.sampler.needs_history(r.params) for r in self.scheduler.running)
+
+    def _schedule(self) -> SchedulerOutput:
+        return self.scheduler.schedule()
+
+    def _launch(self, sched: SchedulerOutput, prev: PendingStep | None) -> PendingStep | None:
+        """Queue the step's device work (reading tokens `prev` sampled on the device); advance computed counts."""
         pending = self.runner.launch(sched, prev) if not sched.empty else None
         if pending is not None:
             for e in pending.sampled:
@@ -212,19 +203,27 @@ class LLMEngine:
         # fork point: its whole prefix came from the cache).
         for parent in self.scheduler.update(sched):
             self._fork(parent)
-        outputs = self._emit_text()  # text of tokens taken in earlier, while the device runs
-        if prev is not None:
-            self._finish_step(prev, pending)
-        self._inflight = pending
-        self.observer.step_finished()
+        return pending
+
+    def _emit(self) -> list[RequestOutput]:
+        """Text of tokens taken in earlier, as one RequestOutput per request with news."""
+        outputs = []
+        for group_id, outs in self.output.emit().items():
+            group = self.groups.get(group_id)
+            if group is None:
+                continue
+            done = group.forked and all(s.finished and not s.output.queue for s in group.sequences)
+            outputs.append(RequestOutput(group_id, outs, group.prompt.token_ids, finished=done,
+                                         num_cached_tokens=group.sequences[0].num_cached_tokens))
+            if done:
+                del self.groups[group_id]
+                self.requests_finished += 1
         return outputs
 
-    def _can_overlap(self) -> bool:
-        return not any(self.runner.sampler.needs_history(r.params) for r in self.scheduler.running)
-
-    def _finish_step(self, step: PendingStep, next_step: PendingStep | None) -> None:
-        """Wait for a step's tokens and take them in. A sequence that the thinking budget gives forced tokens now
-        had its next token sampled (in `next_step`, already launched) after the wrong context: that one is dropped."""
+    def _take_in(self, step: PendingStep, next_step: PendingStep | None) -> None:
+        """Wait for a step's tokens and hand them to the output side. A sequence that the thinking budget gives
+        forced tokens now had its next token sampled (in `next_step`, already launched) after the wrong context:
+        that one is dropped."""
         started = time.perf_counter()
         run = step.wait()
         self.observer.waited(time.perf_counter() - started)
@@ -239,7 +238,7 @@ class LLMEngine:
             if req.finished:
                 continue
             before = len(req.token_ids)
-            self._append_tokens(req, res.token_ids[row], res.logprobs[row], res.top_logprobs[row])
+            self.output.take_in(req, res.token_ids[row], res.logprobs[row], res.top_logprobs[row])
             if (next_step is not None and not req.finished and len(req.token_ids) != before + 1
                     and id(req) in next_step.row_of):
                 next_step.discard.add(next_step.row_of[id(req)])
@@ -249,143 +248,15 @@ class LLMEngine:
         group = self.groups[parent.group_id]
         children = [parent.fork(i, group.seed + i) for i in range(parent.num_children)]
         for child in children:  # tokens the budget forced at the start are in the shared prefix already
-            self._start_output(child, append_forced=False)
+            self.output.start(child, append_forced=False)
         self.scheduler.fork(parent, children)
         group.sequences = children
         group.forked = True
 
-    def _request_outputs(self, changed: dict[str, list[CompletionOutput]]) -> list[RequestOutput]:
-        outputs = []
-        for group_id, outs in changed.items():
-            group = self.groups.get(group_id)
-            if group is None:
-                continue
-            done = group.forked and all(s.finished and not s.text_queue for s in group.sequences)
-            outputs.append(RequestOutput(group_id, outs, group.prompt.token_ids, finished=done,
-                                         num_cached_tokens=group.sequences[0].num_cached_tokens))
-            if done:
-                del self.groups[group_id]
-                self.requests_finished += 1
-        return outputs
-
-    # ---- postprocess one sequence ----
-    def _start_output(self, req: Request, append_forced: bool) -> None:
-        """Detokenizer and thinking budget of a new sequence. Ids the budget forces before the first token (a limit
-        of zero) become known tokens now, prefilled with the prompt, and are reported with the first output."""
-        p = req.params
-        req.detokenizer = IncrementalDetokenizer(self.tokenizer, req.prompt.token_ids, p.stop, p.skip_special_tokens,
-                                                 p.include_stop_str_in_output, p.spaces_between_special_tokens)
-        budget = p.thinking_budget if p.thinking_budget is not None else self.config.max_thinking_tokens
-        req.budget = make_budget(self.tokenizer, budget, max_tokens=req.max_tokens,
-                                 reserved_answer_tokens=p.reserved_answer_tokens, prompt_token_ids=req.prompt.token_ids)
-        forced = req.budget.on_start() if req.budget is not None else []
-        if p.structured is not None:
-            req.constraint = Constraint(p.structured, req.prompt.token_ids, self._assistant_id)
-            for tok in forced:  # before the first token is sampled, its mask must know them
-                req.constraint.accept(tok)
-        if append_forced:
-            req.token_ids += forced
-            req.num_forced_tokens += len(forced)
-        req.unreported = list(forced)
-        req.stop_id_set = frozenset(self._stop_ids(p))
-
-    def _stop_ids(self, params: SamplingParams) -> set[int]:
-        ids = set() if params.ignore_eos else set(self.model_config.eos_token_ids)
-        return ids | set(params.stop_token_ids)
-
-    def _append_tokens(self, req: Request, token: int, logprob: float | None,
-                       top: list[tuple[int, float]] | None) -> None:
-        """First half of postprocess, when the step's tokens arrive: append the sampled token (with the ids forced
-        before and after it), apply the token-id rules (stop ids, max_tokens, context length) and queue the tokens
-        for `_emit_text`. A sequence that ends here frees its blocks now."""
-        params = req.params
-        stop_ids = req.stop_id_set if req.stop_id_set is not None else self._stop_ids(params)
-        # (token, forced, already in token_ids): start-forced ids first, then the sampled one, then what it forces
-        pending = [(t, True, True) for t in req.unreported] + [(token, False, False)]
-        req.unreported = []
-        if req.budget is not None:
-            pending += [(t, True, False) for t in req.budget.on_token(token)]
-        if not req.text_queue:
-            self._queued.append(req)
-        count = req.num_output_tokens - sum(1 for p in pending if p[2])  # output tokens handed out so far
-        for tok, forced, appended in pending:
-            if not appended:
-                req.token_ids.append(tok)
-                req.num_forced_tokens += forced
-                if req.constraint is not None:
-                    req.constraint.accept(tok)
-            count += 1
-            self.generation_tokens_total += 1
-            status, end = None, None
-            if not forced and tok in stop_ids and count >= params.min_tokens:
-                status, end, req.stop_reason = RequestStatus.FINISHED_STOPPED, "stop_id", tok
-            elif count >= req.max_tokens or req.num_prompt_tokens + count >= self.max_model_len:
-                status, end = RequestStatus.FINISHED_LENGTH, "length"
-            req.text_queue.append(_QueuedToken(tok, forced, 0.0 if forced else logprob, [] if forced else top,
-                                               count, end))
-            if status is not None:
-                del req.token_ids[req.num_prompt_tokens + count:]  # start-forced ids past the end are dropped
-                self.scheduler.finish(req, status)
-                break
-
-    def _emit_text(self) -> list[RequestOutput]:
-        """Second half of postprocess: detokenize the queued tokens, apply stop strings, build the outputs."""
-        if not self._queued:
-            return []
-        changed: dict[str, list[CompletionOutput]] = {}
-        queued, self._queued = self._queued, []
-        for req in queued:
-            if req.text_queue:
-                changed.setdefault(req.group_id, []).append(self._emit_sequence(req))
-        return self._request_outputs(changed)
-
-    def _emit_sequence(self, req: Request) -> CompletionOutput:
-        detok, params = req.detokenizer, req.params
-        queue, req.text_queue = req.text_queue, []
-        new_ids: list[int] = []
-        logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
-        text = ""
-        for qt in queue:
-            new_ids.append(qt.token)
-            if logprobs is not None:
-                logprobs.append(self._token_logprob(qt.token, qt.logprob, qt.top))
-            if qt.end == "stop_id":
-                text += detok.flush()
-                continue
-            text += detok.step([qt.token])
-            if detok.stop_string is not None:
-                self._stop_by_string(req, qt.index, detok.stop_string)
-                break
-            if qt.end == "length":
-                text += detok.flush()
-        return self._completion(req, text, new_ids, logprobs)
-
-    def _stop_by_string(self, req: Request, index: int, stop: str) -> None:
-        """A stop string ended at output token `index`: drop later tokens (the sequence may have run on one step)."""
-        keep = req.num_prompt_tokens + index
-        self.generation_tokens_total -= max(0, len(req.token_ids) - keep)
-        del req.token_ids[keep:]
-        req.stop_reason = stop
-        if req.finished:
-            req.status = RequestStatus.FINISHED_STOPPED
-        else:
-            self.scheduler.finish(req, RequestStatus.FINISHED_STOPPED)
-
-    def _completion(self, req: Request, text: str, new_ids: list[int],
-                    logprobs: list[TokenLogprob] | None) -> CompletionOutput:
-        return CompletionOutput(index=req.index, text=text, token_ids=new_ids, num_tokens=req.num_output_tokens,
-                                finish_reason=req.status.finish_reason, stop_reason=req.stop_reason,
-                                logprobs=logprobs, forced_tokens=req.num_forced_tokens)
-
-    def _token_logprob(self, token: int, logprob: float | None, top: list[tuple[int, float]] | None) -> TokenLogprob:
-        decode = self.tokenizer.decode
-        return TokenLogprob(token_id=token, token=decode([token]), logprob=logprob if logprob is not None else 0.0,
-                            top=[(t, decode([t]), lp) for t, lp in (top or [])])
-
     # ---- metrics ----
     def stats(self) -> dict[str, float]:
         ps = self.pool.stats()
-        vc = self.runner.vision_cache
+        vc = self.runner.encoder.cache
         return {
             "running": float(self.scheduler.num_running),
             "waiting": float(self.scheduler.num_waiting),

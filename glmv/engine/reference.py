@@ -3,7 +3,7 @@
 It serves one request at a time on a worker thread and streams tokens back. It is the oracle glmv's own engine
 must match token for token, and the baseline in benchmarks (`--engine transformers`).
 
-Thinking budget (glmv/reasoning/budget.py): a logits processor inside the same `generate` call lets the budget
+Thinking budget (glmv/engine/budget.py): a logits processor inside the same `generate` call lets the budget
 force `</think><answer>` by leaving only the forced token selectable at that step. Forced tokens are therefore
 ordinary output tokens: streamed, counted toward max_tokens, decoded into the text.
 """
@@ -21,11 +21,11 @@ from typing import Any
 import torch
 
 from glmv.config import EngineConfig, ModelConfig
+from glmv.engine.budget import ThinkingBudget, make_budget
 from glmv.engine.client import PromptTooLongError
 from glmv.engine.detokenizer import IncrementalDetokenizer
 from glmv.engine.outputs import CompletionOutput, RequestOutput
 from glmv.inputs.prompt import Prompt
-from glmv.reasoning.budget import ThinkingBudget, make_budget
 from glmv.sampling import FinishReason, SamplingParams
 
 log = logging.getLogger("glmv.reference")

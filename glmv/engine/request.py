@@ -11,13 +11,17 @@ import hashlib
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from glmv.inputs.prompt import Prompt
 from glmv.models.mrope import get_rope_index, text_positions, type_runs
 from glmv.sampling import FinishReason, SamplingParams
+
+if TYPE_CHECKING:
+    from glmv.engine.output_processor import SequenceOutputState
+    from glmv.structured.constraint import Constraint
 
 
 class RequestStatus(enum.Enum):
@@ -152,15 +156,11 @@ class Request:
     admitted: bool = False
     stop_reason: int | str | None = None
     mm_embeds: dict[int, torch.Tensor] = field(default_factory=dict)  # media index -> embeddings (model runner)
-    detokenizer: Any = None  # engine's per-sequence output state
-    budget: Any = None
-    unreported: list[int] = field(default_factory=list)  # forced output ids not yet handed out
-    text_queue: list[Any] = field(default_factory=list)  # appended tokens the engine has not detokenized yet
+    output: SequenceOutputState | None = None  # the output side's state (OutputProcessor.start sets it)
     # Tokens sampled by a step still running on the device (0 or 1 when the engine overlaps steps): they count in
     # num_tokens (the scheduler computes them next) but are not in token_ids yet.
     num_pending: int = 0
-    stop_id_set: frozenset[int] | None = None  # the engine's stop ids for this sequence (set at its start)
-    constraint: Any = None  # glmv.structured Constraint of a structured-output sequence (set at its start)
+    constraint: Constraint | None = None  # a structured-output sequence's grammar state (set at its start)
     order: int = field(default_factory=lambda: next(_ids))  # arrival order, for stable priorities
 
     @classmethod

@@ -1,7 +1,7 @@
-"""Thinking: split GLM-4.1V output into reasoning and answer, budget the thought, clean histories (docs/THINKING.md)."""
+"""Thinking: split GLM-4.1V output into reasoning and answer and clean histories (docs/THINKING.md); the engines
+budget the thought (glmv/engine/budget.py)."""
 
 from glmv.reasoning.boxes import Box, extract_boxes
-from glmv.reasoning.budget import ThinkingBudget, make_budget, thought_closed_in_prompt
 from glmv.reasoning.history import answer_only, strip_reasoning_from_history
 from glmv.reasoning.parser import HIDDEN_MARKERS, ThinkSplitter, prompt_opens_thought, split_reasoning
 from glmv.reasoning.usage import count_reasoning_tokens
@@ -10,13 +10,10 @@ __all__ = [
     "HIDDEN_MARKERS",
     "Box",
     "ThinkSplitter",
-    "ThinkingBudget",
     "answer_only",
     "count_reasoning_tokens",
     "extract_boxes",
-    "make_budget",
     "prompt_opens_thought",
     "split_reasoning",
     "strip_reasoning_from_history",
-    "thought_closed_in_prompt",
 ]

@@ -43,7 +43,7 @@ def test_prefix_cache_hits_give_identical_tokens(make_engine, builder, prompts, 
     engine = make_engine()
     first = run_to_completion(engine, {0: [("a", prompts["two_images"], greedy(16))]})
     assert engine.pool.stats().cached_blocks > 0
-    encoded = engine.runner.vision_tokens_encoded
+    encoded = engine.runner.encoder.tokens_encoded
     assert encoded > 0
     again = run_to_completion(engine, {0: [("b", prompts["two_images"], greedy(16))]})
     assert tokens_of(again, "b") == tokens_of(first, "a")
@@ -51,7 +51,7 @@ def test_prefix_cache_hits_give_identical_tokens(make_engine, builder, prompts, 
     n = len(prompts["two_images"])
     assert engine.pool.prefix_hits == (n - 1) // 16 * 16
     # ... and the vision tower did not run again (prefix cache or vision-embedding cache)
-    assert engine.runner.vision_tokens_encoded == encoded
+    assert engine.runner.encoder.tokens_encoded == encoded
     # equal token ids with a different second picture: only the blocks before that picture are reused
     text = builder.render([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and"},
                                                         {"type": "image"}, {"type": "text", "text": "Compare them."}]}])

@@ -61,7 +61,7 @@ def test_tiny_greedy_parity_on_cuda(attention, graphs, model_config, tokenizer, 
     model = Glm4vModel.load(model_config, "cuda", torch.float32, max_positions=1024)
     engine = cuda_engine(model_config, tokenizer, model, max_num_batched_tokens=32)
     if graphs:
-        assert engine.runner.capture_decode_graphs([1, 2, 4, 8]) == [1, 2, 4, 8]
+        assert engine.runner.decode_graphs.capture([1, 2, 4, 8]) == [1, 2, 4, 8]
     for name in NAMES:
         engine.add_request(name, prompts[name], greedy(24))
     done = run_to_completion(engine)
@@ -77,7 +77,7 @@ def test_graphs_and_eager_agree_when_sampling(model_config, tokenizer, prompts):
     for graphs in (False, True):
         engine = cuda_engine(model_config, tokenizer, model)
         if graphs:
-            engine.runner.capture_decode_graphs()
+            engine.runner.decode_graphs.capture()
         for i, name in enumerate(NAMES):
             engine.add_request(f"{name}{i}", prompts[name], params)
         done = run_to_completion(engine)
@@ -133,7 +133,7 @@ def test_bf16_parity_on_a_larger_preset(preset_dir):
     print(f"load: {model.bytes_loaded / 1e9:.2f} GB in {seconds:.1f} s ({model.bytes_loaded / 1e9 / seconds:.2f} GB/s)")
     engine = cuda_engine(config, builder.tokenizer, model, dtype="bfloat16", max_model_len=2048,
                          kv_cache_memory=1 << 30)
-    engine.runner.capture_decode_graphs()
+    engine.runner.decode_graphs.capture()
     for name, prompt in prompts.items():
         engine.add_request(name, prompt, greedy(8, logprobs=20))
     done = run_to_completion(engine)
@@ -163,10 +163,10 @@ def test_default_sizing_and_graph_capture(tiny_dir, model_config, tokenizer, pro
                           gpu_memory_utilization=0.3)
     engine = LLMEngine(model_config, config, tokenizer)
     free, total = torch.cuda.mem_get_info()
-    kv_bytes = engine.runner.num_blocks * engine.runner.bytes_per_block
-    print(f"KV cache {kv_bytes / 2**30:.2f} GiB of {total / 2**30:.1f} GiB; graphs {sorted(engine.runner.graphs)}")
+    kv_bytes = engine.runner.num_blocks * engine.runner.kv_plan.bytes_per_block
+    print(f"KV cache {kv_bytes / 2**30:.2f} GiB of {total / 2**30:.1f} GiB; graphs {sorted(engine.runner.decode_graphs.graphs)}")
     assert 0.1 * total < kv_bytes < 0.3 * total
-    assert bool(engine.runner.graphs) == engine.runner.graphs_worthwhile
+    assert bool(engine.runner.decode_graphs.graphs) == engine.runner.decode_graphs.worthwhile
     engine.add_request("t", prompts["text"], greedy(24))
     assert tokens_of(run_to_completion(engine), "t") == reference["text"]
 

@@ -1,7 +1,7 @@
 """Decode steps from the runner's persistent buffers (what CUDA graphs replay) give the same tokens as eager steps.
 
 The runner fills pinned host buffers row by row and rewrites a block-table row only where its sequence changed or
-grew; these tests drive that bookkeeping on the CPU (`ModelRunner.use_static_decode`, no graphs) through rows that
+grew; these tests drive that bookkeeping on the CPU (`DecodeGraphs.use_static`, no graphs) through rows that
 change owner, finish, get preempted and come back, with batch sizes that move between buckets. Also: the deferred
 text half of postprocess (outputs one step later) still ends stop strings at the right token.
 """
@@ -30,7 +30,7 @@ def _mixed_run(engine, prompts):
 def test_static_decode_buffers_match_eager(make_engine, prompts):
     eager = _mixed_run(make_engine(max_num_batched_tokens=32), prompts)
     engine = make_engine(max_num_batched_tokens=32)
-    engine.runner.use_static_decode([1, 2, 4, 8])
+    engine.runner.decode_graphs.use_static([1, 2, 4, 8])
     static = _mixed_run(engine, prompts)
     assert set(static) == set(eager)
     for rid in eager:
@@ -46,7 +46,7 @@ def test_greedy_rows_with_logprobs_or_min_tokens_go_through_the_sampler(make_eng
     for name, params in cases.items():
         eager = run_to_completion(make_engine(), {0: [(name, prompts["text"], params)]})
         engine = make_engine()
-        engine.runner.use_static_decode([1, 2])
+        engine.runner.decode_graphs.use_static([1, 2])
         static = run_to_completion(engine, {0: [(name, prompts["text"], params)]})
         assert tokens_of(static, name) == tokens_of(eager, name), name
         assert engine.runner.greedy_graph_steps == 0, name
@@ -65,7 +65,7 @@ def test_static_decode_under_preemption(make_engine, prompts):
     expected = {rid: tokens_of(run_to_completion(make_engine(**small), {0: [(rid, p, sp)]}), rid)
                 for rid, p, sp in reqs}
     engine = make_engine(kv_cache_memory=14 * block_bytes, **small)
-    engine.runner.use_static_decode([1, 2, 4])
+    engine.runner.decode_graphs.use_static([1, 2, 4])
     done = run_to_completion(engine, {0: reqs})
     assert engine.scheduler.num_preemptions > 0
     for rid, _, _ in reqs:

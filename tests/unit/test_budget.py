@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from glmv.reasoning import ThinkingBudget, make_budget, thought_closed_in_prompt
+from glmv.engine.budget import ThinkingBudget, make_budget, thought_closed_in_prompt
 from glmv.sampling import SamplingParams
 
 

@@ -1,0 +1,40 @@
+"""What a launched step hands back: its sampled rows and, once the device is done, their tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from glmv.engine.request import Request
+from glmv.engine.sampler import PendingSample, SamplerOutput
+from glmv.engine.scheduler import ScheduledRequest
+
+
+@dataclass
+class RunnerOutput:
+    sampled: list[ScheduledRequest]  # the entries that produced a token, in row order
+    result: SamplerOutput | None
+
+
+@dataclass
+class PendingStep:
+    """A step whose device work is queued: `wait()` blocks (GIL released) until its sampled tokens are on the host.
+
+    The next step may be launched before that: rows whose input is a token this step sampled read it on the device
+    (`sample.tokens`, row `row_of[id(request)]`). Rows in `discard` were sampled for a continuation that turned out
+    wrong (the engine forced other tokens after the previous one); their tokens are dropped."""
+
+    sampled: list[ScheduledRequest]
+    sample: PendingSample | None
+    row_of: dict[int, int] = field(default_factory=dict)
+    discard: set[int] = field(default_factory=set)
+
+    def wait(self) -> RunnerOutput:
+        return RunnerOutput(self.sampled, self.sample.result() if self.sample is not None else None)
+
+
+def pending_source(req: Request, position: int, prev_rows: dict[int, int]) -> int:
+    """The previous step's row that sampled the token at `position` (a token not in token_ids yet)."""
+    row = prev_rows.get(id(req))
+    if row is None:
+        raise RuntimeError(f"token {position} of sequence {req.request_id} is neither known nor in flight")
+    return row
