@@ -195,7 +195,7 @@ class EngineConfig:
     # runs while its loop serves (GLMV_GC).
     kernels: KernelOptions = field(default_factory=KernelOptions.from_env, compare=False, hash=False)
     gc_mode: str = field(default_factory=lambda: RuntimeOptions.from_env().gc_mode, compare=False, hash=False)
-    # glmv engine only: replicas behind the one server, one process per GPU (or per CPU share); glmv/engine/replicas.
+    # glmv engine only: replicas behind the one server, one process per GPU (or per CPU share); glmv/backends/replicas.
     data_parallel_size: int = 1
 
     def __post_init__(self) -> None:

@@ -99,7 +99,7 @@ def worker_env(python: str, device: str) -> dict[str, str]:
 class VllmProcess:
     """One worker process and its socket. `on_message` runs on the reader thread; `on_exit` once, when it ends.
 
-    The vLLM worker by default; glmv's engine replicas (glmv/engine/replicas/) run their own worker through the same
+    The vLLM worker by default; glmv's engine replicas (glmv/backends/replicas/) run their own worker through the same
     class, naming it with `command` (what runs before `--socket PATH`), `label` (in messages), `logger` (its log)
     and `start_error` (the ValueError raised when it cannot start).
     """

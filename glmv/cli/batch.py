@@ -268,8 +268,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from glmv.engine.beside_loop import engine_wants_main_thread, run_beside_engine_loop
     from glmv.models.loader import DEFAULT_MODEL
-    from glmv.server.beside_loop import engine_wants_main_thread, run_beside_engine_loop
 
     _check_args(args)
     if not args.url:

@@ -21,7 +21,7 @@ class EngineOverloadedError(RuntimeError):
 
 class ReplicaFailedError(EngineOverloadedError):
     """The engine replica running the request died (or none is up now); doors answer 503 with Retry-After and code
-    replica_failed. Only with several replicas (glmv/engine/replicas/)."""
+    replica_failed. Only with several replicas (glmv/backends/replicas/)."""
 
 
 class PromptTooLongError(ValueError):

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 
 from glmv.config import ModelConfig, TextDims
 from glmv.layers.attention import AttentionMetadata
+from glmv.layers.checkpoint import CheckpointError, CheckpointReader, expect_shape
 from glmv.layers.kernels import Kernels, select_kernels
 from glmv.layers.linear import DenseLinear, DenseLinearLoader, GemvPlan, Linear, LinearLoader
 from glmv.layers.swiglu import GateUpAct
 from glmv.models.vision import Glm4vVisionTower
-from glmv.models.weights import CheckpointError, CheckpointReader, expect_shape
 from glmv.options import KernelOptions
 
 VISION_PLAN_ROWS = 16384  # patches: a few large pictures or a short video in one tower call

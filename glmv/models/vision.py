@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from glmv.config import VisionDims
+from glmv.layers.checkpoint import CheckpointReader
 from glmv.layers.kernels import Kernels
 from glmv.layers.swiglu import GateUpAct
-from glmv.models.weights import CheckpointReader
 
 log = logging.getLogger("glmv.vision")
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
+from glmv.backends.factory import build_engine
 from glmv.config import EngineConfig, ModelConfig
-from glmv.engine.factory import build_engine
+from glmv.engine.beside_loop import engine_wants_main_thread, run_beside_engine_loop
 from glmv.inputs.processor import PromptBuilder
 from glmv.models.loader import resolve_model
-from glmv.server.beside_loop import engine_wants_main_thread, run_beside_engine_loop
 from glmv.server.state import ServerConfig, ServingState
 
 log = logging.getLogger("glmv.server")
@@ -47,7 +47,7 @@ def run_server(engine_config: EngineConfig, server_config: ServerConfig) -> None
 
 
 def _serve_beside_engine_loop(server, engine) -> None:
-    """HTTP in a thread, the engine loop in this (main) thread (glmv/server/beside_loop.py). Ctrl-C and SIGTERM shut
+    """HTTP in a thread, the engine loop in this (main) thread (glmv/engine/beside_loop.py). Ctrl-C and SIGTERM shut
     the server down gracefully; a server that cannot start (a port in use) exits non-zero, uvicorn having said why."""
     import signal
 

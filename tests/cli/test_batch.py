@@ -167,7 +167,7 @@ def test_send_one_retries_while_the_server_is_full():
 
 def test_ctrl_c_stops_an_in_process_batch_on_the_cpu(tiny_model_dir, tmp_path):
     """In process on the CPU the engine loop runs in the main thread and the batch beside it
-    (glmv/server/beside_loop.py): Ctrl-C must end both, promptly and quietly, with the shell's 130."""
+    (glmv/engine/beside_loop.py): Ctrl-C must end both, promptly and quietly, with the shell's 130."""
     import signal
     import subprocess
     import time

@@ -97,7 +97,7 @@ async def test_errors_before_queueing(make_engine, model_config, tokenizer, prom
 
 
 def test_factory_builds_the_glmv_engine(tiny_dir, model_config, tokenizer):
-    from glmv.engine.factory import build_engine
+    from glmv.backends.factory import build_engine
 
     config = EngineConfig(model=str(tiny_dir), device="cpu", dtype="float32", max_model_len=128, max_num_seqs=2)
     engine = build_engine(model_config, config, tokenizer)

@@ -11,10 +11,8 @@ import pickle
 import pytest
 import torch
 
-from glmv.backends.vllm_worker import _BuiltinsOnly
-from glmv.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
-from glmv.engine.replicas.router import PrefixRouter, prompt_block_hashes
-from glmv.engine.replicas.wire import (
+from glmv.backends.replicas.router import PrefixRouter, prompt_block_hashes
+from glmv.backends.replicas.wire import (
     output_from_wire,
     output_to_wire,
     params_from_wire,
@@ -22,6 +20,8 @@ from glmv.engine.replicas.wire import (
     prompt_from_wire,
     prompt_to_wire,
 )
+from glmv.backends.vllm_worker import _BuiltinsOnly
+from glmv.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from glmv.inputs.prompt import MultiModalInputs, Prompt
 from glmv.sampling import FinishReason, SamplingParams
 
@@ -105,8 +105,8 @@ def test_prompt_params_and_outputs_cross_the_wire_as_builtins():
 
 
 def test_replicas_get_one_gpu_each_or_a_share_of_the_cores(tiny_model_dir):
+    from glmv.backends.replicas.engine import plan_replicas
     from glmv.config import EngineConfig, ModelConfig
-    from glmv.engine.replicas.engine import plan_replicas
 
     mc = ModelConfig.from_dir(tiny_model_dir)
     times = {"startup_timeout_s": 60.0, "drain_timeout_s": 5.0}
@@ -137,8 +137,8 @@ def test_data_parallel_flags_that_cannot_work_are_refused(kwargs, message):
 
 
 def test_the_engine_config_crosses_as_builtins_kernel_choices_included():
+    from glmv.backends.replicas.wire import engine_config_from_wire, engine_config_to_wire
     from glmv.config import EngineConfig
-    from glmv.engine.replicas.wire import engine_config_from_wire, engine_config_to_wire
     from glmv.options import KernelOptions
 
     cfg = EngineConfig(model="m", device="cpu", data_parallel_size=2, max_num_seqs=7,

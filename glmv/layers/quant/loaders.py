@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from glmv.layers.checkpoint import TEXT_PREFIXES, CheckpointError
 from glmv.layers.linear import DenseLinear, DenseLinearLoader, GemvPlan, Linear, LinearLoader
 from glmv.layers.quant import unpack
 from glmv.layers.quant.linears import Fp8Linear, IntLinear
@@ -28,7 +29,6 @@ from glmv.layers.quant.schemes import (
     is_ignored,
     scheme_from_config,
 )
-from glmv.models.weights import TEXT_PREFIXES, CheckpointError
 
 Part = unpack.IntWeight | unpack.Fp8Weight | torch.Tensor  # a dense tensor: the module is stored unquantized
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from glmv.layers.checkpoint import TEXT_PREFIXES
 from glmv.layers.quant.schemes import QuantizationError
 from glmv.layers.quant.unpack import quantize_fp8_rows
-from glmv.models.weights import TEXT_PREFIXES
 
 DECODER_LINEAR = re.compile(r"^(?:" + "|".join(re.escape(p) for p in TEXT_PREFIXES) + r")layers\.\d+\."
                             r"(?:self_attn\.[qkvo]_proj|mlp\.(?:gate_up|gate|up|down)_proj)\.weight$")

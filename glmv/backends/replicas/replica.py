@@ -83,7 +83,7 @@ class Replica:
             old.close(timeout_s=5)
         self.state = ReplicaState.STARTING
         process = VllmProcess(sys.executable, self.launch.env(), self.launch.startup_timeout_s,
-                              command=[sys.executable, "-m", "glmv.engine.replicas.worker"],
+                              command=[sys.executable, "-m", "glmv.backends.replicas.worker"],
                               label=f"glmv replica {self.index}", logger=log, start_error=ReplicaStartError)
         ready = process.start(self.launch.config())
         self._process = process

@@ -1,9 +1,9 @@
 """One engine replica: a process that runs glmv's AsyncEngine and answers the server over a local socket.
 
-Started by glmv/engine/replicas/replica.py as `python -m glmv.engine.replicas.worker --socket PATH`, with
+Started by glmv/backends/replicas/replica.py as `python -m glmv.backends.replicas.worker --socket PATH`, with
 CUDA_VISIBLE_DEVICES naming its one GPU (or, on a CPU host, a torch thread count that is its share of the cores).
 The engine loop runs in this process's main thread (GNU OpenMP's full spin-waits on the CPU, as `glmv serve` does)
-and the socket is served from an asyncio loop beside it (glmv/server/beside_loop.py). Messages: see wire.py.
+and the socket is served from an asyncio loop beside it (glmv/engine/beside_loop.py). Messages: see wire.py.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _stats(engine: Any) -> dict[str, float]:
 async def serve(sock: socket.socket, outbox: Outbox, engine: Any, drain_timeout_s: float) -> None:
     """Answer the server until it says shutdown (then let what runs finish, at most `drain_timeout_s`) or the
     connection drops (then stop at once)."""
-    from glmv.engine.replicas.wire import output_to_wire, params_from_wire, prompt_from_wire
+    from glmv.backends.replicas.wire import output_to_wire, params_from_wire, prompt_from_wire
 
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue = asyncio.Queue()
@@ -122,10 +122,10 @@ def main() -> int:
         import torch
         from transformers import AutoTokenizer
 
+        from glmv.backends.replicas.wire import engine_config_from_wire
         from glmv.config import ModelConfig
         from glmv.engine.async_engine import AsyncEngine
-        from glmv.engine.replicas.wire import engine_config_from_wire
-        from glmv.server.beside_loop import run_beside_engine_loop
+        from glmv.engine.beside_loop import run_beside_engine_loop
 
         torch.set_num_threads(int(config["torch_threads"]))
         engine_config = engine_config_from_wire(config["engine_config"])

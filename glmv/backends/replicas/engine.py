@@ -22,6 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from glmv.backends.replicas.replica import Replica, ReplicaLaunch, ReplicaStartError, ReplicaState
+from glmv.backends.replicas.router import PrefixRouter
+from glmv.backends.replicas.wire import engine_config_to_wire, output_from_wire, params_to_wire, prompt_to_wire
 from glmv.config import EngineConfig, ModelConfig
 from glmv.engine.client import (
     EngineHealth,
@@ -31,9 +34,6 @@ from glmv.engine.client import (
     ReplicaHealth,
 )
 from glmv.engine.outputs import RequestOutput
-from glmv.engine.replicas.replica import Replica, ReplicaLaunch, ReplicaStartError, ReplicaState
-from glmv.engine.replicas.router import PrefixRouter
-from glmv.engine.replicas.wire import engine_config_to_wire, output_from_wire, params_to_wire, prompt_to_wire
 from glmv.inputs.prompt import Prompt
 from glmv.sampling import SamplingParams
 

@@ -14,7 +14,7 @@ def build_engine(model_config: ModelConfig, engine_config: EngineConfig, tokeniz
 
         return TransformersEngine(model_config, engine_config, tokenizer)
     if engine_config.engine == "glmv" and engine_config.data_parallel_size > 1:
-        from glmv.engine.replicas.engine import build_data_parallel_engine
+        from glmv.backends.replicas.engine import build_data_parallel_engine
 
         return build_data_parallel_engine(model_config, engine_config)
     if engine_config.engine == "glmv":
