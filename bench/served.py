@@ -72,22 +72,39 @@ class ServedPlan:
 
 # ---------------------------------------------------------------- prompts
 def text_chat(builder: Any, n_tokens: int, seed: int) -> ChatRequest:
-    """A user turn of random ordinary tokens whose rendered prompt is `n_tokens` long (within a token or two:
-    decoded random ids do not always re-tokenize to the same count)."""
+    """A user turn of random words whose rendered prompt is `n_tokens` long (words that are one token each, so
+    the count is exact unless neighbours merge; then a few words are added or dropped until it is)."""
     rng = np.random.default_rng(seed)
-    tok = builder.tokenizer
-    special = set(tok.all_special_ids)
-    ordinary = [i for i in range(min(len(tok), 150000)) if i not in special and i > 100]
-    want = n_tokens - _overhead(builder)
-    text = ""
-    for _ in range(8):
-        ids = rng.choice(ordinary, size=max(1, want)).tolist()
-        text = tok.decode(ids).replace("<|", "< |")  # never a reserved marker
-        got = _rendered_len(builder, text)
-        if abs(got - n_tokens) <= 2:
+    words = _one_token_words(builder)
+    picked = [words[i] for i in rng.integers(0, len(words), max(1, n_tokens - _overhead(builder)))]
+    for _ in range(20):
+        got = _rendered_len(builder, "".join(picked))
+        if got == n_tokens:
             break
-        want = max(1, want + (n_tokens - got))
-    return ChatRequest(text=text)
+        if got > n_tokens:
+            del picked[max(1, len(picked) - (got - n_tokens)):]
+        else:
+            picked += [words[i] for i in rng.integers(0, len(words), n_tokens - got)]
+    return ChatRequest(text="".join(picked))
+
+
+_WORDS: dict[int, list[str]] = {}
+
+
+def _one_token_words(builder: Any) -> list[str]:
+    """Vocabulary entries that decode to a space and letters and encode back to themselves alone."""
+    tok = builder.tokenizer
+    if id(tok) not in _WORDS:
+        out = []
+        for i in range(min(len(tok), 150_000)):
+            text = tok.decode([i])
+            if len(text) > 2 and text[0] == " " and text[1:].isalpha() and \
+                    tok(text, add_special_tokens=False)["input_ids"] == [i]:
+                out.append(text)
+        if len(out) < 50:
+            raise RuntimeError(f"the tokenizer has only {len(out)} one-token words")
+        _WORDS[id(tok)] = out
+    return _WORDS[id(tok)]
 
 
 def _overhead(builder: Any) -> int:
