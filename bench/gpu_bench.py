@@ -963,12 +963,10 @@ def main_cpu(args) -> int:
         engine = build_engine(mc, ec, builder.tokenizer)
 
         async def go() -> None:
-            await engine.start()
             engine_side["figures"] = await served.run_all(served.EngineRunner(engine, builder),
                                                           served.build_workloads(builder, plan, 1), "engine", log)
-            await engine.shutdown()
 
-        asyncio.run(go())
+        served.drive_engine(engine, go)
         results["engine"] = engine_side
         engine = None
         gc.collect()

@@ -227,6 +227,26 @@ class EngineRunner:
         return RequestResult(first, time.perf_counter() - start, tokens)
 
 
+def drive_engine(engine: Any, door: Callable[[], Any]) -> None:
+    """Run the async `door()` against an in-process AsyncEngine as `glmv serve` would: on the CPU the engine loop
+    keeps this (main) thread and the door runs beside it (glmv/server/beside_loop.py: OpenMP runs slower in a
+    second thread), on CUDA the loop has its own thread."""
+    if engine.config.resolved_device == "cpu":
+        from glmv.server.beside_loop import run_beside_engine_loop
+
+        run_beside_engine_loop(engine, door)
+        return
+
+    async def go() -> None:
+        await engine.start()
+        try:
+            await door()
+        finally:
+            await engine.shutdown()
+
+    asyncio.run(go())
+
+
 async def run_workload(runner: ChatRunner, w: Workload, progress: Any = None) -> dict[str, Any]:
     """The workload's figure: TTFT percentiles (ms) and output tok/s over its wall time."""
     await runner.prepare(w.chats)

@@ -175,7 +175,6 @@ def engine_road(engine: Any, builder: Any, samples: int, text_len: int, image_si
     res: dict[str, dict] = {}
 
     async def go() -> None:
-        await engine.start()
         for label, chats in (("text", [served.text_chat(builder, text_len, 7000 + i) for i in range(samples + 2)]),
                              ("image", [served.image_chat(8000 + i, image_size) for i in range(samples + 2)])):
             await runner.prepare(chats)
@@ -183,9 +182,8 @@ def engine_road(engine: Any, builder: Any, samples: int, text_len: int, image_si
             rows = rows[2:]  # the first ones warm up (kernels, shapes)
             res[label] = {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
             res[label]["gc passes while waiting (total)"] = sum(r["gc passes while waiting"] for r in rows)
-        await engine.shutdown()
 
-    asyncio.run(go())
+    served.drive_engine(engine, go)
     return res
 
 
