@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import served  # noqa: E402
 from bench.ceilings import event_time_ms, probe_ceilings  # noqa: E402
 from glmv.config import EngineConfig, ModelConfig, parse_bytes  # noqa: E402
 from glmv.engine.decode_graphs import META_IDS, META_LENS, META_POS, META_SLOTS, META_SRC  # noqa: E402
@@ -762,6 +763,12 @@ def bench_glmv(model_dir: Path, builder, mc: ModelConfig, args, out_dir: Path, r
         log(f"glmv: images: e2e {r['e2e_tok_s']:.0f} tok/s, steady {r.get('steady_tok_s', 0):.0f}, "
             f"wall {r['wall']:.1f} s, last first token at {r['last_first_token_at']:.1f} s")
         res["gc_policy"] = {"mode": engine.gc_policy.mode, "passes_after_launch": list(engine.gc_policy.collections)}
+        save()
+        if not args.skip_http:  # the served workloads on the engine, for the HTTP phase's ratios
+            res["served"] = {"figures": await served.run_all(served.EngineRunner(engine, builder),
+                                                               served.build_workloads(builder, served_plan(args), 1),
+                                                               "engine", log)}
+            rec.take()
         if args.diagnose:
             await diagnose(greedy)
         await engine.shutdown()
@@ -817,7 +824,22 @@ def main() -> int:
                     help="benchmark an AutoAWQ GEMM copy of the model (MODEL_DIR-awq, written by "
                          "bench/awq_checkpoint.py if absent); HF is skipped (it needs autoawq)")
     ap.add_argument("--max-gpu-memory", type=parse_bytes, default=None, help="glmv's GPU memory cap, e.g. 16GiB")
+    g = ap.add_argument_group("served phase (bench/served.py): `glmv serve` driven over HTTP beside the engine")
+    g.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="cpu: only the served phase (engine in-process, then HTTP) - a harness check, with --preset")
+    g.add_argument("--preset", default="full", help="glmv.models.tiny preset built into --model-dir if it is absent")
+    g.add_argument("--http-only", action="store_true", help="only the HTTP phase (no engine column, no ceilings)")
+    g.add_argument("--skip-http", action="store_true", help="no served phase (neither its engine nor HTTP column)")
+    g.add_argument("--serve-args", default="--max-num-seqs 128 --max-model-len 8192 --max-num-batched-tokens 8192",
+                   help="flags for `glmv serve` (default: %(default)s)")
+    g.add_argument("--serve-starts", type=int, default=2,
+                   help="start the server this many times; the last start is measured (default 2: the second "
+                        "start finds the plan cache the first one wrote)")
+    g.add_argument("--served-plan", choices=["full", "smoke"], default=None,
+                   help="workload sizes (default: full on cuda, smoke on cpu)")
     args = ap.parse_args()
+    if args.device == "cpu":
+        return main_cpu(args)
 
     from glmv.inputs.processor import PromptBuilder
     from glmv.models.tiny import make_tiny_model
@@ -833,9 +855,9 @@ def main() -> int:
     except ImportError:
         pass
     if not (model_dir / "config.json").is_file():
-        log("building the full preset (random weights at the real 9B dims) on the GPU")
+        log(f"building the {args.preset} preset (random weights) on the GPU")
         t = time.perf_counter()
-        make_tiny_model(model_dir, "full", device="cuda")
+        make_tiny_model(model_dir, args.preset, device="cuda")
         results["build_s"] = time.perf_counter() - t
         log(f"built in {results['build_s']:.1f} s")
     if args.awq:
@@ -848,6 +870,13 @@ def main() -> int:
         model_dir, args.skip_hf = awq_dir, True
     mc = ModelConfig.from_dir(model_dir)
     builder = PromptBuilder(model_dir)
+    json_path = Path(args.json) if args.json else out_dir / "gpu_bench.json"
+    if args.http_only:
+        results["http"] = served.bench_http(model_dir, builder, served_plan(args), "cuda", args.serve_args.split(),
+                                            args.serve_starts, out_dir, log)
+        json_path.write_text(json.dumps(results, indent=2, default=str))
+        print("\n".join(served.table({}, results["http"], served_plan(args))))
+        return 0
     bandwidth, flops = probe_ceilings()  # the same measurement as the kernel probe's
     bw, tf = bandwidth / 1e9, flops / 1e12
     wbytes = weight_bytes_per_step(mc)
@@ -870,6 +899,14 @@ def main() -> int:
         gc.collect()
         torch.cuda.empty_cache()
         log(f"GPU memory after glmv: {torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated")
+    if not args.skip_http:  # before HF: the server gets the GPU to itself (this process holds only its context)
+        try:
+            results["http"] = served.bench_http(model_dir, builder, served_plan(args), "cuda",
+                                                args.serve_args.split(), args.serve_starts, out_dir, log)
+        except RuntimeError as exc:
+            log(f"HTTP phase failed: {exc}")
+            results["http"] = {"error": str(exc)}
+        save()
     if not args.skip_hf:
         results["hf"] = bench_hf(model_dir, builder, mc, args)
         log(f"HF: {results['hf']}")
@@ -888,6 +925,58 @@ def main() -> int:
         log(f"glmv: warm load {results['glmv']['load_warm_s']:.1f} s")
         save()
     print_table(results)
+    if "http" in results:
+        print()
+        print("\n".join(served.table(results.get("glmv", {}).get("served", {}), results["http"], served_plan(args))))
+    return 0
+
+
+def served_plan(args) -> served.ServedPlan:
+    name = args.served_plan or ("smoke" if args.device == "cpu" else "full")
+    return served.ServedPlan.smoke() if name == "smoke" else served.ServedPlan()
+
+
+def main_cpu(args) -> int:
+    """The served phase on the CPU (a harness check with a small preset): the workloads on an in-process
+    AsyncEngine, then through `glmv serve --device cpu`, and the table."""
+    from glmv.engine.factory import build_engine
+    from glmv.inputs.processor import PromptBuilder
+    from glmv.models.tiny import make_tiny_model
+
+    out_dir = Path(os.environ.get("OUT", "/tmp"))
+    model_dir = Path(args.model_dir)
+    if not (model_dir / "config.json").is_file():
+        log(f"building the {args.preset} preset in {model_dir}")
+        make_tiny_model(model_dir, args.preset, device="cpu")
+    plan = served_plan(args)
+    serve_args = args.serve_args.split()
+    results: dict = {"device": "cpu", "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "args": vars(args), "plan": vars(plan)}
+    json_path = Path(args.json) if args.json else out_dir / "gpu_bench.json"
+    builder = PromptBuilder(model_dir)
+    engine_side: dict = {}
+    if not args.http_only:
+        from glmv.cli.main import build_parser
+        from glmv.cli.serve import engine_config_from_args
+
+        # the engine the server would build from the same flags
+        ec = engine_config_from_args(build_parser().parse_args(["serve", str(model_dir), "--device", "cpu", *serve_args]))
+        mc = ModelConfig.from_dir(model_dir, ec.generation_config)
+        engine = build_engine(mc, ec, builder.tokenizer)
+
+        async def go() -> None:
+            engine_side["figures"] = await served.run_all(served.EngineRunner(engine, builder),
+                                                          served.build_workloads(builder, plan, 1), "engine", log)
+
+        served.drive_engine(engine, go)
+        results["engine"] = engine_side
+        engine = None
+        gc.collect()
+    if not args.skip_http:
+        results["http"] = served.bench_http(model_dir, builder, plan, "cpu", serve_args, args.serve_starts, out_dir, log)
+    json_path.write_text(json.dumps(results, indent=2, default=str))
+    print("\n".join(served.table(engine_side, results.get("http", {}), plan)))
+    log(f"results in {json_path}")
     return 0
 
 

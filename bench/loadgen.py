@@ -200,3 +200,73 @@ async def run_level(target: Target, prompts: Sequence[list[int]], concurrency: i
         ttft_ms=[r.ttft_s * 1000 for r in results if r.ttft_s is not None], first_error=errors[0] if errors else None,
         first_chunk_ms=[r.first_chunk_s * 1000 for r in results if r.first_chunk_s is not None],
     )
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat turn for the served benchmark: user text and, optionally, one picture (JPEG bytes)."""
+
+    text: str
+    image_jpeg: bytes | None = None
+
+    def messages(self) -> list[dict[str, Any]]:
+        if self.image_jpeg is None:
+            return [{"role": "user", "content": self.text}]
+        import base64
+
+        url = "data:image/jpeg;base64," + base64.b64encode(self.image_jpeg).decode()
+        return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": self.text}]}]
+
+
+class ChatTarget:
+    """Streams `/v1/chat/completions`, greedy, ignore_eos, `include_usage` for the token count. TTFT is the first
+    chunk after the role chunk, whatever its text: with random weights a token is often part of a UTF-8 character
+    (glmv streams an empty delta for the first token, and the finish chunk always comes), so waiting for text would
+    measure the tokenizer, not the server."""
+
+    def __init__(self, base_url: str, model: str, timeout_s: float = 600.0):
+        self.url = base_url.rstrip("/") + "/v1/chat/completions"
+        self.model = model
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=30.0), limits=limits)
+
+    async def run_chat(self, chat: ChatRequest, max_tokens: int) -> RequestResult:
+        body = {
+            "model": self.model, "messages": chat.messages(), "max_tokens": max_tokens, "temperature": 0.0,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+        }
+        start = time.perf_counter()
+        first: float | None = None
+        text_at: float | None = None
+        usage_tokens: int | None = None
+        try:
+            async with self.client.stream("POST", self.url, json=body) as resp:
+                if resp.status_code != 200:
+                    text = (await resp.aread()).decode(errors="replace")[:300]
+                    return RequestResult(None, time.perf_counter() - start, 0, f"HTTP {resp.status_code}: {text}")
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    event = json.loads(data)
+                    if "error" in event:
+                        return RequestResult(first, time.perf_counter() - start, 0, str(event["error"])[:300])
+                    for c in event.get("choices") or ():
+                        delta = c.get("delta") or {}
+                        if "role" in delta and first is None:
+                            continue  # sent before any token
+                        now = time.perf_counter() - start
+                        first = now if first is None else first
+                        if text_at is None and (delta.get("content") or delta.get("reasoning_content")):
+                            text_at = now
+                    if event.get("usage"):
+                        usage_tokens = int(event["usage"].get("completion_tokens") or 0)
+        except httpx.HTTPError as exc:
+            return RequestResult(first, time.perf_counter() - start, 0, f"{type(exc).__name__}: {exc}")
+        return RequestResult(first, time.perf_counter() - start, usage_tokens or 0, first_chunk_s=text_at)
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -41,6 +41,9 @@ class KernelOptions:
     vision_graphs: bool = True  # GLMV_VISION_GRAPHS: record the vision tower as CUDA graphs per input shape
     cpu_packed: bool = True  # GLMV_CPU_PACKED: oneDNN-packed matmul weights on the CPU
     cpu_kernels: bool = True  # GLMV_CPU_KERNELS: glmv's C kernels on the CPU in bf16
+    # GLMV_PLAN_CACHE (default on): where the matmul plans timed at start-up are kept (GLMV_CACHE_DIR/plans);
+    # None times them at every start
+    plan_cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.attention not in KERNEL_CHOICES:
@@ -59,6 +62,7 @@ class KernelOptions:
             vision_graphs=_flag(env, "GLMV_VISION_GRAPHS"),
             cpu_packed=_flag(env, "GLMV_CPU_PACKED"),
             cpu_kernels=_flag(env, "GLMV_CPU_KERNELS"),
+            plan_cache_dir=default_cache_dir(env) / "plans" if _flag(env, "GLMV_PLAN_CACHE") else None,
         )
 
     def describe(self) -> str:

@@ -164,6 +164,8 @@ def add_parser(sub) -> None:
                    help="log level of glmv and uvicorn")
     g.add_argument("--disable-log-requests", action="store_true",
                    help="do not log one line per request (id, model, tokens, finish reason, latency)")
+    g.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="run warm-up requests (prompt lengths, a batch, a 1008x1008 picture) before /health answers")
     g.add_argument("--disable-uvicorn-access-log", action="store_true", help="do not log uvicorn's access lines")
     g = p.add_argument_group("media")
     g.add_argument("--limit-mm-per-prompt", type=_json_dict, default={},
@@ -202,7 +204,7 @@ def configs_from_args(args: argparse.Namespace):
         api_keys=(api_key,) if api_key else (), root_path=args.root_path,
         allowed_origins=tuple(args.allowed_origins), allow_credentials=args.allow_credentials,
         allowed_methods=tuple(args.allowed_methods), allowed_headers=tuple(args.allowed_headers),
-        log_level=args.log_level, disable_log_requests=args.disable_log_requests,
+        log_level=args.log_level, disable_log_requests=args.disable_log_requests, warmup=args.warmup,
         disable_uvicorn_access_log=args.disable_uvicorn_access_log, max_request_bytes=args.max_request_bytes,
         limit_mm_per_prompt=limits,
         allowed_local_media_path=Path(args.allowed_local_media_path) if args.allowed_local_media_path else None,

@@ -89,6 +89,9 @@ class AsyncEngine:
         # OpenMP's thread count is per thread: a new thread would not inherit the caller's torch.set_num_threads
         # (measured on 2 cores: the engine thread ran CPU matmuls on one core, 44 instead of 61 tok/s).
         self._intra_op_threads = torch.get_num_threads()
+        # Requests added to the engine that have not had a token yet (loop thread only): no collection while any
+        # waits (glmv/engine/gc_policy.py).
+        self._awaiting_first: set[str] = set()
 
     # ---- lifecycle ----
     async def start(self) -> None:
@@ -196,6 +199,8 @@ class AsyncEngine:
     def _deliver(self, items: list[tuple[str, object]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, object]]] = {}
         for request_id, item in items:
+            if request_id in self._awaiting_first and _answers(item):
+                self._awaiting_first.discard(request_id)
             stream = self._streams.get(request_id)
             if stream is not None:
                 by_loop.setdefault(stream.loop, []).append((stream.queue, item))
@@ -217,9 +222,11 @@ class AsyncEngine:
                 self._pending_adds -= 1
                 try:
                     self.engine.add_request(command.request_id, command.prompt, command.params)
+                    self._awaiting_first.add(command.request_id)
                 except Exception as exc:  # noqa: BLE001 - the request's stream raises it
                     out.append((command.request_id, exc))
             else:
+                self._awaiting_first.discard(command.request_id)
                 final = self.engine.abort_request(command.request_id)
                 if final is not None:
                     out.append((command.request_id, final))
@@ -244,7 +251,7 @@ class AsyncEngine:
         if sys.getswitchinterval() > 0.001:
             sys.setswitchinterval(0.001)
         self.gc_policy.start()
-        self.engine.on_launched = self.gc_policy.collect_if_due
+        self.engine.on_launched = self._collect_if_due
         try:
             self._serve()
         finally:
@@ -256,7 +263,9 @@ class AsyncEngine:
             self._apply_commands()
             if not self.engine.has_unfinished_requests():
                 self._stats = self.engine.stats()
-                self.gc_policy.collect_if_due()  # garbage made while idle (HTTP handling) is collected too
+                self._awaiting_first.clear()
+                if self._commands.empty():  # a request that just arrived goes first
+                    self.gc_policy.collect_if_due()  # garbage made while idle (HTTP handling) is collected too
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
@@ -274,6 +283,17 @@ class AsyncEngine:
         self._apply_commands()
         error = EngineDeadError("The engine shut down before this request finished.")
         self._deliver([(rid, error) for rid in self.engine.fail_all()])
+
+    def _collect_if_due(self) -> None:
+        """Called by the engine right after it launched a step."""
+        self.gc_policy.collect_if_due(waiting=bool(self._awaiting_first) or not self._commands.empty())
+
+
+def _answers(item: object) -> bool:
+    """Whether a delivered item ends a request's wait for its first token (a token, a finish, an error)."""
+    if isinstance(item, RequestOutput):
+        return item.finished or any(c.num_tokens for c in item.outputs)
+    return True
 
 
 def _put_all(batch: list[tuple[asyncio.Queue, object]]) -> None:

@@ -15,6 +15,9 @@ Modes (GLMV_GC, default "managed"):
   YOUNG_THRESHOLD tracked allocations (short passes), the middle one every tenth time as Python does, and the old
   one (objects made since start-up) only every OLD_EVERY middle passes, since an explicit full pass skips Python's
   own rule that keeps those rare.
+  While a request waits for its first token (`waiting`), nothing is collected: a pass would sit between its
+  arrival and its prefill. Only if the young generation grows past WAITING_CEILING is it collected anyway (a young
+  pass is short; the middle and old ones wait for the first moment nobody does).
 - "freeze": the start-up heap is frozen; collection otherwise as Python does it.
 - "python": Python's default.
 `stop()` puts back what `start()` changed: a dropped engine's objects can be collected again.
@@ -27,6 +30,7 @@ import gc
 MODES = ("managed", "freeze", "python")
 YOUNG_THRESHOLD = 2_000  # tracked allocations (net) before the young generation is collected
 OLD_EVERY = 100  # middle-generation passes between two passes over the old generation
+WAITING_CEILING = 50 * YOUNG_THRESHOLD  # young allocations tolerated while requests wait for a first token
 
 
 class GcPolicy:
@@ -37,6 +41,7 @@ class GcPolicy:
         self._froze = False
         self._disabled = False
         self.collections = [0, 0, 0]  # passes run by collect_if_due, per generation
+        self.deferred = 0  # times a due collection waited because a request was waiting for its first token
 
     def start(self) -> None:
         if self.mode == "python":
@@ -48,12 +53,20 @@ class GcPolicy:
             gc.disable()
             self._disabled = True
 
-    def collect_if_due(self) -> None:
-        """Run the collection that is due, if any (managed mode only)."""
+    def collect_if_due(self, waiting: bool = False) -> None:
+        """Run the collection that is due, if any (managed mode only); `waiting`: a request waits for its first
+        token, so only a young pass past WAITING_CEILING may run."""
         if not self._disabled:
             return
         young, middle, old = gc.get_count()
         if young < YOUNG_THRESHOLD:
+            return
+        if waiting:
+            if young < WAITING_CEILING:
+                self.deferred += 1
+                return
+            gc.collect(0)
+            self.collections[0] += 1
             return
         t1 = gc.get_threshold()[1]
         generation = 0 if middle < t1 else 1 if old < OLD_EVERY else 2

@@ -55,6 +55,7 @@ class Kernels:
     swiglu: ModuleType | None = None  # glmv.kernels.triton_swiglu: the gating in the gate/up matmul's epilogue
     gemv: Callable | None = None  # glmv.kernels.triton_gemv.gemv: the decode-batch matmul
     plan_gemv: Callable | None = None  # its planner against cuBLAS
+    plan_swiglu: Callable | None = None  # the fused gate/up matmul's planner (triton_swiglu.plan, maybe cached)
     native_decode_attention: bool = False  # decode attention reads only each sequence's blocks (graphs pay off)
     vision_graphs: bool = False  # record the vision tower as CUDA graphs per input shape
     cpu_packed: bool = False  # oneDNN-packed matmul weights on the CPU
@@ -132,6 +133,13 @@ def _triton_kernels(dtype: torch.dtype, options: KernelOptions) -> Kernels:
     if not options.fused:
         return chosen
     sixteen_bit = dtype in (torch.bfloat16, torch.float16)
+    plan_gemv, plan_swiglu = triton_gemv.plan, triton_swiglu.plan
+    if options.plan_cache_dir is not None:  # timed once per device, driver, library versions and shapes
+        from glmv.kernels.plan_cache import PlanCache, cached_gemv_planner, cached_swiglu_planner
+
+        cache = PlanCache(options.plan_cache_dir)
+        plan_gemv = cached_gemv_planner(cache, options.gemv_prefetch_mb)
+        plan_swiglu = cached_swiglu_planner(cache)
     return replace(
         chosen,
         rms_norm=triton_fused.rms_norm,
@@ -145,7 +153,8 @@ def _triton_kernels(dtype: torch.dtype, options: KernelOptions) -> Kernels:
         argmax=triton_argmax.argmax,
         swiglu=triton_swiglu if options.swiglu else None,
         gemv=triton_gemv.gemv if options.gemv and sixteen_bit else None,
-        plan_gemv=triton_gemv.plan if options.gemv and sixteen_bit else None,
+        plan_gemv=plan_gemv if options.gemv and sixteen_bit else None,
+        plan_swiglu=plan_swiglu if options.swiglu else None,
     )
 
 

@@ -24,8 +24,11 @@ class GateUpAct:
     """`gate_up_act(x, linear)` -> up * silu(gate) for a decoder Linear; `dense(x, weight)` for a plain stacked
     weight (the vision tower); `prepare` lays a dense weight out for the fused gating once, at load."""
 
-    def __init__(self, kernels: ModuleType | None, silu_mul: Callable[[torch.Tensor], torch.Tensor], plan: GemvPlan):
+    def __init__(self, kernels: ModuleType | None, silu_mul: Callable[[torch.Tensor], torch.Tensor], plan: GemvPlan,
+                 planner: Callable | None = None):
         self.kernels = kernels  # glmv.kernels.triton_swiglu, or None: stacked weights, gating as a separate step
+        # kernels.plan, or the same behind the on-disk plan cache (glmv/kernels/plan_cache.py)
+        self.planner = planner if planner is not None else (kernels.plan if kernels is not None else None)
         self.silu_mul = silu_mul  # the stacked-layout gating (Triton, C or PyTorch)
         self.large_plan: dict[tuple[int, int], list] = {}  # (N, K) -> [(rows, MatmulSiluConfig | None)]
         self.small_plan = plan  # the model's decode-matmul plan (its configs carry the gating epilogue)
@@ -67,6 +70,6 @@ class GateUpAct:
         used = 0
         for weights, max_rows in weight_groups:
             points = [p for p in self.kernels.PLAN_POINTS if p <= max_rows] or [self.kernels.PLAN_POINTS[0]]
-            self.large_plan.update(self.kernels.plan([weights], points, report))
+            self.large_plan.update(self.planner([weights], points, report))
             used += sum(cfg is not None for _, cfg in self.large_plan[tuple(weights[0].shape)])
         return used

@@ -139,7 +139,7 @@ class Glm4vModel:
     def build_kernels(kernels: Kernels) -> tuple[GateUpAct, GemvPlan]:
         """The gating dispatcher and the (empty) decode-matmul plan that a model and its vision tower share."""
         plan = GemvPlan(kernels.gemv)
-        return GateUpAct(kernels.swiglu, kernels.silu_mul, plan), plan
+        return GateUpAct(kernels.swiglu, kernels.silu_mul, plan, kernels.plan_swiglu), plan
 
     def _lay_out_gate_up(self, text: TextWeights) -> None:
         """Interleave the dense gate/up rows (decoder, vision blocks, merger) when this model fuses the gating into

@@ -7,6 +7,7 @@ their headers on errors too), API-key auth (before any body is read), body guard
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -20,6 +21,8 @@ from glmv.server.middleware import RequestBodyGuard, ResponseCounter
 from glmv.server.state import ServingState
 from glmv.ui.routes import mount_ui
 
+log = logging.getLogger("glmv.server")
+
 DESCRIPTION = """An OpenAI-compatible server for GLM-4.1V-Thinking (images, video, documents, reasoning).
 Clients of `vllm serve` work unchanged; see docs/API.md for fields, extras and errors."""
 
@@ -29,6 +32,12 @@ def create_app(state: ServingState) -> FastAPI:
     async def lifespan(_: FastAPI):
         await state.engine.start()
         try:
+            cfg = state.server_config
+            ec = state.engine_config
+            if cfg.warmup and ec.engine == "glmv" and ec.data_parallel_size == 1:
+                from glmv.server.warmup import warm_up
+
+                log.info("warm-up requests took %.1f s", await warm_up(state))
             yield
         finally:
             await state.engine.shutdown()

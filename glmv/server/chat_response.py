@@ -133,6 +133,9 @@ async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGene
             out["stop_reason"] = stop_reason
         return out
 
+    # A choice's first token gets a chunk even when it has no text yet (part of a UTF-8 character, or a tag the
+    # splitter holds back): that chunk is the client's time to first token, as vLLM streams it.
+    heard = [False] * n
     try:
         for i in range(n):
             yield chunk([choice(i, {"role": "assistant", "content": ""})])
@@ -153,7 +156,10 @@ async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGene
                     delta["content"] = content
                 logprobs = chat_logprobs(c.logprobs, top_n) if gen.params.logprobs is not None and c.logprobs \
                     else None
+                if not delta and not heard[c.index] and c.num_tokens and c.finish_reason is None:
+                    delta["content"] = ""
                 if delta or logprobs:
+                    heard[c.index] = True
                     yield chunk([choice(c.index, delta, logprobs)])
                 if c.finish_reason is not None:
                     finish = c.finish_reason.openai

@@ -29,6 +29,7 @@ class ServerConfig:
     allowed_headers: tuple[str, ...] = ("*",)
     log_level: str = "info"
     disable_log_requests: bool = False  # no per-request log line
+    warmup: bool = True  # glmv's engine runs the warm-up requests (server/warmup.py) before it answers
     disable_uvicorn_access_log: bool = False
     max_request_bytes: int = 64 << 20  # bodies above this are refused with 413 before parsing
     # Requests in flight (running + queued) above which the server answers 503 with Retry-After. None: from the

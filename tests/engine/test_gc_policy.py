@@ -62,3 +62,26 @@ def test_switching_modes_and_a_bad_name(monkeypatch):
     monkeypatch.setenv("GLMV_GC", "sometimes")  # the environment is read once, by glmv.options
     with pytest.raises(ValueError, match="GLMV_GC must be one of"):
         RuntimeOptions.from_env()
+
+
+def test_no_collection_while_a_request_waits_for_its_first_token():
+    from glmv.engine.gc_policy import WAITING_CEILING
+
+    policy = GcPolicy("managed")
+    policy.start()
+    try:
+        garbage = [_Cycle() for _ in range(YOUNG_THRESHOLD + 10)]
+        del garbage
+        policy.collect_if_due(waiting=True)  # due, but a request waits: deferred
+        assert policy.collections == [0, 0, 0] and policy.deferred == 1
+        assert gc.get_count()[0] >= YOUNG_THRESHOLD
+        policy.collect_if_due()  # nobody waits: the due pass runs
+        assert sum(policy.collections) == 1
+        before = list(policy.collections)
+        garbage = [_Cycle() for _ in range(WAITING_CEILING + 10)]
+        del garbage
+        policy.collect_if_due(waiting=True)  # past the ceiling: a young pass anyway, never a deeper one
+        assert policy.collections == [before[0] + 1, before[1], before[2]]
+        assert gc.get_count()[0] < YOUNG_THRESHOLD
+    finally:
+        policy.stop()
