@@ -79,13 +79,19 @@ def run_phase(llm: LLM, compiled, prompts: list[str], share: float, max_tokens: 
     for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
         engine.add_request(f"r{i}", llm._prompt(prompt), p)
     tokens = 0
+    finished: dict[str, int] = {}
     while engine.has_unfinished_requests():
         outs = engine.step()
         now = time.perf_counter()
         new = sum(len(c.token_ids) for o in outs for c in o.outputs)
         if new and not first_token_at:
             first_token_at.append(now)
+            clock.reset()  # the grammar's share is taken over the decode steps, as the throughput is
         tokens += new
+        for o in outs:
+            for c in o.outputs:
+                if c.finish_reason is not None:
+                    finished[c.finish_reason.value] = finished.get(c.finish_reason.value, 0) + 1
     t1 = time.perf_counter()
     decode_s = t1 - first_token_at[0]
     masked = max(clock.fills, 1)
@@ -94,7 +100,8 @@ def run_phase(llm: LLM, compiled, prompts: list[str], share: float, max_tokens: 
             "grammar_ms_per_token": round(1e3 * (clock.fill_s + clock.accept_s) / masked, 4),
             "fill_ms_per_token": round(1e3 * clock.fill_s / masked, 4),
             "accept_ms_per_token": round(1e3 * clock.accept_s / max(clock.accepts, 1), 4),
-            "constrained_tokens": clock.fills}
+            "grammar_share_of_decode_pct": round(100 * (clock.fill_s + clock.accept_s) / decode_s, 2),
+            "constrained_tokens": clock.fills, "finished": finished}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,18 +133,20 @@ def main(argv: list[str] | None = None) -> int:
                range(args.concurrency)]
     clock = GrammarClock()
     clock.install()
-    run_phase(llm, compiled, prompts[: min(8, len(prompts))], 1.0, 8, clock)  # warm-up (kernels, graphs)
+    run_phase(llm, compiled, prompts, 0.5, 8, clock)  # warm-up at full width (allocations, packing, graphs)
     rows = [run_phase(llm, compiled, prompts, float(s), args.max_tokens, clock) for s in args.shares.split(",")]
     base = rows[0]["decode_tok_per_s"]
     print(f"device {args.device}, model {model.name}, {args.concurrency} concurrent, {args.max_tokens} tokens each; "
           f"schema compiled in {compile_ms:.1f} ms")
-    print(f"{'constrained':>12} {'decode tok/s':>13} {'vs 0%':>7} {'grammar ms/tok':>15} {'fill':>8} {'accept':>8}")
+    print(f"{'constrained':>12} {'decode tok/s':>13} {'vs 0%':>7} {'grammar ms/tok':>15} {'fill':>8} {'accept':>8} "
+          f"{'grammar % of decode':>20}  finished")
     for r in rows:
         share = f"{r['constrained']}/{r['requests']}"
         print(f"{share:>12} {r['decode_tok_per_s']:>13} {100 * r['decode_tok_per_s'] / base - 100:>6.1f}% "
               f"{r['grammar_ms_per_token'] if r['constrained'] else '-':>15} "
               f"{r['fill_ms_per_token'] if r['constrained'] else '-':>8} "
-              f"{r['accept_ms_per_token'] if r['constrained'] else '-':>8}")
+              f"{r['accept_ms_per_token'] if r['constrained'] else '-':>8} "
+              f"{r['grammar_share_of_decode_pct']:>19}%  {r['finished']}")
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "compile_ms": compile_ms, "rows": rows}, indent=1))
     return 0
