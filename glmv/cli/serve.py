@@ -160,6 +160,9 @@ def add_parser(sub) -> None:
     g.add_argument("--allowed-headers", type=json.loads, default=["*"], help="CORS: allowed headers (JSON list)")
     g.add_argument("--max-request-bytes", type=int, default=64 << 20,
                    help="largest request body accepted; bigger ones get 413 before parsing (default: 64 MiB)")
+    g.add_argument("--max-stored-responses", type=int, default=1000,
+                   help="responses of /v1/responses kept in memory for previous_response_id and GET "
+                   "/v1/responses/{id}; the least recently used go first; 0 stores none (default: 1000)")
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="log level of glmv and uvicorn")
     g.add_argument("--disable-log-requests", action="store_true",
@@ -211,6 +214,7 @@ def configs_from_args(args: argparse.Namespace):
         allowed_media_domains=tuple(args.allowed_media_domains),
         media_fetch_timeout=args.media_fetch_timeout, max_media_bytes=args.max_media_bytes,
         max_image_pixels=args.max_image_pixels, max_document_pages=args.max_document_pages,
+        max_stored_responses=args.max_stored_responses,
     )
     return engine_config_from_args(args), server_config
 

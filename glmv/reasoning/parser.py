@@ -166,13 +166,17 @@ class _Channel:
 class ThinkSplitter:
     """Streams generated text into (reasoning delta, answer delta).
 
-    in_think: the prompt already opened the thought (it ends with `<think>`), so text starts as reasoning.
+    start: where the prompt left the output: True (or SplitState.THINK) when the prompt already opened the thought
+    (it ends with `<think>`), so text starts as reasoning; a SplitState from `prompt_split_state` for any prefill.
     Call `feed(delta)` for each text delta and `finish()` once at the end; the pieces joined equal
     `split_reasoning(whole_text)`. No piece ever holds a tag, part of a tag, or a box marker.
     """
 
-    def __init__(self, in_think: bool = False):
-        self.state = SplitState.THINK if in_think else SplitState.START
+    def __init__(self, start: bool | SplitState = False):
+        if isinstance(start, SplitState):
+            self.state = start
+        else:
+            self.state = SplitState.THINK if start else SplitState.START
         self._buf = ""
         self._reasoning = _Channel()
         self._answer = _Channel()
@@ -226,9 +230,9 @@ class ThinkSplitter:
             answer.append(self._answer.push(text))
 
 
-def split_reasoning(text: str, in_think: bool = False) -> tuple[str, str]:
+def split_reasoning(text: str, start: bool | SplitState = False) -> tuple[str, str]:
     """Whole-text split: (reasoning, answer), exactly what ThinkSplitter streams for the same text."""
-    splitter = ThinkSplitter(in_think)
+    splitter = ThinkSplitter(start)
     r1, c1 = splitter.feed(text)
     r2, c2 = splitter.finish()
     return r1 + r2, c1 + c2
@@ -241,3 +245,15 @@ def prompt_opens_thought(prompt_text: str | None) -> bool:
         return False
     tail = prompt_text.rsplit("<|assistant|>", 1)[-1]
     return tail.rfind(THINK_START) > tail.rfind(THINK_END)
+
+
+def prompt_split_state(prompt_text: str | None) -> SplitState:
+    """The state the prompt's last assistant turn leaves the output in, so the splitter starts where a prefill
+    (`continue_final_message`) stopped: a prefilled `<think>...` continues as reasoning, `<think></think><answer>`
+    (how thinking is skipped on GLM-4.1V) as answer. A prefill that already closed the answer (`</answer>`) is
+    continued as answer rather than dropped: the client asked for more of it."""
+    if not prompt_text:
+        return SplitState.START
+    splitter = ThinkSplitter()
+    splitter.feed(prompt_text.rsplit("<|assistant|>", 1)[-1])
+    return SplitState.ANSWER if splitter.state is SplitState.DONE else splitter.state

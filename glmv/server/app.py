@@ -18,6 +18,7 @@ from glmv.server.auth import APIKeyAuth
 from glmv.server.docs_page import mount_docs
 from glmv.server.errors import install_error_handlers
 from glmv.server.middleware import RequestBodyGuard, ResponseCounter
+from glmv.server.responses import route as responses
 from glmv.server.state import ServingState
 from glmv.ui.routes import mount_ui
 
@@ -48,7 +49,7 @@ def create_app(state: ServingState) -> FastAPI:
                   docs_url=None, redoc_url=None)  # Swagger/ReDoc come from a CDN: docs_page.py works offline
     app.state.serving = state
     install_error_handlers(app)
-    for module in (models, chat, completions, tokenize, metrics):
+    for module in (models, chat, completions, responses, tokenize, metrics):
         app.include_router(module.router)
     mount_docs(app)
     mount_ui(app)  # the web chat page at / and /ui: a client of this same /v1 API (docs/DOORS.md)

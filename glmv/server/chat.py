@@ -30,7 +30,7 @@ async def prompt_for(req: ChatCompletionRequest, state: ServingState) -> Prompt:
         messages=[m.model_dump(exclude_none=True) for m in req.messages],
         add_generation_prompt=req.add_generation_prompt, chat_template_kwargs=req.chat_template_kwargs or {},
         mm_processor_kwargs=req.mm_processor_kwargs, media_io_kwargs=req.media_io_kwargs,
-        max_tokens=req.max_completion_tokens or req.max_tokens)
+        max_tokens=req.max_completion_tokens or req.max_tokens, continue_final_message=req.continue_final_message)
     return await build_chat_prompt(request, state.builder, state.server_config.media_policy, state.max_model_len,
                                    state.engine.stage_prompt)
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 
-from glmv.reasoning import ThinkSplitter, count_reasoning_tokens, prompt_opens_thought, split_reasoning
+from glmv.reasoning import SplitState, ThinkSplitter, count_reasoning_tokens, prompt_split_state, split_reasoning
 from glmv.sampling import FinishReason
 from glmv.server.errors import error_body, to_api_error
 from glmv.server.generation import TrackedGeneration, disconnect_guard
@@ -69,10 +69,11 @@ async def collect_chat(req: ChatCompletionRequest, gen: TrackedGeneration, state
         raise
     finally:
         await gen.close(status)
-    in_think = prompt_opens_thought(gen.prompt.text)
+    start = prompt_split_state(gen.prompt.text)  # a prefill (continue_final_message) may have opened either part
+    in_think = start is SplitState.THINK
     choices = []
     for i in range(n):
-        reasoning, content = split_reasoning("".join(texts[i]), in_think)
+        reasoning, content = split_reasoning("".join(texts[i]), start)
         message: dict = {"role": "assistant", "content": content}
         if req.include_reasoning:
             message["reasoning_content"] = message["reasoning"] = reasoning or None
@@ -105,8 +106,9 @@ async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGene
     out as `tool_calls` deltas instead of content (ToolCallStream)."""
     created = int(time.time())
     n = gen.params.n
-    in_think = prompt_opens_thought(gen.prompt.text)
-    splitters = [ThinkSplitter(in_think) for _ in range(n)]
+    start = prompt_split_state(gen.prompt.text)
+    in_think = start is SplitState.THINK
+    splitters = [ThinkSplitter(start) for _ in range(n)]
     calls = [ToolCallStream(tool_plan, _call_id(gen, i)) for i in range(n)] if tool_plan is not None else None
     opts = req.stream_options
     include_usage = bool(opts and opts.include_usage)

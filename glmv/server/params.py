@@ -52,6 +52,9 @@ def check_logprobs_supported(state: ServingState, logprobs: int | None) -> None:
 def build_sampling_params(req: SamplingFields, state: ServingState, max_tokens: int | None,
                           logprobs: int | None) -> SamplingParams:
     defaults = state.model_config.generation_defaults
+    if req.prompt_logprobs is not None:
+        raise APIError(400, "prompt_logprobs are not computed by glmv yet (the engine does not keep the prompt's "
+                       "logits); leave the field out.", "prompt_logprobs", "unsupported_parameter")
     check_logprobs_supported(state, logprobs)
     check_token_ids(state, list(req.stop_token_ids or []), "stop_token_ids")
 

@@ -194,6 +194,9 @@ class SamplingFields(OpenAIModel):
         default=None, description="OpenAI: json_object or json_schema (with strict) constrain the answer.")
     structured_outputs: StructuredOutputs | None = Field(
         default=None, description="vLLM extra: one of json, regex, choice, grammar (EBNF) or json_object.")
+    prompt_logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="vLLM extra; not computed by glmv yet: a request with it is refused "
+        "(400) rather than answered without them.")
 
 
 class ChatCompletionRequest(SamplingFields):

@@ -13,6 +13,7 @@ from glmv.inputs.cache import CacheUsage
 from glmv.inputs.messages import MediaPolicy
 from glmv.inputs.processor import PromptBuilder
 from glmv.server.metrics import ServerMetrics
+from glmv.server.responses.store import ResponseStore
 from glmv.structured.compiler import GrammarCompiler
 
 
@@ -43,12 +44,15 @@ class ServerConfig:
     max_media_bytes: int = 128 << 20  # one image / video / document
     max_image_pixels: int = 89_478_485  # width x height of one image or video frame (Pillow's bomb threshold)
     max_document_pages: int = 100
+    max_stored_responses: int = 1000  # /v1/responses kept in memory for previous_response_id (LRU); 0: none
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError(f"--port must be in 0..65535, got {self.port}.")
         if self.max_request_bytes < 1024:
             raise ValueError(f"--max-request-bytes must be at least 1024, got {self.max_request_bytes}.")
+        if self.max_stored_responses < 0:
+            raise ValueError(f"--max-stored-responses must be 0 or more, got {self.max_stored_responses}.")
         if self.max_inflight_requests is not None and self.max_inflight_requests < 1:
             raise ValueError(f"the in-flight request limit must be at least 1, got {self.max_inflight_requests}.")
         for key in self.limit_mm_per_prompt:
@@ -110,6 +114,11 @@ class ServingState:
     def grammar_compiler(self) -> GrammarCompiler:
         """Structured outputs' compiler for this tokenizer (built at the first structured request)."""
         return GrammarCompiler(self.tokenizer, self.model_config.text.vocab_size, self.model_config.eos_token_ids)
+
+    @cached_property
+    def response_store(self) -> ResponseStore:
+        """Stored /v1/responses (previous_response_id), bounded by --max-stored-responses."""
+        return ResponseStore(self.server_config.max_stored_responses)
 
     @cached_property
     def think_start_ids(self) -> list[int]:

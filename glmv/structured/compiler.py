@@ -45,9 +45,15 @@ class CompiledStructure:
     answer_close_id: int
     stop_token_ids: tuple[int, ...]
     vocab_size: int
-    # JSON kinds: the bitmask row of tokens without raw control characters (xgrammar's JSON strings admit them,
-    # JSON does not); None for other kinds
+    # The bitmask row ANDed into the grammar's: the model's stop ids other than the answer's end are never allowed
+    # and, for JSON kinds, neither are tokens with raw control characters (xgrammar's JSON strings admit them, JSON
+    # does not). None: the grammar's mask alone.
     json_safe: torch.Tensor | None = None
+
+
+def _clear(row: torch.Tensor, token: int) -> None:
+    word, bit = divmod(token, 32)
+    row[word] &= ~(1 << bit) if bit < 31 else 0x7FFFFFFF
 
 
 def _single_id(tokenizer: Any, text: str) -> int:
@@ -99,11 +105,17 @@ class GrammarCompiler:
         self.vocab_size = vocab_size
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stops)
         self._xgr = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
-        self._json_safe = xgr.allocate_token_bitmask(1, vocab_size)[0]
+        # The model's other stop ids (`<|user|>`, `<|observation|>`, ...) decode to text a grammar may admit (inside
+        # a JSON string, say), and the engine's stop rule would end the answer on them half-written: no kind may
+        # pick them. JSON kinds also drop tokens with raw control characters.
+        self._no_foreign_stops = xgr.allocate_token_bitmask(1, vocab_size)[0]
+        for token in stop_token_ids:
+            if token not in stops and 0 <= token < vocab_size:
+                _clear(self._no_foreign_stops, token)
+        self._json_safe = self._no_foreign_stops.clone()
         for token, text in enumerate(info.decoded_vocab):
             if any(b < 0x20 for b in text) and token not in stops:
-                word, bit = divmod(token, 32)
-                self._json_safe[word] &= ~(1 << bit) if bit < 31 else 0x7FFFFFFF
+                _clear(self._json_safe, token)
         self._cache: OrderedDict[StructuredSpec, CompiledStructure] = OrderedDict()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="glmv-grammar")
@@ -130,7 +142,8 @@ class GrammarCompiler:
         grammar = self._compile(spec)
         out = CompiledStructure(spec, grammar, self.think_start_id, self.think_end_id, self.answer_open_id, self.answer_close_id,
                                 self.stop_token_ids, self.vocab_size,
-                                self._json_safe if spec.kind in ("json_schema", "json_object") else None)
+                                self._json_safe if spec.kind in ("json_schema", "json_object")
+                                else self._no_foreign_stops)
         with self._lock:
             self.compiles += 1
             self._cache[spec] = out

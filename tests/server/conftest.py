@@ -20,6 +20,7 @@ import uvicorn
 import glmv
 from glmv.cli.main import build_parser
 from glmv.cli.serve import configs_from_args, normalize_flag_spelling
+from glmv.models.constants import CHAT_TEMPLATE_PATH
 from glmv.server.app import create_app
 from glmv.server.launch import build_state
 from glmv.server.state import ServingState
@@ -104,3 +105,15 @@ def think_end_id(server: LiveServer) -> int:
     ids = server.state.tokenizer.encode("</think>", add_special_tokens=False)
     assert len(ids) == 1, "the tiny tokenizer has </think> as one added token"
     return ids[0]
+
+
+@pytest.fixture(scope="session")
+def think_template(tmp_path_factory):
+    """glmv's template with a generation prompt that opens the thought (`<|assistant|>\\n<think>`), so what the
+    tiny random model writes before `</think>` is reasoning."""
+    text = CHAT_TEMPLATE_PATH.read_text()
+    plain = "{{ '<|assistant|>\\n' }}\n{%- if enable_thinking"
+    assert plain in text, "glmv's template ends its generation prompt with <|assistant|>\\n"
+    path = tmp_path_factory.mktemp("templates") / "think.jinja"
+    path.write_text(text.replace(plain, "{{ '<|assistant|>\\n<think>' }}\n{%- if enable_thinking"))
+    return path

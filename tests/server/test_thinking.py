@@ -11,21 +11,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from glmv.models.constants import CHAT_TEMPLATE_PATH
 from tests.server.conftest import ENGINES, serve_args, start_server, think_end_id
 
 MESSAGES = [{"role": "user", "content": "What is 2+2?"}]
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
-
-
-@pytest.fixture(scope="module")
-def think_template(tmp_path_factory):
-    text = CHAT_TEMPLATE_PATH.read_text()
-    plain = "{{ '<|assistant|>\\n' }}\n{%- if enable_thinking"
-    assert plain in text, "glmv's template ends its generation prompt with <|assistant|>\\n"
-    path = tmp_path_factory.mktemp("templates") / "think.jinja"
-    path.write_text(text.replace(plain, "{{ '<|assistant|>\\n<think>' }}\n{%- if enable_thinking"))
-    return path
 
 
 @pytest.fixture(scope="module", params=ENGINES)

@@ -1,0 +1,156 @@
+"""Grammar benchmark (issue 14): what constrained decoding costs, per token and in decode throughput.
+
+    .venv/bin/python bench/structured_bench.py                  # CPU, the `small` preset, bf16
+    .venv/bin/python bench/structured_bench.py --device cuda    # the same on a GPU (--preset full for the 9B dims)
+
+Runs --concurrency requests (64) at once through glmv's engine in process (glmv.LLM), three times: with 0%, 50% and
+100% of them constrained by a JSON schema, each request making exactly --max-tokens tokens (unconstrained ones with
+ignore_eos; the schema, a JSON string of at least 4,000 characters, cannot end sooner). A thinking budget of 0
+makes the engine write `</think><answer>` at once, so every constrained token is masked by the grammar. Reported per
+phase: decode throughput (generated tokens / wall time after the prefill step) and the grammar's host cost per
+constrained token (xgrammar's mask fill and the matcher's accept, timed around Constraint.fill_mask and
+Constraint.accept); the goal in the issue is under 10% of throughput lost at 100% constrained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from glmv.llm import LLM  # noqa: E402
+from glmv.sampling import SamplingParams  # noqa: E402
+from glmv.structured.compiler import GrammarCompiler  # noqa: E402
+from glmv.structured.constraint import Constraint  # noqa: E402
+from glmv.structured.spec import StructuredSpec  # noqa: E402
+
+SCHEMA = {"type": "object", "properties": {"text": {"type": "string", "minLength": 4000}}, "required": ["text"],
+          "additionalProperties": False}
+
+
+@dataclass
+class GrammarClock:
+    """Host time spent in the grammar, summed over calls (wraps the two Constraint methods the engine calls)."""
+
+    fill_s: float = 0.0
+    fills: int = 0
+    accept_s: float = 0.0
+    accepts: int = 0
+
+    def install(self) -> None:
+        fill, accept = Constraint.fill_mask, Constraint.accept
+
+        def timed_fill(constraint, bitmask, row):
+            t = time.perf_counter()
+            fill(constraint, bitmask, row)
+            self.fill_s += time.perf_counter() - t
+            self.fills += 1
+
+        def timed_accept(constraint, token):
+            t = time.perf_counter()
+            accept(constraint, token)
+            self.accept_s += time.perf_counter() - t
+            self.accepts += 1
+
+        Constraint.fill_mask, Constraint.accept = timed_fill, timed_accept
+
+    def reset(self) -> None:
+        self.fill_s = self.accept_s = 0.0
+        self.fills = self.accepts = 0
+
+
+def run_phase(llm: LLM, compiled, prompts: list[str], share: float, max_tokens: int, clock: GrammarClock) -> dict:
+    n = len(prompts)
+    constrained = round(n * share)
+    params = [SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=i, thinking_budget=0, structured=compiled)
+              if i < constrained else
+              SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=i, ignore_eos=True, thinking_budget=0)
+              for i in range(n)]
+    clock.reset()
+    first_token_at: list[float] = []
+    t0 = time.perf_counter()
+    engine = llm.engine
+    for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+        engine.add_request(f"r{i}", llm._prompt(prompt), p)
+    tokens = 0
+    finished: dict[str, int] = {}
+    while engine.has_unfinished_requests():
+        outs = engine.step()
+        now = time.perf_counter()
+        new = sum(len(c.token_ids) for o in outs for c in o.outputs)
+        if new and not first_token_at:
+            first_token_at.append(now)
+            clock.reset()  # the grammar's share is taken over the decode steps, as the throughput is
+        tokens += new
+        for o in outs:
+            for c in o.outputs:
+                if c.finish_reason is not None:
+                    finished[c.finish_reason.value] = finished.get(c.finish_reason.value, 0) + 1
+    t1 = time.perf_counter()
+    decode_s = t1 - first_token_at[0]
+    masked = max(clock.fills, 1)
+    return {"constrained": constrained, "requests": n, "tokens": tokens, "wall_s": round(t1 - t0, 3),
+            "decode_tok_per_s": round((tokens - n) / decode_s, 1),
+            "grammar_ms_per_token": round(1e3 * (clock.fill_s + clock.accept_s) / masked, 4),
+            "fill_ms_per_token": round(1e3 * clock.fill_s / masked, 4),
+            "accept_ms_per_token": round(1e3 * clock.accept_s / max(clock.accepts, 1), 4),
+            "grammar_share_of_decode_pct": round(100 * (clock.fill_s + clock.accept_s) / decode_s, 2),
+            "constrained_tokens": clock.fills, "finished": finished}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--preset", default="small", help="glmv.models.tiny preset (small on the CPU; full on a GPU)")
+    p.add_argument("--model", default=None, help="a model folder instead of a preset")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
+    p.add_argument("--shares", default="0,0.5,1", help="fractions of the requests constrained, one phase each")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+
+    model = Path(args.model) if args.model else ROOT / ".cache" / "models" / args.preset
+    if not (model / "config.json").is_file():
+        from glmv.models.tiny import make_tiny_model
+
+        print(f"building the '{args.preset}' preset under {model} (once) ...", flush=True)
+        make_tiny_model(model, args.preset)
+    llm = LLM(model, device=args.device, dtype=args.dtype, max_model_len=1024,
+              max_num_seqs=max(args.concurrency, 1))
+    compiler = GrammarCompiler(llm.tokenizer, llm.model_config.text.vocab_size, llm.model_config.eos_token_ids)
+    t = time.perf_counter()
+    compiled = compiler.compile(StructuredSpec.json_schema(SCHEMA, True, "bench"))
+    compile_ms = 1e3 * (time.perf_counter() - t)
+    prompts = [f"[gMASK]<sop><|user|>\nRequest {i}: write a long text.<|assistant|>\n" for i in
+               range(args.concurrency)]
+    clock = GrammarClock()
+    clock.install()
+    run_phase(llm, compiled, prompts, 0.5, 8, clock)  # warm-up at full width (allocations, packing, graphs)
+    rows = [run_phase(llm, compiled, prompts, float(s), args.max_tokens, clock) for s in args.shares.split(",")]
+    base = rows[0]["decode_tok_per_s"]
+    print(f"device {args.device}, model {model.name}, {args.concurrency} concurrent, {args.max_tokens} tokens each; "
+          f"schema compiled in {compile_ms:.1f} ms")
+    print(f"{'constrained':>12} {'decode tok/s':>13} {'vs 0%':>7} {'grammar ms/tok':>15} {'fill':>8} {'accept':>8} "
+          f"{'grammar % of decode':>20}  finished")
+    for r in rows:
+        share = f"{r['constrained']}/{r['requests']}"
+        print(f"{share:>12} {r['decode_tok_per_s']:>13} {100 * r['decode_tok_per_s'] / base - 100:>6.1f}% "
+              f"{r['grammar_ms_per_token'] if r['constrained'] else '-':>15} "
+              f"{r['fill_ms_per_token'] if r['constrained'] else '-':>8} "
+              f"{r['accept_ms_per_token'] if r['constrained'] else '-':>8} "
+              f"{r['grammar_share_of_decode_pct']:>19}%  {r['finished']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "compile_ms": compile_ms, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
