@@ -20,6 +20,7 @@ from glmv.inputs.messages import load_messages_async
 from glmv.inputs.policy import MediaPolicy
 from glmv.inputs.processor import PromptBuilder
 from glmv.inputs.prompt import Prompt
+from glmv.inputs.tool_messages import with_parsed_tool_calls
 from glmv.reasoning.history import strip_reasoning_from_history
 
 PromptStager = Callable[[Prompt], Prompt]
@@ -40,18 +41,20 @@ class ChatPromptRequest:
     mm_processor_kwargs: dict[str, Any] | None = None
     media_io_kwargs: dict[str, Any] | None = None
     max_tokens: int | None = None  # documents are cut to leave this room for the answer
+    tools: list[dict[str, Any]] | None = None  # OpenAI tools, handed to templates that render them
 
 
 async def build_chat_prompt(request: ChatPromptRequest, builder: PromptBuilder, policy: MediaPolicy,
                             max_model_len: int, stage: PromptStager) -> Prompt:
     """The Prompt for `request` (InvalidInputError, a 4xx, for anything the rules refuse)."""
-    messages = strip_reasoning_from_history(list(request.messages))
+    messages = with_parsed_tool_calls(strip_reasoning_from_history(list(request.messages)))
     options = builder.media_options(policy, request.mm_processor_kwargs, request.media_io_kwargs,
                                     max_model_len=max_model_len, max_tokens=request.max_tokens)
     normalized, media = await load_messages_async(messages, policy, options, builder.media_cache)
 
     def render_and_stage() -> Prompt:
-        text = builder.render(normalized, request.add_generation_prompt, **request.chat_template_kwargs)
+        kwargs = {**({"tools": request.tools} if request.tools else {}), **request.chat_template_kwargs}
+        text = builder.render(normalized, request.add_generation_prompt, **kwargs)
         return stage(builder.build(text, media, request.mm_processor_kwargs))
 
     return await asyncio.to_thread(render_and_stage)
