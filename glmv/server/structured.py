@@ -2,8 +2,9 @@
 
 `response_format` (OpenAI) and `structured_outputs` (vLLM's extra) become one StructuredSpec; `tool_choice:
 "required"` or a named function becomes a JSON schema of the call (the function's parameters) whose answer is
-returned as OpenAI `tool_calls`. GLM-4.1V was not trained to call tools on its own, so `tool_choice: "auto"` with
-tools is refused rather than answered with text the client would take for "no call".
+returned as OpenAI `tool_calls`. `tool_choice: "auto"` is parsed from the model's own call format where the chat
+template has one (glmv/server/tool_calls.py); without one (GLM-4.1V was not trained to call tools on its own) it is
+refused rather than answered with text the client would take for "no call".
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ def tool_call_plan(req: ChatCompletionRequest) -> ToolCallPlan | None:
     if choice == "none":
         return None
     if choice in (None, "auto"):
-        raise _bad('tool_choice "auto": this model (GLM-4.1V) was not trained to call tools on its own, so glmv '
-                   'cannot tell a call from an answer. Send tool_choice: "required" or name a function '
+        raise _bad('tool_choice "auto" (also what tools without a tool_choice mean): this checkpoint\'s chat template '
+                   "renders no tools, so the model (GLM-4.1V) was not trained to call them on its own and glmv cannot "
+                   'tell a call from an answer; GLM-4.6V-Flash can. Send tool_choice: "required" or name a function '
                    '({"type": "function", "function": {"name": ...}}): the call is then constrained to the '
                    "function's parameters schema.", "tool_choice")
     if req.response_format is not None and req.response_format.type != "text" or req.structured_outputs is not None:
