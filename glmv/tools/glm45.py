@@ -14,7 +14,8 @@ string (so "007" stays a string), and is otherwise read as JSON when it parses, 
 One state machine serves both roads: the whole-text parse is the stream parse fed at once, so streamed content
 joined equals the non-streamed content, and each call's streamed `arguments` pieces joined equal its whole
 arguments. Arguments are streamed a pair at a time (`{"city": "Paris"`, then `, "unit": "c"`, then `}`), built
-with the same json.dumps spelling the whole string uses. Whitespace between text and a call is dropped.
+with the same json.dumps spelling the whole string uses. Whitespace before a call, and after one when nothing came
+before it, is dropped (content never ends or starts with it); text after a call keeps its leading whitespace.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ class GlmToolCallParser:
     _name: str = ""
     _pairs: int = 0
     _pending_ws: str = ""  # trailing whitespace of content, sent only if more content follows
-    _after_call: bool = False  # drop whitespace that directly follows a call
+    _after_call: bool = False  # drop whitespace that directly follows a call when no content came before it
+    _emitted: bool = False
     _strings: dict[str, set[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -169,13 +171,14 @@ class GlmToolCallParser:
 
     # -- pieces ------------------------------------------------------------------------------------------------
     def _content(self, text: str, out: list[Event]) -> None:
-        if self._after_call:
+        if self._after_call and not self._emitted:  # a call first: the answer's content starts after it
             text = text.lstrip()
             if not text:
                 return
             self._after_call = False
         body = text.rstrip()
         if body:
+            self._emitted = True
             out.append(ContentDelta(self._pending_ws + body))
             self._pending_ws = text[len(body):]
         else:
