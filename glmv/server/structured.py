@@ -125,12 +125,14 @@ async def with_structured(params: SamplingParams, spec: StructuredSpec | None,
     """`params` with the compiled grammar of `spec` (compiled off the event loop, cached); a 400 if it can't be."""
     if spec is None:
         return params
-    if state.engine_config.engine != "glmv":
+    if state.engine_config.engine not in ("glmv", "vllm"):
         raise _bad(f"Structured outputs and forced tool calls are not available with --engine "
-                   f"{state.engine_config.engine}; serve with --engine glmv.", spec.param)
+                   f"{state.engine_config.engine}; serve with --engine glmv (or vllm).", spec.param)
     if params.ignore_eos or params.min_tokens:
         raise _bad("Structured outputs end the answer where the grammar ends: leave out ignore_eos and min_tokens.",
                    spec.param)
+    if state.engine_config.engine == "vllm":  # vLLM compiles it (its xgrammar), after the thought (glm45 parser)
+        return dataclasses.replace(params, guided=spec)
     try:
         compiled = await state.grammar_compiler.compile_async(spec)
     except StructuredOutputError as exc:
