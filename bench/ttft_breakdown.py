@@ -230,11 +230,11 @@ def main() -> int:
     args = ap.parse_args()
 
     import torch
+    from glmv.engine.factory import build_engine
 
     from glmv.cli.main import build_parser
     from glmv.cli.serve import engine_config_from_args
     from glmv.config import ModelConfig
-    from glmv.engine.factory import build_engine
     from glmv.inputs.processor import PromptBuilder
     from glmv.models.tiny import make_tiny_model
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from glmv.structured.compiler import CompiledStructure
+    from glmv.structured.spec import StructuredSpec
 
 
 class FinishReason(enum.StrEnum):
@@ -58,6 +59,8 @@ class SamplingParams:
     reserved_answer_tokens: int | None = None
     # Structured output (glmv/structured): the compiled grammar the answer must follow; the thought stays free.
     structured: CompiledStructure | None = None
+    # The same constraint as asked, for an engine that compiles it itself (--engine vllm).
+    guided: StructuredSpec | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -32,6 +33,7 @@ from glmv.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from glmv.inputs.prompt import Prompt
 from glmv.options import RuntimeOptions
 from glmv.sampling import FinishReason, SamplingParams
+from glmv.structured.spec import StructuredSpec
 
 log = logging.getLogger("glmv.vllm")
 
@@ -63,6 +65,10 @@ def engine_args_for(model_config: ModelConfig, cfg: EngineConfig) -> dict[str, A
         # glmv's "auto" (the checkpoint's) and "vllm" (ignore it) mean the same to vLLM; a folder passes through.
         "generation_config": cfg.generation_config or "vllm",
         "disable_log_stats": False,
+        # Structured outputs start after the thought: vLLM's GLM reasoning parser finds its end (`</think>`).
+        "reasoning_parser": "glm45",
+        # Compact JSON, as glmv's own engine writes it: free whitespace lets a model wander until max_tokens.
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
     if cfg.max_model_len is not None:
         args["max_model_len"] = cfg.max_model_len
@@ -118,6 +124,20 @@ def _video_metadata(meta: Any, num_frames: int) -> dict[str, Any]:
             "video_backend": str(get("video_backend", None) or "pyav"), "do_sample_frames": False}
 
 
+def _wire_structured(spec: StructuredSpec | None) -> dict[str, Any] | None:
+    """A constraint as vLLM's StructuredOutputsParams fields (builtins: they cross the socket), or None."""
+    if spec is None:
+        return None
+    if spec.kind == "json_schema":
+        schema = json.loads(spec.source)
+        return {"json": schema, "disable_additional_properties": spec.strict}
+    if spec.kind == "json_object":
+        return {"json_object": True}
+    if spec.kind == "choice":
+        return {"choice": json.loads(spec.source)}
+    return {spec.kind: spec.source}  # regex, grammar
+
+
 def _wire_params(params: SamplingParams, eos_ids: tuple[int, ...], **override: Any) -> dict[str, Any]:
     """vLLM SamplingParams keyword arguments; stop ids from glmv's generation_config unless ignore_eos."""
     stop_ids = [] if params.ignore_eos else list(eos_ids)
@@ -133,6 +153,7 @@ def _wire_params(params: SamplingParams, eos_ids: tuple[int, ...], **override: A
         "skip_special_tokens": params.skip_special_tokens,  # prompt_logprobs: no glmv output carries them
         "spaces_between_special_tokens": params.spaces_between_special_tokens,
         "logit_bias": {int(k): float(v) for k, v in params.logit_bias.items()} or None,
+        "structured_outputs": _wire_structured(params.guided),
     }
     out.update(override)
     return out

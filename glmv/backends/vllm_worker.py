@@ -155,7 +155,7 @@ async def _serve(sock: socket.socket, outbox: Outbox, config: dict[str, Any]) ->
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.platforms import current_platform
-    from vllm.sampling_params import RequestOutputKind
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
     from vllm.v1.engine.async_llm import AsyncLLM
     from vllm.v1.metrics.loggers import StatLoggerBase
 
@@ -186,7 +186,12 @@ async def _serve(sock: socket.socket, outbox: Outbox, config: dict[str, Any]) ->
             pass
 
     try:
-        engine_args = AsyncEngineArgs(**config["engine_args"])
+        from vllm.config import StructuredOutputsConfig
+
+        args = dict(config["engine_args"])
+        if isinstance(args.get("structured_outputs_config"), dict):
+            args["structured_outputs_config"] = StructuredOutputsConfig(**args["structured_outputs_config"])
+        engine_args = AsyncEngineArgs(**args)
         engine = AsyncLLM.from_engine_args(engine_args, stat_loggers=[_StatsToGlmv])
     except BaseException as exc:  # noqa: BLE001 - reported to glmv, which explains it to the user
         outbox.put({"type": "fatal", "message": f"{type(exc).__name__}: {exc}"})
@@ -216,6 +221,9 @@ async def _serve(sock: socket.socket, outbox: Outbox, config: dict[str, Any]) ->
         top_n = params.get("logprobs") or 0
         try:
             prompt = _media_to_vllm(msg["prompt"])
+            guided = params.pop("structured_outputs", None)
+            if guided is not None:
+                params["structured_outputs"] = StructuredOutputsParams(**guided)
             sp = SamplingParams(**params, output_kind=RequestOutputKind.DELTA)
             kwargs = {} if "prompt_token_ids" in prompt else {"tokenization_kwargs": {"add_special_tokens": False}}
             async for out in engine.generate(prompt, sp, rid, **kwargs):

@@ -23,6 +23,7 @@ from glmv.inputs.messages import load_messages_async
 from glmv.inputs.policy import MediaPolicy
 from glmv.inputs.processor import PromptBuilder
 from glmv.inputs.prompt import Prompt
+from glmv.inputs.tool_messages import with_parsed_tool_calls
 from glmv.reasoning.history import strip_reasoning_from_history
 
 PromptStager = Callable[[Prompt], Prompt]
@@ -44,6 +45,7 @@ class ChatPromptRequest:
     media_io_kwargs: dict[str, Any] | None = None
     max_tokens: int | None = None  # documents are cut to leave this room for the answer
     continue_final_message: bool = False  # the last (assistant) message is a prefill, continued verbatim
+    tools: list[dict[str, Any]] | None = None  # OpenAI tools, handed to templates that render them
 
 
 # Stands in for the prefill while the template renders, so that the template's own rules for assistant turns
@@ -74,14 +76,14 @@ async def build_chat_prompt(request: ChatPromptRequest, builder: PromptBuilder, 
             raise InvalidInputError("continue_final_message needs a last assistant message.", param="messages")
         prefill = _prefill_text(messages[-1])
         messages[-1] = {"role": "assistant", "content": _PREFILL_MARK}
-    messages = strip_reasoning_from_history(messages)
+    messages = with_parsed_tool_calls(strip_reasoning_from_history(messages))
     options = builder.media_options(policy, request.mm_processor_kwargs, request.media_io_kwargs,
                                     max_model_len=max_model_len, max_tokens=request.max_tokens)
     normalized, media = await load_messages_async(messages, policy, options, builder.media_cache)
 
     def render_and_stage() -> Prompt:
-        text = builder.render(normalized, request.add_generation_prompt and prefill is None,
-                              **request.chat_template_kwargs)
+        kwargs = {**({"tools": request.tools} if request.tools else {}), **request.chat_template_kwargs}
+        text = builder.render(normalized, request.add_generation_prompt and prefill is None, **kwargs)
         if prefill is not None:
             cut = text.rfind(_PREFILL_MARK)
             if cut == -1:

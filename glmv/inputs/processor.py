@@ -10,6 +10,7 @@ tensors against Glm4vProcessor itself for every format.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,12 @@ def load_chat_template(model_dir: Path, override: str | None) -> str:
     return CHAT_TEMPLATE_PATH.read_text()
 
 
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    """The `tojson` filter as transformers' chat templates know it (plain json.dumps, no HTML escaping)."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
 class PromptBuilder:
     """Builds Prompts for one checkpoint. Thread-safe: the processors are stateless per call, the cache is locked."""
 
@@ -58,6 +65,7 @@ class PromptBuilder:
         self.tokenizer = self.processor.tokenizer
         self.chat_template_text = load_chat_template(self.model_dir, chat_template)
         env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.filters["tojson"] = _tojson  # Hugging Face's spelling: checkpoints' templates pass ensure_ascii etc.
         self._template = env.from_string(self.chat_template_text)
         # Two caches, so that a long document's patches (24 bytes a pixel) cannot flush the compact decoded media
         # (3 bytes a pixel) that load_messages_async keeps in the first.

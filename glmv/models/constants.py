@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 CHAT_TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "glm4v_chat.jinja"
+# glmv's template in GLM-4.6V-Flash's shape (tools, tool results, enable_thinking), for the tiny-4.6v preset.
+GLM46V_CHAT_TEMPLATE_PATH = CHAT_TEMPLATE_PATH.parent / "glm46v_chat.jinja"
 
 # Special tokens in the order of the real vocabulary (151329 .. 151344 in the released tokenizer).
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -29,6 +31,9 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 )
 # Added, not special: they are part of the answer text and must survive skip_special_tokens for the splitter.
 THINK_TOKENS: tuple[str, ...] = ("<think>", "</think>", "<answer>", "</answer>")
+# GLM-4.5/4.6's call format, added (not special) in GLM-4.6V-Flash's vocabulary: the tool parser reads them.
+TOOL_TOKENS: tuple[str, ...] = ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>",
+                                "</arg_value>", "<tool_response>", "</tool_response>")
 
 # Real-checkpoint ids, for reference and for checkpoints whose config omits them.
 REAL_IDS = {

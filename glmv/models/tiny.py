@@ -18,7 +18,13 @@ from pathlib import Path
 
 import torch
 
-from glmv.models.constants import CHAT_TEMPLATE_PATH, SPECIAL_TOKENS, THINK_TOKENS
+from glmv.models.constants import (
+    CHAT_TEMPLATE_PATH,
+    GLM46V_CHAT_TEMPLATE_PATH,
+    SPECIAL_TOKENS,
+    THINK_TOKENS,
+    TOOL_TOKENS,
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,12 @@ class Preset:
     vision_intermediate: int
     max_position_embeddings: int
     init_std: float
+    # The checkpoint family's shape: GLM-4.1V-Thinking by default; GLM-4.6V-Flash renders tools, writes
+    # `<think>..</think>answer` (no <answer> tags, so </answer> is no end token) and knows the call tokens.
+    chat_template: Path = CHAT_TEMPLATE_PATH
+    added_tokens: tuple[str, ...] = THINK_TOKENS
+    eos_tokens: tuple[str, ...] = ("<|endoftext|>", "<|user|>", "<|observation|>", "</answer>")
+    rope_theta: float = 10000.0
 
     @property
     def head_dim(self) -> int:
@@ -54,6 +66,10 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", 128, 2, 4, 2, 256, 1024, 1000, 2, 64, 2, 256, 4096, 0.08),
     "small": Preset("small", 1024, 12, 16, 2, 2816, 8192, 4000, 4, 256, 4, 1024, 32768, 0.02),
     "full": Preset("full", 4096, 40, 32, 2, 13696, 151552, 4000, 24, 1536, 12, 13696, 65536, 0.02),
+    # GLM-4.6V-Flash: the same Glm4v architecture at tiny dims, its 128k context, tools and enable_thinking.
+    "tiny-4.6v": Preset("tiny-4.6v", 128, 2, 4, 2, 256, 1024, 1000, 2, 64, 2, 256, 131072, 0.08,
+                        chat_template=GLM46V_CHAT_TEMPLATE_PATH, added_tokens=(*THINK_TOKENS, *TOOL_TOKENS),
+                        eos_tokens=("<|endoftext|>", "<|user|>", "<|observation|>")),
 }
 
 _CORPUS = """\
@@ -68,7 +84,7 @@ Bounding boxes are given as [x1, y1, x2, y2] in 0-1000 coordinates, for example 
 """
 
 
-def _train_tokenizer(bpe_vocab: int):
+def _train_tokenizer(bpe_vocab: int, added: tuple[str, ...]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from tokenizers import processors as tk_processors
 
@@ -85,7 +101,7 @@ def _train_tokenizer(bpe_vocab: int):
     )
     tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
     tok.add_special_tokens(list(SPECIAL_TOKENS))
-    tok.add_tokens(list(THINK_TOKENS))
+    tok.add_tokens(list(added))
     return tok
 
 
@@ -94,7 +110,7 @@ def _text_config(p: Preset, ids: dict[str, int], vocab: int) -> dict:
         "model_type": "glm4v_text",
         "attention_bias": True,
         "attention_dropout": 0.0,
-        "eos_token_id": [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"], ids["</answer>"]],
+        "eos_token_id": [ids[t] for t in p.eos_tokens],
         "hidden_act": "silu",
         "hidden_size": p.hidden,
         "initializer_range": 0.02,
@@ -108,7 +124,7 @@ def _text_config(p: Preset, ids: dict[str, int], vocab: int) -> dict:
         "dtype": "bfloat16",
         "rope_parameters": {
             "rope_type": "default",
-            "rope_theta": 10000.0,
+            "rope_theta": p.rope_theta,
             "partial_rotary_factor": 0.5,
             "mrope_section": p.mrope_section,
         },
@@ -227,11 +243,11 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _write_tokenizer_and_processor(out: Path, p: Preset) -> dict[str, int]:
-    tok = _train_tokenizer(p.bpe_vocab)
-    ids = {t: tok.token_to_id(t) for t in (*SPECIAL_TOKENS, *THINK_TOKENS)}
+    tok = _train_tokenizer(p.bpe_vocab, p.added_tokens)
+    ids = {t: tok.token_to_id(t) for t in (*SPECIAL_TOKENS, *p.added_tokens)}
     tok.save(str(out / "tokenizer.json"))
     added = {}
-    for t in (*SPECIAL_TOKENS, *THINK_TOKENS):
+    for t in (*SPECIAL_TOKENS, *p.added_tokens):
         added[str(ids[t])] = {
             "content": t,
             "lstrip": False,
@@ -256,7 +272,7 @@ def _write_tokenizer_and_processor(out: Path, p: Preset) -> dict[str, int]:
         },
     )
     _write_json(out / "special_tokens_map.json", {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"})
-    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE_PATH.read_text())
+    (out / "chat_template.jinja").write_text(p.chat_template.read_text())
     # The released checkpoint's preprocessing: CLIP mean/std, 14 px patches, 2x2 merge, 2-frame temporal patches.
     shared = {
         "processor_class": "Glm4vProcessor",

@@ -20,6 +20,7 @@ from glmv.server.params import chat_sampling_params, resolve_model_name
 from glmv.server.protocol import ChatCompletionRequest, ChatCompletionResponse, random_id
 from glmv.server.state import ServingState
 from glmv.server.structured import requested_spec, tool_call_plan, with_structured
+from glmv.server.tool_calls import auto_tool_plan
 
 router = APIRouter()
 
@@ -30,7 +31,8 @@ async def prompt_for(req: ChatCompletionRequest, state: ServingState) -> Prompt:
         messages=[m.model_dump(exclude_none=True) for m in req.messages],
         add_generation_prompt=req.add_generation_prompt, chat_template_kwargs=req.chat_template_kwargs or {},
         mm_processor_kwargs=req.mm_processor_kwargs, media_io_kwargs=req.media_io_kwargs,
-        max_tokens=req.max_completion_tokens or req.max_tokens, continue_final_message=req.continue_final_message)
+        max_tokens=req.max_completion_tokens or req.max_tokens, continue_final_message=req.continue_final_message,
+        tools=[t.model_dump(exclude_none=True) for t in req.tools] if req.tools and req.tool_choice != "none" else None)
     return await build_chat_prompt(request, state.builder, state.server_config.media_policy, state.max_model_len,
                                    state.engine.stage_prompt)
 
@@ -45,7 +47,8 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request, state: Serv
     arrival = time.monotonic()
     model = resolve_model_name(state, req.model)
     params = chat_sampling_params(req, state)
-    tool_plan = tool_call_plan(req)
+    auto_plan = auto_tool_plan(req, state)
+    tool_plan = None if auto_plan is not None else tool_call_plan(req)
     params = await with_structured(params, tool_plan.spec if tool_plan is not None else requested_spec(req), state)
     if req.continue_final_message and (req.add_generation_prompt or req.messages[-1].role != "assistant"):
         raise APIError(400, "continue_final_message needs add_generation_prompt: false and a last assistant message.",
@@ -60,8 +63,8 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request, state: Serv
         # streaming, at any point before the answer: either way the engine request is aborted.
         await unless_disconnected(raw, gen.start(), [gen])
         if req.stream:
-            return GenerationStream(stream_chat(req, raw, gen, state, model, tool_plan), [gen])
-        body = await unless_disconnected(raw, collect_chat(req, gen, state, model, tool_plan), [gen])
+            return GenerationStream(stream_chat(req, raw, gen, state, model, tool_plan, auto_plan), [gen])
+        body = await unless_disconnected(raw, collect_chat(req, gen, state, model, tool_plan, auto_plan), [gen])
     except ClientDisconnected:
         await gen.close(499)
         return Response(status_code=499)

@@ -21,6 +21,7 @@ from glmv.server.logprobs import chat_logprobs
 from glmv.server.protocol import ChatCompletionRequest
 from glmv.server.state import ServingState
 from glmv.server.structured import ToolCallPlan
+from glmv.server.tool_calls import AutoToolPlan, AutoToolStream
 
 
 def sse(obj: dict | str) -> str:
@@ -48,7 +49,7 @@ def _call_id(gen: TrackedGeneration, index: int) -> str:
 
 
 async def collect_chat(req: ChatCompletionRequest, gen: TrackedGeneration, state: ServingState, model: str,
-                       tool_plan: ToolCallPlan | None = None) -> dict:
+                       tool_plan: ToolCallPlan | None = None, auto_plan: AutoToolPlan | None = None) -> dict:
     """Run the generation to its end and build the `chat.completion` body (a forced call's answer becomes
     `tool_calls`, with finish_reason "tool_calls")."""
     n = gen.params.n
@@ -84,6 +85,10 @@ async def collect_chat(req: ChatCompletionRequest, gen: TrackedGeneration, state
             if message["tool_calls"]:
                 message["content"] = None
                 finish = "tool_calls" if finish == "stop" else finish
+        elif auto_plan is not None:
+            message["content"], message["tool_calls"] = auto_plan.message(content or "", _call_id(gen, i))
+            if message["tool_calls"]:
+                finish = "tool_calls" if finish == "stop" else finish
         choices.append({
             "index": i,
             "message": message,
@@ -100,7 +105,8 @@ async def collect_chat(req: ChatCompletionRequest, gen: TrackedGeneration, state
 
 
 async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGeneration, state: ServingState,
-                      model: str, tool_plan: ToolCallPlan | None = None) -> AsyncIterator[str]:
+                      model: str, tool_plan: ToolCallPlan | None = None,
+                      auto_plan: AutoToolPlan | None = None) -> AsyncIterator[str]:
     """Server-sent events: per choice a first chunk with the role, content/reasoning deltas, a chunk with the
     finish_reason; then (if asked) a usage chunk with no choices; then `data: [DONE]`. A forced call's answer goes
     out as `tool_calls` deltas instead of content (ToolCallStream)."""
@@ -110,6 +116,7 @@ async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGene
     in_think = start is SplitState.THINK
     splitters = [ThinkSplitter(start) for _ in range(n)]
     calls = [ToolCallStream(tool_plan, _call_id(gen, i)) for i in range(n)] if tool_plan is not None else None
+    autos = [AutoToolStream(auto_plan, _call_id(gen, i)) for i in range(n)] if auto_plan is not None else None
     opts = req.stream_options
     include_usage = bool(opts and opts.include_usage)
     continuous = bool(opts and opts.continuous_usage_stats)
@@ -154,6 +161,12 @@ async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGene
                     tool_delta = calls[c.index].feed(content, c.finish_reason is not None)
                     if tool_delta:
                         delta["tool_calls"] = tool_delta
+                elif autos is not None:
+                    content, tool_delta = autos[c.index].feed(content, c.finish_reason is not None)
+                    if content:
+                        delta["content"] = content
+                    if tool_delta:
+                        delta["tool_calls"] = tool_delta
                 elif content:
                     delta["content"] = content
                 logprobs = chat_logprobs(c.logprobs, top_n) if gen.params.logprobs is not None and c.logprobs \
@@ -165,7 +178,8 @@ async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGene
                     yield chunk([choice(c.index, delta, logprobs)])
                 if c.finish_reason is not None:
                     finish = c.finish_reason.openai
-                    if calls is not None and calls[c.index].sent and finish == "stop":
+                    if finish == "stop" and (calls is not None and calls[c.index].sent
+                                             or autos is not None and autos[c.index].sent):
                         finish = "tool_calls"
                     yield chunk([choice(c.index, {}, None, finish, c.stop_reason)])
         if include_usage:

@@ -15,6 +15,7 @@ from glmv.inputs.processor import PromptBuilder
 from glmv.server.metrics import ServerMetrics
 from glmv.server.responses.store import ResponseStore
 from glmv.structured.compiler import GrammarCompiler
+from glmv.tools import ToolFormat, detect_tool_format
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class ServingState:
     inflight: int = 0  # generation requests admitted and not yet finished
 
     def __post_init__(self) -> None:
+        self.tool_format  # noqa: B018 - decided once, at load, from the chat template itself
         if self.metrics is None:
             replicas = self.engine.replica_stats if isinstance(self.engine, ReplicatedEngine) else None
             self.metrics = ServerMetrics(self.engine.stats, lambda: self.inflight, replicas, self.cache_usage)
@@ -101,6 +103,11 @@ class ServingState:
                                     int(engine_stats["vision_cache_entries"]),
                                     int(engine_stats["vision_cache_capacity_bytes"])))
         return usage
+
+    @cached_property
+    def tool_format(self) -> ToolFormat | None:
+        """The call format the chat template teaches (None: it renders no tools, so no `tool_choice: "auto"`)."""
+        return detect_tool_format(self.builder.chat_template_text)
 
     @property
     def tokenizer(self):

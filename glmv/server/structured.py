@@ -2,8 +2,9 @@
 
 `response_format` (OpenAI) and `structured_outputs` (vLLM's extra) become one StructuredSpec; `tool_choice:
 "required"` or a named function becomes a JSON schema of the call (the function's parameters) whose answer is
-returned as OpenAI `tool_calls`. GLM-4.1V was not trained to call tools on its own, so `tool_choice: "auto"` with
-tools is refused rather than answered with text the client would take for "no call".
+returned as OpenAI `tool_calls`. `tool_choice: "auto"` is parsed from the model's own call format where the chat
+template has one (glmv/server/tool_calls.py); without one (GLM-4.1V was not trained to call tools on its own) it is
+refused rather than answered with text the client would take for "no call".
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ def tool_call_plan(req: ChatCompletionRequest) -> ToolCallPlan | None:
     if choice == "none":
         return None
     if choice in (None, "auto"):
-        raise _bad('tool_choice "auto": this model (GLM-4.1V) was not trained to call tools on its own, so glmv '
-                   'cannot tell a call from an answer. Send tool_choice: "required" or name a function '
+        raise _bad('tool_choice "auto" (also what tools without a tool_choice mean): this checkpoint\'s chat template '
+                   "renders no tools, so the model (GLM-4.1V) was not trained to call them on its own and glmv cannot "
+                   'tell a call from an answer; GLM-4.6V-Flash can. Send tool_choice: "required" or name a function '
                    '({"type": "function", "function": {"name": ...}}): the call is then constrained to the '
                    "function's parameters schema.", "tool_choice")
     if req.response_format is not None and req.response_format.type != "text" or req.structured_outputs is not None:
@@ -123,12 +125,14 @@ async def with_structured(params: SamplingParams, spec: StructuredSpec | None,
     """`params` with the compiled grammar of `spec` (compiled off the event loop, cached); a 400 if it can't be."""
     if spec is None:
         return params
-    if state.engine_config.engine != "glmv":
+    if state.engine_config.engine not in ("glmv", "vllm"):
         raise _bad(f"Structured outputs and forced tool calls are not available with --engine "
-                   f"{state.engine_config.engine}; serve with --engine glmv.", spec.param)
+                   f"{state.engine_config.engine}; serve with --engine glmv (or vllm).", spec.param)
     if params.ignore_eos or params.min_tokens:
         raise _bad("Structured outputs end the answer where the grammar ends: leave out ignore_eos and min_tokens.",
                    spec.param)
+    if state.engine_config.engine == "vllm":  # vLLM compiles it (its xgrammar), after the thought (glm45 parser)
+        return dataclasses.replace(params, guided=spec)
     try:
         compiled = await state.grammar_compiler.compile_async(spec)
     except StructuredOutputError as exc:

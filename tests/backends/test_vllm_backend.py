@@ -220,3 +220,30 @@ def test_logprobs_come_back_per_token(engine, prompts):
         assert lp.token_id == token and lp.logprob <= 0.0
         assert len(lp.top) == 2 and lp.top[0][0] == token  # greedy: the chosen token is the most likely
         assert lp.top[0][2] >= lp.top[1][2] and abs(lp.top[0][2] - lp.logprob) < 1e-4
+
+
+def test_structured_outputs_and_forced_calls_pass_through_to_vllm(vllm_server):
+    """response_format, structured_outputs and a named tool call reach vLLM's own grammar (after the thought) and
+    come back valid; glmv shapes the forced call into tool_calls."""
+    import json
+
+    import jsonschema
+
+    client = vllm_server.client()
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["n"], "additionalProperties": False}
+    base = dict(model="tiny", max_tokens=60, messages=[{"role": "user", "content": "JSON please."}],
+                extra_body={"thinking_budget": 2})
+    r = client.chat.completions.create(
+        response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema, "strict": True}}, **base)
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    r = client.chat.completions.create(**{**base, "extra_body": {"thinking_budget": 2,
+                                                                 "structured_outputs": {"choice": ["yes", "no"]}}})
+    assert r.choices[0].message.content in ("yes", "no")
+    tool = {"type": "function", "function": {"name": "pick", "parameters": schema}}
+    r = client.chat.completions.create(tools=[tool], tool_choice={"type": "function", "function": {"name": "pick"}},
+                                       **base)
+    assert r.choices[0].message.tool_calls, (r.choices[0].message.content, r.choices[0].message.model_extra)
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "pick" and r.choices[0].finish_reason == "tool_calls"
+    jsonschema.validate(json.loads(call.function.arguments), schema)

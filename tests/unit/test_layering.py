@@ -16,7 +16,7 @@ ROOT = Path(glmv.__file__).parent
 LEVELS = {
     "cli": 6, "server": 6, "llm": 6, "ui": 6,
     "backends": 5,
-    "engine": 4, "inputs": 4, "reasoning": 4, "structured": 4, "sampling": 4,
+    "engine": 4, "inputs": 4, "reasoning": 4, "structured": 4, "tools": 4, "sampling": 4,
     "models": 3,
     "layers": 2,
     "kernels": 1, "cpu": 1,
