@@ -939,8 +939,7 @@ def served_plan(args) -> served.ServedPlan:
 def main_cpu(args) -> int:
     """The served phase on the CPU (a harness check with a small preset): the workloads on an in-process
     AsyncEngine, then through `glmv serve --device cpu`, and the table."""
-    from glmv.engine.factory import build_engine
-
+    from glmv.backends.factory import build_engine
     from glmv.inputs.processor import PromptBuilder
     from glmv.models.tiny import make_tiny_model
 

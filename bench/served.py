@@ -229,10 +229,10 @@ class EngineRunner:
 
 def drive_engine(engine: Any, door: Callable[[], Any]) -> None:
     """Run the async `door()` against an in-process AsyncEngine as `glmv serve` would: on the CPU the engine loop
-    keeps this (main) thread and the door runs beside it (glmv/server/beside_loop.py: OpenMP runs slower in a
+    keeps this (main) thread and the door runs beside it (glmv/engine/beside_loop.py: OpenMP runs slower in a
     second thread), on CUDA the loop has its own thread."""
     if engine.config.resolved_device == "cpu":
-        from glmv.server.beside_loop import run_beside_engine_loop
+        from glmv.engine.beside_loop import run_beside_engine_loop
 
         run_beside_engine_loop(engine, door)
         return

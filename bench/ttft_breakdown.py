@@ -230,8 +230,8 @@ def main() -> int:
     args = ap.parse_args()
 
     import torch
-    from glmv.engine.factory import build_engine
 
+    from glmv.backends.factory import build_engine
     from glmv.cli.main import build_parser
     from glmv.cli.serve import engine_config_from_args
     from glmv.config import ModelConfig

@@ -25,6 +25,9 @@ PRINT = {"type": "function", "function": {"name": "print", "description": "Print
                                                          "properties": {"words": {"type": "string"}},
                                                          "required": ["words"]}}}
 TOOLS = [ADD, PRINT]
+# A random model's forced call over an open integer may run to max_tokens; a closed set always ends.
+ADD_FEW = {"type": "function", "function": {**ADD["function"], "parameters": {
+    "type": "object", "properties": {"key": {"enum": [1, 2, 3]}}, "required": ["key"]}}}
 ASK = [{"role": "user", "content": "Use the tools."}]
 
 
@@ -172,7 +175,7 @@ def test_glm41v_auto_is_400_and_tool_results_round_trip(server41):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS, max_tokens=8)
     assert 'tool_choice: "required"' in err.value.message and err.value.status_code == 400
-    first = client.chat.completions.create(model="tiny", messages=ASK, tools=[ADD], tool_choice="required",
+    first = client.chat.completions.create(model="tiny", messages=ASK, tools=[ADD_FEW], tool_choice="required",
                                            max_tokens=64, extra_body={"thinking_budget": 2})
     (call,) = first.choices[0].message.tool_calls
     history = [*ASK, first.choices[0].message.model_dump(exclude_none=True),
