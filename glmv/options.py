@@ -42,8 +42,8 @@ class KernelOptions:
     cpu_packed: bool = True  # GLMV_CPU_PACKED: oneDNN-packed matmul weights on the CPU
     cpu_kernels: bool = True  # GLMV_CPU_KERNELS: glmv's C kernels on the CPU in bf16
     # GLMV_PLAN_CACHE (default on): where the matmul plans timed at start-up are kept (GLMV_CACHE_DIR/plans);
-    # None times them at every start
-    plan_cache_dir: Path | None = None
+    # None times them at every start. A string, not a Path: the options cross the replicas' builtins-only wire.
+    plan_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.attention not in KERNEL_CHOICES:
@@ -62,7 +62,7 @@ class KernelOptions:
             vision_graphs=_flag(env, "GLMV_VISION_GRAPHS"),
             cpu_packed=_flag(env, "GLMV_CPU_PACKED"),
             cpu_kernels=_flag(env, "GLMV_CPU_KERNELS"),
-            plan_cache_dir=default_cache_dir(env) / "plans" if _flag(env, "GLMV_PLAN_CACHE") else None,
+            plan_cache_dir=str(default_cache_dir(env) / "plans") if _flag(env, "GLMV_PLAN_CACHE") else None,
         )
 
     def describe(self) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -137,7 +138,7 @@ def _triton_kernels(dtype: torch.dtype, options: KernelOptions) -> Kernels:
     if options.plan_cache_dir is not None:  # timed once per device, driver, library versions and shapes
         from glmv.kernels.plan_cache import PlanCache, cached_gemv_planner, cached_swiglu_planner
 
-        cache = PlanCache(options.plan_cache_dir)
+        cache = PlanCache(Path(options.plan_cache_dir))
         plan_gemv = cached_gemv_planner(cache, options.gemv_prefetch_mb)
         plan_swiglu = cached_swiglu_planner(cache)
     return replace(

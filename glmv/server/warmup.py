@@ -46,7 +46,10 @@ async def warm_up(state: ServingState) -> float:
 
     for i, n in enumerate(lengths):
         await run(Prompt(token_ids=_text_ids(state, n, i)), f"text{n}")
-    await asyncio.gather(*(run(Prompt(token_ids=_text_ids(state, 64, 100 + i)), f"batch{i}") for i in range(8)))
+    batch_len = min(64, chunk)  # a short context (48 tokens) still warms the packed prefill
+    if batch_len > 0:
+        await asyncio.gather(*(run(Prompt(token_ids=_text_ids(state, batch_len, 100 + i)), f"batch{i}")
+                               for i in range(8)))
     if state.max_model_len > 1400:  # room for a 1008x1008 picture's 1,296 tokens
         await run(await asyncio.to_thread(_image_prompt, state), "image")
     return time.perf_counter() - t0

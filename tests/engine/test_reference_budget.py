@@ -82,12 +82,12 @@ def test_budget_caps_reasoning_and_an_answer_follows(setup, ids, budget):
     text = "".join(deltas)
     tok = builder.tokenizer
     assert text == tok.decode(out_ids, skip_special_tokens=True)
-    reasoning, content = split_reasoning(text, in_think=True)
+    reasoning, content = split_reasoning(text, True)
     filler_text = tok.decode([ids["filler"]]).strip()
     assert content and content.replace(filler_text, "").strip() == ""
     assert len(tok.encode(reasoning, add_special_tokens=False)) <= budget
     # streaming: the splitter over the engine's deltas gives the same split
-    splitter = ThinkSplitter(in_think=True)
+    splitter = ThinkSplitter(True)
     pieces = [splitter.feed(d) for d in deltas] + [splitter.finish()]
     assert ("".join(r for r, _ in pieces), "".join(c for _, c in pieces)) == (reasoning, content)
 
@@ -97,7 +97,7 @@ def test_without_a_budget_the_thought_never_ends(setup, ids):
     _, out_ids, last = run(engine, chat_prompt(builder, "<think>"), filler_params(ids, max_tokens=12))
     assert ids["end"] not in out_ids and last.forced_tokens == 0
     text = builder.tokenizer.decode(out_ids, skip_special_tokens=True)
-    reasoning, content = split_reasoning(text, in_think=True)
+    reasoning, content = split_reasoning(text, True)
     assert reasoning and content == ""  # all reasoning: this is what the budget fixes
 
 

@@ -99,5 +99,5 @@ def test_swiglu_planner_round_trips_none_points(tmp_path, monkeypatch):
 
 def test_the_cache_dir_comes_from_the_environment_once(tmp_path):
     opts = KernelOptions.from_env({"GLMV_CACHE_DIR": str(tmp_path)})
-    assert opts.plan_cache_dir == tmp_path / "plans"
+    assert opts.plan_cache_dir == str(tmp_path / "plans")
     assert KernelOptions.from_env({"GLMV_CACHE_DIR": str(tmp_path), "GLMV_PLAN_CACHE": "0"}).plan_cache_dir is None
