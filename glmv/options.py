@@ -71,6 +71,20 @@ class KernelOptions:
         return f"attention={self.attention}" + (f", off: {', '.join(off)}" if off else "")
 
 
+# The handshake token a worker process (vLLM's, or an engine replica) proves itself with. Internal to the wire, not a
+# user option; the vLLM side (glmv/backends/vllm_worker.py) runs without glmv on its path and reads it itself.
+WORKER_TOKEN_ENV = "GLMV_VLLM_TOKEN"
+
+
+def take_worker_token() -> str:
+    """The token this worker process was started with, removed from the environment so nothing it starts sees it."""
+    return os.environ.pop(WORKER_TOKEN_ENV, "")
+
+
+def default_chat_history() -> Path:
+    return Path.home() / ".cache" / "glmv" / "chat_history"
+
+
 def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     """Where glmv keeps per-machine build products (the CPU kernels): GLMV_CACHE_DIR, else $XDG_CACHE_HOME/glmv."""
     env = os.environ if env is None else env

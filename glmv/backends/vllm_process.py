@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from glmv.backends.vllm_worker import recv_msg, send_msg
-from glmv.options import RuntimeOptions
+from glmv.options import WORKER_TOKEN_ENV, RuntimeOptions
 
 log = logging.getLogger("glmv.vllm")
 
@@ -131,7 +131,7 @@ class VllmProcess:
         listener.bind(path)
         listener.listen(1)
         token = secrets.token_hex(16)
-        env = dict(self.env, GLMV_VLLM_TOKEN=token, PYTHONUNBUFFERED="1")
+        env = dict(self.env, PYTHONUNBUFFERED="1", **{WORKER_TOKEN_ENV: token})
         self.log.info("starting %s with %s", self.label, self.python)
         self.proc = subprocess.Popen([*self.command, "--socket", path], env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

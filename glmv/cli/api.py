@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from glmv.options import RuntimeOptions
+
 # Generation can pause for long between bytes (a long prefill, a queue): no read timeout, a bounded connect.
 REMOTE_TIMEOUT = httpx.Timeout(connect=30.0, read=None, write=None, pool=None)
 
@@ -144,7 +146,7 @@ async def local_client(engine_config, served_model_names: tuple[str, ...], allow
 def remote_client(url: str, api_key: str | None, max_connections: int = 100) -> httpx.AsyncClient:
     """A client for a running OpenAI-compatible server. `url` may end in /v1 or not; without api_key the
     GLMV_API_KEY, then OPENAI_API_KEY environment variables are used."""
-    api_key = api_key or os.environ.get("GLMV_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    api_key = api_key or RuntimeOptions.from_env().api_key or os.environ.get("OPENAI_API_KEY")
     base = url.rstrip("/")
     if base.endswith("/v1"):
         base = base[: -len("/v1")]

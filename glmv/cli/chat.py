@@ -28,8 +28,8 @@ from typing import Any, TextIO
 
 from glmv.cli.api import ChatEvent, first_model, local_client, remote_client, stream_chat
 from glmv.cli.help import DefaultsHelpFormatter
+from glmv.options import RuntimeOptions, default_chat_history
 
-HISTORY_FILE = Path(os.environ.get("GLMV_CHAT_HISTORY", Path.home() / ".cache" / "glmv" / "chat_history"))
 DIM, RED, BOLD, RESET = "\x1b[2;90m", "\x1b[31m", "\x1b[1m", "\x1b[0m"
 
 _EXTRA_TYPES = {".mkv": "video/x-matroska", ".flv": "video/x-flv", ".wmv": "video/x-ms-wmv", ".m4v": "video/x-m4v",
@@ -514,9 +514,10 @@ def _setup_readline() -> None:
         import readline
     except ImportError:
         return
+    history_file = RuntimeOptions.from_env().chat_history or default_chat_history()  # GLMV_CHAT_HISTORY
     try:
-        HISTORY_FILE.parent.mkdir(parents=True, exist_ok=True)
-        readline.read_history_file(HISTORY_FILE)
+        history_file.parent.mkdir(parents=True, exist_ok=True)
+        readline.read_history_file(history_file)
     except OSError:
         pass
     readline.set_history_length(2000)
@@ -525,7 +526,7 @@ def _setup_readline() -> None:
 
     def save() -> None:
         try:
-            readline.write_history_file(HISTORY_FILE)
+            readline.write_history_file(history_file)
         except OSError:
             pass
 

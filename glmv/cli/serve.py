@@ -10,6 +10,7 @@ from pathlib import Path
 from glmv.cli.help import DefaultsHelpFormatter
 from glmv.cli.vllm_flags import add_vllm_flags, log_vllm_flag_notes
 from glmv.models.loader import DEFAULT_MODEL
+from glmv.options import RuntimeOptions
 
 
 def _json_dict(text: str) -> dict:
@@ -201,7 +202,7 @@ def configs_from_args(args: argparse.Namespace):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"--{name.replace('_', '-')} must be a JSON list of strings, got {value!r}.")
     # Read at run time so --help never prints a key taken from the environment.
-    api_key = args.api_key or os.environ.get("GLMV_API_KEY") or os.environ.get("VLLM_API_KEY")
+    api_key = args.api_key or RuntimeOptions.from_env().api_key or os.environ.get("VLLM_API_KEY")
     server_config = ServerConfig(
         host=args.host, port=args.port, served_model_names=tuple(args.served_model_name or ()),
         api_keys=(api_key,) if api_key else (), root_path=args.root_path,

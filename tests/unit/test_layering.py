@@ -71,3 +71,15 @@ def test_imports_only_run_downward():
             if target in LEVELS and LEVELS[target] > LEVELS[here]:
                 upward.append(f"{path.relative_to(ROOT.parent)}:{line} ({here}) imports glmv.{target}")
     assert not upward, "imports running up:\n" + "\n".join(upward)
+
+
+def test_glmv_environment_is_read_in_the_options_module_only():
+    """Every GLMV_* variable is read in glmv/options.py. The vLLM worker runs in vLLM's Python without glmv on its
+    path, so it reads its handshake token itself."""
+    import re
+
+    allowed = {ROOT / "options.py", ROOT / "backends" / "vllm_worker.py"}
+    reads = re.compile(r"(environ\.(get|pop)\(|environ\[|getenv\()\s*[\"']GLMV_")
+    found = [f"{p.relative_to(ROOT.parent)}:{i}" for p in sorted(ROOT.rglob("*.py")) if p not in allowed
+             for i, line in enumerate(p.read_text().splitlines(), 1) if reads.search(line)]
+    assert not found, "GLMV_* read outside glmv/options.py:\n" + "\n".join(found)

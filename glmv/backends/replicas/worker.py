@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from glmv.backends.vllm_worker import Outbox, recv_msg, send_msg
+from glmv.options import take_worker_token
 
 STATS_INTERVAL_S = 0.2
 
@@ -113,7 +114,7 @@ def main() -> int:
     args = parser.parse_args()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(args.socket)
-    send_msg(sock, {"type": "hello", "token": os.environ.pop("GLMV_VLLM_TOKEN", "")})
+    send_msg(sock, {"type": "hello", "token": take_worker_token()})
     message = recv_msg(sock)
     if message is None or message.get("type") != "config":
         return 2
