@@ -124,6 +124,19 @@ def _report_rows(report: list) -> list:
     return [[list(k), base, best, None if cfg is None else str(cfg)] for k, base, best, cfg in report]
 
 
+def _report_from(stored: dict) -> list:
+    return [(tuple(k), base, best, cfg) for k, base, best, cfg in stored["report"]]
+
+
+def _plan_with_report(cache: PlanCache, description: dict, compute: Callable, encode: Callable, decode: Callable,
+                      report: list | None) -> dict:
+    """The planner's choice from the cache (or timed now); its timing rows go to `report` either way."""
+    chosen, rows = cache.cached(description, compute, encode, decode)
+    if report is not None:
+        report.extend(rows)
+    return chosen
+
+
 def cached_gemv_planner(cache: PlanCache, prefetch_mb: float) -> Callable:
     """triton_gemv.plan with its answers kept in `cache` (same signature)."""
     from glmv.kernels import triton_gemv as tg
@@ -146,12 +159,9 @@ def cached_gemv_planner(cache: PlanCache, prefetch_mb: float) -> Callable:
 
         def decode(stored: dict) -> tuple[dict, list]:
             chosen = {tuple(k): tg.GemvConfig(**c) for k, c in stored["chosen"]}
-            return chosen, [(tuple(k), base, best, cfg) for k, base, best, cfg in stored["report"]]
+            return chosen, _report_from(stored)
 
-        chosen, rep = cache.cached(description, compute, encode, decode)
-        if report is not None:
-            report.extend(rep)
-        return chosen
+        return _plan_with_report(cache, description, compute, encode, decode, report)
 
     return plan
 
@@ -179,11 +189,8 @@ def cached_swiglu_planner(cache: PlanCache) -> Callable:
         def decode(stored: dict) -> tuple[dict, list]:
             chosen = {tuple(k): [(int(r), None if c is None else ts.MatmulSiluConfig(**c)) for r, c in per]
                       for k, per in stored["chosen"]}
-            return chosen, [(tuple(k), base, best, cfg) for k, base, best, cfg in stored["report"]]
+            return chosen, _report_from(stored)
 
-        chosen, rep = cache.cached(description, compute, encode, decode)
-        if report is not None:
-            report.extend(rep)
-        return chosen
+        return _plan_with_report(cache, description, compute, encode, decode, report)
 
     return plan
