@@ -16,6 +16,7 @@ bytes with their shape. Messages:
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import pickle
@@ -25,6 +26,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 _HEADER = struct.Struct("!Q")
@@ -148,9 +150,45 @@ class Outbox:
                 return
 
 
-async def _serve(sock: socket.socket, outbox: Outbox, config: dict[str, Any]) -> None:
-    import asyncio
+def start_inbox(sock: socket.socket, thread_name: str) -> asyncio.Queue:
+    """The server's messages, read on a thread of their own into a queue of the running loop; None is queued when
+    the connection drops (or a message does not decode), and reading stops after it or after a shutdown."""
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue = asyncio.Queue()
 
+    def read() -> None:
+        while True:
+            try:
+                msg = recv_msg(sock)
+            except (OSError, ValueError, pickle.UnpicklingError):
+                msg = None
+            loop.call_soon_threadsafe(inbox.put_nowait, msg)
+            if msg is None or msg.get("type") == "shutdown":
+                return
+
+    threading.Thread(target=read, name=thread_name, daemon=True).start()
+    return inbox
+
+
+async def serve_requests(inbox: asyncio.Queue, tasks: dict[str, asyncio.Task],
+                         run: Callable[[dict[str, Any]], Awaitable[None]],
+                         abort: Callable[[str], Awaitable[None]]) -> bool:
+    """A task per `generate` (kept in `tasks` under its id), `abort` forwarded, until the server says shutdown
+    (True) or the connection drops (False)."""
+    while True:
+        msg = await inbox.get()
+        if msg is None:
+            return False
+        kind = msg.get("type")
+        if kind == "shutdown":
+            return True
+        if kind == "generate":
+            tasks[msg["id"]] = asyncio.create_task(run(msg))
+        elif kind == "abort":
+            await abort(msg["id"])
+
+
+async def _serve(sock: socket.socket, outbox: Outbox, config: dict[str, Any]) -> None:
     import vllm
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -199,20 +237,7 @@ async def _serve(sock: socket.socket, outbox: Outbox, config: dict[str, Any]) ->
     outbox.put({"type": "ready", "max_model_len": int(engine.model_config.max_model_len),
                 "vllm_version": getattr(vllm, "__version__", "?"), "platform": str(current_platform.device_type)})
 
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue = asyncio.Queue()
-
-    def read() -> None:
-        while True:
-            try:
-                msg = recv_msg(sock)
-            except (OSError, ValueError, pickle.UnpicklingError):
-                msg = None
-            loop.call_soon_threadsafe(inbox.put_nowait, msg)
-            if msg is None or msg.get("type") == "shutdown":
-                return
-
-    threading.Thread(target=read, name="glmv-inbox", daemon=True).start()
+    inbox = start_inbox(sock, "glmv-inbox")
     tasks: dict[str, asyncio.Task] = {}
 
     async def run(msg: dict[str, Any]) -> None:
@@ -244,19 +269,14 @@ async def _serve(sock: socket.socket, outbox: Outbox, config: dict[str, Any]) ->
         finally:
             tasks.pop(rid, None)
 
+    async def abort(rid: str) -> None:
+        task = tasks.get(rid)
+        if task is not None:
+            task.cancel()
+            await engine.abort(rid)
+
     try:
-        while True:
-            msg = await inbox.get()
-            if msg is None or msg.get("type") == "shutdown":
-                break
-            kind = msg.get("type")
-            if kind == "generate":
-                tasks[msg["id"]] = asyncio.create_task(run(msg))
-            elif kind == "abort":
-                task = tasks.get(msg["id"])
-                if task is not None:
-                    task.cancel()
-                    await engine.abort(msg["id"])
+        await serve_requests(inbox, tasks, run, abort)
     finally:
         for task in list(tasks.values()):
             task.cancel()
@@ -265,7 +285,6 @@ async def _serve(sock: socket.socket, outbox: Outbox, config: dict[str, Any]) ->
 
 def main() -> int:
     import argparse
-    import asyncio
 
     # Python put this file's folder first on sys.path, where glmv's own vllm.py would shadow the real vLLM.
     here = os.path.dirname(os.path.abspath(__file__))

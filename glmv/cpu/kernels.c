@@ -166,28 +166,25 @@ static inline void prefetch_row(const bf16 *row, int dim) {
 typedef float vec8 __attribute__((vector_size(32), aligned(4)));
 typedef float vec16 __attribute__((vector_size(64), aligned(4)));
 
+/* four independent sums: one chain of dependent adds would wait out the add latency on every dimension */
+#define QK_HEADS(VEC, W)                                                                                          \
+    do {                                                                                                          \
+        VEC a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                                               \
+        for (int d = 0; d < DIM; d += 4) {                                                                        \
+            a0 += *(const VEC *)(qT + d * W) * k[d];                                                              \
+            a1 += *(const VEC *)(qT + (d + 1) * W) * k[d + 1];                                                    \
+            a2 += *(const VEC *)(qT + (d + 2) * W) * k[d + 2];                                                    \
+            a3 += *(const VEC *)(qT + (d + 3) * W) * k[d + 3];                                                    \
+        }                                                                                                         \
+        *(VEC *)out = (a0 + a1) + (a2 + a3);                                                                      \
+    } while (0)
+
 static inline __attribute__((always_inline)) void qk_heads(const float *qT, const float *k, const int DIM,
                                                            const int G, float *out) {
-    /* four independent sums: one chain of dependent adds would wait out the add latency on every dimension */
-    if (G == 8) {
-        vec8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        for (int d = 0; d < DIM; d += 4) {
-            a0 += *(const vec8 *)(qT + d * 8) * k[d];
-            a1 += *(const vec8 *)(qT + (d + 1) * 8) * k[d + 1];
-            a2 += *(const vec8 *)(qT + (d + 2) * 8) * k[d + 2];
-            a3 += *(const vec8 *)(qT + (d + 3) * 8) * k[d + 3];
-        }
-        *(vec8 *)out = (a0 + a1) + (a2 + a3);
-    } else {
-        vec16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        for (int d = 0; d < DIM; d += 4) {
-            a0 += *(const vec16 *)(qT + d * 16) * k[d];
-            a1 += *(const vec16 *)(qT + (d + 1) * 16) * k[d + 1];
-            a2 += *(const vec16 *)(qT + (d + 2) * 16) * k[d + 2];
-            a3 += *(const vec16 *)(qT + (d + 3) * 16) * k[d + 3];
-        }
-        *(vec16 *)out = (a0 + a1) + (a2 + a3);
-    }
+    if (G == 8)
+        QK_HEADS(vec8, 8);
+    else
+        QK_HEADS(vec16, 16);
 }
 
 #if defined(__AVX512BF16__) && defined(__AVX512VL__) && defined(__AVX512DQ__)

@@ -36,11 +36,13 @@ class FetchedMedia:
 
 
 class ByteBudget:
-    """Bytes all media of one prompt may still take; fetches draw from it while they stream (thread-safe)."""
+    """Bytes all media of one prompt may still take, drawn from by the threads that fetch or decode them at once;
+    past the limit a 413 says what was over: `over` ends "the media of this prompt ..." (default: fetched bytes)."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, over: str | None = None):
         self.limit = limit
         self.used = 0
+        self.over = over or f"exceed {_mib(limit)} together; send fewer or smaller files."
         self._lock = threading.Lock()
 
     def take(self, n: int, where: str) -> None:
@@ -48,9 +50,8 @@ class ByteBudget:
             self.used += n
             over = self.used > self.limit
         if over:
-            raise InvalidInputError(
-                f"{where}: the media of this prompt exceed {_mib(self.limit)} together; send fewer or smaller files.",
-                status=413, param=where, code="media_too_large")
+            raise InvalidInputError(f"{where}: the media of this prompt {self.over}", status=413, param=where,
+                                    code="media_too_large")
 
 
 async def fetch_media(url: str, policy: MediaPolicy, where: str, budget: ByteBudget | None = None) -> FetchedMedia:

@@ -13,7 +13,6 @@ Images and one document together are allowed: the document's pages are images to
 from __future__ import annotations
 
 import asyncio
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +68,9 @@ async def load_messages_async(messages: list[dict[str, Any]], policy: MediaPolic
     _check_counts(parts, policy)
     budget = ByteBudget(policy.max_prompt_media_bytes)
     fetched = await _all(fetch_media(p.url, policy, p.where, budget) for p in parts)
-    decoded_bytes = _DecodedBytes(policy.max_prompt_decoded_bytes)
+    decoded_bytes = ByteBudget(policy.max_prompt_decoded_bytes,
+                               f"decode to more than {policy.max_prompt_decoded_bytes >> 20} MiB of pixels; send fewer "
+                               "or smaller images, or a shorter video.")
     decoded: dict[int, Any] = {}
     jobs = [(i, p, f) for i, (p, f) in enumerate(zip(parts, fetched, strict=True)) if p.kind != "document"]
     results = await _all(asyncio.to_thread(_decode_one, p, f, policy, options, cache, decoded_bytes)
@@ -199,23 +200,6 @@ def _check_counts(parts: list[_MediaPart], policy: MediaPolicy) -> None:
             param=video.where, code="unsupported_media_mix")
 
 
-class _DecodedBytes:
-    """Decoded RGB bytes of one prompt; a prompt whose media decode to more than the policy allows is refused."""
-
-    def __init__(self, limit: int):
-        self.limit, self.used = limit, 0
-        self._lock = threading.Lock()
-
-    def add(self, n: int, where: str) -> None:
-        with self._lock:
-            self.used += n
-            over = self.used > self.limit
-        if over:
-            raise InvalidInputError(
-                f"{where}: the media of this prompt decode to more than {self.limit >> 20} MiB of pixels; send fewer "
-                "or smaller images, or a shorter video.", status=413, param=where, code="media_too_large")
-
-
 def _sniffed(p: _MediaPart, f: FetchedMedia, expected: MediaKind) -> tuple[str, str]:
     """(format, content hash) of the fetched bytes, refusing empty files and kinds the part did not promise."""
     if not f.data:
@@ -234,7 +218,7 @@ def _sniffed(p: _MediaPart, f: FetchedMedia, expected: MediaKind) -> tuple[str, 
 
 
 def _decode_one(p: _MediaPart, f: FetchedMedia, policy: MediaPolicy, options: MediaOptions,
-                cache: MediaCache | None, decoded_bytes: _DecodedBytes) -> tuple[Any, str]:
+                cache: MediaCache | None, decoded_bytes: ByteBudget) -> tuple[Any, str]:
     fmt, digest = _sniffed(p, f, p.kind)
     if p.kind == "image":
         key = ("image", digest, policy.max_image_pixels)
@@ -251,12 +235,12 @@ def _decode_one(p: _MediaPart, f: FetchedMedia, policy: MediaPolicy, options: Me
                                  policy.max_image_pixels)
             if cache is not None:
                 cache.put(key, value)
-    decoded_bytes.add(sizeof(value), p.where)
+    decoded_bytes.take(sizeof(value), p.where)
     return value, digest
 
 
 def _render_one(p: _MediaPart, f: FetchedMedia, policy: MediaPolicy, options: MediaOptions, room: int | None,
-                cache: MediaCache | None, decoded_bytes: _DecodedBytes) -> tuple[RenderedDocument, str]:
+                cache: MediaCache | None, decoded_bytes: ByteBudget) -> tuple[RenderedDocument, str]:
     fmt, digest = _sniffed(p, f, "document")
     pdf = cache.get(("pdf", digest)) if cache is not None and fmt != "pdf" else None
     if pdf is None:
@@ -265,7 +249,7 @@ def _render_one(p: _MediaPart, f: FetchedMedia, policy: MediaPolicy, options: Me
             cache.put(("pdf", digest), pdf, len(pdf))
     doc = render_document(pdf, p.where, options.document, room, options.image_bounds, options.geometry,
                           policy.max_image_pixels, cache, digest)
-    decoded_bytes.add(sizeof(doc.pages), p.where)
+    decoded_bytes.take(sizeof(doc.pages), p.where)
     return doc, digest
 
 

@@ -115,39 +115,41 @@ def resolve_image_bounds(mm_processor_kwargs: Mapping[str, Any] | None, defaults
 
 def _video_sampling(policy: MediaPolicy, kwargs: Mapping[str, Any]) -> VideoSampling:
     _only(kwargs, _VIDEO_KEYS, "media_io_kwargs.video")
-    fps = policy.video_fps
-    if "fps" in kwargs:
-        fps = _number(kwargs["fps"], "media_io_kwargs.video.fps")
-        if not 0 < fps <= policy.max_video_fps:
-            raise InvalidInputError(f"media_io_kwargs.video.fps must be in (0, {policy.max_video_fps:g}], got {fps}.",
-                                    param="media_io_kwargs.video.fps")
-    num_frames = None
-    if "num_frames" in kwargs:
-        num_frames = _int(kwargs["num_frames"], "media_io_kwargs.video.num_frames", 1)
-        if num_frames > policy.max_video_frames:
-            raise InvalidInputError(f"media_io_kwargs.video.num_frames must be at most {policy.max_video_frames}, "
-                                    f"got {num_frames}.", param="media_io_kwargs.video.num_frames")
+    fps = _positive_up_to(kwargs, "fps", policy.max_video_fps, policy.video_fps, "media_io_kwargs.video")
+    num_frames = _count_up_to(kwargs, "num_frames", policy.max_video_frames, None, "media_io_kwargs.video")
     return VideoSampling(fps=fps, num_frames=num_frames, max_duration_s=policy.max_video_duration_s,
                          max_frames=policy.max_video_frames, decode_timeout_s=policy.video_decode_timeout_s)
 
 
 def _document_settings(policy: MediaPolicy, kwargs: Mapping[str, Any]) -> DocumentSettings:
     _only(kwargs, _DOCUMENT_KEYS, "media_io_kwargs.document")
-    dpi = policy.document_dpi
-    if "dpi" in kwargs:
-        dpi = _number(kwargs["dpi"], "media_io_kwargs.document.dpi")
-        if not 0 < dpi <= policy.document_dpi:
-            raise InvalidInputError(f"media_io_kwargs.document.dpi must be in (0, {policy.document_dpi:g}], got "
-                                    f"{dpi}.", param="media_io_kwargs.document.dpi")
-    max_pages = policy.max_document_pages
-    if "max_pages" in kwargs:
-        max_pages = _int(kwargs["max_pages"], "media_io_kwargs.document.max_pages", 1)
-        if max_pages > policy.max_document_pages:
-            raise InvalidInputError(f"media_io_kwargs.document.max_pages must be at most "
-                                    f"{policy.max_document_pages}, got {max_pages}.",
-                                    param="media_io_kwargs.document.max_pages")
+    dpi = _positive_up_to(kwargs, "dpi", policy.document_dpi, policy.document_dpi, "media_io_kwargs.document")
+    max_pages = _count_up_to(kwargs, "max_pages", policy.max_document_pages, policy.max_document_pages,
+                             "media_io_kwargs.document")
     return DocumentSettings(dpi=dpi, max_pages=max_pages, min_page_tokens=policy.min_document_page_tokens,
                             convert_timeout_s=policy.office_convert_timeout_s)
+
+
+def _positive_up_to(kwargs: Mapping[str, Any], key: str, high: float, default: float, where: str) -> float:
+    """kwargs[key], a number in (0, high], or `default` where it is absent."""
+    if key not in kwargs:
+        return default
+    name = f"{where}.{key}"
+    value = _number(kwargs[key], name)
+    if not 0 < value <= high:
+        raise InvalidInputError(f"{name} must be in (0, {high:g}], got {value:g}.", param=name)
+    return value
+
+
+def _count_up_to(kwargs: Mapping[str, Any], key: str, high: int, default: int | None, where: str) -> int | None:
+    """kwargs[key], an integer in [1, high], or `default` where it is absent."""
+    if key not in kwargs:
+        return default
+    name = f"{where}.{key}"
+    value = _int(kwargs[key], name, 1)
+    if value > high:
+        raise InvalidInputError(f"{name} must be at most {high}, got {value}.", param=name)
+    return value
 
 
 def _mapping(value: Any, name: str) -> Mapping[str, Any]:

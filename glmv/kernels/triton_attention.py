@@ -88,6 +88,56 @@ def _mma(a, b, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
     return c
 
 
+# Which scores _attend_kv_range hides (see there).
+MASK_NONE = tl.constexpr(0)
+MASK_PAST_LIMIT = tl.constexpr(1)
+MASK_CAUSAL = tl.constexpr(2)
+
+
+@triton.jit
+def _attend_kv_range(
+    acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row, kv_head, q_pos,
+    n_lo, n_hi, limit, qk_scale,
+    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    offs_d, d_mask,
+    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+):  # fmt: skip
+    """Online softmax of q's rows over the paged keys [n_lo, n_hi) of one KV head, folded into (acc, m_i, l_i).
+
+    Keys at or past `limit` are never loaded. MASK says which scores are hidden: MASK_NONE for ranges of whole
+    tiles inside the context, MASK_PAST_LIMIT for a range whose last tile runs past `limit` (a decode split),
+    MASK_CAUSAL for the diagonal band, where row i sees keys up to its position q_pos[i]."""
+    for n0 in range(n_lo, n_hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < limit
+        block = tl.load(table_row + offs_n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+        in_block = offs_n % BLOCK_SIZE
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(
+            k_cache_ptr + block[:, None] * stride_kb + in_block[:, None] * stride_ks + kv_head * stride_kh
+            + offs_d[None, :],
+            mask=kv_mask, other=0.0,
+        )  # fmt: skip
+        s = _mma(q, tl.trans(k), DOT_PRECISION, UPCAST_DOT) * qk_scale
+        if MASK == MASK_CAUSAL:
+            s = tl.where((offs_n[None, :] <= q_pos[:, None]) & n_mask[None, :], s, float("-inf"))
+        elif MASK == MASK_PAST_LIMIT:
+            s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(
+            v_cache_ptr + block[:, None] * stride_vb + in_block[:, None] * stride_vs + kv_head * stride_vh
+            + offs_d[None, :],
+            mask=kv_mask, other=0.0,
+        )  # fmt: skip
+        acc = acc * alpha[:, None] + _mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST_DOT)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
 def _check_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     if k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
         raise ValueError(
@@ -204,30 +254,13 @@ def _decode_split_kernel(
     l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM_PAD], dtype=tl.float32)
     table_row = block_tables_ptr + seq * stride_bt
-    for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < end
-        block = tl.load(table_row + offs_n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
-        in_block = offs_n % BLOCK_SIZE
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(
-            k_cache_ptr + block[:, None] * stride_kb + in_block[:, None] * stride_ks + kv_head * stride_kh
-            + offs_d[None, :],
-            mask=kv_mask, other=0.0,
-        )  # fmt: skip
-        s = _mma(q, tl.trans(k), DOT_PRECISION, UPCAST_DOT) * qk_scale
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(
-            v_cache_ptr + block[:, None] * stride_vb + in_block[:, None] * stride_vs + kv_head * stride_vh
-            + offs_d[None, :],
-            mask=kv_mask, other=0.0,
-        )  # fmt: skip
-        acc = acc * alpha[:, None] + _mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST_DOT)
-        m_i = m_new
+    acc, m_i, l_i = _attend_kv_range(
+        acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row, kv_head, offs_g,
+        start, end, end, qk_scale,
+        stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+        offs_d, d_mask,
+        BLOCK_SIZE, BLOCK_N, MASK_PAST_LIMIT, DOT_PRECISION, UPCAST_DOT,
+    )  # fmt: skip
 
     has_keys = l_i > 0.0  # false for an empty split, or a padding sequence of length 0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
@@ -359,44 +392,6 @@ def paged_decode_attention(
 
 
 @triton.jit
-def _prefill_tile(
-    acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row, kv_head, q_pos,
-    n_lo, n_hi, seq_len, qk_scale,
-    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-    offs_d, d_mask,
-    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
-):  # fmt: skip
-    for n0 in range(n_lo, n_hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < seq_len
-        block = tl.load(table_row + offs_n // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
-        in_block = offs_n % BLOCK_SIZE
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(
-            k_cache_ptr + block[:, None] * stride_kb + in_block[:, None] * stride_ks + kv_head * stride_kh
-            + offs_d[None, :],
-            mask=kv_mask, other=0.0,
-        )  # fmt: skip
-        s = _mma(q, tl.trans(k), DOT_PRECISION, UPCAST_DOT) * qk_scale
-        if CAUSAL_MASK:
-            visible = (offs_n[None, :] <= q_pos[:, None]) & n_mask[None, :]
-            s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(
-            v_cache_ptr + block[:, None] * stride_vb + in_block[:, None] * stride_vs + kv_head * stride_vh
-            + offs_d[None, :],
-            mask=kv_mask, other=0.0,
-        )  # fmt: skip
-        acc = acc * alpha[:, None] + _mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST_DOT)
-        m_i = m_new
-    return acc, m_i, l_i
-
-
-@triton.jit
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_q_ptr, seq_lens_ptr, out_ptr,
     qk_scale,
@@ -442,19 +437,19 @@ def _prefill_kernel(
     # Keys below the tile's first position are visible to every row: no mask there. Then the diagonal band.
     full_end = ((context + m0) // BLOCK_N) * BLOCK_N
     band_end = tl.minimum(seq_len, context + m0 + BLOCK_M)
-    acc, m_i, l_i = _prefill_tile(
+    acc, m_i, l_i = _attend_kv_range(
         acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row, kv_head, q_pos,
         0, full_end, seq_len, qk_scale,
         stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
         offs_d, d_mask,
-        BLOCK_SIZE, BLOCK_N, False, DOT_PRECISION, UPCAST_DOT,
+        BLOCK_SIZE, BLOCK_N, MASK_NONE, DOT_PRECISION, UPCAST_DOT,
     )  # fmt: skip
-    acc, m_i, l_i = _prefill_tile(
+    acc, m_i, l_i = _attend_kv_range(
         acc, m_i, l_i, q, k_cache_ptr, v_cache_ptr, table_row, kv_head, q_pos,
         full_end, band_end, seq_len, qk_scale,
         stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
         offs_d, d_mask,
-        BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION, UPCAST_DOT,
+        BLOCK_SIZE, BLOCK_N, MASK_CAUSAL, DOT_PRECISION, UPCAST_DOT,
     )  # fmt: skip
     out = acc / l_i[:, None]
     tl.store(

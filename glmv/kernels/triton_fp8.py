@@ -17,6 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
+from glmv.kernels import split_k
+from glmv.kernels.split_k import tile_start, tile_store
+
 FP8_MAX = 448.0
 
 
@@ -43,16 +46,8 @@ def _fp8_matmul_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, st
                        stride_ym, k_per_split,
                        BLOCK_SCALE: tl.constexpr, SCALE_BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_s = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m, offs_n, m_ok, n_ok, acc, k_start = tile_start(M, N, k_per_split, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_start = pid_s * k_per_split
     for k0 in range(k_start, k_start + k_per_split, BLOCK_K):
         k = k0 + offs_k
         k_ok = k < K
@@ -65,10 +60,7 @@ def _fp8_matmul_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, st
         acc = tl.dot(x, w.to(x.dtype), acc)
     if not BLOCK_SCALE:
         acc *= tl.load(s_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    y = y_ptr + pid_s * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :]
-    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    tile_store(acc, b_ptr, y_ptr, offs_m, offs_n, m_ok, n_ok, stride_ys, stride_ym, HAS_BIAS)
 
 
 def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
@@ -80,13 +72,8 @@ def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias:
     cfg = config or default_config(m, k)
     if scale_block is not None and scale_block % cfg.block_k:
         cfg = Fp8MatmulConfig(cfg.block_m, cfg.block_n, scale_block, cfg.split_k, cfg.num_warps, cfg.num_stages)
-    splits = max(1, min(cfg.split_k, k // cfg.block_k))
-    k_per_split = -(-k // (splits * cfg.block_k)) * cfg.block_k
-    splits = -(-k // k_per_split)
-    if splits == 1:
-        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    else:
-        y = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
+    splits, k_per_split = split_k.split(k, cfg.block_k, cfg.split_k)
+    y = split_k.output(x, n, splits)
     raw = weight.view(torch.uint8)
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), splits)
     _fp8_matmul_kernel[grid](
@@ -95,12 +82,7 @@ def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias:
         BLOCK_SCALE=scale_block is not None, SCALE_BLOCK=scale_block or 1, HAS_BIAS=bias is not None and splits == 1,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages)
-    if splits == 1:
-        return y
-    out = y.sum(dim=0)
-    if bias is not None:
-        out += bias.float()
-    return out.to(x.dtype)
+    return split_k.finish(y, splits, bias, x.dtype)
 
 
 @triton.jit

@@ -18,6 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
+from glmv.kernels import split_k
+from glmv.kernels.split_k import tile_start, tile_store
+
 
 @dataclass(frozen=True)
 class IntMatmulConfig:
@@ -44,18 +47,10 @@ def _int_matmul_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride
                        stride_ym, k_per_split,
                        BITS: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_s = tl.program_id(2)
     PER: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m, offs_n, m_ok, n_ok, acc, k_start = tile_start(M, N, k_per_split, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_start = pid_s * k_per_split
     for k0 in range(k_start, k_start + k_per_split, BLOCK_K):
         k = k0 + offs_k
         k_ok = k < K
@@ -68,10 +63,7 @@ def _int_matmul_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride
         z = tl.load(z_ptr + g * stride_sg + offs_n, mask=n_ok, other=0.0)
         w = ((q.to(tl.float32) - z[None, :]) * s[None, :]).to(x.dtype)
         acc = tl.dot(x, w, acc)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    y = y_ptr + pid_s * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :]
-    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    tile_store(acc, b_ptr, y_ptr, offs_m, offs_n, m_ok, n_ok, stride_ys, stride_ym, HAS_BIAS)
 
 
 def int_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
@@ -85,23 +77,13 @@ def int_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     cfg = config or default_config(m, n, k, group)
     if group % cfg.block_k:
         raise ValueError(f"int_matmul: block_k {cfg.block_k} must divide the group {group}")
-    splits = max(1, min(cfg.split_k, k // group))
-    k_per_split = -(-k // (splits * group)) * group
-    splits = -(-k // k_per_split)
+    splits, k_per_split = split_k.split(k, group, cfg.split_k)
     bias_arg = bias if bias is not None else scales
-    if splits == 1:
-        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    else:
-        y = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
+    y = split_k.output(x, n, splits)
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), splits)
     _int_matmul_kernel[grid](
         x, qweight, scales, zeros, bias_arg if splits == 1 else scales, y, m, n, k, x.stride(0), qweight.stride(0),
         scales.stride(0), y.stride(0) if splits > 1 else 0, n, k_per_split,
         BITS=bits, GROUP=group, HAS_BIAS=bias is not None and splits == 1, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if splits == 1:
-        return y
-    out = y.sum(dim=0)
-    if bias is not None:
-        out += bias.float()
-    return out.to(x.dtype)
+    return split_k.finish(y, splits, bias, x.dtype)

@@ -95,18 +95,16 @@ class CheckpointReader:
         return any(name.startswith(tuple(dotted)) for name in self._files)
 
     def text(self, suffix: str, required: bool = True) -> torch.Tensor | None:
-        name = self.resolve(suffix, TEXT_PREFIXES)
-        if name is None:
-            if required:
-                raise CheckpointError(f"{self.path}: text tensor '*{suffix}' is missing from the checkpoint.")
-            return None
-        return self.get(name)
+        return self._tower_tensor(suffix, TEXT_PREFIXES, "text", required)
 
     def vision(self, suffix: str, required: bool = True) -> torch.Tensor | None:
-        name = self.resolve(suffix, VISION_PREFIXES)
+        return self._tower_tensor(suffix, VISION_PREFIXES, "vision", required)
+
+    def _tower_tensor(self, suffix: str, prefixes: tuple[str, ...], tower: str, required: bool) -> torch.Tensor | None:
+        name = self.resolve(suffix, prefixes)
         if name is None:
             if required:
-                raise CheckpointError(f"{self.path}: vision tensor '*{suffix}' is missing from the checkpoint.")
+                raise CheckpointError(f"{self.path}: {tower} tensor '*{suffix}' is missing from the checkpoint.")
             return None
         return self.get(name)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 import xgrammar as xgr
 
+from glmv.lru import LruCache
 from glmv.structured.spec import StructuredOutputError, StructuredSpec
 
 
@@ -116,8 +116,8 @@ class GrammarCompiler:
         for token, text in enumerate(info.decoded_vocab):
             if any(b < 0x20 for b in text) and token not in stops:
                 _clear(self._json_safe, token)
-        self._cache: OrderedDict[StructuredSpec, CompiledStructure] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache: LruCache[StructuredSpec, CompiledStructure] = LruCache(self.limits.cache_entries)
+        self._count_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="glmv-grammar")
         self.compiles = 0  # grammars actually compiled (cache misses), for tests and metrics
 
@@ -144,19 +144,13 @@ class GrammarCompiler:
                                 self.stop_token_ids, self.vocab_size,
                                 self._json_safe if spec.kind in ("json_schema", "json_object")
                                 else self._no_foreign_stops)
-        with self._lock:
+        with self._count_lock:
             self.compiles += 1
-            self._cache[spec] = out
-            while len(self._cache) > self.limits.cache_entries:
-                self._cache.popitem(last=False)
+        self._cache.put(spec, out)
         return out
 
     def _cached(self, spec: StructuredSpec) -> CompiledStructure | None:
-        with self._lock:
-            hit = self._cache.get(spec)
-            if hit is not None:
-                self._cache.move_to_end(spec)
-            return hit
+        return self._cache.get(spec)
 
     # ---- compiling ----
     def _compile(self, spec: StructuredSpec) -> xgr.CompiledGrammar:

@@ -20,7 +20,7 @@ LEVELS = {
     "models": 3,
     "layers": 2,
     "kernels": 1, "cpu": 1,
-    "config": 0, "options": 0, "templates": 0,
+    "config": 0, "options": 0, "templates": 0, "lru": 0,
 }
 
 

@@ -13,11 +13,10 @@ import asyncio
 import os
 import socket
 import sys
-import threading
 import time
 from typing import Any
 
-from glmv.backends.vllm_worker import Outbox, recv_msg, send_msg
+from glmv.backends.vllm_worker import Outbox, recv_msg, send_msg, serve_requests, start_inbox
 from glmv.options import take_worker_token
 
 STATS_INTERVAL_S = 0.2
@@ -50,20 +49,7 @@ async def serve(sock: socket.socket, outbox: Outbox, engine: Any, drain_timeout_
     connection drops (then stop at once)."""
     from glmv.backends.replicas.wire import output_to_wire, params_from_wire, prompt_from_wire
 
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue = asyncio.Queue()
-
-    def read() -> None:
-        while True:
-            try:
-                msg = recv_msg(sock)
-            except (OSError, ValueError):
-                msg = None
-            loop.call_soon_threadsafe(inbox.put_nowait, msg)
-            if msg is None or msg.get("type") == "shutdown":
-                return
-
-    threading.Thread(target=read, name="glmv-replica-inbox", daemon=True).start()
+    inbox = start_inbox(sock, "glmv-replica-inbox")
     tasks: dict[str, asyncio.Task] = {}
 
     async def run(msg: dict[str, Any]) -> None:
@@ -85,20 +71,8 @@ async def serve(sock: socket.socket, outbox: Outbox, engine: Any, drain_timeout_
             await asyncio.sleep(STATS_INTERVAL_S)
 
     reporter = asyncio.create_task(report())
-    drain = False
     try:
-        while True:
-            msg = await inbox.get()
-            if msg is None:
-                break
-            kind = msg.get("type")
-            if kind == "shutdown":
-                drain = True
-                break
-            if kind == "generate":
-                tasks[msg["id"]] = asyncio.create_task(run(msg))
-            elif kind == "abort":
-                await engine.abort(msg["id"])
+        drain = await serve_requests(inbox, tasks, run, engine.abort)
         if tasks and drain:
             await asyncio.wait(list(tasks.values()), timeout=drain_timeout_s)
     finally:

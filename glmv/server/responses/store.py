@@ -7,10 +7,10 @@ Nothing outlives the process; the bound is `glmv serve --max-stored-responses`.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+
+from glmv.lru import LruCache
 
 
 @dataclass(frozen=True)
@@ -24,30 +24,20 @@ class ResponseStore:
         if capacity < 0:
             raise ValueError(f"--max-stored-responses must be 0 or more, got {capacity}.")
         self.capacity = capacity
-        self._items: OrderedDict[str, StoredResponse] = OrderedDict()
-        self._lock = threading.Lock()
-        self.evicted = 0
+        self._items: LruCache[str, StoredResponse] = LruCache(capacity)
+
+    @property
+    def evicted(self) -> int:
+        return self._items.evicted
 
     def put(self, response_id: str, stored: StoredResponse) -> None:
-        if self.capacity == 0:
-            return
-        with self._lock:
-            self._items[response_id] = stored
-            self._items.move_to_end(response_id)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-                self.evicted += 1
+        self._items.put(response_id, stored)
 
     def get(self, response_id: str) -> StoredResponse | None:
-        with self._lock:
-            stored = self._items.get(response_id)
-            if stored is not None:
-                self._items.move_to_end(response_id)
-            return stored
+        return self._items.get(response_id)
 
     def delete(self, response_id: str) -> bool:
-        with self._lock:
-            return self._items.pop(response_id, None) is not None
+        return self._items.pop(response_id) is not None
 
     def __len__(self) -> int:
         return len(self._items)
