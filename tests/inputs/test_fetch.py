@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -16,6 +16,7 @@ from glmv.inputs.errors import InvalidInputError
 from glmv.inputs.fetch import ByteBudget, fetch_media
 from glmv.inputs.netguard import address_refusal, host_is_listed, resolve_checked
 from glmv.inputs.policy import MediaPolicy
+from tests.inputs.http_host import http_host
 from tests.inputs.media import data_uri, image_bytes, image_part, user
 
 PNG = image_bytes("png", 64, 48, seed=7)
@@ -74,13 +75,8 @@ class _Media(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Media)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with http_host(_Media) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -305,13 +301,8 @@ def tls_server(tmp_path_factory):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     context.sni_callback = lambda sock, name, ctx: names.append(name)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Media)
-    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield {"url": f"https://localhost:{httpd.server_address[1]}", "cert": cert, "names": names}
-    httpd.shutdown()
-    httpd.server_close()
+    with http_host(_Media, tls=context) as port:
+        yield {"url": f"https://localhost:{port}", "cert": cert, "names": names}
 
 
 def test_https_connects_to_the_checked_address_with_the_hosts_name(tls_server, monkeypatch):

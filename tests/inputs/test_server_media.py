@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import openai
 import pytest
@@ -18,6 +18,7 @@ from glmv.config import EngineConfig
 from glmv.server.app import create_app
 from glmv.server.launch import build_state
 from glmv.server.state import ServerConfig
+from tests.inputs.http_host import http_host
 from tests.inputs.media import (
     audio_only_bytes,
     data_uri,
@@ -61,16 +62,11 @@ class _Files(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def media_site():
     """A media host on localhost (allowed by the server under test) plus a port that accepts and never answers."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)  # the kernel completes handshakes; nobody ever reads or answers
-    yield {"http": f"http://localhost:{httpd.server_address[1]}",
-           "silent": f"http://localhost:{silent.getsockname()[1]}"}
-    httpd.shutdown()
-    httpd.server_close()
+    with http_host(_Files) as port:
+        yield {"http": f"http://localhost:{port}", "silent": f"http://localhost:{silent.getsockname()[1]}"}
     silent.close()
 
 
