@@ -17,7 +17,7 @@ from glmv.reasoning import SplitState, ThinkSplitter, count_reasoning_tokens, pr
 from glmv.sampling import FinishReason
 from glmv.server.errors import error_body, to_api_error
 from glmv.server.generation import TrackedGeneration, disconnect_guard
-from glmv.server.logprobs import chat_logprobs
+from glmv.server.logprobs import chat_logprobs, prompt_logprobs_json
 from glmv.server.protocol import ChatCompletionRequest
 from glmv.server.state import ServingState
 from glmv.server.structured import ToolCallPlan
@@ -98,7 +98,8 @@ async def collect_chat(req: ChatCompletionRequest, gen: TrackedGeneration, state
             "stop_reason": stop_reasons[i],
         })
     body = {"id": gen.request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": choices, "usage": usage_of(gen, state, in_think), "system_fingerprint": None}
+            "choices": choices, "usage": usage_of(gen, state, in_think), "system_fingerprint": None,
+            "prompt_logprobs": prompt_logprobs_json(gen.prompt_logprobs)}
     if gen.prompt.info:
         body["prompt_info"] = dict(gen.prompt.info)
     return body
@@ -123,10 +124,16 @@ async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGene
     top_n = gen.params.logprobs or 0
     watcher = disconnect_guard(raw, [gen])
     status = 200
+    # prompt_logprobs (a glmv extension when streaming: vLLM refuses it) ride top-level on the first chunk after
+    # they arrive
+    scores: list[list | None] = []  # the JSON waiting for a chunk (at most one)
+    scored = False
 
     def chunk(choices: list[dict], usage: dict | None = None) -> str:
         body = {"id": gen.request_id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": choices}
+        if scores:
+            body["prompt_logprobs"] = scores.pop()
         if usage is not None:
             body["usage"] = usage
         elif continuous:
@@ -149,6 +156,9 @@ async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGene
         for i in range(n):
             yield chunk([choice(i, {"role": "assistant", "content": ""})])
         async for out in gen.outputs():
+            if out.prompt_logprobs is not None and not scored:
+                scores.append(prompt_logprobs_json(out.prompt_logprobs))
+                scored = True
             for c in out.outputs:
                 reasoning, content = splitters[c.index].feed(c.text)
                 if c.finish_reason is not None:
@@ -182,6 +192,8 @@ async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGene
                                              or autos is not None and autos[c.index].sent):
                         finish = "tool_calls"
                     yield chunk([choice(c.index, {}, None, finish, c.stop_reason)])
+            if scores:  # no choice had a chunk to carry them
+                yield chunk([])
         if include_usage:
             yield chunk([], usage_of(gen, state, in_think))
         yield sse("[DONE]")

@@ -29,7 +29,7 @@ from glmv.server.generation import (
     disconnect_guard,
     unless_disconnected,
 )
-from glmv.server.logprobs import LegacyLogprobs
+from glmv.server.logprobs import LegacyLogprobs, prompt_logprobs_json
 from glmv.server.params import check_token_ids, completion_sampling_params, resolve_model_name
 from glmv.server.protocol import CompletionRequest, CompletionResponse, random_id
 from glmv.server.state import ServingState
@@ -119,6 +119,7 @@ class CompletionRun:
                     "logprobs": c.logprobs.as_dict() if c.logprobs is not None else None,
                     "finish_reason": (gen.finish[j] or FinishReason.LENGTH).openai,
                     "stop_reason": c.stop_reason,
+                    "prompt_logprobs": prompt_logprobs_json(gen.prompt_logprobs),
                 })
         return {"id": self.request_id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": out, "usage": self.usage(), "system_fingerprint": None}
@@ -169,6 +170,10 @@ class CompletionRun:
                         yield chunk([{"index": i * self.n + j, "text": self.echo_texts[i],
                                       "logprobs": lp.as_dict() if lp is not None else None, "finish_reason": None}])
             sent = [[len(c.logprobs) if c.logprobs is not None else 0 for c in row] for row in choices]
+            # prompt_logprobs (a glmv extension when streaming: vLLM refuses it) ride on each choice's first chunk
+            # after they arrive
+            scored: list[list | None] = [None] * len(self.gens)
+            unscored = [set(range(self.n)) for _ in self.gens]
             remaining = len(self.gens)
             while remaining:
                 i, item = await queue.get()
@@ -185,11 +190,17 @@ class CompletionRun:
                         logprobs = ch.logprobs.as_dict(sent[i][c.index])
                         sent[i][c.index] = len(ch.logprobs)
                     finish = c.finish_reason.openai if c.finish_reason is not None else None
-                    if c.text or finish or (logprobs and logprobs["tokens"]):
+                    if scored[i] is None and self.gens[i].prompt_logprobs is not None:
+                        scored[i] = prompt_logprobs_json(self.gens[i].prompt_logprobs)
+                    scores = scored[i] if scored[i] is not None and c.index in unscored[i] else None
+                    if c.text or finish or (logprobs and logprobs["tokens"]) or scores is not None:
                         entry = {"index": i * self.n + c.index, "text": c.text, "logprobs": logprobs,
                                  "finish_reason": finish}
                         if finish is not None:
                             entry["stop_reason"] = c.stop_reason
+                        if scores is not None:
+                            entry["prompt_logprobs"] = scores
+                            unscored[i].discard(c.index)
                         yield chunk([entry])
             if include_usage:
                 yield chunk([], self.usage())

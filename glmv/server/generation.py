@@ -20,7 +20,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from glmv.engine.client import PromptTooLongError
-from glmv.engine.outputs import RequestOutput
+from glmv.engine.outputs import PromptLogprobs, RequestOutput
 from glmv.inputs.prompt import Prompt
 from glmv.sampling import FinishReason, SamplingParams
 from glmv.server.errors import APIError, overloaded_error, to_api_error
@@ -48,6 +48,7 @@ class TrackedGeneration:
         self.token_ids: list[list[int]] = [[] for _ in range(n)]
         self.finish: list[FinishReason | None] = [None] * n
         self.num_cached_tokens = 0
+        self.prompt_logprobs: PromptLogprobs | None = None  # set by the output that carries them (prompt_logprobs)
         self._stream: AsyncIterator[RequestOutput] | None = None
         self._first: RequestOutput | None = None
         self._admitted = False
@@ -107,6 +108,8 @@ class TrackedGeneration:
             if c.finish_reason is not None:
                 self.finish[c.index] = c.finish_reason
         self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
         if new:
             metrics = self.state.metrics
             if self._t_first is None:

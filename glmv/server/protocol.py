@@ -195,8 +195,9 @@ class SamplingFields(OpenAIModel):
     structured_outputs: StructuredOutputs | None = Field(
         default=None, description="vLLM extra: one of json, regex, choice, grammar (EBNF) or json_object.")
     prompt_logprobs: int | None = Field(
-        default=None, ge=0, le=20, description="vLLM extra; not computed by glmv yet: a request with it is refused "
-        "(400) rather than answered without them.")
+        default=None, ge=0, le=20, description="vLLM extra: score the prompt; per prompt token its logprob, rank "
+        "and this many top alternatives (`prompt_logprobs` on the completion choice, top-level on chat). glmv also "
+        "streams them (in the first chunk that follows their arrival), which vLLM refuses.")
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -260,6 +261,17 @@ class ChatLogprobToken(TopLogprob):
     top_logprobs: list[TopLogprob] = Field(default_factory=list)
 
 
+class PromptLogprob(BaseModel):
+    """vLLM's Logprob in `prompt_logprobs`: keyed by token id (a string in JSON)."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
 class ChatLogprobs(BaseModel):
     content: list[ChatLogprobToken] | None = None
 
@@ -288,6 +300,7 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatCompletionChoice]
     usage: UsageInfo
     system_fingerprint: str | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class DeltaMessage(BaseModel):
@@ -329,6 +342,7 @@ class CompletionChoice(BaseModel):
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):
