@@ -26,7 +26,7 @@ from typing import Any
 
 from glmv.config import EngineConfig, ModelConfig
 from glmv.engine.engine import LLMEngine
-from glmv.engine.outputs import CompletionOutput, RequestOutput
+from glmv.engine.outputs import CompletionOutput, PromptLogprobs, RequestOutput
 from glmv.inputs.build import ChatPromptRequest, build_chat_prompt, build_raw_prompt, keep_pixels
 from glmv.inputs.policy import MediaPolicy
 from glmv.inputs.processor import PromptBuilder
@@ -140,10 +140,13 @@ class LLM:
             self.engine.add_request(rid, prompt, p)
         totals: dict[str, dict[int, CompletionOutput]] = {rid: {} for rid in ids}
         cached: dict[str, int] = {}
+        scored: dict[str, PromptLogprobs] = {}
         try:
             while self.engine.has_unfinished_requests():
                 for out in self.engine.step():
                     cached[out.request_id] = out.num_cached_tokens
+                    if out.prompt_logprobs is not None:
+                        scored[out.request_id] = out.prompt_logprobs
                     for c in out.outputs:
                         totals[out.request_id].setdefault(c.index, CompletionOutput.empty(c.index)).absorb(c)
         except BaseException:
@@ -154,7 +157,7 @@ class LLM:
         for rid, prompt in zip(ids, prompts, strict=True):
             outs = [totals[rid][i] for i in sorted(totals[rid])]
             results.append(RequestOutput(rid, outs, prompt.token_ids, finished=True,
-                                         num_cached_tokens=cached.get(rid, 0)))
+                                         num_cached_tokens=cached.get(rid, 0), prompt_logprobs=scored.get(rid)))
         return results
 
 

@@ -48,7 +48,7 @@ class SamplingParams:
     ignore_eos: bool = False
     min_tokens: int = 0
     logprobs: int | None = None  # number of top logprobs per output token; None: off
-    prompt_logprobs: int | None = None
+    prompt_logprobs: int | None = None  # top logprobs per prompt token (vLLM's extra); None: the prompt is not scored
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     # Thinking control (see glmv/reasoning): after this many generated tokens inside <think>, the engine
@@ -99,6 +99,8 @@ class SamplingParams:
             raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens}).")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise ValueError(f"top_logprobs must be between 0 and 20, got {self.logprobs}.")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= 20:
+            raise ValueError(f"prompt_logprobs must be between 0 and 20, got {self.prompt_logprobs}.")
         if self.thinking_budget is not None and self.thinking_budget < 0:
             raise ValueError(f"thinking_budget must be >= 0, got {self.thinking_budget}.")
         if self.reserved_answer_tokens is not None:

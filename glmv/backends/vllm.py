@@ -29,7 +29,7 @@ from glmv.backends.vllm_process import VllmProcess, VllmUnavailableError, resolv
 from glmv.config import EngineConfig, ModelConfig
 from glmv.engine.budget import ThinkingBudget, make_budget
 from glmv.engine.client import EngineOverloadedError, PromptTooLongError
-from glmv.engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
+from glmv.engine.outputs import CompletionOutput, PromptLogprobs, PromptTokenLogprob, RequestOutput, TokenLogprob
 from glmv.inputs.prompt import Prompt
 from glmv.options import RuntimeOptions
 from glmv.sampling import FinishReason, SamplingParams
@@ -150,13 +150,22 @@ def _wire_params(params: SamplingParams, eos_ids: tuple[int, ...], **override: A
         "frequency_penalty": params.frequency_penalty, "seed": params.seed, "stop": list(params.stop),
         "stop_token_ids": stop_ids, "include_stop_str_in_output": params.include_stop_str_in_output,
         "ignore_eos": params.ignore_eos, "min_tokens": params.min_tokens, "logprobs": params.logprobs,
-        "skip_special_tokens": params.skip_special_tokens,  # prompt_logprobs: no glmv output carries them
+        "skip_special_tokens": params.skip_special_tokens, "prompt_logprobs": params.prompt_logprobs,
         "spaces_between_special_tokens": params.spaces_between_special_tokens,
         "logit_bias": {int(k): float(v) for k, v in params.logit_bias.items()} or None,
         "structured_outputs": _wire_structured(params.guided),
     }
     out.update(override)
     return out
+
+
+def _prompt_logprobs(rows: list | None, num_prompt_tokens: int) -> PromptLogprobs | None:
+    """The worker's prompt logprobs (None, then per token [(id, logprob, rank, text)]) for the first
+    `num_prompt_tokens` tokens: a continuation pass's prompt is longer than the user's."""
+    if rows is None:
+        return None
+    return [None if row is None else {tid: PromptTokenLogprob(lp, rank, tok or "") for tid, lp, rank, tok in row}
+            for row in rows[:num_prompt_tokens]]
 
 
 def _logprobs(rows: list | None) -> list[TokenLogprob] | None:
@@ -199,6 +208,7 @@ class VllmEngine:
     """EngineClient over a vLLM worker process. Construction starts vLLM and returns once the model is loaded."""
 
     computes_logprobs = True
+    computes_prompt_logprobs = True  # vLLM scores the prompt; its first output carries them
 
     def stage_prompt(self, prompt: Prompt) -> Prompt:
         """Nothing to stage: the worker process receives the processor's pixels as they are."""
@@ -334,7 +344,8 @@ class VllmEngine:
                     done.add(o["index"])
                 outs.append(out)
             yield RequestOutput(request_id, outs, prompt.token_ids, finished=msg["finished"],
-                                num_cached_tokens=msg.get("num_cached_tokens", 0))
+                                num_cached_tokens=msg.get("num_cached_tokens", 0),
+                                prompt_logprobs=_prompt_logprobs(msg.get("prompt_logprobs"), len(prompt)))
 
     @staticmethod
     def _completion(o: dict[str, Any], index: int, num_tokens: int, hold_finish: bool = False) -> CompletionOutput:
@@ -354,7 +365,9 @@ class VllmEngine:
 
     async def _budgeted(self, prompt: Prompt, params: SamplingParams, request_id: str, max_new: int,
                         budgets: list[ThinkingBudget | None]) -> AsyncIterator[RequestOutput]:
-        seqs = [self._budgeted_sequence(prompt, params, request_id, i, max_new, budgets[i]) for i in range(params.n)]
+        scores: list[PromptLogprobs | None] = []  # sequence 0's first pass files the prompt logprobs here
+        seqs = [self._budgeted_sequence(prompt, params, request_id, i, max_new, budgets[i], scores)
+                for i in range(params.n)]
         pending = {asyncio.ensure_future(anext(s)): i for i, s in enumerate(seqs)}
         finished = 0
         try:
@@ -370,7 +383,8 @@ class VllmEngine:
                         finished += 1
                     else:
                         pending[asyncio.ensure_future(anext(seqs[i]))] = i
-                    yield RequestOutput(request_id, [out], prompt.token_ids, finished=finished == params.n)
+                    yield RequestOutput(request_id, [out], prompt.token_ids, finished=finished == params.n,
+                                        prompt_logprobs=scores.pop() if scores else None)
         finally:
             for fut in pending:
                 fut.cancel()
@@ -379,8 +393,19 @@ class VllmEngine:
                 await s.aclose()
 
     async def _budgeted_sequence(self, prompt: Prompt, params: SamplingParams, request_id: str, index: int,
-                                 max_new: int, budget: ThinkingBudget) -> AsyncIterator[CompletionOutput]:
+                                 max_new: int, budget: ThinkingBudget, scores: list[PromptLogprobs | None]
+                                 ) -> AsyncIterator[CompletionOutput]:
+        """One sequence in passes; the first pass of sequence 0 asks vLLM for the prompt logprobs (if wanted) and
+        puts them in `scores` (trimmed to the user's prompt: a continuation's prompt includes generated tokens)."""
         seed = None if params.seed is None else params.seed + index
+        wants_scores = index == 0 and params.prompt_logprobs is not None
+
+        def take_scores(msg: dict[str, Any]) -> None:
+            nonlocal wants_scores
+            if wants_scores and msg.get("prompt_logprobs") is not None:
+                scores.append(_prompt_logprobs(msg["prompt_logprobs"], len(prompt)))
+                wants_scores = False
+
         eos = self.model_config.eos_token_ids
         seq = _SequenceText([])
         forced = budget.on_start()
@@ -388,11 +413,13 @@ class VllmEngine:
         if not forced and limit is not None and limit > 0:
             first_max = min(limit, max_new)
             wire = _wire_params(params, eos, n=1, seed=seed, max_tokens=first_max,
-                                min_tokens=min(params.min_tokens, first_max))
+                                min_tokens=min(params.min_tokens, first_max),
+                                prompt_logprobs=params.prompt_logprobs if wants_scores else None)
             async for msg in self._vllm_stream(request_id, _wire_prompt(prompt, self.tokenizer), wire):
                 if msg["type"] == "aborted":
                     yield CompletionOutput(index, "", [], len(seq.ids), FinishReason.ABORT)
                     return
+                take_scores(msg)
                 for o in msg["outputs"]:
                     for t in o["token_ids"]:
                         forced = budget.on_token(t) or forced
@@ -419,11 +446,13 @@ class VllmEngine:
             return
         wire_prompt = _wire_prompt(prompt, self.tokenizer, extra_ids=generated + list(forced))
         wire = _wire_params(params, eos, n=1, seed=seed, max_tokens=remaining,
-                            min_tokens=max(0, params.min_tokens - len(seq.ids)))
+                            min_tokens=max(0, params.min_tokens - len(seq.ids)),
+                            prompt_logprobs=params.prompt_logprobs if wants_scores else None)
         async for msg in self._vllm_stream(request_id, wire_prompt, wire):
             if msg["type"] == "aborted":
                 yield CompletionOutput(index, "", [], len(seq.ids), FinishReason.ABORT, forced_tokens=len(forced))
                 return
+            take_scores(msg)
             for o in msg["outputs"]:
                 out = seq.add(self._completion(o, index, len(seq.ids) + len(o["token_ids"])))
                 out.forced_tokens = len(forced)

@@ -10,7 +10,8 @@ import or run anything, and no tensor or numpy object crosses between the two to
 bytes with their shape. Messages:
   worker -> glmv: hello {token} | ready {max_model_len, vllm_version, platform} | fatal {message}
                   output {id, outputs: [{index, text, token_ids, finish_reason, stop_reason, logprobs}], finished,
-                          num_cached_tokens} | error {id, kind: too_long|invalid|internal, message} | stats {...}
+                          num_cached_tokens, prompt_logprobs} | error {id, kind: too_long|invalid|internal, message}
+                  | stats {...}
   glmv -> worker: config {engine_args} | generate {id, prompt, params} | abort {id} | shutdown
 """
 
@@ -111,6 +112,16 @@ def _logprobs_to_wire(token_ids: list[int], logprobs: Any, top_n: int) -> list |
                      float(chosen.logprob) if chosen else float("-inf"),
                      [(int(k), v.decoded_token, float(v.logprob)) for k, v in top]))
     return rows
+
+
+def _prompt_logprobs_to_wire(prompt_logprobs: Any) -> list | None:
+    """vLLM's prompt logprobs (None, then per token {id: Logprob}) as builtins: [(id, logprob, rank, text)]."""
+    if prompt_logprobs is None:
+        return None
+    return [None if entries is None else
+            [(int(k), float(v.logprob), int(v.rank) if v.rank is not None else 0, v.decoded_token)
+             for k, v in dict(entries).items()]
+            for entries in prompt_logprobs]
 
 
 def _classify(exc: BaseException) -> tuple[str, str]:
@@ -255,6 +266,7 @@ async def _serve(sock: socket.socket, outbox: Outbox, config: dict[str, Any]) ->
                 outbox.put({
                     "type": "output", "id": rid, "finished": bool(out.finished),
                     "num_cached_tokens": int(out.num_cached_tokens or 0),
+                    "prompt_logprobs": _prompt_logprobs_to_wire(out.prompt_logprobs),
                     "outputs": [{
                         "index": int(c.index), "text": c.text, "token_ids": [int(t) for t in c.token_ids],
                         "finish_reason": c.finish_reason, "stop_reason": c.stop_reason,

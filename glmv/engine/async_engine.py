@@ -66,6 +66,7 @@ class _Stream:
 
 class AsyncEngine:
     computes_logprobs = True
+    computes_prompt_logprobs = True  # the prefill scores the prompt (glmv/engine/prompt_logprobs.py)
 
     def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, tokenizer: Any,
                  engine: LLMEngine | None = None):

@@ -44,6 +44,8 @@ class EngineClient(Protocol):
 
     max_model_len: int
     computes_logprobs: bool  # False: doors answer a logprobs request with 400 rather than empty logprobs
+    # An engine may also set `computes_prompt_logprobs = True` (prompt_logprobs on its first output); doors refuse
+    # prompt_logprobs (400) for one that does not. Not a member here, so that engines predating it still match.
 
     def stage_prompt(self, prompt: Prompt) -> Prompt:
         """The prompt made ready for this engine where doors build prompts (a worker thread, off the engine loop):

@@ -23,8 +23,9 @@ from glmv.engine.kv_cache import KVBlockPool
 from glmv.engine.model_runner import ModelRunner
 from glmv.engine.observer import NO_OBSERVER, StepObserver
 from glmv.engine.output_processor import OutputProcessor, OutputRules
-from glmv.engine.outputs import CompletionOutput, RequestOutput
+from glmv.engine.outputs import CompletionOutput, PromptLogprobs, RequestOutput
 from glmv.engine.pending import PendingStep
+from glmv.engine.prompt_logprobs import PromptScores
 from glmv.engine.request import Request, RequestStatus
 from glmv.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from glmv.inputs.prompt import Prompt
@@ -43,6 +44,7 @@ class _Group:
     seed: int
     sequences: list[Request]
     forked: bool = False
+    prompt_scores: PromptScores | None = None  # asked prompt_logprobs: filled by the prefill of one sequence
 
 
 class LLMEngine:
@@ -129,7 +131,11 @@ class LLMEngine:
             seqs = [parent]
         else:  # the prompt is shorter than a block: nothing worth sharing
             seqs = [make(f"{request_id}#{i}", i, seed + i) for i in range(n)]
-        self.groups[request_id] = _Group(request_id, prompt, params, seed, seqs, forked=n == 1 or fork_at == 0)
+        scores = None
+        if params.prompt_logprobs is not None:
+            scores = seqs[0].prompt_scores = PromptScores(params.prompt_logprobs, len(prompt))
+        self.groups[request_id] = _Group(request_id, prompt, params, seed, seqs, forked=n == 1 or fork_at == 0,
+                                         prompt_scores=scores)
         for seq in seqs:
             self.output.start(seq, append_forced=True)
             self.scheduler.add(seq)
@@ -214,11 +220,21 @@ class LLMEngine:
                 continue
             done = group.forked and all(s.finished and not s.output.queue for s in group.sequences)
             outputs.append(RequestOutput(group_id, outs, group.prompt.token_ids, finished=done,
-                                         num_cached_tokens=group.sequences[0].num_cached_tokens))
+                                         num_cached_tokens=group.sequences[0].num_cached_tokens,
+                                         prompt_logprobs=self._prompt_logprobs(group)))
             if done:
                 del self.groups[group_id]
                 self.requests_finished += 1
         return outputs
+
+    def _prompt_logprobs(self, group: _Group) -> PromptLogprobs | None:
+        """The group's prompt logprobs, once, on its first output after they are all in (a prefill reaches its
+        end in the step that samples the first token, so that is the output with the first token)."""
+        scores = group.prompt_scores
+        if scores is None or scores.sent or not scores.complete:
+            return None
+        scores.sent = True
+        return scores.to_output(group.prompt.token_ids, self.tokenizer)
 
     def _take_in(self, step: PendingStep, next_step: PendingStep | None) -> None:
         """Wait for a step's tokens and hand them to the output side. A sequence that the thinking budget gives

@@ -98,8 +98,9 @@ class KVBlockPool:
 
     def lookup(self, request: Request, limit: int | None = None) -> list[int]:
         """Blocks holding the longest cached prefix of the request (at most `limit` tokens, and always leaving one
-        token to compute so the step yields logits). Read-only: `allocate` takes the blocks."""
-        if not self.enable_prefix_caching:
+        token to compute so the step yields logits). Read-only: `allocate` takes the blocks. None for a request
+        that scores its prompt (prompt_logprobs): cached positions have no hidden states to score."""
+        if not self.enable_prefix_caching or request.scores_prompt:
             return []
         max_tokens = request.num_tokens - 1 if limit is None else min(limit, request.num_tokens - 1)
         hashes = self.update_hashes(request)

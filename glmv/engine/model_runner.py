@@ -5,7 +5,8 @@ glmv/engine/kv_planning.py), the multimodal encoder with its vision-embedding ca
 CUDA graphs (decode_graphs.py) and the sampler. Per step it packs prefill chunks first and single-token decodes after
 them, with their M-RoPE positions, KV slots and block tables; has the encoder embed media that the step's chunks
 reach; scatters those embeddings into the input; runs the decoder; and samples from the last position of every
-sequence that reaches the end of its known tokens. A decode-only step that fits a captured graph replays it instead.
+sequence that reaches the end of its known tokens, plus the prompt positions of sequences that asked for prompt
+logprobs (prompt_logprobs.py). A decode-only step that fits a captured graph replays it instead.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from glmv.engine.kv_planning import plan_kv_cache
 from glmv.engine.mm_encoder import MultimodalEncoder
 from glmv.engine.observer import NO_OBSERVER, StepObserver
 from glmv.engine.pending import PendingStep, RunnerOutput, pending_source
+from glmv.engine.prompt_logprobs import PendingPromptScores, PromptSegment, launch_scores, plan_rows
 from glmv.engine.sampler import Sampler
 from glmv.engine.scheduler import ScheduledRequest, SchedulerOutput
 from glmv.layers.attention import NULL_BLOCK, AttentionMetadata
@@ -92,7 +94,10 @@ class ModelRunner:
         prev_rows = prev.row_of if prev is not None and prev.sample is not None else {}
         rows = [e.request for e in sampled]
         graph_tokens = None  # the decode graph's argmax, where it is every row's token
-        if not prefills and self.decode_graphs.takes(len(decodes)):
+        scored = None
+        scoring = any(e.request.prompt_scores is not None and e.start < e.request.num_prompt_tokens - 1
+                      for e in entries)  # a 1-token chunk inside the prompt is scored too: not in the graph
+        if not prefills and not scoring and self.decode_graphs.takes(len(decodes)):
             if self.observer.wants_graph_events:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -108,7 +113,7 @@ class ModelRunner:
                 keep = torch.tensor([i for i, e in enumerate(decodes) if e.samples], device=self.device)
                 logits = logits.index_select(0, keep)
         else:
-            logits = self._run_eager(prefills, decodes, sampled, prev, prev_rows)
+            logits, scored = self._run_eager(prefills, decodes, sampled, prev, prev_rows)
         if graph_tokens is not None:
             pending = self.sampler.launch_tokens(graph_tokens, rows)
         else:
@@ -116,11 +121,13 @@ class ModelRunner:
         for e in prefills:
             if e.end >= e.request.num_prompt_tokens:
                 e.request.mm_embeds.clear()  # the prompt's media are in the KV cache now
-        return PendingStep(sampled, pending, {id(e.request): i for i, e in enumerate(sampled)})
+        return PendingStep(sampled, pending, {id(e.request): i for i, e in enumerate(sampled)}, prompt_scores=scored)
 
     def _run_eager(self, prefills: list[ScheduledRequest], decodes: list[ScheduledRequest],
                    sampled: list[ScheduledRequest], prev: PendingStep | None = None,
-                   prev_rows: dict[int, int] | None = None) -> torch.Tensor:
+                   prev_rows: dict[int, int] | None = None) -> tuple[torch.Tensor, PendingPromptScores | None]:
+        """The step's forward: logits of the `sampled` rows, and the queued prompt logprobs of the chunks that
+        score their prompt (None when none does)."""
         bs, dev = self.block_size, self.device
         entries = prefills + decodes
         total = sum(e.num_tokens for e in entries)
@@ -128,6 +135,9 @@ class ModelRunner:
         positions = np.empty((3, total), dtype=np.int64)
         slots = np.empty(total, dtype=np.int64)
         last_row: dict[int, int] = {}
+        score_rows: list[int] = []
+        score_targets: list[int] = []
+        segments: list[PromptSegment] = []
         pending_dst: list[int] = []
         pending_src: list[int] = []
         offset = 0
@@ -147,6 +157,12 @@ class ModelRunner:
             table = np.asarray(req.block_ids, dtype=np.int64)
             slots[offset:offset + n] = table[pos // bs] * bs + pos % bs
             last_row[id(e)] = offset + n - 1
+            if req.prompt_scores is not None:
+                span, targets = plan_rows(req.prompt_scores, e.start, e.end, req.token_ids)
+                if targets:
+                    segments.append(PromptSegment(req.prompt_scores, len(score_rows), len(targets)))
+                    score_rows += [offset + r for r in span]
+                    score_targets += targets
             offset += n
         meta = AttentionMetadata(slot_mapping=torch.from_numpy(slots).to(dev, non_blocking=True))
         if prefills:
@@ -188,9 +204,10 @@ class ModelRunner:
                                  for (req, j, _), part in zip(media_plan, parts, strict=True)])
                 hidden.index_copy_(0, dst_t, src.to(hidden.dtype))
         hidden = self.model.forward(hidden, positions_t, self.kv_caches, meta)
+        scored = launch_scores(self.model.logits, hidden, score_rows, score_targets, segments) if segments else None
         if rows is None:
-            return hidden.new_empty(0, self.model_config.text.vocab_size)
-        return self.model.logits(hidden.index_select(0, rows))
+            return hidden.new_empty(0, self.model_config.text.vocab_size), scored
+        return self.model.logits(hidden.index_select(0, rows)), scored
 
     def _block_table(self, entries: list[ScheduledRequest]) -> torch.Tensor:
         width = max(-(-e.end // self.block_size) for e in entries)

@@ -16,6 +16,19 @@ class TokenLogprob:
 
 
 @dataclass
+class PromptTokenLogprob:
+    """vLLM's Logprob, as `prompt_logprobs` entries carry it (the JSON object {logprob, rank, decoded_token})."""
+
+    logprob: float
+    rank: int  # 1-based rank in the whole vocabulary
+    decoded_token: str
+
+
+# vLLM's prompt_logprobs: None for the first prompt token, then per token {token id: its logprob and the top-k's}.
+PromptLogprobs = list[dict[int, PromptTokenLogprob] | None]
+
+
+@dataclass
 class CompletionOutput:
     """One of the n sequences of a request. `text`/`token_ids` are the new part since the last output
     (delta mode); the engine keeps totals in `num_tokens` / `cumulative_text_len`."""
@@ -58,6 +71,8 @@ class RequestOutput:
     prompt_token_ids: list[int]
     finished: bool
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    # Asked with SamplingParams.prompt_logprobs: set on one output of the request (the first that has them).
+    prompt_logprobs: PromptLogprobs | None = None
 
     @property
     def num_prompt_tokens(self) -> int:

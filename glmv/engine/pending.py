@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from glmv.engine.prompt_logprobs import PendingPromptScores
 from glmv.engine.request import Request
 from glmv.engine.sampler import PendingSample, SamplerOutput
 from glmv.engine.scheduler import ScheduledRequest
@@ -21,14 +22,19 @@ class PendingStep:
 
     The next step may be launched before that: rows whose input is a token this step sampled read it on the device
     (`sample.tokens`, row `row_of[id(request)]`). Rows in `discard` were sampled for a continuation that turned out
-    wrong (the engine forced other tokens after the previous one); their tokens are dropped."""
+    wrong (the engine forced other tokens after the previous one); their tokens are dropped. `wait()` also files
+    the step's prompt logprobs with their sequences."""
 
     sampled: list[ScheduledRequest]
     sample: PendingSample | None
     row_of: dict[int, int] = field(default_factory=dict)
     discard: set[int] = field(default_factory=set)
+    prompt_scores: PendingPromptScores | None = None  # prompt logprobs this step computed (prompt_logprobs.py)
 
     def wait(self) -> RunnerOutput:
+        if self.prompt_scores is not None:
+            self.prompt_scores.take_in()
+            self.prompt_scores = None
         return RunnerOutput(self.sampled, self.sample.result() if self.sample is not None else None)
 
 

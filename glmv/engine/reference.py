@@ -118,6 +118,7 @@ class _BudgetForcing:
 class TransformersEngine:
     # HF generate streams token ids only; doors refuse logprobs requests on this engine instead of returning none.
     computes_logprobs = False
+    computes_prompt_logprobs = False
 
     def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, tokenizer: Any):
         self.model_config = model_config

@@ -21,6 +21,7 @@ from glmv.sampling import FinishReason, SamplingParams
 
 if TYPE_CHECKING:
     from glmv.engine.output_processor import SequenceOutputState
+    from glmv.engine.prompt_logprobs import PromptScores
     from glmv.structured.constraint import Constraint
 
 
@@ -161,6 +162,8 @@ class Request:
     # num_tokens (the scheduler computes them next) but are not in token_ids yet.
     num_pending: int = 0
     constraint: Constraint | None = None  # a structured-output sequence's grammar state (set at its start)
+    # Where this sequence's prefill files its prompt logprobs (one sequence of the group scores the prompt).
+    prompt_scores: PromptScores | None = None
     order: int = field(default_factory=lambda: next(_ids))  # arrival order, for stable priorities
 
     @classmethod
@@ -178,14 +181,16 @@ class Request:
                    num_prompt_tokens=len(prompt.token_ids), mrope_positions=positions, rope_delta=delta, media=media)
 
     def fork(self, index: int, seed: int) -> Request:
-        """A child sequence sharing everything computed so far (the pool shares the blocks themselves)."""
+        """A child sequence sharing everything computed so far (the pool shares the blocks themselves); child 0
+        goes on scoring the prompt where the parent stopped."""
         return Request(request_id=f"{self.group_id}#{index}", group_id=self.group_id, index=index, prompt=self.prompt,
                        params=self.params, max_tokens=self.max_tokens, seed=seed, token_ids=list(self.token_ids),
                        num_prompt_tokens=self.num_prompt_tokens, mrope_positions=self.mrope_positions,
                        rope_delta=self.rope_delta, media=self.media, arrival_time=self.arrival_time,
                        status=self.status, num_computed_tokens=self.num_computed_tokens,
                        num_cached_tokens=self.num_cached_tokens, block_hashes=list(self.block_hashes),
-                       num_hashed_blocks=self.num_hashed_blocks, admitted=True, order=self.order)
+                       num_hashed_blocks=self.num_hashed_blocks, admitted=True, order=self.order,
+                       prompt_scores=self.prompt_scores if index == 0 else None)
 
     # ---- views ----
     @property
@@ -203,6 +208,12 @@ class Request:
     @property
     def finished(self) -> bool:
         return self.status.finished
+
+    @property
+    def scores_prompt(self) -> bool:
+        """Its prefill must still score prompt positions, so it cannot take them from the prefix cache (which
+        keeps KV, not hidden states: glmv/engine/prompt_logprobs.py)."""
+        return self.prompt_scores is not None and self.prompt_scores.launched < self.num_prompt_tokens
 
     def positions(self, start: int, end: int) -> torch.Tensor:
         """(3, end-start) M-RoPE positions of tokens start..end-1 of this sequence (CPU, long)."""

@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from glmv.inputs.build import ChatPromptRequest, build_chat_prompt
 from glmv.inputs.prompt import Prompt
 from glmv.server.chat_response import collect_chat, stream_chat
 from glmv.server.errors import OPENAPI_ERRORS, APIError
-from glmv.server.generation import ClientDisconnected, GenerationStream, TrackedGeneration, unless_disconnected
+from glmv.server.generation import ClientDisconnected, TrackedGeneration, respond, unless_disconnected
 from glmv.server.params import chat_sampling_params, resolve_model_name
 from glmv.server.protocol import ChatCompletionRequest, ChatCompletionResponse, random_id
 from glmv.server.state import ServingState
@@ -58,14 +58,8 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request, state: Serv
     except ClientDisconnected:
         return Response(status_code=499)
     gen = TrackedGeneration(state, prompt, params, random_id("chatcmpl"), model, arrival)
-    try:
-        # A client may leave while its request waits for the first token (queued, long prefill), or, without
-        # streaming, at any point before the answer: either way the engine request is aborted.
-        await unless_disconnected(raw, gen.start(), [gen])
-        if req.stream:
-            return GenerationStream(stream_chat(req, raw, gen, state, model, tool_plan, auto_plan), [gen])
-        body = await unless_disconnected(raw, collect_chat(req, gen, state, model, tool_plan, auto_plan), [gen])
-    except ClientDisconnected:
-        await gen.close(499)
-        return Response(status_code=499)
-    return JSONResponse(body)
+    # A client may leave while its request waits for the first token (queued, long prefill), or, without
+    # streaming, at any point before the answer: either way the engine request is aborted.
+    stream = (lambda: stream_chat(req, raw, gen, state, model, tool_plan, auto_plan)) if req.stream else None
+    return await respond(raw, [gen], gen.start(), stream,
+                         lambda: collect_chat(req, gen, state, model, tool_plan, auto_plan))

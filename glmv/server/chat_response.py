@@ -7,7 +7,6 @@ read), the answer to `content`, and no `<think>`/`<answer>` tag ever reaches eit
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 
@@ -15,18 +14,12 @@ from starlette.requests import Request
 
 from glmv.reasoning import SplitState, ThinkSplitter, count_reasoning_tokens, prompt_split_state, split_reasoning
 from glmv.sampling import FinishReason
-from glmv.server.errors import error_body, to_api_error
-from glmv.server.generation import TrackedGeneration, disconnect_guard
-from glmv.server.logprobs import chat_logprobs
+from glmv.server.generation import TrackedGeneration, guarded_stream, sse
+from glmv.server.logprobs import chat_logprobs, prompt_logprobs_json
 from glmv.server.protocol import ChatCompletionRequest
 from glmv.server.state import ServingState
 from glmv.server.structured import ToolCallPlan
 from glmv.server.tool_calls import AutoToolPlan, AutoToolStream
-
-
-def sse(obj: dict | str) -> str:
-    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
-    return f"data: {data}\n\n"
 
 
 def usage_of(gen: TrackedGeneration, state: ServingState, in_think: bool) -> dict:
@@ -98,18 +91,24 @@ async def collect_chat(req: ChatCompletionRequest, gen: TrackedGeneration, state
             "stop_reason": stop_reasons[i],
         })
     body = {"id": gen.request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": choices, "usage": usage_of(gen, state, in_think), "system_fingerprint": None}
+            "choices": choices, "usage": usage_of(gen, state, in_think), "system_fingerprint": None,
+            "prompt_logprobs": prompt_logprobs_json(gen.prompt_logprobs)}
     if gen.prompt.info:
         body["prompt_info"] = dict(gen.prompt.info)
     return body
 
 
-async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGeneration, state: ServingState,
-                      model: str, tool_plan: ToolCallPlan | None = None,
-                      auto_plan: AutoToolPlan | None = None) -> AsyncIterator[str]:
+def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGeneration, state: ServingState,
+                model: str, tool_plan: ToolCallPlan | None = None,
+                auto_plan: AutoToolPlan | None = None) -> AsyncIterator[str]:
     """Server-sent events: per choice a first chunk with the role, content/reasoning deltas, a chunk with the
     finish_reason; then (if asked) a usage chunk with no choices; then `data: [DONE]`. A forced call's answer goes
     out as `tool_calls` deltas instead of content (ToolCallStream)."""
+    return guarded_stream(raw, [gen], _chat_events(req, gen, state, model, tool_plan, auto_plan))
+
+
+async def _chat_events(req: ChatCompletionRequest, gen: TrackedGeneration, state: ServingState, model: str,
+                       tool_plan: ToolCallPlan | None, auto_plan: AutoToolPlan | None) -> AsyncIterator[str]:
     created = int(time.time())
     n = gen.params.n
     start = prompt_split_state(gen.prompt.text)
@@ -121,12 +120,16 @@ async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGene
     include_usage = bool(opts and opts.include_usage)
     continuous = bool(opts and opts.continuous_usage_stats)
     top_n = gen.params.logprobs or 0
-    watcher = disconnect_guard(raw, [gen])
-    status = 200
+    # prompt_logprobs (a glmv extension when streaming: vLLM refuses it) ride top-level on the first chunk after
+    # they arrive
+    scores: list[list | None] = []  # the JSON waiting for a chunk (at most one)
+    scored = False
 
     def chunk(choices: list[dict], usage: dict | None = None) -> str:
         body = {"id": gen.request_id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": choices}
+        if scores:
+            body["prompt_logprobs"] = scores.pop()
         if usage is not None:
             body["usage"] = usage
         elif continuous:
@@ -145,57 +148,50 @@ async def stream_chat(req: ChatCompletionRequest, raw: Request, gen: TrackedGene
     # A choice's first token gets a chunk even when it has no text yet (part of a UTF-8 character, or a tag the
     # splitter holds back): that chunk is the client's time to first token, as vLLM streams it.
     heard = [False] * n
-    try:
-        for i in range(n):
-            yield chunk([choice(i, {"role": "assistant", "content": ""})])
-        async for out in gen.outputs():
-            for c in out.outputs:
-                reasoning, content = splitters[c.index].feed(c.text)
-                if c.finish_reason is not None:
-                    r2, c2 = splitters[c.index].finish()
-                    reasoning, content = reasoning + r2, content + c2
-                delta: dict = {}
-                if reasoning and req.include_reasoning:
-                    delta["reasoning_content"] = delta["reasoning"] = reasoning
-                if calls is not None:
-                    tool_delta = calls[c.index].feed(content, c.finish_reason is not None)
-                    if tool_delta:
-                        delta["tool_calls"] = tool_delta
-                elif autos is not None:
-                    content, tool_delta = autos[c.index].feed(content, c.finish_reason is not None)
-                    if content:
-                        delta["content"] = content
-                    if tool_delta:
-                        delta["tool_calls"] = tool_delta
-                elif content:
+    for i in range(n):
+        yield chunk([choice(i, {"role": "assistant", "content": ""})])
+    async for out in gen.outputs():
+        if out.prompt_logprobs is not None and not scored:
+            scores.append(prompt_logprobs_json(out.prompt_logprobs))
+            scored = True
+        for c in out.outputs:
+            reasoning, content = splitters[c.index].feed(c.text)
+            if c.finish_reason is not None:
+                r2, c2 = splitters[c.index].finish()
+                reasoning, content = reasoning + r2, content + c2
+            delta: dict = {}
+            if reasoning and req.include_reasoning:
+                delta["reasoning_content"] = delta["reasoning"] = reasoning
+            if calls is not None:
+                tool_delta = calls[c.index].feed(content, c.finish_reason is not None)
+                if tool_delta:
+                    delta["tool_calls"] = tool_delta
+            elif autos is not None:
+                content, tool_delta = autos[c.index].feed(content, c.finish_reason is not None)
+                if content:
                     delta["content"] = content
-                logprobs = chat_logprobs(c.logprobs, top_n) if gen.params.logprobs is not None and c.logprobs \
-                    else None
-                if not delta and not heard[c.index] and c.num_tokens and c.finish_reason is None:
-                    delta["content"] = ""
-                if delta or logprobs:
-                    heard[c.index] = True
-                    yield chunk([choice(c.index, delta, logprobs)])
-                if c.finish_reason is not None:
-                    finish = c.finish_reason.openai
-                    if finish == "stop" and (calls is not None and calls[c.index].sent
-                                             or autos is not None and autos[c.index].sent):
-                        finish = "tool_calls"
-                    yield chunk([choice(c.index, {}, None, finish, c.stop_reason)])
-        if include_usage:
-            yield chunk([], usage_of(gen, state, in_think))
-        yield sse("[DONE]")
-    except Exception as exc:  # noqa: BLE001 - a mid-stream error becomes an error event, never a dropped socket
-        err = to_api_error(exc)
-        status = err.status
-        yield sse(error_body(err.status, err.message, err.param, err.code))
-        yield sse("[DONE]")
-    except BaseException:
-        status = 499
-        raise
-    finally:
-        watcher.cancel()
-        await gen.close(status)
+                if tool_delta:
+                    delta["tool_calls"] = tool_delta
+            elif content:
+                delta["content"] = content
+            logprobs = chat_logprobs(c.logprobs, top_n) if gen.params.logprobs is not None and c.logprobs \
+                else None
+            if not delta and not heard[c.index] and c.num_tokens and c.finish_reason is None:
+                delta["content"] = ""
+            if delta or logprobs:
+                heard[c.index] = True
+                yield chunk([choice(c.index, delta, logprobs)])
+            if c.finish_reason is not None:
+                finish = c.finish_reason.openai
+                if finish == "stop" and (calls is not None and calls[c.index].sent
+                                         or autos is not None and autos[c.index].sent):
+                    finish = "tool_calls"
+                yield chunk([choice(c.index, {}, None, finish, c.stop_reason)])
+        if scores:  # no choice had a chunk to carry them
+            yield chunk([])
+    if include_usage:
+        yield chunk([], usage_of(gen, state, in_think))
+    yield sse("[DONE]")
 
 
 class ToolCallStream:

@@ -13,23 +13,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from glmv.engine.outputs import RequestOutput
 from glmv.inputs.build import build_raw_prompt
 from glmv.inputs.prompt import Prompt
 from glmv.reasoning import count_reasoning_tokens, prompt_opens_thought
 from glmv.sampling import FinishReason
-from glmv.server.chat_response import sse
-from glmv.server.errors import OPENAPI_ERRORS, APIError, error_body, to_api_error
-from glmv.server.generation import (
-    ClientDisconnected,
-    GenerationStream,
-    TrackedGeneration,
-    disconnect_guard,
-    unless_disconnected,
-)
-from glmv.server.logprobs import LegacyLogprobs
+from glmv.server.errors import OPENAPI_ERRORS, APIError, to_api_error
+from glmv.server.generation import TrackedGeneration, guarded_stream, respond, sse
+from glmv.server.logprobs import LegacyLogprobs, prompt_logprobs_json
 from glmv.server.params import check_token_ids, completion_sampling_params, resolve_model_name
 from glmv.server.protocol import CompletionRequest, CompletionResponse, random_id
 from glmv.server.state import ServingState
@@ -119,6 +112,7 @@ class CompletionRun:
                     "logprobs": c.logprobs.as_dict() if c.logprobs is not None else None,
                     "finish_reason": (gen.finish[j] or FinishReason.LENGTH).openai,
                     "stop_reason": c.stop_reason,
+                    "prompt_logprobs": prompt_logprobs_json(gen.prompt_logprobs),
                 })
         return {"id": self.request_id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": out, "usage": self.usage(), "system_fingerprint": None}
@@ -144,15 +138,16 @@ class CompletionRun:
 
     # ---- streaming ----
 
-    async def stream(self, raw: Request) -> AsyncIterator[str]:
+    def stream(self, raw: Request) -> AsyncIterator[str]:
+        return guarded_stream(raw, self.gens, self._events())
+
+    async def _events(self) -> AsyncIterator[str]:
         opts = self.req.stream_options
         include_usage = bool(opts and opts.include_usage)
         continuous = bool(opts and opts.continuous_usage_stats)
-        watcher = disconnect_guard(raw, self.gens)
         queue: asyncio.Queue[tuple[int, RequestOutput | BaseException | None]] = asyncio.Queue()
         pumps = [asyncio.ensure_future(self._pump(i, g, queue)) for i, g in enumerate(self.gens)]
         choices = [[self.new_choice(i) for _ in range(self.n)] for i in range(len(self.gens))]
-        status = 200
 
         def chunk(choice_list: list[dict], usage: dict | None = None) -> str:
             body = {"id": self.request_id, "object": "text_completion", "created": self.created,
@@ -169,6 +164,10 @@ class CompletionRun:
                         yield chunk([{"index": i * self.n + j, "text": self.echo_texts[i],
                                       "logprobs": lp.as_dict() if lp is not None else None, "finish_reason": None}])
             sent = [[len(c.logprobs) if c.logprobs is not None else 0 for c in row] for row in choices]
+            # prompt_logprobs (a glmv extension when streaming: vLLM refuses it) ride on each choice's first chunk
+            # after they arrive
+            scored: list[list | None] = [None] * len(self.gens)
+            unscored = [set(range(self.n)) for _ in self.gens]
             remaining = len(self.gens)
             while remaining:
                 i, item = await queue.get()
@@ -185,29 +184,24 @@ class CompletionRun:
                         logprobs = ch.logprobs.as_dict(sent[i][c.index])
                         sent[i][c.index] = len(ch.logprobs)
                     finish = c.finish_reason.openai if c.finish_reason is not None else None
-                    if c.text or finish or (logprobs and logprobs["tokens"]):
+                    if scored[i] is None and self.gens[i].prompt_logprobs is not None:
+                        scored[i] = prompt_logprobs_json(self.gens[i].prompt_logprobs)
+                    scores = scored[i] if scored[i] is not None and c.index in unscored[i] else None
+                    if c.text or finish or (logprobs and logprobs["tokens"]) or scores is not None:
                         entry = {"index": i * self.n + c.index, "text": c.text, "logprobs": logprobs,
                                  "finish_reason": finish}
                         if finish is not None:
                             entry["stop_reason"] = c.stop_reason
+                        if scores is not None:
+                            entry["prompt_logprobs"] = scores
+                            unscored[i].discard(c.index)
                         yield chunk([entry])
             if include_usage:
                 yield chunk([], self.usage())
             yield sse("[DONE]")
-        except Exception as exc:  # noqa: BLE001 - a mid-stream error becomes an error event
-            err = to_api_error(exc)
-            status = err.status
-            yield sse(error_body(err.status, err.message, err.param, err.code))
-            yield sse("[DONE]")
-        except BaseException:
-            status = 499
-            raise
         finally:
-            watcher.cancel()
             for p in pumps:
                 p.cancel()
-            for g in self.gens:
-                await g.close(status)
 
     @staticmethod
     async def _pump(index: int, gen: TrackedGeneration, queue: asyncio.Queue) -> None:
@@ -244,13 +238,4 @@ async def create_completion(req: CompletionRequest, raw: Request) -> Response:
     gens = [TrackedGeneration(state, p, params, request_id if len(prompts) == 1 else f"{request_id}-{i}", model,
                               arrival) for i, p in enumerate(prompts)]
     run = CompletionRun(req, state, model, request_id, gens)
-    try:
-        await unless_disconnected(raw, start_all(gens), gens)
-        if req.stream:
-            return GenerationStream(run.stream(raw), gens)
-        body = await unless_disconnected(raw, run.collect(), gens)
-    except ClientDisconnected:
-        for g in gens:
-            await g.close(499)
-        return Response(status_code=499)
-    return JSONResponse(body)
+    return await respond(raw, gens, start_all(gens), (lambda: run.stream(raw)) if req.stream else None, run.collect)

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from glmv.engine.client import PromptTooLongError
-from glmv.engine.outputs import RequestOutput
+from glmv.engine.outputs import PromptLogprobs, RequestOutput
 from glmv.inputs.prompt import Prompt
 from glmv.sampling import FinishReason, SamplingParams
-from glmv.server.errors import APIError, overloaded_error, to_api_error
+from glmv.server.errors import APIError, error_body, overloaded_error, to_api_error
 from glmv.server.state import ServingState
 
 request_log = logging.getLogger("glmv.server.requests")
@@ -48,6 +49,7 @@ class TrackedGeneration:
         self.token_ids: list[list[int]] = [[] for _ in range(n)]
         self.finish: list[FinishReason | None] = [None] * n
         self.num_cached_tokens = 0
+        self.prompt_logprobs: PromptLogprobs | None = None  # set by the output that carries them (prompt_logprobs)
         self._stream: AsyncIterator[RequestOutput] | None = None
         self._first: RequestOutput | None = None
         self._admitted = False
@@ -107,6 +109,8 @@ class TrackedGeneration:
             if c.finish_reason is not None:
                 self.finish[c.index] = c.finish_reason
         self.num_cached_tokens = max(self.num_cached_tokens, out.num_cached_tokens)
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
         if new:
             metrics = self.state.metrics
             if self._t_first is None:
@@ -230,3 +234,56 @@ class GenerationStream(StreamingResponse):
         finally:
             for g in self.gens:
                 await g.close(499)
+
+
+def sse(obj: dict | str) -> str:
+    """One server-sent event of chat and completions streams (`data: [DONE]` for the string)."""
+    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+    return f"data: {data}\n\n"
+
+
+def error_events(err: APIError) -> list[str]:
+    """How chat and completions streams end on an error: the error body as an event, then `[DONE]`."""
+    return [sse(error_body(err.status, err.message, err.param, err.code)), sse("[DONE]")]
+
+
+async def guarded_stream(raw: Request, gens: list[TrackedGeneration], events: AsyncIterator[str],
+                         on_error: Callable[[APIError], list[str]] = error_events) -> AsyncIterator[str]:
+    """A route's events with what every stream guarantees: the generations are aborted when the client goes away
+    (even between chunks), a mid-stream error becomes the route's error events (`on_error`) rather than a dropped
+    socket, and the generations are closed with the status the stream ended with."""
+    watcher = disconnect_guard(raw, gens)
+    status = 200
+    try:
+        async for event in events:
+            yield event
+    except Exception as exc:  # noqa: BLE001 - a mid-stream error becomes error events, never a dropped socket
+        err = to_api_error(exc)
+        status = err.status
+        for event in on_error(err):
+            yield event
+    except BaseException:
+        status = 499
+        raise
+    finally:
+        watcher.cancel()
+        await events.aclose()  # type: ignore[attr-defined]
+        for g in gens:
+            await g.close(status)
+
+
+async def respond(raw: Request, gens: list[TrackedGeneration], start: Awaitable[None],
+                  stream: Callable[[], AsyncIterator[str]] | None, collect: Callable[[], Awaitable[dict]]) -> Response:
+    """The end every generating route shares: wait for `start` (the first output: errors become status codes),
+    then either stream (`stream` given) or wait for the whole body; a client that leaves first gets its
+    generations closed and a 499."""
+    try:
+        await unless_disconnected(raw, start, gens)
+        if stream is not None:
+            return GenerationStream(stream(), gens)
+        body = await unless_disconnected(raw, collect(), gens)
+    except ClientDisconnected:
+        for g in gens:
+            await g.close(499)
+        return Response(status_code=499)
+    return JSONResponse(body)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from glmv.engine.outputs import TokenLogprob
+from glmv.engine.outputs import PromptLogprobs, TokenLogprob
 
 # JSON has no -inf; a token the sampler ruled out (e.g. forced by the thinking budget) gets this instead, as vLLM does.
 MIN_LOGPROB = -9999.0
@@ -14,6 +14,18 @@ def _finite(lp: float) -> float:
 
 def _entry(token: str, logprob: float) -> dict:
     return {"token": token, "logprob": _finite(logprob), "bytes": list(token.encode("utf-8"))}
+
+
+def prompt_logprobs_json(scores: PromptLogprobs | None) -> list[dict[str, dict] | None] | None:
+    """vLLM's `prompt_logprobs`: null for the first prompt token, then per token {token id (a string, as JSON keys
+    are): {logprob, rank, decoded_token}} holding the prompt token and the top-k; -inf becomes MIN_LOGPROB, as
+    vLLM's clamp_prompt_logprobs does."""
+    if scores is None:
+        return None
+    return [None if entry is None else
+            {str(tid): {"logprob": _finite(lp.logprob), "rank": lp.rank, "decoded_token": lp.decoded_token}
+             for tid, lp in entry.items()}
+            for entry in scores]
 
 
 def chat_logprobs(items: list[TokenLogprob], top_n: int) -> dict:

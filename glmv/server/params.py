@@ -41,21 +41,25 @@ def _logit_bias(state: ServingState, bias: dict[str, float] | None) -> dict[int,
     return out
 
 
-def check_logprobs_supported(state: ServingState, logprobs: int | None) -> None:
-    """Engines say if they compute logprobs (EngineClient.computes_logprobs); asking one that does not is a 400
-    rather than a response with silently empty logprobs."""
-    if logprobs is not None and not state.engine.computes_logprobs:
-        raise APIError(400, f"logprobs are not available with --engine {state.engine_config.engine}; serve with "
-                       "--engine glmv for them.", "logprobs", "unsupported_parameter")
+def check_logprobs_supported(state: ServingState, logprobs: int | None, param: str = "logprobs") -> None:
+    """Engines say if they compute logprobs (EngineClient.computes_logprobs) and prompt logprobs
+    (`computes_prompt_logprobs`, absent on engines that never carry them, e.g. the data-parallel replicas'); asking
+    one that does not is a 400 rather than a response with silently empty logprobs."""
+    prompt = param == "prompt_logprobs"
+    if logprobs is None or getattr(state.engine, "computes_prompt_logprobs" if prompt else "computes_logprobs", False):
+        return
+    where = f"--engine {state.engine_config.engine}"
+    if state.engine_config.data_parallel_size > 1:
+        where += f" and --data-parallel-size {state.engine_config.data_parallel_size}"
+    raise APIError(400, f"{param} are not available with {where}; serve with --engine glmv"
+                   f"{' (one replica)' if prompt else ''} or --engine vllm for them.", param, "unsupported_parameter")
 
 
 def build_sampling_params(req: SamplingFields, state: ServingState, max_tokens: int | None,
                           logprobs: int | None) -> SamplingParams:
     defaults = state.model_config.generation_defaults
-    if req.prompt_logprobs is not None:
-        raise APIError(400, "prompt_logprobs are not computed by glmv yet (the engine does not keep the prompt's "
-                       "logits); leave the field out.", "prompt_logprobs", "unsupported_parameter")
     check_logprobs_supported(state, logprobs)
+    check_logprobs_supported(state, req.prompt_logprobs, "prompt_logprobs")
     check_token_ids(state, list(req.stop_token_ids or []), "stop_token_ids")
 
     def pick(name: str, fallback: Any) -> Any:
@@ -80,6 +84,7 @@ def build_sampling_params(req: SamplingFields, state: ServingState, max_tokens: 
         ignore_eos=req.ignore_eos,
         min_tokens=req.min_tokens,
         logprobs=logprobs,
+        prompt_logprobs=req.prompt_logprobs,
         skip_special_tokens=req.skip_special_tokens,
         spaces_between_special_tokens=req.spaces_between_special_tokens,
         thinking_budget=req.thinking_budget if req.thinking_budget is not None

@@ -7,6 +7,8 @@ model (vocabulary, context length) live in glmv/server/params.py.
 
 from __future__ import annotations
 
+import functools
+import operator
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -77,24 +79,22 @@ class OtherPart(BaseModel):
     type: str
 
 
-_KNOWN_PARTS = ("text", "image_url", "video_url", "file")
+def tagged_union(members: dict[str, type], other: type, default: str | None = None) -> Any:
+    """A union told apart by its `type` field: a known kind is checked strictly as its model (a broken part is a 400
+    naming the missing field); any other kind validates as `other` and is judged later, where its name can be
+    given. `default` is the kind of a value without a `type`."""
+
+    def kind(value: Any) -> str:
+        found = value.get("type", default) if isinstance(value, dict) else getattr(value, "type", default)
+        return found if isinstance(found, str) and found in members else "other"
+
+    tagged = [Annotated[model, Tag(name)] for name, model in members.items()] + [Annotated[other, Tag("other")]]
+    return Annotated[functools.reduce(operator.or_, tagged), Discriminator(kind)]
 
 
-def _part_kind(part: Any) -> str:
-    kind = part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
-    return kind if kind in _KNOWN_PARTS else "other"
-
-
-# Known part types are checked strictly (a broken image_url part is a 400 naming the missing field); other types pass
-# through to the media loader.
-ContentPart = Annotated[
-    Annotated[TextPart, Tag("text")]
-    | Annotated[ImageURLPart, Tag("image_url")]
-    | Annotated[VideoURLPart, Tag("video_url")]
-    | Annotated[FilePart, Tag("file")]
-    | Annotated[OtherPart, Tag("other")],
-    Discriminator(_part_kind),
-]
+# Other part types pass through to the media loader, which accepts or refuses them.
+ContentPart = tagged_union({"text": TextPart, "image_url": ImageURLPart, "video_url": VideoURLPart,
+                            "file": FilePart}, OtherPart)
 
 
 class ChatMessage(OpenAIModel):
@@ -195,8 +195,9 @@ class SamplingFields(OpenAIModel):
     structured_outputs: StructuredOutputs | None = Field(
         default=None, description="vLLM extra: one of json, regex, choice, grammar (EBNF) or json_object.")
     prompt_logprobs: int | None = Field(
-        default=None, ge=0, le=20, description="vLLM extra; not computed by glmv yet: a request with it is refused "
-        "(400) rather than answered without them.")
+        default=None, ge=0, le=20, description="vLLM extra: score the prompt; per prompt token its logprob, rank "
+        "and this many top alternatives (`prompt_logprobs` on the completion choice, top-level on chat). glmv also "
+        "streams them (in the first chunk that follows their arrival), which vLLM refuses.")
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -260,6 +261,17 @@ class ChatLogprobToken(TopLogprob):
     top_logprobs: list[TopLogprob] = Field(default_factory=list)
 
 
+class PromptLogprob(BaseModel):
+    """vLLM's Logprob in `prompt_logprobs`: keyed by token id (a string in JSON)."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
 class ChatLogprobs(BaseModel):
     content: list[ChatLogprobToken] | None = None
 
@@ -272,12 +284,17 @@ class ChatResponseMessage(BaseModel):
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class ChatCompletionChoice(BaseModel):
+class ChoiceEnd(BaseModel):
+    """The fields every choice has, streamed or not: its index and, once it ends, why."""
+
     index: int
-    message: ChatResponseMessage
-    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+
+
+class ChatCompletionChoice(ChoiceEnd):
+    message: ChatResponseMessage
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -288,6 +305,7 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatCompletionChoice]
     usage: UsageInfo
     system_fingerprint: str | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class DeltaMessage(BaseModel):
@@ -297,19 +315,21 @@ class DeltaMessage(BaseModel):
     reasoning: str | None = None
 
 
-class ChatCompletionStreamChoice(BaseModel):
-    index: int
+class ChatCompletionStreamChoice(ChoiceEnd):
     delta: DeltaMessage
     logprobs: ChatLogprobs | None = None
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class StreamedObject(BaseModel):
+    """What every completion object carries besides its choices (the route sets them all)."""
+
     id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
+
+
+class ChatCompletionChunk(StreamedObject):
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     choices: list[ChatCompletionStreamChoice]
     usage: UsageInfo | None = None
 
@@ -323,19 +343,14 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int] = Field(default_factory=list)
 
 
-class CompletionChoice(BaseModel):
-    index: int
+class CompletionChoice(ChoiceEnd):
     text: str
     logprobs: CompletionLogprobs | None = None
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
-class CompletionResponse(BaseModel):
-    id: str
+class CompletionResponse(StreamedObject):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionChoice]
     usage: UsageInfo | None = None
     system_fingerprint: str | None = None

@@ -98,3 +98,28 @@ def test_serve_without_vllm_says_what_to_do_in_one_paragraph(tiny_model_dir, how
     paragraph = [ln for ln in res.stderr.splitlines() if ln.startswith("glmv: ")]
     assert len(paragraph) == 1 and "needs vLLM" in paragraph[0] and sys.executable in paragraph[0]
     assert "--vllm-python" in paragraph[0] and "docs/SCALE_OUT.md" in paragraph[0]
+
+
+def test_prompt_logprobs_pass_through_and_back():
+    """Asked of vLLM as they are; vLLM's {id: Logprob} dicts cross as builtins and come back as glmv's entries,
+    trimmed to the user's prompt (a continuation pass's prompt has the generated tokens too)."""
+    from dataclasses import dataclass
+
+    from glmv.backends.vllm import _prompt_logprobs
+    from glmv.backends.vllm_worker import _prompt_logprobs_to_wire
+
+    @dataclass
+    class Logprob:  # vLLM's shape
+        logprob: float
+        rank: int | None
+        decoded_token: str | None
+
+    assert _wire_params(SamplingParams(prompt_logprobs=3), ())["prompt_logprobs"] == 3
+    assert _wire_params(SamplingParams(), ())["prompt_logprobs"] is None
+    wire = _prompt_logprobs_to_wire([None, {5: Logprob(-0.5, 1, "a")}, {6: Logprob(-2.0, 4, "b"),
+                                                                       7: Logprob(-1.0, 1, None)}])
+    pickle.dumps(wire)  # builtins only
+    back = _prompt_logprobs(wire, 2)
+    assert back[0] is None and len(back) == 2
+    assert back[1][5].logprob == -0.5 and back[1][5].rank == 1 and back[1][5].decoded_token == "a"
+    assert _prompt_logprobs(wire, 3)[2][7].decoded_token == ""

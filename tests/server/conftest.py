@@ -7,9 +7,11 @@ client talks plain HTTP through the real `openai` SDK. Each test module shares o
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +88,28 @@ def start_server(argv: list[str]) -> LiveServer:
 def serve_args(model_dir: Path, engine: str, *extra: str) -> list[str]:
     """Flags every test server shares: the tiny model in float32 on the CPU."""
     return [str(model_dir), "--engine", engine, "--dtype", "float32", "--device", "cpu", *extra]
+
+
+@contextlib.contextmanager
+def live_server(model_dir: Path, engine: str, *extra: str) -> Iterator[LiveServer]:
+    """A test server for the length of a `with` block (stopped however the block ends)."""
+    s = start_server(serve_args(model_dir, engine, *extra))
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def module_server(engine: str, *extra: str):
+    """A module-scoped fixture serving the tiny model: `server = module_server("glmv", "--max-model-len", "256")`
+    (pytest names it after the variable it is assigned to)."""
+
+    @pytest.fixture(scope="module")
+    def fixture(tiny_model_dir):
+        with live_server(tiny_model_dir, engine, *extra) as s:
+            yield s
+
+    return fixture
 
 
 @pytest.fixture(scope="session")

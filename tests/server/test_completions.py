@@ -5,17 +5,16 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.server.conftest import ENGINES, serve_args, start_server
+from tests.server.conftest import ENGINES, live_server
 
 PROMPT = "456*123等于多少？<think>\n"
 
 
 @pytest.fixture(scope="module", params=ENGINES)
 def server(request, tiny_model_dir):
-    s = start_server(serve_args(tiny_model_dir, request.param, "--served-model-name", "tiny", "alias",
-                                "--max-model-len", "256"))
-    yield s
-    s.stop()
+    with live_server(tiny_model_dir, request.param, "--served-model-name", "tiny", "alias",
+                     "--max-model-len", "256") as s:
+        yield s
 
 
 def ids_of(server, text: str) -> list[int]:

@@ -11,19 +11,15 @@ import openai
 import pytest
 
 from glmv.engine.client import EngineOverloadedError
-from tests.server.conftest import serve_args, start_server
+from tests.server.conftest import module_server
 
 CONTEXT = 128
 BODY_LIMIT = 64 * 1024
 USER = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    s = start_server(serve_args(tiny_model_dir, "transformers", "--served-model-name", "tiny", "--max-model-len",
-                                str(CONTEXT), "--max-request-bytes", str(BODY_LIMIT)))
-    yield s
-    s.stop()
+server = module_server("transformers", "--served-model-name", "tiny", "--max-model-len", str(CONTEXT),
+                       "--max-request-bytes", str(BODY_LIMIT))
 
 
 def assert_error(r: httpx.Response, status: int, *, param: str | None = None, code=None) -> dict:
@@ -177,12 +173,8 @@ def test_errors_reach_the_sdk_as_typed_exceptions(server):
 
 # ---- a server that admits one request at a time: overload -----------------------------------------------------
 
-@pytest.fixture(scope="module")
-def narrow_server(tiny_model_dir):
-    s = start_server(serve_args(tiny_model_dir, "transformers", "--max-model-len", "4096", "--max-num-seqs", "1",
-                                "--max-waiting-requests", "0"))
-    yield s
-    s.stop()
+narrow_server = module_server("transformers", "--max-model-len", "4096", "--max-num-seqs", "1",
+                              "--max-waiting-requests", "0")
 
 
 def test_full_server_is_503_then_recovers(narrow_server):
@@ -210,11 +202,7 @@ def test_full_server_is_503_then_recovers(narrow_server):
 
 # ---- a server with an API key: 401 ----------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def keyed_server(tiny_model_dir):
-    s = start_server(serve_args(tiny_model_dir, "transformers", "--api-key", "s3cret", "--max-model-len", "128"))
-    yield s
-    s.stop()
+keyed_server = module_server("transformers", "--api-key", "s3cret", "--max-model-len", "128")
 
 
 def test_wrong_or_missing_key_is_401(keyed_server):

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
 
-from tests.server.conftest import ENGINES, serve_args, start_server
+from tests.server.conftest import ENGINES, live_server
 
 MAX_N = 3
 EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 30}
@@ -24,10 +24,9 @@ EXAMPLES = {GenerationMode.POSITIVE: 40, GenerationMode.NEGATIVE: 30}
 
 @pytest.fixture(scope="module", params=ENGINES)
 def fuzz_server(request, tiny_model_dir):
-    s = start_server(serve_args(tiny_model_dir, request.param, "--max-model-len", "48", "--served-model-name",
-                                "tiny", "--disable-log-requests"))
-    yield s
-    s.stop()
+    with live_server(tiny_model_dir, request.param, "--max-model-len", "48", "--served-model-name", "tiny",
+                     "--disable-log-requests") as s:
+        yield s
 
 
 def check(case, seen: Counter) -> None:

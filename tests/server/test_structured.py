@@ -16,7 +16,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.server.conftest import serve_args, start_server, think_end_id
+from tests.server.conftest import module_server, think_end_id
 
 MESSAGES = [{"role": "user", "content": "Answer in JSON."}]
 MAX_TOKENS = 200
@@ -66,12 +66,7 @@ SCHEMAS: list[tuple[str, dict]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    s = start_server(serve_args(tiny_model_dir, "glmv", "--served-model-name", "tiny", "--max-model-len", "512",
-                                "--max-num-seqs", "64"))
-    yield s
-    s.stop()
+server = module_server("glmv", "--served-model-name", "tiny", "--max-model-len", "512", "--max-num-seqs", "64")
 
 
 def close_soon(server) -> dict:

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from glmv.inputs.tool_messages import with_parsed_tool_calls
-from tests.server.conftest import serve_args, start_server
+from tests.server.conftest import live_server, module_server
 from tests.server.scripted_tools import make_scripted_tools_model
 
 ADD = {"type": "function", "function": {"name": "add", "description": "Add a key.",
@@ -37,9 +37,8 @@ def server(tmp_path_factory):
 
     base = make_tiny_model(tmp_path_factory.mktemp("t46") / "tiny-4.6v", "tiny-4.6v")
     model = make_scripted_tools_model(base, tmp_path_factory.mktemp("t46s") / "scripted")
-    s = start_server(serve_args(model, "glmv", "--served-model-name", "flash", "--max-model-len", "2048"))
-    yield s
-    s.stop()
+    with live_server(model, "glmv", "--served-model-name", "flash", "--max-model-len", "2048") as s:
+        yield s
 
 
 def test_the_template_is_detected_as_rendering_tools(server):
@@ -160,11 +159,7 @@ def test_agents_sdk_two_tool_loop(server):
     assert result.final_output == "lazy dog"
 
 
-@pytest.fixture(scope="module")
-def server41(tiny_model_dir):
-    s = start_server(serve_args(tiny_model_dir, "glmv", "--served-model-name", "tiny", "--max-model-len", "512"))
-    yield s
-    s.stop()
+server41 = module_server("glmv", "--served-model-name", "tiny", "--max-model-len", "512")
 
 
 def test_glm41v_auto_is_400_and_tool_results_round_trip(server41):

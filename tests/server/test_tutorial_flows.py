@@ -135,19 +135,17 @@ def test_curl_completions_greedy(server):
     assert again["choices"][0]["text"] == choice["text"]
 
 
+def media_messages(media_dir, names: list[str], text: str) -> list[dict]:
+    """One user turn as the tutorial's client builds it: each file's part (its type from its extension), then the
+    question."""
+    paths = [str(media_dir / name) for name in names]
+    parts = [create_content_item(path, get_media_type(path)) for path in paths]
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+
+
 def test_chat_one_image_by_file_url(server, media_dir):
     client = server.client()
-    media_path = str(media_dir / "demo1.png")
-    media_type = get_media_type(media_path)
-    messages = [
-        {
-            "role": "user",
-            "content": [
-                create_content_item(media_path, media_type),
-                {"type": "text", "text": "这张图是什么"},
-            ],
-        }
-    ]
+    messages = media_messages(media_dir, ["demo1.png"], "这张图是什么")
     response = ask(client, messages)
     check_chat_answer(server, response, messages)
     text_only = [{"role": "user", "content": [{"type": "text", "text": "这张图是什么"}]}]
@@ -156,19 +154,7 @@ def test_chat_one_image_by_file_url(server, media_dir):
 
 def test_chat_two_images(server, media_dir):
     client = server.client()
-    media_path_1 = str(media_dir / "demo2-1.JPG")
-    media_path_2 = str(media_dir / "demo2-2.JPG")
-    media_type = get_media_type(media_path_1)
-    messages = [
-        {
-            "role": "user",
-            "content": [
-                create_content_item(media_path_1, media_type),
-                create_content_item(media_path_2, media_type),
-                {"type": "text", "text": "这两张图像之间可能有哪些关联？"},
-            ],
-        }
-    ]
+    messages = media_messages(media_dir, ["demo2-1.JPG", "demo2-2.JPG"], "这两张图像之间可能有哪些关联？")
     response = ask(client, messages)
     check_chat_answer(server, response, messages)
     one = [{"role": "user", "content": messages[0]["content"][:1] + messages[0]["content"][2:]}]
@@ -177,18 +163,8 @@ def test_chat_two_images(server, media_dir):
 
 def test_chat_video(server, media_dir):
     client = server.client()
-    media_path = str(media_dir / "demo3.mp4")
-    media_type = get_media_type(media_path)
-    assert media_type == "video_url"
-    messages = [
-        {
-            "role": "user",
-            "content": [
-                create_content_item(media_path, media_type),
-                {"type": "text", "text": "这个视频的内容是什么？"},
-            ],
-        }
-    ]
+    assert get_media_type(str(media_dir / "demo3.mp4")) == "video_url"
+    messages = media_messages(media_dir, ["demo3.mp4"], "这个视频的内容是什么？")
     response = ask(client, messages)
     check_chat_answer(server, response, messages)
     text_only = [{"role": "user", "content": [{"type": "text", "text": "这个视频的内容是什么？"}]}]

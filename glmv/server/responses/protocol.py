@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Field
 
-from glmv.server.protocol import _SEED, OpenAIModel
+from glmv.server.protocol import _SEED, OpenAIModel, tagged_union
 
 
 class InputText(OpenAIModel):
@@ -42,20 +42,8 @@ class OtherContent(BaseModel):
     type: str
 
 
-def _content_kind(part: Any) -> str:
-    kind = part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
-    if kind in ("input_text", "output_text", "text"):
-        return "text"
-    return kind if kind in ("input_image", "input_file") else "other"
-
-
-InputContent = Annotated[
-    Annotated[InputText, Tag("text")]
-    | Annotated[InputImage, Tag("input_image")]
-    | Annotated[InputFile, Tag("input_file")]
-    | Annotated[OtherContent, Tag("other")],
-    Discriminator(_content_kind),
-]
+InputContent = tagged_union({"input_text": InputText, "output_text": InputText, "text": InputText,
+                             "input_image": InputImage, "input_file": InputFile}, OtherContent)
 
 
 class MessageItem(OpenAIModel):
@@ -93,22 +81,9 @@ class OtherItem(BaseModel):
     type: str
 
 
-_ITEM_KINDS = ("message", "function_call", "function_call_output", "reasoning")
-
-
-def _item_kind(item: Any) -> str:
-    kind = item.get("type", "message") if isinstance(item, dict) else getattr(item, "type", "message")
-    return kind if kind in _ITEM_KINDS else "other"
-
-
-InputItem = Annotated[
-    Annotated[MessageItem, Tag("message")]
-    | Annotated[FunctionCallItem, Tag("function_call")]
-    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
-    | Annotated[ReasoningItem, Tag("reasoning")]
-    | Annotated[OtherItem, Tag("other")],
-    Discriminator(_item_kind),
-]
+InputItem = tagged_union({"message": MessageItem, "function_call": FunctionCallItem,
+                          "function_call_output": FunctionCallOutputItem, "reasoning": ReasoningItem}, OtherItem,
+                         default="message")
 
 
 class TextFormat(OpenAIModel):

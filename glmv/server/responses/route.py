@@ -22,14 +22,8 @@ from glmv.reasoning import SplitState, ThinkSplitter, prompt_split_state
 from glmv.sampling import FinishReason
 from glmv.server.chat import prompt_for
 from glmv.server.chat_response import usage_of
-from glmv.server.errors import OPENAPI_ERRORS, APIError, to_api_error
-from glmv.server.generation import (
-    ClientDisconnected,
-    GenerationStream,
-    TrackedGeneration,
-    disconnect_guard,
-    unless_disconnected,
-)
+from glmv.server.errors import OPENAPI_ERRORS, APIError
+from glmv.server.generation import ClientDisconnected, TrackedGeneration, guarded_stream, respond, unless_disconnected
 from glmv.server.params import chat_sampling_params, resolve_model_name
 from glmv.server.responses.items import chat_request, input_messages, output_messages, tool_choice_echo, tool_echo
 from glmv.server.responses.output import Event, OutputBuilder
@@ -128,15 +122,8 @@ async def create_response(req: ResponsesRequest, raw: Request) -> Response:
         return Response(status_code=499)
     gen = TrackedGeneration(state, prompt, params, f"resp_{uuid.uuid4().hex}", model, arrival)
     run = _Run(req, state, gen, model, history + new, OutputBuilder(tool_plan))
-    try:
-        await unless_disconnected(raw, gen.start(), [gen])
-        if req.stream:
-            return GenerationStream(_stream(run, raw), [gen])
-        body = await unless_disconnected(raw, _collect(run), [gen])
-    except ClientDisconnected:
-        await gen.close(499)
-        return Response(status_code=499)
-    return JSONResponse(body)
+    return await respond(raw, [gen], gen.start(), (lambda: _stream(run, raw)) if req.stream else None,
+                         lambda: _collect(run))
 
 
 async def _collect(run: _Run) -> dict[str, Any]:
@@ -158,7 +145,7 @@ def _sse(event: Event) -> str:
     return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
 
 
-async def _stream(run: _Run, raw: Request) -> AsyncIterator[str]:
+def _stream(run: _Run, raw: Request) -> AsyncIterator[str]:
     seq = 0
 
     def emit(event: Event) -> str:
@@ -167,9 +154,7 @@ async def _stream(run: _Run, raw: Request) -> AsyncIterator[str]:
         seq += 1
         return _sse(event)
 
-    watcher = disconnect_guard(raw, [run.gen])
-    status = 200
-    try:
+    async def events() -> AsyncIterator[str]:
         yield emit({"type": "response.created", "response": run.body("in_progress")})
         yield emit({"type": "response.in_progress", "response": run.body("in_progress")})
         async for event in run.events():
@@ -177,19 +162,15 @@ async def _stream(run: _Run, raw: Request) -> AsyncIterator[str]:
         body = run.body(run.final_status)
         run.store(body)
         yield emit({"type": f"response.{run.final_status}", "response": body})
-    except Exception as exc:  # noqa: BLE001 - a mid-stream error becomes error events, never a dropped socket
-        err = to_api_error(exc)
-        status = err.status
+
+    def failed(err: APIError) -> list[str]:
         code = err.code if isinstance(err.code, str) else None
-        yield emit({"type": "error", "code": code, "message": err.message, "param": err.param})
-        yield emit({"type": "response.failed", "response": run.body(
-            "failed", {"code": "server_error" if err.status >= 500 else "invalid_prompt", "message": err.message})})
-    except BaseException:
-        status = 499
-        raise
-    finally:
-        watcher.cancel()
-        await run.gen.close(status)
+        return [emit({"type": "error", "code": code, "message": err.message, "param": err.param}),
+                emit({"type": "response.failed", "response": run.body(
+                    "failed", {"code": "server_error" if err.status >= 500 else "invalid_prompt",
+                               "message": err.message})})]
+
+    return guarded_stream(raw, [run.gen], events(), failed)
 
 
 @router.get("/v1/responses/{response_id}", responses=OPENAPI_ERRORS, summary="A stored response")
