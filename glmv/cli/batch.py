@@ -6,7 +6,8 @@ engine batches them; the output has one OpenAI Batch result line per input line,
 {"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}, with the thinking in
 `reasoning_content`. A line that cannot be sent (bad JSON, wrong method) gets an error line; the run goes on.
 Results are written as each request finishes, not in input order (as OpenAI's Batch output: match them by
-custom_id), so a finished request is on disk at once and `--resume` never runs it again after a kill.
+custom_id), so a finished request is on disk at once and `--resume` never runs it again after a kill (it does
+send the failed ones again).
 
 The requests go through the same API as `glmv serve` (glmv/cli/api.py): in this process, or to --url.
 """
@@ -241,9 +242,9 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("batch")
     g.add_argument("-o", "--output", default="-", help="where result lines go ('-' writes stdout)")
     g.add_argument("--resume", action="store_true",
-                   help="carry on a run that stopped: keep the results already in -o and send only the requests "
-                   "whose custom_id is not there (a result line cut short by a kill is dropped and its request sent "
-                   "again)")
+                   help="carry on a run that stopped: keep the answered results already in -o and send the other "
+                   "requests: those not there yet and those whose result there failed (their old lines are taken out; "
+                   "a result line cut short by a kill is dropped too)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the results already in -o (without it, or --resume, a non-empty -o is refused)")
     g.add_argument("--allow-failures", action="store_true",
@@ -285,11 +286,12 @@ async def _run(args: argparse.Namespace, state=None) -> int:
 
     total, items = read_lines(args.input)
     plan = open_output(args.input, args.output, args.resume, args.overwrite)
-    if plan.done:
+    if plan.done or plan.retried:
         items = (item for item in items if item.custom_id not in plan.done)
         total = max(0, total - len(plan.done))
-        print(f"glmv batch: {len(plan.done)} requests already answered in {args.output}; sending the other {total}.",
-              file=sys.stderr)
+        again = f" ({plan.retried} of them failed before and are sent again)" if plan.retried else ""
+        print(f"glmv batch: {len(plan.done)} requests already answered in {args.output}; sending the other "
+              f"{total}{again}.", file=sys.stderr)
     progress = True if args.no_progress else None  # tqdm: True disables, None disables off a terminal
     try:
         if args.url:
@@ -306,7 +308,8 @@ async def _run(args: argparse.Namespace, state=None) -> int:
         plan.close()
     rate = summary.completion_tokens / summary.seconds if summary.seconds > 0 else 0.0
     where = "stdout" if args.output == "-" else args.output
-    print(f"glmv batch: {summary.total} results to {where}: {summary.ok} ok, {summary.failed} failed; "
+    retried = f" ({plan.retried} retried)" if plan.retried else ""
+    print(f"glmv batch: {summary.total} results to {where}: {summary.ok} ok, {summary.failed} failed{retried}; "
           f"{summary.completion_tokens} output tokens in {summary.seconds:.2f} s ({rate:.1f} tok/s)",
           file=sys.stderr)
     if summary.failed and not args.allow_failures:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from glmv.cli.api import ChatEvent, first_model, local_client, remote_client, stream_chat
+from glmv.cli.error_words import ServerError, in_words
 from glmv.cli.help import DefaultsHelpFormatter
 from glmv.options import RuntimeOptions, default_chat_history
 
@@ -243,7 +244,8 @@ class ChatSession:
                 async for event in stream_chat(self.client, body):
                     sink.put(event)
             except Exception as exc:  # noqa: BLE001 - shown to the user, the chat goes on
-                sink.put(ChatEvent("error", f"{type(exc).__name__}: {exc}"))
+                err = ServerError(None, f"{type(exc).__name__}: {exc}", code="connection_failed")
+                sink.put(ChatEvent("error", err.details(), error=err))
             finally:
                 sink.put(None)
                 finished.set()
@@ -444,7 +446,9 @@ class ChatRepl:
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         future = self.session.stream(body, sink, finished)
-        error = finish = usage = None
+        error: ServerError | None = None
+        finish = usage = None
+        notices: list[str] = []
         stopped = False
         try:
             while (event := sink.get()) is not None:
@@ -456,8 +460,10 @@ class ChatRepl:
                     finish = event.text
                 elif event.kind == "usage":
                     usage = event.usage
+                elif event.kind == "prompt_info":
+                    notices += prompt_notices(event.info or {})
                 elif event.kind == "error":
-                    error = event.text
+                    error = event.error or ServerError(None, event.text)
         except KeyboardInterrupt:
             stopped = True
             future.cancel()  # closes the response: the server sees the client leave and aborts the request
@@ -466,16 +472,21 @@ class ChatRepl:
             except KeyboardInterrupt:
                 pass  # a second Ctrl-C: stop waiting for the clean-up, it goes on in the background
         printer.close(self._summary(finish, usage, time.monotonic() - started, stopped))
-        if error is not None and not printer.answer_text and not printer.reasoning_text:
-            self.note(f"Error: {error}", error=True)  # nothing generated: the turn is not kept
-            if self.conversation.pending:
-                self.note("Not sent; your attachments are still waiting: /detach drops them, /reset starts over.")
-            self.failures += 1
-            return
+        for notice in notices:
+            self.note(notice)
         if error is not None:
-            self.note(f"Error: {error}", error=True)
+            self.show_error(error)
             self.failures += 1
+            if not printer.answer_text and not printer.reasoning_text:  # nothing generated: the turn is not kept
+                if self.conversation.pending:
+                    self.note("Not sent; your attachments are still waiting: /detach drops them, /reset starts over.")
+                return
         self.conversation.commit(messages[-1], printer.answer_text.strip())
+
+    def show_error(self, error: ServerError) -> None:
+        """The sentence that says what to do first; the server's own words after it, for a bug report."""
+        self.note(in_words(error), error=True)
+        self.note(f"  (details: {error.details()})", error=True)
 
     def _summary(self, finish: str | None, usage: dict | None, seconds: float, stopped: bool) -> str | None:
         if stopped:
@@ -486,6 +497,16 @@ class ChatRepl:
             return None
         tokens = usage.get("completion_tokens", 0)
         return f"[{tokens} tokens, {tokens / seconds:.1f} tok/s]" if seconds > 0 else None
+
+
+def prompt_notices(info: dict) -> list[str]:
+    """What the server did to the prompt (the API's prompt_info), in a person's words: a document cut short."""
+    pages, total = info.get("document_pages"), info.get("document_pages_total")
+    if isinstance(pages, int) and isinstance(total, int) and pages < total:
+        return [f"Only the first {pages} of the document's {total} pages were read (the rest did not fit the "
+                "model's context or the server's page limit), so the answer is about those pages. Ask about fewer "
+                "pages, or lower --max-tokens to leave more room for the document."]
+    return []
 
 
 def _non_negative_int(text: str) -> int:
