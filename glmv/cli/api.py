@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from glmv.cli.error_words import ServerError, parse_error
+from glmv.cli.error_words import ServerError, in_words, parse_error
 from glmv.options import RuntimeOptions
 
 # Generation can pause for long between bytes (a long prefill, a queue): no read timeout, a bounded connect.
@@ -167,7 +167,8 @@ async def first_model(client: httpx.AsyncClient) -> str:
     """The first model a server lists at /v1/models (for --url without a model name)."""
     resp = await client.get("/v1/models")
     if resp.status_code != 200:
-        raise ValueError(f"GET /v1/models failed: {error_message(resp.status_code, resp.content)}")
+        err = parse_error(resp.status_code, resp.content)
+        raise ValueError(f"{in_words(err)} (GET /v1/models: {err.details()})")
     data = resp.json().get("data") or []
     if not data:
         raise ValueError("The server lists no model at /v1/models.")

@@ -29,7 +29,7 @@ import httpx
 
 from glmv.cli.api import error_message, first_model, local_client, local_state, remote_client
 from glmv.cli.batch_output import check_output, open_output
-from glmv.cli.help import DefaultsHelpFormatter
+from glmv.cli.help import add_command, add_server_args
 
 RETRY_STATUSES = (429, 503)  # the server is full: wait and resend
 MAX_RETRIES = 6
@@ -223,16 +223,14 @@ class _IntermixedParser(argparse.ArgumentParser):
 def add_parser(sub) -> None:
     from glmv.cli.serve import add_engine_args
 
-    p = sub.add_parser(
-        "batch",
-        help="run a JSONL file of chat requests offline (OpenAI Batch format)",
-        description="Run every request of a JSONL file through GLM-4.1V, concurrently so the engine batches them, "
+    p = add_command(
+        sub, "batch", "run a JSONL file of chat requests offline (OpenAI Batch format)",
+        "Run every request of a JSONL file through GLM-4.1V, concurrently so the engine batches them, "
         "and write OpenAI Batch result lines in input order. Input lines: OpenAI Batch requests "
         '{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": {...}} or plain chat requests '
         '{"messages": [...], ...}. Media must be data: URIs or http(s) URLs (or file:// under '
         "--allowed-local-media-path). The model runs in this process, or on a server given with --url.",
-        formatter_class=DefaultsHelpFormatter,
-    )
+        run)
     p.__class__ = _IntermixedParser  # sub.add_parser always builds a plain ArgumentParser
     p.add_argument("input", help="the requests, one JSON object per line ('-' reads stdin)")
     p.add_argument("model", nargs="?", default=None,
@@ -252,12 +250,7 @@ def add_parser(sub) -> None:
     g.add_argument("--max-concurrency", type=int, default=256,
                    help="most requests in flight at once; keep it above the engine's --max-num-seqs so the batch "
                    "stays full")
-    g.add_argument("--url", default=None,
-                   help="send the requests to a running glmv (or other OpenAI-compatible) server at this address, "
-                   "e.g. http://127.0.0.1:8000, instead of loading the model here (engine flags are then ignored)")
-    g.add_argument("--api-key", default=None,
-                   help="API key for --url servers started with --api-key (when not given: $GLMV_API_KEY, then "
-                   "$OPENAI_API_KEY; read at run time so --help never prints it)")
+    add_server_args(g, "send the requests to")
     g.add_argument("--allowed-local-media-path", default=None,
                    help="let requests read file:// media under this folder (in-process runs only; off by default)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is "
@@ -265,7 +258,6 @@ def add_parser(sub) -> None:
     g.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="log level of the in-process engine")
     add_engine_args(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import mimetypes
 import os
 import queue
@@ -28,7 +27,7 @@ from typing import Any, TextIO
 
 from glmv.cli.api import ChatEvent, first_model, local_client, remote_client, stream_chat
 from glmv.cli.error_words import ServerError, in_words
-from glmv.cli.help import DefaultsHelpFormatter
+from glmv.cli.help import add_command, add_server_args, json_object
 from glmv.options import RuntimeOptions, default_chat_history
 
 DIM, RED, BOLD, RESET = "\x1b[2;90m", "\x1b[31m", "\x1b[1m", "\x1b[0m"
@@ -519,16 +518,6 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError('expected a JSON object such as \'{"top_p": 0.6}\'')
-    return value
-
-
 def _setup_readline() -> None:
     """Line editing, a history file, and Tab completion of commands and paths (interactive terminals only)."""
     try:
@@ -574,25 +563,18 @@ def _setup_readline() -> None:
 def add_parser(sub) -> None:
     from glmv.cli.serve import add_engine_args
 
-    p = sub.add_parser(
-        "chat",
-        help="chat with the model in the terminal",
-        description="Chat with GLM-4.1V in the terminal: the thinking streams dim grey above the answer; attach "
+    p = add_command(
+        sub, "chat", "chat with the model in the terminal",
+        "Chat with GLM-4.1V in the terminal: the thinking streams dim grey above the answer; attach "
         "media with /image, /video, /file (type /help in the chat). The model runs in this process, or on a "
         "server given with --url. Works with piped stdin too: one message or command per line.",
-        formatter_class=DefaultsHelpFormatter,
-    )
+        run)
     p.add_argument("model", nargs="?", default=None,
                    help="a local folder, a Hugging Face id or (with --hub modelscope) a ModelScope id; with --url, "
                    "the served model name (default then: the server's first model; without --url: "
                    "zai-org/GLM-4.1V-9B-Thinking)")
     g = p.add_argument_group("chat")
-    g.add_argument("--url", default=None,
-                   help="talk to a running glmv (or other OpenAI-compatible) server at this address, e.g. "
-                   "http://127.0.0.1:8000, instead of loading the model here (engine flags are then ignored)")
-    g.add_argument("--api-key", default=None,
-                   help="API key for --url servers started with --api-key (when not given: $GLMV_API_KEY, then "
-                   "$OPENAI_API_KEY; read at run time so --help never prints it)")
+    add_server_args(g, "talk to")
     g.add_argument("--system", default=None, help="system prompt for the conversation (/system changes it)")
     g.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature (default: the checkpoint's generation_config)")
@@ -600,7 +582,7 @@ def add_parser(sub) -> None:
                    help="most tokens per answer, thinking included (default: up to the context length)")
     g.add_argument("--thinking-budget", type=int, default=None,
                    help="per-message thinking budget in tokens: then the model must answer (/budget changes it)")
-    g.add_argument("--extra-body", type=_json_object, default={}, metavar="JSON",
+    g.add_argument("--extra-body", type=json_object('{"top_p": 0.6}'), default={}, metavar="JSON",
                    help='more request fields, e.g. \'{"top_p": 0.6, "repetition_penalty": 1.1, "seed": 1}\'')
     g.add_argument("--hide-thinking", action="store_true", help="start with the thinking hidden (/think on shows it)")
     g.add_argument("--image", action="append", default=[], metavar="PATH",
@@ -611,7 +593,6 @@ def add_parser(sub) -> None:
     g.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="log level of the in-process engine")
     add_engine_args(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

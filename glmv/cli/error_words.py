@@ -15,6 +15,7 @@ from dataclasses import dataclass
 _FILE_KINDS = ("images (JPG, PNG, GIF, BMP, TIFF, WEBP), a video (MP4, AVI, MKV, MOV, WEBM) or a document "
                "(PDF, PPT, PPTX)")
 _CONTEXT = re.compile(r"maximum context length (?:is|of) (\d+) tokens")
+_ASKED = re.compile(r"the request has (\d+) prompt tokens plus max_tokens (\d+)")
 
 # code -> the sentence; {context} is the model's context length when the message gives it.
 _BY_CODE = {
@@ -46,7 +47,7 @@ _BY_CODE = {
     "replica_failed": "The server is busy right now: wait a few seconds and send the message again.",
 }
 _BY_STATUS = {
-    401: "The server wants an API key: start glmv chat with --api-key KEY (or set GLMV_API_KEY).",
+    401: "The server wants an API key: give it with --api-key KEY (or set GLMV_API_KEY).",
     403: "The server refused access with this API key: check the key given with --api-key.",
     404: "The server has no such model or route: check the --url address and the model name.",
     413: "The message is too large for the server: attach fewer or smaller files.",
@@ -105,6 +106,11 @@ def in_words(err: ServerError) -> str:
         if err.message.startswith("The media of this prompt"):
             return (f"The attachments alone need more than the model's context{size}: attach fewer or smaller "
                     "images, or a shorter video.")
+        asked = _ASKED.search(err.message)
+        if asked and found and int(asked[1]) < int(found[1]):
+            return (f"The answer's token limit (max_tokens {asked[2]}) is more than the model's context{size} "
+                    f"leaves after this conversation ({int(found[1]) - int(asked[1])} tokens): lower it "
+                    "(--max-tokens, --extra-body) or leave it out.")
         return (f"This conversation no longer fits the model's context{size}. Start a new chat (/reset) or drop "
                 "the oldest turns.")
     if err.code in _BY_CODE:

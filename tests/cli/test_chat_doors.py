@@ -6,16 +6,13 @@ from __future__ import annotations
 import pytest
 
 from tests.cli.conftest import run_glmv
-from tests.cli.live_server import start_server
-from tests.cli.scripted_model import make_scripted_model
+from tests.cli.live_server import start_looping_server
 from tests.media_factory import make_image, make_video
 
 
 @pytest.fixture(scope="module")
 def small_context_server(tiny_model_dir, tmp_path_factory):
-    """The scripted model answering " lazy dog lazy dog ..." until max_tokens, in a 512-token context."""
-    model = make_scripted_model(tiny_model_dir, tmp_path_factory.mktemp("chat-looping") / "model", answer_loops=True)
-    live = start_server(model.path, with_ui=False, max_model_len=512)
+    live = start_looping_server(tiny_model_dir, tmp_path_factory, max_model_len=512)
     yield live
     live.stop()
 

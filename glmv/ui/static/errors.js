@@ -82,6 +82,12 @@
         return "The attachments alone need more than the model's context" + size + ": attach fewer or smaller " +
           "images, or a shorter video.";
       }
+      const asked = /the request has (\d+) prompt tokens plus max_tokens (\d+)/.exec(err.message);
+      if (asked && found && Number(asked[1]) < Number(found[1])) {
+        return "The answer's token limit (max_tokens " + asked[2] + ") is more than the model's context" + size +
+          " leaves after this conversation (" + (Number(found[1]) - Number(asked[1])) + " tokens): lower Max " +
+          "tokens in Settings or leave it empty.";
+      }
       return "This conversation no longer fits the model's context" + size + ". Start a new chat or drop the " +
         "oldest turns.";
     }
