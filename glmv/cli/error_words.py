@@ -21,7 +21,8 @@ _ASKED = re.compile(r"the request has (\d+) prompt tokens plus max_tokens (\d+)"
 _BY_CODE = {
     "document_too_long": "The document does not fit the model's context: ask about fewer pages (or lower "
     "--max-tokens), or start a new chat with /reset.",
-    "unsupported_media_type": f"The server cannot read this kind of file. Attach {_FILE_KINDS}.",
+    "unsupported_media_type": "The server cannot read an attached file: whatever its name says, it is not a kind "
+    f"of file it knows. Attach {_FILE_KINDS}.",
     "document_converter_missing": "The server cannot open PowerPoint files (it has no LibreOffice): send the "
     "slides as a PDF.",
     "document_conversion_failed": "The server could not convert the slides: save them as a PDF and attach that.",

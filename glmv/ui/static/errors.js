@@ -13,7 +13,8 @@
   const BY_CODE = {
     document_too_long: "The document does not fit the model's context: ask about fewer pages (or lower Max " +
       "tokens in Settings), or start a new chat.",
-    unsupported_media_type: "The server cannot read this kind of file. Attach " + FILE_KINDS + ".",
+    unsupported_media_type: "The server cannot read an attached file: whatever its name says, it is not a kind " +
+      "of file it knows. Attach " + FILE_KINDS + ".",
     document_converter_missing: "The server cannot open PowerPoint files (it has no LibreOffice): send the " +
       "slides as a PDF.",
     document_conversion_failed: "The server could not convert the slides: save them as a PDF and attach that.",
