@@ -48,6 +48,14 @@ def wait_finished(browser, count: int, timeout: float = 60):
     return WebDriverWait(browser, timeout).until(finished)
 
 
+def send_with_files(browser, text: str, *paths):
+    """Type `text`, attach `paths`, send, and return the first assistant bubble once it has finished."""
+    type_prompt(browser, text)
+    attach(browser, *paths)
+    browser.find_element(By.ID, "send").click()
+    return wait_finished(browser, 1)
+
+
 def text_of(element) -> str:
     return element.get_attribute("textContent").strip()
 
@@ -74,10 +82,7 @@ def drop_files(browser, *paths) -> None:
 def test_image_question_streams_thinking_and_answer(browser, page_server, tmp_path):
     image = make_image(tmp_path / "photo.png", 160, 120)
     open_page(browser, page_server)
-    type_prompt(browser, "What is in this picture?")
-    attach(browser, image)
-    browser.find_element(By.ID, "send").click()
-    bubble = wait_finished(browser, 1)
+    bubble = send_with_files(browser, "What is in this picture?", image)
     assert bubble.get_attribute("data-state") == "done", text_of(bubble)
 
     thinking = bubble.find_element(By.CSS_SELECTOR, "details.thinking")

@@ -14,7 +14,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from glmv.server.errors import error_body
 from tests.cli.live_server import SERVED_NAME, start_server
 from tests.media_factory import make_image, make_pdf, make_video
-from tests.ui.test_page import attach, open_page, text_of, type_prompt, wait_finished
+from tests.ui.test_page import open_page, send_with_files, text_of, type_prompt, wait_finished
 
 CUT_TO_TWO = '{"media_io_kwargs": {"document": {"max_pages": 2}}}'
 
@@ -29,10 +29,7 @@ def test_a_document_cut_short_says_so(browser, page_server, tmp_path):
     pdf = make_pdf(tmp_path / "report.pdf", pages=5)
     open_page(browser, page_server)
     set_extra_fields(browser, CUT_TO_TWO)
-    type_prompt(browser, "Summarize the report")
-    attach(browser, pdf)
-    browser.find_element(By.ID, "send").click()
-    bubble = wait_finished(browser, 1)
+    bubble = send_with_files(browser, "Summarize the report", pdf)
     assert bubble.get_attribute("data-state") == "done", text_of(bubble)
     note = text_of(bubble.find_element(By.CLASS_NAME, "note"))
     assert note.startswith("Only the first 2 of the document's 5 pages were read"), note
@@ -66,10 +63,7 @@ def test_an_unreadable_image_is_said_in_words_with_the_raw_error_kept(browser, p
     fake = tmp_path / "holiday.png"
     fake.write_text("this is not a picture")
     open_page(browser, page_server)
-    type_prompt(browser, "What is this?")
-    attach(browser, fake)
-    browser.find_element(By.ID, "send").click()
-    bubble = wait_finished(browser, 1)
+    bubble = send_with_files(browser, "What is this?", fake)
     assert bubble.get_attribute("data-state") == "error"
     words = text_of(bubble.find_element(By.CSS_SELECTOR, ".error .error-words"))
     assert words == ("The server cannot read an attached file: whatever its name says, it is not a kind of file "
