@@ -1,4 +1,4 @@
-"""Real media made by real encoders for tests: Pillow images, PyAV videos."""
+"""Real media made by real encoders for tests: Pillow images and PDFs, PyAV videos."""
 
 from __future__ import annotations
 
@@ -44,3 +44,12 @@ def decode_video(path: Path):
     meta = VideoMetadata(total_num_frames=len(frames), fps=fps, duration=len(frames) / fps,
                          frames_indices=list(range(len(frames))), width=frames.shape[2], height=frames.shape[1])
     return frames, meta
+
+
+def make_pdf(path: Path, pages: int = 5, size: tuple[int, int] = (120, 160)) -> Path:
+    """A multi-page PDF written by Pillow's PDF encoder (size in points), one grey level per page."""
+    from PIL import Image
+
+    images = [Image.new("RGB", size, (40 + 50 * i % 200,) * 3) for i in range(pages)]
+    images[0].save(path, format="PDF", save_all=True, append_images=images[1:], resolution=72.0)
+    return path

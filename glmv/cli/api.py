@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from glmv.cli.error_words import ServerError, in_words, parse_error
 from glmv.options import RuntimeOptions
 
 # Generation can pause for long between bytes (a long prefill, a queue): no read timeout, a bounded connect.
@@ -159,24 +160,15 @@ def remote_client(url: str, api_key: str | None, max_connections: int = 100) -> 
 
 def error_message(status: int, body: bytes | str) -> str:
     """One readable sentence from an error response: the OpenAI error message if there is one."""
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        data = None
-    message = None
-    if isinstance(data, dict):
-        err = data.get("error")
-        message = err.get("message") if isinstance(err, dict) else err
-        message = message or data.get("detail")
-    return f"HTTP {status}: {message or text.strip()[:500] or 'no details'}"
+    return f"HTTP {status}: {parse_error(status, body).message}"
 
 
 async def first_model(client: httpx.AsyncClient) -> str:
     """The first model a server lists at /v1/models (for --url without a model name)."""
     resp = await client.get("/v1/models")
     if resp.status_code != 200:
-        raise ValueError(f"GET /v1/models failed: {error_message(resp.status_code, resp.content)}")
+        err = parse_error(resp.status_code, resp.content)
+        raise ValueError(f"{in_words(err)} (GET /v1/models: {err.details()})")
     data = resp.json().get("data") or []
     if not data:
         raise ValueError("The server lists no model at /v1/models.")
@@ -185,18 +177,22 @@ async def first_model(client: httpx.AsyncClient) -> str:
 
 @dataclass
 class ChatEvent:
-    """One piece of a streamed chat answer, already split: kind is reasoning, content, finish, usage or error."""
+    """One piece of a streamed chat answer, already split: kind is reasoning, content, finish, usage, prompt_info
+    (what the server did to the prompt, e.g. a document cut to fit: in `info`) or error (in `error`)."""
 
     kind: str
     text: str = ""
     usage: dict | None = None
+    info: dict | None = None
+    error: ServerError | None = None
 
 
 async def stream_chat(client: httpx.AsyncClient, body: dict) -> AsyncIterator[ChatEvent]:
     """POST a streamed chat completion and yield its events; HTTP and mid-stream errors become error events."""
     async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as resp:
         if resp.status_code != 200:
-            yield ChatEvent("error", error_message(resp.status_code, await resp.aread()))
+            err = parse_error(resp.status_code, await resp.aread())
+            yield ChatEvent("error", err.details(), error=err)
             return
         async for line in resp.aiter_lines():
             if not line.startswith("data:"):
@@ -209,11 +205,13 @@ async def stream_chat(client: httpx.AsyncClient, body: dict) -> AsyncIterator[Ch
             except json.JSONDecodeError:
                 continue
             if "error" in chunk:
-                err = chunk["error"]
-                yield ChatEvent("error", err.get("message", str(err)) if isinstance(err, dict) else str(err))
+                err = parse_error(None, chunk)
+                yield ChatEvent("error", err.details(), error=err)
                 return
             if chunk.get("usage"):
                 yield ChatEvent("usage", usage=chunk["usage"])
+            if isinstance(chunk.get("prompt_info"), dict):
+                yield ChatEvent("prompt_info", info=chunk["prompt_info"])
             for choice in chunk.get("choices") or []:
                 delta = choice.get("delta") or {}
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning")

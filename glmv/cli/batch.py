@@ -6,7 +6,8 @@ engine batches them; the output has one OpenAI Batch result line per input line,
 {"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}, with the thinking in
 `reasoning_content`. A line that cannot be sent (bad JSON, wrong method) gets an error line; the run goes on.
 Results are written as each request finishes, not in input order (as OpenAI's Batch output: match them by
-custom_id), so a finished request is on disk at once and `--resume` never runs it again after a kill.
+custom_id), so a finished request is on disk at once and `--resume` never runs it again after a kill (it does
+send the failed ones again).
 
 The requests go through the same API as `glmv serve` (glmv/cli/api.py): in this process, or to --url.
 """
@@ -28,7 +29,7 @@ import httpx
 
 from glmv.cli.api import error_message, first_model, local_client, local_state, remote_client
 from glmv.cli.batch_output import check_output, open_output
-from glmv.cli.help import DefaultsHelpFormatter
+from glmv.cli.help import add_command, add_server_args
 
 RETRY_STATUSES = (429, 503)  # the server is full: wait and resend
 MAX_RETRIES = 6
@@ -222,16 +223,14 @@ class _IntermixedParser(argparse.ArgumentParser):
 def add_parser(sub) -> None:
     from glmv.cli.serve import add_engine_args
 
-    p = sub.add_parser(
-        "batch",
-        help="run a JSONL file of chat requests offline (OpenAI Batch format)",
-        description="Run every request of a JSONL file through GLM-4.1V, concurrently so the engine batches them, "
+    p = add_command(
+        sub, "batch", "run a JSONL file of chat requests offline (OpenAI Batch format)",
+        "Run every request of a JSONL file through GLM-4.1V, concurrently so the engine batches them, "
         "and write OpenAI Batch result lines in input order. Input lines: OpenAI Batch requests "
         '{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": {...}} or plain chat requests '
         '{"messages": [...], ...}. Media must be data: URIs or http(s) URLs (or file:// under '
         "--allowed-local-media-path). The model runs in this process, or on a server given with --url.",
-        formatter_class=DefaultsHelpFormatter,
-    )
+        run)
     p.__class__ = _IntermixedParser  # sub.add_parser always builds a plain ArgumentParser
     p.add_argument("input", help="the requests, one JSON object per line ('-' reads stdin)")
     p.add_argument("model", nargs="?", default=None,
@@ -241,9 +240,9 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("batch")
     g.add_argument("-o", "--output", default="-", help="where result lines go ('-' writes stdout)")
     g.add_argument("--resume", action="store_true",
-                   help="carry on a run that stopped: keep the results already in -o and send only the requests "
-                   "whose custom_id is not there (a result line cut short by a kill is dropped and its request sent "
-                   "again)")
+                   help="carry on a run that stopped: keep the answered results already in -o and send the other "
+                   "requests: those not there yet and those whose result there failed (their old lines are taken out; "
+                   "a result line cut short by a kill is dropped too)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the results already in -o (without it, or --resume, a non-empty -o is refused)")
     g.add_argument("--allow-failures", action="store_true",
@@ -251,12 +250,7 @@ def add_parser(sub) -> None:
     g.add_argument("--max-concurrency", type=int, default=256,
                    help="most requests in flight at once; keep it above the engine's --max-num-seqs so the batch "
                    "stays full")
-    g.add_argument("--url", default=None,
-                   help="send the requests to a running glmv (or other OpenAI-compatible) server at this address, "
-                   "e.g. http://127.0.0.1:8000, instead of loading the model here (engine flags are then ignored)")
-    g.add_argument("--api-key", default=None,
-                   help="API key for --url servers started with --api-key (when not given: $GLMV_API_KEY, then "
-                   "$OPENAI_API_KEY; read at run time so --help never prints it)")
+    add_server_args(g, "send the requests to")
     g.add_argument("--allowed-local-media-path", default=None,
                    help="let requests read file:// media under this folder (in-process runs only; off by default)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is "
@@ -264,7 +258,6 @@ def add_parser(sub) -> None:
     g.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="log level of the in-process engine")
     add_engine_args(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -285,11 +278,12 @@ async def _run(args: argparse.Namespace, state=None) -> int:
 
     total, items = read_lines(args.input)
     plan = open_output(args.input, args.output, args.resume, args.overwrite)
-    if plan.done:
+    if plan.done or plan.retried:
         items = (item for item in items if item.custom_id not in plan.done)
         total = max(0, total - len(plan.done))
-        print(f"glmv batch: {len(plan.done)} requests already answered in {args.output}; sending the other {total}.",
-              file=sys.stderr)
+        again = f" ({plan.retried} of them failed before and are sent again)" if plan.retried else ""
+        print(f"glmv batch: {len(plan.done)} requests already answered in {args.output}; sending the other "
+              f"{total}{again}.", file=sys.stderr)
     progress = True if args.no_progress else None  # tqdm: True disables, None disables off a terminal
     try:
         if args.url:
@@ -306,7 +300,8 @@ async def _run(args: argparse.Namespace, state=None) -> int:
         plan.close()
     rate = summary.completion_tokens / summary.seconds if summary.seconds > 0 else 0.0
     where = "stdout" if args.output == "-" else args.output
-    print(f"glmv batch: {summary.total} results to {where}: {summary.ok} ok, {summary.failed} failed; "
+    retried = f" ({plan.retried} retried)" if plan.retried else ""
+    print(f"glmv batch: {summary.total} results to {where}: {summary.ok} ok, {summary.failed} failed{retried}; "
           f"{summary.completion_tokens} output tokens in {summary.seconds:.2f} s ({rate:.1f} tok/s)",
           file=sys.stderr)
     if summary.failed and not args.allow_failures:

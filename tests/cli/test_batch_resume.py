@@ -13,6 +13,7 @@ import pytest
 from glmv.cli.batch import parse_line
 from glmv.cli.batch_output import open_output
 from tests.cli.conftest import GLMV, door_env, run_glmv
+from tests.cli.live_server import SERVED_NAME
 
 
 def request_line(custom_id: str, **body) -> str:
@@ -67,14 +68,50 @@ def test_sigkill_then_resume_runs_every_request_once(live_server, tmp_path):
     assert cut_mid_run >= 2, "the kills should land while results are being written"
 
 
+def answered(custom_id: str) -> str:
+    return json.dumps({"id": f"batch_req_{custom_id}", "custom_id": custom_id, "error": None,
+                       "response": {"status_code": 200, "request_id": "chatcmpl-1", "body": {"choices": []}}})
+
+
 def test_resume_drops_a_line_cut_short(tmp_path):
     out = tmp_path / "out.jsonl"
-    whole = json.dumps({"id": "batch_req_1", "custom_id": "a", "response": None, "error": None})
+    whole = answered("a")
     out.write_text(whole + "\n" + '{"id": "batch_req_2", "custom_id": "b", "resp')
     plan = open_output(str(tmp_path / "in.jsonl"), str(out), resume=True, overwrite=False)
     plan.close()
     assert plan.done == {"a"}
     assert out.read_text() == whole + "\n"
+
+
+def test_resume_sends_failed_requests_again_and_keeps_the_answered(live_server, tmp_path):
+    """A run whose server went away part-way: failed lines are taken out and rerun, answered ones are kept as they
+    were, and the summary counts the retried requests."""
+    ids = ["a", "b", "c", "d"]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(request_line(i, max_tokens=8) + "\n" for i in ids))
+    out = tmp_path / "out.jsonl"
+    down = run_glmv(["batch", str(source), "-o", str(out), SERVED_NAME, "--url", "http://127.0.0.1:9",
+                     "--no-progress"])
+    assert down.returncode == 1 and "0 ok, 4 failed" in down.stderr
+    failed = {r["custom_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert failed["a"]["error"]["code"] == "request_failed"
+    kept = [answered("a"), answered("c")]  # as if a and c had been answered before the server went down
+    out.write_text(kept[0] + "\n" + json.dumps(failed["b"]) + "\n" + kept[1] + "\n" + json.dumps(failed["d"]) + "\n")
+    inode = out.stat().st_ino
+    live_server.recorder.reset()
+    done = run_glmv(["batch", str(source), "-o", str(out), SERVED_NAME, "--url", live_server.url, "--resume",
+                     "--no-progress"])
+    assert done.returncode == 0, done.stderr
+    assert "2 of them failed before and are sent again" in done.stderr
+    assert "2 ok, 0 failed (2 retried)" in done.stderr
+    assert sorted(asked_ids(live_server.recorder)) == ["b", "d"]
+    lines = out.read_text().splitlines()
+    assert lines[:2] == kept  # the answered lines stay byte for byte
+    results = [json.loads(line) for line in lines]
+    assert sorted(r["custom_id"] for r in results) == ids  # every custom_id exactly once
+    assert all(r["response"]["status_code"] == 200 and r["error"] is None for r in results)
+    assert out.stat().st_ino != inode  # rewritten through a new file renamed over the old one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # no temporary file left
 
 
 def test_resume_refuses_a_file_that_is_not_results(tmp_path):

@@ -8,9 +8,7 @@ client talks plain HTTP through the real `openai` SDK. Each test module shares o
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from glmv.models.constants import CHAT_TEMPLATE_PATH
 from glmv.server.app import create_app
 from glmv.server.launch import build_state
 from glmv.server.state import ServingState
+from tests.threaded_server import serve_in_thread
 
 
 def available_engines() -> list[str]:
@@ -67,22 +66,8 @@ def start_server(argv: list[str]) -> LiveServer:
     args = build_parser().parse_args(normalize_flag_spelling(["serve", *argv]))
     engine_config, server_config = configs_from_args(args)
     state = build_state(engine_config, server_config)
-    app = create_app(state)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, root_path=server_config.root_path,
-                            timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"glmv-{port}")
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    return LiveServer(f"http://127.0.0.1:{port}", state, server, thread, engine_config.engine)
+    live = serve_in_thread(create_app(state), "glmv", server_config.root_path)
+    return LiveServer(live.url, state, live.server, live.thread, engine_config.engine)
 
 
 def serve_args(model_dir: Path, engine: str, *extra: str) -> list[str]:

@@ -48,6 +48,14 @@ def wait_finished(browser, count: int, timeout: float = 60):
     return WebDriverWait(browser, timeout).until(finished)
 
 
+def send_with_files(browser, text: str, *paths):
+    """Type `text`, attach `paths`, send, and return the first assistant bubble once it has finished."""
+    type_prompt(browser, text)
+    attach(browser, *paths)
+    browser.find_element(By.ID, "send").click()
+    return wait_finished(browser, 1)
+
+
 def text_of(element) -> str:
     return element.get_attribute("textContent").strip()
 
@@ -74,10 +82,7 @@ def drop_files(browser, *paths) -> None:
 def test_image_question_streams_thinking_and_answer(browser, page_server, tmp_path):
     image = make_image(tmp_path / "photo.png", 160, 120)
     open_page(browser, page_server)
-    type_prompt(browser, "What is in this picture?")
-    attach(browser, image)
-    browser.find_element(By.ID, "send").click()
-    bubble = wait_finished(browser, 1)
+    bubble = send_with_files(browser, "What is in this picture?", image)
     assert bubble.get_attribute("data-state") == "done", text_of(bubble)
 
     thinking = bubble.find_element(By.CSS_SELECTOR, "details.thinking")
@@ -133,9 +138,9 @@ def test_multi_turn_sends_answers_only_and_settings(browser, page_server):
     assert (body["temperature"], body["max_tokens"], body["thinking_budget"]) == (0.3, 64, 40)
     assert request["headers"]["authorization"] == "Bearer sk-page-test"
 
-    browser.find_element(By.ID, "new-chat").click()
-    browser.switch_to.alert.accept()  # "Start a new chat? This conversation will be removed"
+    browser.find_element(By.ID, "new-chat").click()  # the chat so far stays in the list
     assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
+    assert [text_of(b) for b in browser.find_elements(By.CSS_SELECTOR, ".conversation-open")] == ["First question"]
     type_prompt(browser, "Fresh start")
     browser.find_element(By.ID, "send").click()
     wait_finished(browser, 1)
@@ -174,21 +179,29 @@ def test_drop_video_and_document_builds_parts(browser, page_server, tmp_path):
     assert base64.b64decode(data) == pdf.read_bytes()
     # Whether this server build reads documents yet or refuses them, the page ends readably.
     if bubble.get_attribute("data-state") == "error":
-        assert text_of(bubble.find_element(By.CLASS_NAME, "error")).startswith("Error 4")
+        assert "HTTP 4" in text_of(bubble.find_element(By.CSS_SELECTOR, ".error .error-details"))
     else:
         assert bubble.find_element(By.CLASS_NAME, "answer").text.strip() == page_server.model.answer
 
 
-def test_server_error_is_readable_and_message_comes_back(browser, page_server):
+def send_with_extra_fields(browser, page_server, extra: str, text: str) -> None:
+    """A fresh page, the Settings' extra request fields set to `extra`, and `text` sent."""
     open_page(browser, page_server)
     browser.find_element(By.ID, "settings-toggle").click()
-    browser.find_element(By.ID, "extra-body").send_keys('{"temperature": 7}')
-    type_prompt(browser, "Will this fail?")
+    browser.find_element(By.ID, "extra-body").send_keys(extra)
+    type_prompt(browser, text)
     browser.find_element(By.ID, "send").click()
+
+
+def test_server_error_is_readable_and_message_comes_back(browser, page_server):
+    send_with_extra_fields(browser, page_server, '{"temperature": 7}', "Will this fail?")
     bubble = wait_finished(browser, 1)
     assert bubble.get_attribute("data-state") == "error"
-    error = text_of(bubble.find_element(By.CLASS_NAME, "error"))
-    assert error.startswith("Error 400") and "temperature" in error and "{" not in error
+    words = text_of(bubble.find_element(By.CSS_SELECTOR, ".error .error-words"))
+    assert words == "The server refused a setting (temperature): change it in Settings and send again."
+    details = bubble.find_element(By.CSS_SELECTOR, ".error details.error-details")
+    assert not details.get_attribute("open")  # the raw error is there, folded
+    assert text_of(details).startswith("Details") and "HTTP 400" in text_of(details)
     assert "not-sent" in browser.find_element(By.CSS_SELECTOR, ".msg.user").get_attribute("class")
     assert browser.find_element(By.ID, "prompt").get_attribute("value") == "Will this fail?"
 
@@ -200,11 +213,7 @@ def test_server_error_is_readable_and_message_comes_back(browser, page_server):
 
 
 def test_stop_aborts_the_generation(browser, page_server):
-    open_page(browser, page_server)
-    browser.find_element(By.ID, "settings-toggle").click()
-    browser.find_element(By.ID, "extra-body").send_keys('{"ignore_eos": true, "max_tokens": 3000}')
-    type_prompt(browser, "Talk forever")
-    browser.find_element(By.ID, "send").click()
+    send_with_extra_fields(browser, page_server, '{"ignore_eos": true, "max_tokens": 3000}', "Talk forever")
     WebDriverWait(browser, 30).until(
         lambda d: d.find_element(By.CSS_SELECTOR, ".msg.assistant").get_attribute("data-state") == "streaming")
     stop = browser.find_element(By.ID, "stop")
@@ -255,8 +264,9 @@ def test_server_with_api_key_asks_for_it(browser, scripted_model):
         browser.get(live.url + "/ui")
         browser.execute_script("localStorage.clear(); sessionStorage.clear();")
         browser.get(live.url + "/ui")  # the page itself needs no key; the API does
-        WebDriverWait(browser, 20).until(lambda d: "Error 401" in d.find_element(By.ID, "status").text)
-        assert "API key" in browser.find_element(By.ID, "status").text
+        WebDriverWait(browser, 20).until(
+            lambda d: "The server wants an API key: enter it in Settings." in d.find_element(By.ID, "status").text)
+        assert "HTTP 401" in text_of(browser.find_element(By.CSS_SELECTOR, "#status .error-details"))
         assert browser.find_element(By.ID, "settings").is_displayed()  # opened for the user
         browser.find_element(By.ID, "api-key").send_keys("sk-secret", Keys.TAB)
         WebDriverWait(browser, 20).until(

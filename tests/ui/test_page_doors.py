@@ -11,8 +11,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.cli.live_server import start_server
-from tests.cli.scripted_model import make_scripted_model
+from tests.cli.live_server import start_looping_server
 from tests.media_factory import make_image
 from tests.ui.test_page import attach, open_page, text_of, type_prompt, wait_finished
 
@@ -61,9 +60,7 @@ def test_the_page_fits_phone_and_desktop_widths(browser, page_server, tmp_path, 
 
 @pytest.fixture(scope="module")
 def long_server(tiny_model_dir, tmp_path_factory):
-    """The scripted model answering " lazy dog lazy dog ..." until max_tokens, with a 4,096-token context."""
-    model = make_scripted_model(tiny_model_dir, tmp_path_factory.mktemp("looping") / "model", answer_loops=True)
-    live = start_server(model.path, with_ui=False, max_model_len=4096)
+    live = start_looping_server(tiny_model_dir, tmp_path_factory, max_model_len=4096)
     yield live
     live.stop()
 
@@ -162,12 +159,9 @@ def test_regenerate_copy_edit_reload_and_new_chat(browser, page_server):
     wait_finished(browser, 1)
     assert page_server.recorder.requests[-1]["body"]["messages"] == [{"role": "user", "content": "Edited question"}]
 
-    browser.find_element(By.ID, "new-chat").click()
-    browser.switch_to.alert.dismiss()  # changed my mind: the conversation stays
-    assert len(browser.find_elements(By.CSS_SELECTOR, ".msg")) == 2
-    browser.find_element(By.ID, "new-chat").click()
-    browser.switch_to.alert.accept()
+    browser.find_element(By.ID, "new-chat").click()  # a new chat; the edited one stays in the list
     assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
     browser.refresh()
     WebDriverWait(browser, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
-    assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
+    assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []  # the new, empty chat is the one shown
+    assert [text_of(b) for b in browser.find_elements(By.CSS_SELECTOR, ".conversation-open")] == ["Edited question"]

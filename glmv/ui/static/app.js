@@ -3,8 +3,9 @@
  * - /v1/models fills the model picker; /v1/chat/completions is called with stream: true and read with
  *   fetch + ReadableStream, parsing Server-Sent Events by hand (EventSource cannot POST).
  * - reasoning_content deltas go to a collapsible "Thinking" block, content deltas to the answer.
- * - The conversation is kept in this browser (localStorage) across reloads; assistant turns are sent back with
- *   the answer alone (no thinking), as GLM-4.1V expects. Attachments travel as data: URIs.
+ * - Conversations are kept in this browser (localStorage, conversations.js) across reloads, listed in a sidebar
+ *   (a drawer on phones) to switch, start and delete; assistant turns are sent back with the answer alone (no
+ *   thinking), as GLM-4.1V expects. Attachments travel as data: URIs.
  * - Before each request the page counts the prompt (/tokenize) against the model's context: max_tokens is lowered
  *   to the room left, and a history that no longer fits is said so, with an offer to leave out the oldest turns.
  * - Regenerate, Copy and Edit-and-resend on the messages; grounding boxes drawn over the image (boxes.js).
@@ -15,6 +16,8 @@
   const BASE = document.documentElement.dataset.base || "/";
   const md = window.glmvMarkdown;
   const boxes = window.glmvBoxes;
+  const errors = window.glmvErrors;
+  const chats = window.glmvConversations;
   const MIN_ROOM = 32; // fewer tokens than this left in the context: too little for the model to answer
   const $ = function (id) { return document.getElementById(id); };
   const els = {
@@ -23,6 +26,7 @@
     settings: $("settings"), settingsToggle: $("settings-toggle"), newChat: $("new-chat"), overlay: $("drop-overlay"),
     temperature: $("temperature"), maxTokens: $("max-tokens"), budget: $("thinking-budget"),
     system: $("system-prompt"), apiKey: $("api-key"), extra: $("extra-body"), emptyHint: $("empty-hint"),
+    chatList: $("conversation-list"), chatsToggle: $("conversations-toggle"), backdrop: $("drawer-backdrop"),
   };
 
   const IMAGE_EXT = { jpg: "image/jpeg", jpeg: "image/jpeg", png: "image/png", gif: "image/gif", bmp: "image/bmp",
@@ -39,33 +43,36 @@
     controller: null,
     busy: false,
     card: null, // the /v1/models card of the chosen model (max_model_len)
+    conversationId: null, // the conversation shown (conversations.js); null: a new one, not in the list yet
   };
 
-  // ---------------------------------------------------------------- the conversation, kept in this browser
+  // ---------------------------------------------------------------- conversations, kept in this browser
 
-  const CONVERSATION_KEY = "glmv.conversation";
-
-  function saveConversation() {
-    const turns = state.history.map(function (t) {
+  function storedTurns() {
+    return state.history.map(function (t) {
       return t.role === "assistant" ? { role: "assistant", answer: t.answer, reasoning: t.reasoning || "" }
         : { role: "user", text: t.text, attachments: t.attachments };
     });
-    try {
-      localStorage.setItem(CONVERSATION_KEY, JSON.stringify(turns));
-    } catch (e) { // over the browser's quota (big attachments): keep the words, say the files are not kept
-      try {
-        localStorage.setItem(CONVERSATION_KEY, JSON.stringify(turns.map(function (t) {
-          return t.role === "user" ? { role: "user", text: t.text, attachments: [] } : t;
-        })));
-        setStatus("Attachments are too large to keep in this browser; the words of the chat are kept.");
-      } catch (e2) { /* storage off */ }
-    }
   }
 
-  function restoreConversation() {
-    let turns = [];
-    try { turns = JSON.parse(localStorage.getItem(CONVERSATION_KEY) || "[]"); } catch (e) { turns = []; }
-    if (!Array.isArray(turns)) return;
+  function saveConversation() {
+    if (!state.conversationId) {
+      if (!state.history.length) return; // a new chat joins the list with its first message
+      state.conversationId = chats.newId();
+    }
+    const turns = storedTurns();
+    if (!chats.save(state.conversationId, turns)) {
+      // Over the browser's quota (big attachments): keep the words, say the files are not kept.
+      const words = turns.map(function (t) { return t.role === "user" ? { role: "user", text: t.text, attachments: [] } : t; });
+      if (chats.save(state.conversationId, words)) {
+        setStatus("Attachments are too large to keep in this browser; the words of the chat are kept.");
+      }
+    }
+    if (state.history.length) chats.setActive(state.conversationId);
+    renderChats();
+  }
+
+  function renderTurns(turns) {
     for (const t of turns) {
       if (t.role === "user") {
         const turn = { role: "user", text: String(t.text || ""), attachments: Array.isArray(t.attachments) ? t.attachments : [] };
@@ -80,6 +87,58 @@
           stopped: false, restored: true });
       }
     }
+  }
+
+  function clearView() {
+    state.history = [];
+    for (const node of Array.from(els.messages.children)) if (node !== els.emptyHint) node.remove();
+    els.emptyHint.hidden = false;
+    setStatus("");
+  }
+
+  /** Show conversation `id` (null: a new, empty one). Not while an answer streams: it belongs to the one shown. */
+  function showConversation(id) {
+    if (state.busy) {
+      setStatus("Wait for the answer, or press Stop, before switching chats.", "error");
+      return false;
+    }
+    clearView();
+    state.conversationId = id;
+    chats.setActive(id);
+    if (id) renderTurns(chats.load(id));
+    renderChats();
+    toggleDrawer(false);
+    return true;
+  }
+
+  function deleteConversation(id, title) {
+    if (!window.confirm("Delete the chat \u201C" + title + "\u201D? It is removed from this browser.")) return;
+    if (id === state.conversationId && !showConversation(null)) return;
+    chats.remove(id);
+    renderChats();
+    setStatus("Chat deleted.");
+  }
+
+  function renderChats() {
+    chats.render(els.chatList, state.conversationId, function (id) {
+      if (id !== state.conversationId) showConversation(id);
+      else toggleDrawer(false);
+    }, deleteConversation);
+  }
+
+  function toggleDrawer(open) {
+    const show = open === undefined ? !document.body.classList.contains("drawer-open") : open;
+    document.body.classList.toggle("drawer-open", show);
+    els.chatsToggle.setAttribute("aria-expanded", String(show));
+  }
+
+  function restoreConversation() {
+    chats.migrate();
+    const id = chats.active();
+    const known = id && chats.index().some(function (c) { return c.id === id; });
+    state.conversationId = known ? id : null;
+    if (known) renderTurns(chats.load(id));
+    renderChats();
   }
 
   // ---------------------------------------------------------------- settings
@@ -147,23 +206,36 @@
     els.status.className = "status" + (kind ? " " + kind : "");
   }
 
-  /** A readable sentence from a failed HTTP response (OpenAI error shape, FastAPI detail, or plain text). */
+  /** An error box: the sentence that says what to do first, the server's raw error in a Details block below. */
+  function errorView(error, className) {
+    const box = document.createElement("div");
+    box.className = className;
+    const words = document.createElement("div");
+    words.className = "error-words";
+    words.textContent = error.words;
+    box.appendChild(words);
+    if (error.details) {
+      const more = document.createElement("details");
+      more.className = "error-details";
+      const summary = document.createElement("summary");
+      summary.textContent = "Details";
+      const raw = document.createElement("div");
+      raw.textContent = error.details;
+      more.append(summary, raw);
+      box.appendChild(more);
+    }
+    return box;
+  }
+
+  function showStatusError(error) {
+    els.status.replaceChildren(errorView(error, "status-error"));
+    els.status.className = "status error";
+  }
+
+  /** {words, details} from a failed HTTP response (errors.js reads the OpenAI error shape). */
   async function readError(resp) {
-    let message = "";
     const text = await resp.text().catch(function () { return ""; });
-    try {
-      const body = JSON.parse(text);
-      if (body && body.error) message = typeof body.error === "string" ? body.error : body.error.message;
-      else if (body && body.detail) message = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
-    } catch (e) { message = text.slice(0, 500); }
-    const hints = {
-      401: " Set the server's API key in Settings.",
-      413: " The request is too large: send smaller or fewer files.",
-      429: " The server is busy; try again shortly.",
-      503: " The server is busy; try again shortly.",
-    };
-    return "Error " + resp.status + (resp.statusText ? " " + resp.statusText : "") + ": " +
-      (message || "no details") + (hints[resp.status] && !/api key/i.test(message) ? hints[resp.status] : "");
+    return errors.explain(resp.status, text);
   }
 
   // ---------------------------------------------------------------- models
@@ -172,7 +244,7 @@
     try {
       const resp = await fetch(BASE + "v1/models", { headers: headers(false) });
       if (!resp.ok) {
-        setStatus(await readError(resp), "error");
+        showStatusError(await readError(resp));
         if (resp.status === 401) toggleSettings(true);
         return;
       }
@@ -187,7 +259,7 @@
       if (cards.some(function (c) { return c.id === previous; })) els.model.value = previous;
       const card = cards.find(function (c) { return c.id === els.model.value; });
       state.card = card || null;
-      setStatus(card ? "Ready: " + card.id + (card.max_model_len ? " (context " + card.max_model_len + " tokens)" : "") : "The server lists no model.", card ? "" : "error");
+      setStatus(card ? "Ready: " + shownName(card.id) + (card.max_model_len ? " (context " + card.max_model_len + " tokens)" : "") : "The server lists no model.", card ? "" : "error");
     } catch (e) {
       setStatus("Cannot reach the server (" + e.message + "). Is glmv serve running?", "error");
     }
@@ -489,12 +561,7 @@
         const found = result.answer ? boxes.extract(result.answer) : [];
         const image = found.length ? imageBefore(turn) : null;
         if (image) root.insertBefore(boxes.figure(image.dataUrl, found, image.name), note);
-        if (result.error) {
-          const err = document.createElement("div");
-          err.className = "error";
-          err.textContent = result.error;
-          root.insertBefore(err, meta);
-        }
+        if (result.error) root.insertBefore(errorView(result.error, "error"), meta);
         const parts = [];
         if (result.usage) parts.push(result.usage.completion_tokens + " tokens");
         const seconds = (performance.now() - started) / 1000;
@@ -534,7 +601,13 @@
     }
   }
 
-  class StreamError extends Error {}
+  /** An error chunk in the middle of a stream: the server's OpenAI-shaped error, kept whole for errors.js. */
+  class StreamError extends Error {
+    constructor(chunk) {
+      super(chunk.error.message || JSON.stringify(chunk.error));
+      this.chunk = chunk;
+    }
+  }
 
   function copyText(text) {
     if (navigator.clipboard && navigator.clipboard.writeText) return navigator.clipboard.writeText(text);
@@ -631,7 +704,7 @@
       offer.appendChild(actionButton("Leave out the oldest turns and send", "drop-oldest",
         "The model will no longer see the oldest messages", function () { offer.remove(); dropOldestAndSend(); }));
     }
-    offer.appendChild(actionButton("New chat", "offer-new-chat", "Start a new conversation", function () { newChat(true); }));
+    offer.appendChild(actionButton("New chat", "offer-new-chat", "Start a new conversation", newChat));
     append(offer);
   }
 
@@ -691,7 +764,7 @@
         await readSse(resp, function (data) {
           let chunk;
           try { chunk = JSON.parse(data); } catch (e) { return; }
-          if (chunk.error) throw new StreamError(chunk.error.message || JSON.stringify(chunk.error));
+          if (chunk.error) throw new StreamError(chunk);
           if (chunk.usage) result.usage = chunk.usage;
           if (chunk.prompt_info) result.notices = result.notices.concat(promptNotices(chunk.prompt_info));
           for (const choice of chunk.choices || []) {
@@ -707,8 +780,8 @@
       }
     } catch (e) {
       if (e.name === "AbortError") result.stopped = true;
-      else if (e instanceof StreamError) result.error = "The server reported an error: " + e.message;
-      else result.error = "Connection failed: " + e.message + ". Is the server still running?";
+      else if (e instanceof StreamError) result.error = errors.explain(null, e.chunk);
+      else result.error = errors.explain(null, { error: { message: e.message, code: "connection_failed" } });
     }
     state.controller = null;
     result.reasoning = result.reasoning.trim();
@@ -742,8 +815,9 @@
     if (info.document_pages !== undefined && info.document_pages_total !== undefined &&
         info.document_pages < info.document_pages_total) {
       out.push("Only the first " + info.document_pages + " of the document's " + info.document_pages_total +
-        " pages fit the model's context, so the answer is about those pages. Ask about a page range, or lower " +
-        "Max tokens to leave more room for the document.");
+        " pages were read (the rest did not fit the model's context or the server's page limit), so the answer " +
+        "is about those pages. Ask about fewer pages, or lower Max tokens in Settings to leave more room for the " +
+        "document.");
     }
     return out;
   }
@@ -759,16 +833,9 @@
     if (state.controller) state.controller.abort();
   }
 
-  function newChat(confirmed) {
-    if (state.history.length && confirmed !== true &&
-        !window.confirm("Start a new chat? This conversation will be removed from this browser.")) return;
-    stop();
-    state.history = [];
-    saveConversation();
-    for (const node of Array.from(els.messages.children)) if (node !== els.emptyHint) node.remove();
-    els.emptyHint.hidden = false;
-    setStatus("");
-    els.prompt.focus();
+  /** A new, empty chat; the one shown stays in the list (delete it there). */
+  function newChat() {
+    if (showConversation(null)) els.prompt.focus();
   }
 
   function autosize() {
@@ -785,7 +852,10 @@
   function wire() {
     els.send.addEventListener("click", send);
     els.stop.addEventListener("click", stop);
-    els.newChat.addEventListener("click", function () { newChat(false); });
+    els.newChat.addEventListener("click", newChat);
+    els.chatsToggle.addEventListener("click", function () { toggleDrawer(); });
+    els.backdrop.addEventListener("click", function () { toggleDrawer(false); });
+    window.addEventListener("keydown", function (e) { if (e.key === "Escape") toggleDrawer(false); });
     els.settingsToggle.addEventListener("click", function () { toggleSettings(); });
     els.attach.addEventListener("click", function () { els.fileInput.click(); });
     els.fileInput.addEventListener("change", function () {
