@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from glmv.config import EngineConfig, ModelConfig
-from glmv.cpu.runtime import keep_freed_memory
+from glmv.cpu.runtime import keep_freed_memory, trim_freed_memory
 from glmv.engine.decode_graphs import DecodeGraphs
 from glmv.engine.kv_planning import plan_kv_cache
 from glmv.engine.mm_encoder import MultimodalEncoder
@@ -55,6 +55,8 @@ class ModelRunner:
             packed = self.model.pack_cpu_weights()
             if packed:
                 log.info("packed %d decoder weights for oneDNN (CPU %s matmuls)", packed, self.dtype)
+        else:
+            trim_freed_memory()
         self.swiglu_report: list = []  # ((N, K, rows), cuBLAS us, fused us, config) from plan_swiglu
         if self.device.type == "cuda":  # before the KV cache takes the memory that timing the largest shapes needs
             with torch.inference_mode():

@@ -19,6 +19,7 @@ from glmv.config import VisionDims
 from glmv.layers.checkpoint import CheckpointReader
 from glmv.layers.kernels import Kernels
 from glmv.layers.swiglu import GateUpAct
+from glmv.models.graph_slots import GraphSlots
 
 log = logging.getLogger("glmv.vision")
 
@@ -99,7 +100,7 @@ class Glm4vVisionTower:
     """
 
     GRAPH_MAX_PATCHES = 8192  # one 1260x1260 picture; larger inputs amortise their launches anyway
-    GRAPH_MAX_ENTRIES = 4  # shapes kept (LRU); they share one memory pool
+    GRAPH_MAX_ENTRIES = 8  # shapes kept (the most used: GraphSlots); they share one memory pool
 
     def __init__(self, dims: VisionDims, weights: VisionWeights, device: torch.device, dtype: torch.dtype,
                  kernels: Kernels, gate_up_act: GateUpAct, rope_theta: float = 10000.0):
@@ -117,9 +118,9 @@ class Glm4vVisionTower:
         self.kernels = kernels
         self.gate_up_act = gate_up_act  # shared with the text decoder: how the MLPs gate (and the weights' layout)
         self.use_graphs = device.type == "cuda" and kernels.vision_graphs
-        self._graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._graph_pool = None
-        self._shapes_seen: dict[tuple, int] = {}
+        self._graph_slots = GraphSlots(self.GRAPH_MAX_ENTRIES)
 
     @classmethod
     def load(cls, reader: CheckpointReader, dims: VisionDims, kernels: Kernels, gate_up_act: GateUpAct,
@@ -166,16 +167,14 @@ class Glm4vVisionTower:
         """
         key = self._graph_key(pixel_values, grids)
         if key is not None:
+            self._graph_slots.use(key)
             entry = self._graphs.get(key)
             if entry is None:
-                seen = self._shapes_seen.get(key, 0) + 1
-                if len(self._shapes_seen) > 256:
-                    self._shapes_seen.clear()
-                self._shapes_seen[key] = seen
-                if seen >= 2:  # a shape that recurs: record it (its first run warmed cuBLAS, cuDNN and Triton up)
+                capture, dropped = self._graph_slots.admit(key)
+                if dropped is not None:
+                    del self._graphs[dropped]
+                if capture:
                     entry = self._capture(key, pixel_values, grids)
-            else:
-                self._graphs.move_to_end(key)
             if entry is not None:
                 graph, static_in, static_out = entry
                 static_in.copy_(pixel_values)
@@ -204,11 +203,10 @@ class Glm4vVisionTower:
             log.warning("vision tower: CUDA graph capture failed (%s); running it eagerly from now on", exc)
             self.use_graphs = False
             self._graphs.clear()
+            self._graph_slots.release(key)
             return None
         entry = (graph, static_in, static_out)
         self._graphs[key] = entry
-        while len(self._graphs) > self.GRAPH_MAX_ENTRIES:
-            self._graphs.popitem(last=False)
         log.info("vision tower: captured a CUDA graph for grids %s (%d kept)", key[0], len(self._graphs))
         return entry
 

@@ -243,3 +243,23 @@ def test_fused_mlp_gating_matches_the_separate_kernel(model_config, monkeypatch)
     pixels = torch.randn(16 * 24, patch, device="cuda", dtype=torch.bfloat16)
     with torch.inference_mode():
         assert rel(fused.vision.encode(pixels, grids), plain.vision.encode(pixels, grids)) < 2e-2
+
+
+def test_prompt_logprobs_on_cuda_match_the_reference_forward(tiny_dir, prompts, hf_cuda):
+    """The image prompt scored in 16-token chunks on CUDA (Triton kernels, the decode graphs captured) equals
+    log_softmax of transformers' whole forward on the same GPU."""
+    from glmv.engine.reference import hf_inputs
+    from glmv.llm import LLM
+
+    prompt = prompts["image"]
+    llm = LLM(str(tiny_dir), device="cuda", dtype="float32", max_model_len=512, max_num_batched_tokens=16)
+    out = llm.generate(prompt, SamplingParams(max_tokens=2, n=2, prompt_logprobs=2))[0]
+    with torch.inference_mode():
+        ref = hf_cuda(**hf_inputs(prompt, "cuda", torch.float32)).logits[0].float().log_softmax(-1).cpu()
+    ids = prompt.token_ids
+    scores = out.prompt_logprobs
+    assert len(scores) == len(ids) and scores[0] is None and len(out.outputs) == 2
+    worst = max(abs(scores[j][ids[j]].logprob - ref[j - 1, ids[j]].item()) for j in range(1, len(ids)))
+    assert worst < 2e-3, worst  # float32; cuDNN may run the reference's patch convolution in TF32
+    for j in range(1, len(ids)):
+        assert set(ref[j - 1].topk(2).indices.tolist()) <= set(scores[j])
