@@ -235,12 +235,20 @@ class SoakResult:
         return first, second, 100.0 * (second - first) / first
 
     def last_window_growth(self, window_s: float) -> tuple[float, float, float] | None:
-        """RSS at the start of the last `window_s` seconds -> at the end, and the growth in %."""
+        """RSS over the last `window_s` seconds as a least-squares line through its samples (so no single sample,
+        such as one taken as the load drains, decides it): (the line's start MB, its end MB, growth in %)."""
         if not self.samples or self.samples[-1].t_s - self.samples[0].t_s < window_s:
             return None
-        end = self.samples[-1]
-        start = min((s for s in self.samples if s.t_s >= end.t_s - window_s), key=lambda s: s.t_s)
-        return start.rss_mb, end.rss_mb, 100.0 * (end.rss_mb - start.rss_mb) / start.rss_mb
+        end_t = self.samples[-1].t_s
+        window = [s for s in self.samples if s.t_s >= end_t - window_s]
+        if len(window) < 3:
+            return None
+        ts, ys = [s.t_s for s in window], [s.rss_mb for s in window]
+        t_mean, y_mean = sum(ts) / len(ts), sum(ys) / len(ys)
+        slope = sum((t - t_mean) * (y - y_mean) for t, y in zip(ts, ys, strict=True)) / sum((t - t_mean) ** 2 for t in ts)
+        start = y_mean + slope * (ts[0] - t_mean)
+        end = y_mean + slope * (ts[-1] - t_mean)
+        return start, end, 100.0 * (end - start) / start
 
 
 async def run_soak(server: ServerProcess, plan: SoakPlan, model: str = "soak", progress=print) -> SoakResult:
@@ -331,9 +339,9 @@ def format_sample(s: Sample) -> str:
             f"{caches}")
 
 
-def markdown(result: SoakResult, command: str) -> str:
+def markdown(result: SoakResult, command: str, date: str | None = None) -> str:
     plan = result.plan
-    lines = [f"Date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Command: `{command}`.",
+    lines = [f"Date {date or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Command: `{command}`.",
              f"{result.requests:,} requests in {result.wall_s:.0f} s ({result.errors} errors), {plan.concurrency} "
              f"concurrent, {plan.max_tokens} tokens each, mix "
              f"{', '.join(f'{k} {w}' for k, w in plan.mix)}; RSS sampled every {plan.sample_every_s:.0f} s.", ""]
@@ -343,7 +351,8 @@ def markdown(result: SoakResult, command: str) -> str:
                      f"{growth[1]:.0f} MB in its second ({growth[2]:+.2f}%).")
     window = result.last_window_growth(600.0)
     if window is not None:
-        lines.append(f"Last 10 minutes: {window[0]:.0f} -> {window[1]:.0f} MB ({window[2]:+.2f}%).")
+        lines.append(f"Last 10 minutes, least-squares line through the samples: {window[0]:.0f} -> {window[1]:.0f} MB "
+                     f"({window[2]:+.2f}%).")
     lines += ["", "| t (s) | requests | RSS (MB) | malloc in use / free (MiB) | caches used / bound MiB (entries) |",
               "|---:|---:|---:|---:|---|"]
     for s in result.samples:
@@ -389,6 +398,27 @@ def device_check(result: SoakResult, tolerance_mb: float) -> str | None:
     return None
 
 
+def load_result(path: Path) -> tuple[SoakResult, str, str | None]:
+    """A run saved by --json, its command and its date. A file without a "result" part (an older writer) gets its totals
+    from the last sample."""
+    saved = json.loads(path.read_text())
+    plan_fields = dict(saved["plan"])
+    plan_fields["mix"] = tuple(tuple(m) for m in plan_fields["mix"])
+    plan_fields["checkpoints"] = tuple(plan_fields["checkpoints"])
+    plan = SoakPlan(**plan_fields)
+
+    def sample(d: dict) -> Sample:
+        return Sample(**(d | {"caches": {k: tuple(v) for k, v in d["caches"].items()}}))
+
+    samples = [sample(d) for d in saved["samples"]]
+    last = samples[-1]
+    totals = saved.get("result") or {"requests": last.requests, "errors": last.errors, "first_error": None,
+                                     "wall_s": last.t_s, "command": f"(recorded in {path.name})"}
+    result = SoakResult(plan, samples, [sample(d) for d in saved["checkpoints"]], totals["requests"],
+                        totals["errors"], totals["first_error"], totals["wall_s"])
+    return result, totals["command"], totals.get("date")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, default=None, help="a model folder (default: a tiny model built here)")
@@ -405,8 +435,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="largest growth of device memory between the first and last checkpoint")
     p.add_argument("--json", type=Path, default=None, help="write the samples here")
     p.add_argument("--write-readme", action="store_true", help="put the series into bench/README.md")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="print (and with --write-readme record) a run saved by --json instead of running one")
     p.add_argument("serve_args", nargs=argparse.REMAINDER, help="after --: more `glmv serve` flags")
     args = p.parse_args(argv)
+    if args.from_json is not None:
+        result, command, date = load_result(args.from_json)
+        section = markdown(result, command, date)
+        print(section)
+        if args.write_readme:
+            write_readme(section)
+        return 0
     mix = tuple((k, int(w)) for k, w in (part.split("=") for part in args.mix.split(",") if part))
     plan = SoakPlan(concurrency=args.concurrency, duration_s=args.duration_s, max_requests=args.max_requests,
                     max_tokens=args.max_tokens, sample_every_s=args.sample_every_s, warmup_s=args.warmup_s,
@@ -432,7 +471,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"first error: {result.first_error}")
     if args.json is not None:
         args.json.write_text(json.dumps({"plan": asdict(plan), "samples": [asdict(s) for s in result.samples],
-                                         "checkpoints": [asdict(s) for s in result.checkpoints]}, indent=1))
+                                         "checkpoints": [asdict(s) for s in result.checkpoints],
+                                         "result": {"requests": result.requests, "errors": result.errors,
+                                                    "first_error": result.first_error, "wall_s": result.wall_s,
+                                                    "command": command.strip(),
+                                                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}},
+                                        indent=1))
     if args.write_readme:
         write_readme(section)
     problem = device_check(result, args.device_tolerance_mb)

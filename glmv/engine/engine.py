@@ -172,15 +172,19 @@ class LLMEngine:
     # ---- the step ----
     def step(self) -> list[RequestOutput]:
         """Schedule and launch a step; while the device runs it, hand out the text of earlier tokens and take in the
-        tokens of the step before (which ran while the host prepared this one). Sequences whose sampling needs
-        their full history (penalties) make the step wait for the previous one first."""
+        tokens of the step before (which ran while the host prepared this one). Sequences whose sampling reads
+        their history (penalties, a grammar) get the forward launched at once and the sampling after the previous
+        step's tokens are taken in, so that work on the host overlaps the forward instead of idling the device."""
         self.observer.step_started()
         prev = self._inflight
-        if prev is not None and not self._can_overlap():
-            self._take_in(prev, None)
-            prev = self._inflight = None
+        defer = prev is not None and not self._can_overlap()
         sched = self._schedule()
-        pending = self._launch(sched, prev)
+        pending = self._launch(sched, prev, defer)
+        if defer:
+            self._take_in(prev, pending)
+            prev = None
+            if pending is not None:
+                self.runner.sample(pending)
         outputs = self._emit()
         if prev is not None:
             self._take_in(prev, pending)
@@ -194,9 +198,10 @@ class LLMEngine:
     def _schedule(self) -> SchedulerOutput:
         return self.scheduler.schedule()
 
-    def _launch(self, sched: SchedulerOutput, prev: PendingStep | None) -> PendingStep | None:
-        """Queue the step's device work (reading tokens `prev` sampled on the device); advance computed counts."""
-        pending = self.runner.launch(sched, prev) if not sched.empty else None
+    def _launch(self, sched: SchedulerOutput, prev: PendingStep | None, defer_sampling: bool) -> PendingStep | None:
+        """Queue the step's device work (reading tokens `prev` sampled on the device; the sampling left to
+        `runner.sample` when deferred); advance computed counts."""
+        pending = self.runner.launch(sched, prev, defer_sampling) if not sched.empty else None
         if pending is not None:
             for e in pending.sampled:
                 e.request.num_pending += 1

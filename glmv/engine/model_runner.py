@@ -82,11 +82,13 @@ class ModelRunner:
         return self.launch(sched).wait()
 
     @torch.inference_mode()
-    def launch(self, sched: SchedulerOutput, prev: PendingStep | None = None) -> PendingStep:
+    def launch(self, sched: SchedulerOutput, prev: PendingStep | None = None,
+               defer_sampling: bool = False) -> PendingStep:
         """Queue one step's device work (forward and sampling); the host is free until `PendingStep.wait()`.
 
         `prev` is the step still in flight, if any: a row whose input token that step sampled (the sequence's
-        `num_pending`) reads it from `prev`'s device tensor."""
+        `num_pending`) reads it from `prev`'s device tensor. With `defer_sampling` only the forward is queued, and
+        `sample()` queues the sampling once the host has taken in `prev`'s tokens (for samplers that read them)."""
         prefills = [e for e in sched.scheduled if e.num_tokens > 1]
         decodes = [e for e in sched.scheduled if e.num_tokens == 1]
         entries = prefills + decodes
@@ -116,14 +118,25 @@ class ModelRunner:
                 logits = logits.index_select(0, keep)
         else:
             logits, scored = self._run_eager(prefills, decodes, sampled, prev, prev_rows)
+        unsampled = None
         if graph_tokens is not None:
             pending = self.sampler.launch_tokens(graph_tokens, rows)
+        elif sampled and defer_sampling:
+            pending, unsampled = None, logits
         else:
             pending = self.sampler.launch(logits, rows) if sampled else None
         for e in prefills:
             if e.end >= e.request.num_prompt_tokens:
                 e.request.mm_embeds.clear()  # the prompt's media are in the KV cache now
-        return PendingStep(sampled, pending, {id(e.request): i for i, e in enumerate(sampled)}, prompt_scores=scored)
+        return PendingStep(sampled, pending, {id(e.request): i for i, e in enumerate(sampled)}, prompt_scores=scored,
+                           unsampled=unsampled)
+
+    def sample(self, step: PendingStep) -> None:
+        """Queue the sampling of a step launched with `defer_sampling` (a no-op for any other step)."""
+        if step.unsampled is None:
+            return
+        logits, step.unsampled = step.unsampled, None
+        step.sample = self.sampler.launch(logits, [e.request for e in step.sampled])
 
     def _run_eager(self, prefills: list[ScheduledRequest], decodes: list[ScheduledRequest],
                    sampled: list[ScheduledRequest], prev: PendingStep | None = None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from glmv.engine.prompt_logprobs import PendingPromptScores
 from glmv.engine.request import Request
 from glmv.engine.sampler import PendingSample, SamplerOutput
@@ -23,15 +25,22 @@ class PendingStep:
     The next step may be launched before that: rows whose input is a token this step sampled read it on the device
     (`sample.tokens`, row `row_of[id(request)]`). Rows in `discard` were sampled for a continuation that turned out
     wrong (the engine forced other tokens after the previous one); their tokens are dropped. `wait()` also files
-    the step's prompt logprobs with their sequences."""
+    the step's prompt logprobs with their sequences.
+
+    A step launched with its sampling deferred holds its logits in `unsampled` until `ModelRunner.sample` queues
+    the sampling: the engine first takes in the previous step's tokens (grammar matchers advanced, penalties'
+    history grown) while the device runs this step's forward."""
 
     sampled: list[ScheduledRequest]
     sample: PendingSample | None
     row_of: dict[int, int] = field(default_factory=dict)
     discard: set[int] = field(default_factory=set)
     prompt_scores: PendingPromptScores | None = None  # prompt logprobs this step computed (prompt_logprobs.py)
+    unsampled: torch.Tensor | None = None  # logits [rows, vocab] whose sampling is deferred
 
     def wait(self) -> RunnerOutput:
+        if self.unsampled is not None:
+            raise RuntimeError("a step with deferred sampling was waited on before ModelRunner.sample queued it")
         if self.prompt_scores is not None:
             self.prompt_scores.take_in()
             self.prompt_scores = None
