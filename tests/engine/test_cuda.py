@@ -245,21 +245,24 @@ def test_fused_mlp_gating_matches_the_separate_kernel(model_config, monkeypatch)
         assert rel(fused.vision.encode(pixels, grids), plain.vision.encode(pixels, grids)) < 2e-2
 
 
-def test_prompt_logprobs_on_cuda_match_the_reference_forward(tiny_dir, prompts, hf_cuda):
+def test_prompt_logprobs_on_cuda_match_a_whole_forward(tiny_dir, prompts, glmv_model):
     """The image prompt scored in 16-token chunks on CUDA (Triton kernels, the decode graphs captured) equals
-    log_softmax of transformers' whole forward on the same GPU."""
-    from glmv.engine.reference import hf_inputs
+    log_softmax of one whole-prompt forward of glmv's model on the CPU (float32 both; test_model_parity.py checks
+    that forward against transformers)."""
     from glmv.llm import LLM
+
+    from .test_model_parity import full_prompt_logits
 
     prompt = prompts["image"]
     llm = LLM(str(tiny_dir), device="cuda", dtype="float32", max_model_len=512, max_num_batched_tokens=16)
     out = llm.generate(prompt, SamplingParams(max_tokens=2, n=2, prompt_logprobs=2))[0]
-    with torch.inference_mode():
-        ref = hf_cuda(**hf_inputs(prompt, "cuda", torch.float32)).logits[0].float().log_softmax(-1).cpu()
+    ref = full_prompt_logits(glmv_model, prompt).log_softmax(-1)
     ids = prompt.token_ids
     scores = out.prompt_logprobs
     assert len(scores) == len(ids) and scores[0] is None and len(out.outputs) == 2
     worst = max(abs(scores[j][ids[j]].logprob - ref[j - 1, ids[j]].item()) for j in range(1, len(ids)))
-    assert worst < 2e-3, worst  # float32; cuDNN may run the reference's patch convolution in TF32
+    assert worst < 1e-3, worst  # float32 on both devices: only the order of the sums differs
     for j in range(1, len(ids)):
-        assert set(ref[j - 1].topk(2).indices.tolist()) <= set(scores[j])
+        top = ref[j - 1].topk(3)
+        if top.values[1] - top.values[2] > 1e-3:  # a clear top 2 (no near-tie the devices may order either way)
+            assert set(top.indices[:2].tolist()) <= set(scores[j])
