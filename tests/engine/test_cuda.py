@@ -246,23 +246,8 @@ def test_fused_mlp_gating_matches_the_separate_kernel(model_config, monkeypatch)
 
 
 def test_prompt_logprobs_on_cuda_match_a_whole_forward(tiny_dir, prompts, glmv_model):
-    """The image prompt scored in 16-token chunks on CUDA (Triton kernels, the decode graphs captured) equals
-    log_softmax of one whole-prompt forward of glmv's model on the CPU (float32 both; test_model_parity.py checks
-    that forward against transformers)."""
-    from glmv.llm import LLM
+    """The image prompt scored in 16-token chunks on CUDA (Triton kernels, the decode graphs captured) equals one
+    whole-prompt forward of glmv's model on the CPU (float32 both: only the order of the sums differs)."""
+    from .test_model_parity import check_chunked_prompt_logprobs
 
-    from .test_model_parity import full_prompt_logits
-
-    prompt = prompts["image"]
-    llm = LLM(str(tiny_dir), device="cuda", dtype="float32", max_model_len=512, max_num_batched_tokens=16)
-    out = llm.generate(prompt, SamplingParams(max_tokens=2, n=2, prompt_logprobs=2))[0]
-    ref = full_prompt_logits(glmv_model, prompt).log_softmax(-1)
-    ids = prompt.token_ids
-    scores = out.prompt_logprobs
-    assert len(scores) == len(ids) and scores[0] is None and len(out.outputs) == 2
-    worst = max(abs(scores[j][ids[j]].logprob - ref[j - 1, ids[j]].item()) for j in range(1, len(ids)))
-    assert worst < 1e-3, worst  # float32 on both devices: only the order of the sums differs
-    for j in range(1, len(ids)):
-        top = ref[j - 1].topk(3)
-        if top.values[1] - top.values[2] > 1e-3:  # a clear top 2 (no near-tie the devices may order either way)
-            assert set(top.indices[:2].tolist()) <= set(scores[j])
+    check_chunked_prompt_logprobs(tiny_dir, "cuda", glmv_model, prompts["image"], tolerance=1e-3)

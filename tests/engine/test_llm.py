@@ -50,19 +50,8 @@ def test_chat_with_an_image_and_n(llm, images, builder, make_engine):
 
 
 def test_prompt_logprobs_of_an_image_prompt_match_a_whole_forward(tiny_dir, prompts, glmv_model):
-    """Prefilled in chunks of 16 (the image's tokens span several), n=2 (the group forks after its shared blocks):
-    the scores equal log_softmax of one whole-prompt forward (tests/engine/test_model_parity.py checks that forward
-    against transformers)."""
-    from .test_model_parity import full_prompt_logits
+    """Chunked, forked prompt scoring on the CPU equals one whole-prompt forward (tests/engine/test_model_parity.py
+    checks that forward against transformers)."""
+    from .test_model_parity import check_chunked_prompt_logprobs
 
-    prompt = prompts["image"]
-    small = LLM(str(tiny_dir), device="cpu", dtype="float32", max_model_len=512, max_num_batched_tokens=16)
-    out = small.generate(prompt, SamplingParams(max_tokens=2, n=2, prompt_logprobs=2))[0]
-    ref = full_prompt_logits(glmv_model, prompt).log_softmax(-1)
-    ids = prompt.token_ids
-    scores = out.prompt_logprobs
-    assert len(scores) == len(ids) and scores[0] is None and len(out.outputs) == 2
-    for j in range(1, len(ids)):
-        own = scores[j][ids[j]]
-        assert abs(own.logprob - ref[j - 1, ids[j]].item()) < 1e-4
-        assert set(ref[j - 1].topk(2).indices.tolist()) <= set(scores[j])
+    check_chunked_prompt_logprobs(tiny_dir, "cpu", glmv_model, prompts["image"], tolerance=1e-4)

@@ -37,6 +37,28 @@ def full_prompt_logits(model, prompt) -> torch.Tensor:
     return model.logits(model.forward(hidden, positions, caches, meta))
 
 
+
+def check_chunked_prompt_logprobs(model_dir, device: str, glmv_model, prompt, tolerance: float) -> None:
+    """glmv.LLM on `device` prefills `prompt` in chunks of 16 tokens with n=2 (the group forks after its shared
+    blocks) and prompt_logprobs=2: every prompt token's logprob equals log_softmax of one whole-prompt forward of
+    glmv's model on the CPU within `tolerance`, and the clear top 2 (no near-tie that the sums' order could flip)
+    are among the returned alternatives."""
+    from glmv.llm import LLM
+    from glmv.sampling import SamplingParams
+
+    llm = LLM(str(model_dir), device=device, dtype="float32", max_model_len=512, max_num_batched_tokens=16)
+    out = llm.generate(prompt, SamplingParams(max_tokens=2, n=2, prompt_logprobs=2))[0]
+    ref = full_prompt_logits(glmv_model, prompt).log_softmax(-1)
+    ids = prompt.token_ids
+    scores = out.prompt_logprobs
+    assert len(scores) == len(ids) and scores[0] is None and len(out.outputs) == 2
+    worst = max(abs(scores[j][ids[j]].logprob - ref[j - 1, ids[j]].item()) for j in range(1, len(ids)))
+    assert worst < tolerance, worst
+    for j in range(1, len(ids)):
+        top = ref[j - 1].topk(3)
+        if top.values[1] - top.values[2] > tolerance:
+            assert set(top.indices[:2].tolist()) <= set(scores[j])
+
 @pytest.mark.parametrize("name", ["text", "image", "two_images", "video"])
 def test_logits_match_transformers(name, prompts, glmv_model, hf_model):
     from glmv.engine.reference import hf_inputs
