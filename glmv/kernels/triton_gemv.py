@@ -14,6 +14,7 @@ keeps a configuration only where it is clearly faster: the plan never makes a sh
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,12 +23,17 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from glmv.kernels import pdl
+from glmv.kernels import pdl, quantized_weight
+from glmv.kernels.quantized_weight import QuantizedWeight
 from glmv.kernels.timing import graph_time_us
 from glmv.kernels.triton_argmax import first_max_rows, pick_rows
 from glmv.kernels.triton_swiglu import cublas_silu, silu_pairs
 
 MAX_ROWS = 128
+# How a weight is stored (QuantizedWeight.format; the kernel's W_FORMAT)
+FORMAT_DENSE = tl.constexpr(0)
+FORMAT_FP8 = tl.constexpr(quantized_weight.FP8)
+FORMAT_INT = tl.constexpr(quantized_weight.INT)
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,16 @@ CONFIGS[16] += [G(32, 256, 4, 4, tma=True), G(64, 128, 4, 4, 4, tma=True), G(128
 CONFIGS[64] += [G(128, 128, 8, 3, tma=True), G(64, 128, 4, 4, tma=True), G(32, 256, 4, 4, tma=True),
                 G(64, 128, 4, 4, 2, tma=True), G(64, 128, 4, 4, 4, tma=True)]
 CONFIGS[128] += [G(64, 128, 8, 3, tma=True), G(128, 128, 8, 3, tma=True), G(32, 128, 4, 4, tma=True)]
+# Quantized weights (gemv_quantized): pointer loads only; a configuration is used with a weight only where its K tiles
+# fit the weight's scale groups (QuantizedWeight.fits). Narrow FP8 tiles read half of bf16's bytes per K step, so
+# the lists reach to wider K tiles than CONFIGS.
+QUANT_CONFIGS = {
+    16: [G(64, 128, 4, 4), G(32, 128, 4, 4, 2), G(64, 128, 4, 4, 2), G(64, 128, 4, 4, 4), G(128, 128, 4, 3, 4),
+         G(32, 256, 4, 4), G(64, 256, 4, 4, 2), G(128, 128, 8, 3, 2)],
+    64: [G(64, 128, 4, 4), G(128, 128, 8, 3), G(128, 64, 4, 4), G(64, 128, 4, 4, 2), G(64, 64, 4, 6, 4),
+         G(128, 128, 8, 3, 2)],
+    128: [G(64, 128, 8, 3), G(128, 128, 8, 3), G(32, 128, 4, 4), G(128, 64, 8, 3, 2), G(64, 128, 8, 3, 2)],
+}
 del G
 # Batch sizes timed by `plan`; a bucket uses the result of the smallest point >= it in its BLOCK_M class.
 PLAN_POINTS = [1, 4, 16, 32, 64, 96, 128]
@@ -70,11 +86,12 @@ def _prefetch_l2(ptrs, nbytes):
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, x_desc, w_desc, b_ptr, out_ptr, ws_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_om,
-    pf_bytes, pf_programs, best_val_ptr, best_idx_ptr,
+    x_ptr, w_ptr, x_desc, w_desc, b_ptr, out_ptr, ws_ptr, count_ptr, s_ptr, z_ptr, M, N, K, stride_xm, stride_wn,
+    stride_sg, stride_om, pf_bytes, pf_programs, best_val_ptr, best_idx_ptr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, W_BYTES: tl.constexpr,
-    SILU_MUL: tl.constexpr, TMA: tl.constexpr, ARGMAX: tl.constexpr,
+    SILU_MUL: tl.constexpr, TMA: tl.constexpr, ARGMAX: tl.constexpr, W_FORMAT: tl.constexpr, BITS: tl.constexpr,
+    GROUP: tl.constexpr,
 ):  # fmt: skip
     """One program = BLOCK_N weight rows x one of SPLIT_K slices of K (whole BLOCK_K tiles). With SPLIT_K > 1 each
     program leaves its float32 partial in ws; the last of an n-block's programs to finish (an atomic counter per
@@ -88,7 +105,14 @@ def _gemv_kernel(
     is up * silu(gate). TMA: x and w tiles come through the descriptors x_desc and w_desc (rows and columns past the
     ends read as zeros), else by pointer loads from x_ptr and w_ptr. ARGMAX (SPLIT_K == 1, no SILU_MUL): each program
     also leaves, per row, the largest output of its tile as stored (rounded) and its column, at [row, n-block] of
-    best_val / best_idx, for glmv.kernels.triton_argmax.pick_rows."""
+    best_val / best_idx, for glmv.kernels.triton_argmax.pick_rows.
+
+    W_FORMAT (a QuantizedWeight's format): FORMAT_DENSE, w [N, K] in x's dtype. FORMAT_FP8: w [N, K] E4M3 (as
+    bytes) widened in registers; s [N] per-channel scales applied once in the epilogue, or with GROUP > 0 scales
+    [N, K / GROUP] (row stride stride_sg) applied to each K tile's product. FORMAT_INT: w int32 words [K*BITS/32, N]
+    (row stride stride_wn; word r holds K rows r*32/BITS.. in its low bits first), s and z float32 [K / GROUP, N]
+    (row stride stride_sg); each K tile (within one group) multiplies (q - z), exact in 16 bits, and scales the
+    product by s."""
     pid = tl.program_id(0)
     pid_n = pid // SPLIT_K
     pid_k = pid % SPLIT_K
@@ -108,7 +132,13 @@ def _gemv_kernel(
                 _prefetch_l2(w_ptr + rows * stride_wn + k_start, tl.full([BLOCK_N], nbytes, tl.int32))
         tl.extra.cuda.gdc_wait()  # x (and the output buffers) belong to the kernels before this one
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if TMA:
+    if W_FORMAT == FORMAT_INT:
+        acc = _int_tiles(x_ptr, w_ptr, s_ptr, z_ptr, acc, offs_m, offs_n, m_mask, n_mask, k_start, k_end, stride_xm,
+                         stride_wn, stride_sg, BLOCK_N, BLOCK_K, BITS, GROUP)
+    elif W_FORMAT == FORMAT_FP8:
+        acc = _fp8_tiles(x_ptr, w_ptr, s_ptr, acc, offs_m, offs_n, m_mask, n_mask, k_start, k_end, stride_xm,
+                         stride_wn, stride_sg, BLOCK_K, EVEN_K, GROUP)
+    elif TMA:
         for k in range(k_start, k_end, BLOCK_K):
             acc += tl.dot(x_desc.load([0, k]), tl.trans(w_desc.load([pid_n * BLOCK_N, k])))
     else:
@@ -127,6 +157,8 @@ def _gemv_kernel(
             x_ptrs += BLOCK_K
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()  # late: the next kernels' waiting programs would take SM slots
+    if W_FORMAT == FORMAT_FP8 and GROUP == 0:  # per-channel scales: linear, so each split's partial takes them
+        acc *= tl.load(s_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
     if SPLIT_K == 1:
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
@@ -151,6 +183,61 @@ def _gemv_kernel(
                 total += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
             _store_tile(out_ptr, total, offs_m, pid_n, M, N, stride_om, BLOCK_M, BLOCK_N, SILU_MUL)
             tl.atomic_xchg(count_ptr + pid_n, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def _fp8_tiles(x_ptr, w_ptr, s_ptr, acc, offs_m, offs_n, m_mask, n_mask, k_start, k_end, stride_xm, stride_wn,
+               stride_sg, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, GROUP: tl.constexpr):
+    """acc + x @ w.T over [k_start, k_end) for E4M3 bytes w [N, K], widened to x's dtype tile by tile (block-scaled
+    per tile when GROUP > 0: BLOCK_K divides GROUP)."""
+    offs_k = tl.arange(0, BLOCK_K)
+    w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + (k_start + offs_k)[None, :]
+    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_start + offs_k)[None, :]
+    for k in range(k_start, k_end, BLOCK_K):
+        if EVEN_K:
+            raw = tl.load(w_ptrs, mask=n_mask[:, None], other=0)
+            x = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
+        else:
+            k_ok = (k + offs_k) < k_end
+            raw = tl.load(w_ptrs, mask=n_mask[:, None] & k_ok[None, :], other=0)
+            x = tl.load(x_ptrs, mask=m_mask[:, None] & k_ok[None, :], other=0.0)
+        w = raw.to(tl.float8e4nv, bitcast=True).to(x_ptr.dtype.element_ty)
+        if GROUP > 0:
+            s = tl.load(s_ptr + offs_n * stride_sg + k // GROUP, mask=n_mask, other=0.0)
+            acc += tl.dot(x, tl.trans(w)) * s[None, :]
+        else:
+            acc += tl.dot(x, tl.trans(w))
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+    return acc
+
+
+@triton.jit
+def _int_tiles(x_ptr, w_ptr, s_ptr, z_ptr, acc, offs_m, offs_n, m_mask, n_mask, k_start, k_end, stride_xm,
+               stride_wk, stride_sg, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BITS: tl.constexpr,
+               GROUP: tl.constexpr):
+    """acc + x @ W over [k_start, k_end) for packed integer words [K*BITS/32, N] (whole tiles, each within one
+    group). A value v becomes a float by the exponent trick: the bits of 2^23 + v, minus 2^23 + z, is v - z exactly
+    (one OR and one subtract where a conversion instruction runs at a quarter of the rate)."""
+    PER: tl.constexpr = 32 // BITS
+    WORDS: tl.constexpr = BLOCK_K // PER
+    offs_k = tl.arange(0, BLOCK_K)
+    shifts = tl.arange(0, PER) * BITS
+    w_ptrs = w_ptr + (k_start // PER + tl.arange(0, WORDS))[:, None].to(tl.int64) * stride_wk + offs_n[None, :]
+    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_start + offs_k)[None, :]
+    for k in range(k_start, k_end, BLOCK_K):
+        words = tl.load(w_ptrs, mask=n_mask[None, :], other=0)
+        x = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
+        v = (words[:, None, :] >> shifts[None, :, None]) & ((1 << BITS) - 1)
+        v = tl.reshape(v | 0x4B000000, (BLOCK_K, BLOCK_N)).to(tl.float32, bitcast=True)
+        g = k // GROUP
+        z = tl.load(z_ptr + g * stride_sg + offs_n, mask=n_mask, other=0.0) + 8388608.0
+        s = tl.load(s_ptr + g * stride_sg + offs_n, mask=n_mask, other=0.0)
+        w = (v - z[None, :]).to(x_ptr.dtype.element_ty)
+        acc += tl.dot(x, w) * s[None, :]
+        w_ptrs += WORDS * stride_wk
+        x_ptrs += BLOCK_K
+    return acc
 
 
 @triton.jit
@@ -191,18 +278,44 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, confi
     row's argmax of the output into it (torch.argmax's answer), from per-tile maxima the epilogue leaves and one
     short launch after. Split-K configurations synchronise through per-device counters: issue them from one stream
     at a time."""
-    m, k = x.shape
-    n = weight.shape[0]
-    if m > MAX_ROWS or x.stride(-1) != 1 or weight.stride(-1) != 1 or weight.shape[1] != k:
-        raise ValueError(f"gemv takes at most {MAX_ROWS} rows with contiguous last dims and matching K")
-    if silu_mul and (bias is not None or n % 2 or config.block_n % 2):
-        raise ValueError("gemv's SiLU epilogue takes an even N, an even block_n and no bias")
+    n, k = weight.shape
+    if weight.stride(-1) != 1:
+        raise ValueError("gemv takes a weight with a contiguous last dim")
     if argmax_out is not None and (silu_mul or config.split_k != 1):
         raise ValueError("gemv's argmax epilogue needs split_k 1 and no SiLU epilogue")
+    aligned = weight.data_ptr() % 16 == 0 and weight.stride(0) * weight.element_size() % 16 == 0
+    return _launch(x, weight, n, k, bias, config, silu_mul, argmax_out, int(FORMAT_DENSE), weight, weight,
+                   weight.stride(0), 0, 0, 0, weight.element_size() if aligned else 0, config.tma and aligned)
+
+
+def gemv_quantized(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, config: GemvConfig,
+                   silu_mul: bool = False) -> torch.Tensor:
+    """`gemv` for a quantized weight: x [M, K] (16-bit, M <= 128) -> [M, N] in x's dtype, the weight dequantized
+    tile by tile in registers (FP8 widened, integers unpacked and offset by their zero points, both scaled)."""
+    if not weight.fits(config.block_k, config.tma):
+        raise ValueError(f"gemv: block_k {config.block_k} does not tile the {weight.tag} weight's groups")
+    w = weight.data
+    is_int = weight.format == FORMAT_INT
+    aligned = w.data_ptr() % 16 == 0 and w.stride(0) % 16 == 0
+    stride_sg = weight.scale.stride(0) if is_int or weight.group else 0
+    return _launch(x, w, weight.n, weight.k, bias, config, silu_mul, None, weight.format, weight.scale,
+                   weight.zeros if weight.zeros is not None else weight.scale, w.stride(0), stride_sg, weight.bits,
+                   weight.group, 1 if aligned and not is_int else 0, False)
+
+
+def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k: int, bias: torch.Tensor | None, c: GemvConfig,
+            silu_mul: bool, argmax_out: torch.Tensor | None, w_format, scale: torch.Tensor, zeros: torch.Tensor,
+            stride_wn: int, stride_sg: int, bits: int, group: int, prefetch_elem: int, tma: bool) -> torch.Tensor:
+    """One launch of _gemv_kernel; prefetch_elem: the weight's bytes per element where its rows can be
+    prefetched into L2 (0: they cannot)."""
+    m = x.shape[0]
+    if m > MAX_ROWS or x.stride(-1) != 1 or x.shape[1] != k:
+        raise ValueError(f"gemv takes at most {MAX_ROWS} rows with contiguous last dims and matching K")
+    if silu_mul and (bias is not None or n % 2 or c.block_n % 2):
+        raise ValueError("gemv's SiLU epilogue takes an even N, an even block_n and no bias")
     out = torch.empty((m, n // 2 if silu_mul else n), dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    c = config
     n_blocks = triton.cdiv(n, c.block_n)
     if c.split_k > 1:
         counters = _counters(x.device, n_blocks)
@@ -211,23 +324,23 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, confi
         counters = ws = out  # unused by the kernel
     grid = n_blocks * c.split_k
     launch = pdl.launch_options()
-    aligned = weight.data_ptr() % 16 == 0 and weight.stride(0) * weight.element_size() % 16 == 0
-    pf_bytes, pf_programs = _prefetch_plan(x.device, grid, m, k, weight.element_size(), c) \
-        if launch["USE_PDL"] and aligned else (0, 0)
-    tma = c.tma and aligned and x.data_ptr() % 16 == 0 and x.stride(0) * x.element_size() % 16 == 0
+    pf_bytes, pf_programs = _prefetch_plan(x.device, grid, m, k, prefetch_elem, c) \
+        if launch["USE_PDL"] and prefetch_elem else (0, 0)
+    tma = tma and x.data_ptr() % 16 == 0 and x.stride(0) * x.element_size() % 16 == 0
     x_desc = TensorDescriptor.from_tensor(x, [block_m(m), c.block_k]) if tma else x  # else unused
-    w_desc = TensorDescriptor.from_tensor(weight, [c.block_n, c.block_k]) if tma else weight
+    w_desc = TensorDescriptor.from_tensor(w, [c.block_n, c.block_k]) if tma else w
     if argmax_out is not None:
         best_val = torch.empty(m, n_blocks, dtype=torch.float32, device=x.device)
         best_idx = torch.empty(m, n_blocks, dtype=torch.int32, device=x.device)
     else:
         best_val = best_idx = out  # unused by the kernel
     _gemv_kernel[(grid,)](
-        x, weight, x_desc, w_desc, bias if bias is not None else weight, out, ws, counters, m, n, k,
-        x.stride(0), weight.stride(0), out.stride(0), pf_bytes, pf_programs, best_val, best_idx,
+        x, w, x_desc, w_desc, bias if bias is not None else scale, out, ws, counters, scale, zeros, m, n, k,
+        x.stride(0), stride_wn, stride_sg, out.stride(0), pf_bytes, pf_programs, best_val, best_idx,
         HAS_BIAS=bias is not None, BLOCK_M=block_m(m), BLOCK_N=c.block_n, BLOCK_K=c.block_k, SPLIT_K=c.split_k,
-        EVEN_K=k % c.block_k == 0, PREFETCH=pf_bytes > 0, W_BYTES=weight.element_size(), SILU_MUL=silu_mul, TMA=tma,
-        ARGMAX=argmax_out is not None, num_warps=c.num_warps, num_stages=c.num_stages, **launch,
+        EVEN_K=k % c.block_k == 0, PREFETCH=pf_bytes > 0, W_BYTES=max(prefetch_elem, 1), SILU_MUL=silu_mul,
+        TMA=tma, ARGMAX=argmax_out is not None, W_FORMAT=w_format, BITS=bits, GROUP=group, num_warps=c.num_warps,
+        num_stages=c.num_stages, **launch,
     )  # fmt: skip
     if argmax_out is not None:
         pick_rows(best_val, best_idx, argmax_out)
@@ -265,25 +378,6 @@ def _sm_count(device: torch.device) -> int:
 PlanKey = tuple[int, int, bool, int]  # (N, K, has bias, rows)
 
 
-def _time_us(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor] | None,
-             config: GemvConfig | None, lead=None, silu_mul: bool = False) -> float:
-    """Per-call device time of F.linear (config None) or gemv, cycling twice over the weights in one graph. `lead`,
-    if given, makes each call's input (a small kernel before each matmul, as in a decoder layer: with PDL the
-    matmul's weight prefetch overlaps it); its time is included. silu_mul: interleaved gate/up weights, gated after
-    cuBLAS by silu_mul_pairs or in gemv's epilogue."""
-    count = len(weights)
-
-    def call(i: int) -> None:
-        w, b = weights[i % count], biases[i % count] if biases is not None else None
-        xi = lead() if lead is not None else x
-        if config is None:
-            cublas_silu(xi, w) if silu_mul else F.linear(xi, w, b)
-        else:
-            gemv(xi, w, b, config, silu_mul)
-
-    return graph_time_us(call, 2 * count)
-
-
 def _lead_kernel(x: torch.Tensor):
     """A ~3 us kernel that produces x's values (an RMSNorm, as before most decoder matmuls), for planning under
     PDL; None without PDL (each matmul then starts cold either way)."""
@@ -301,41 +395,90 @@ def plan(weight_groups: list[tuple], batch_sizes: list[int], report: list | None
     every batch size of `batch_sizes` that maps to that point. A group flagged silu_mul holds interleaved gate/up
     weights: both sides are timed with the pairwise gating (gemv's epilogue against cuBLAS + silu_mul_pairs), and its
     configurations are for `gemv(..., silu_mul=True)`. `report` receives (key, cuBLAS us, best us, config)."""
-    sizes = sorted({b for b in batch_sizes if 0 < b <= MAX_ROWS})
-    point_of = {b: next(p for p in PLAN_POINTS if p >= b and block_m(p) == block_m(b)) for b in sizes}
     chosen: dict[PlanKey, GemvConfig] = {}
     for group in weight_groups:
         weights, biases = group[0], group[1]
         silu = len(group) > 2 and bool(group[2])
         n, k = weights[0].shape
-        at_point: dict[int, GemvConfig | None] = {}
-        for point in sorted(set(point_of.values())):
-            x = torch.randn(point, k, dtype=weights[0].dtype, device=weights[0].device)
-            lead = _lead_kernel(x)
-            base = _time_us(x, weights, biases, None, lead, silu)
-            best, best_us = None, base
-            bias0 = biases[0] if biases is not None else None
-            ref = (cublas_silu(x, weights[0]) if silu else F.linear(x, weights[0], bias0)).float()
-            for cfg in CONFIGS[block_m(point)]:
-                try:
-                    out = gemv(x, weights[0], bias0, cfg, silu).float()
-                    err = ((out - ref).norm() / ref.norm().clamp(min=1e-30)).item()
-                    if not err < 2e-2:  # a safety net: never plan a configuration that computes something else
-                        raise RuntimeError(f"relative error {err:.3g} against cuBLAS")
-                    us = _time_us(x, weights, biases, cfg, lead, silu)
-                except Exception as exc:  # noqa: BLE001 - a configuration this device cannot run is skipped
-                    if report is not None:
-                        report.append(((n, k, biases is not None, point), None, None, f"{cfg} failed: {exc}"))
-                    continue
-                # A clear win only (2%), except with the gating: there cuBLAS's side pays a second launch and a round
-                # trip through memory that this isolated timing under-counts (in the decode graph at one row the
-                # epilogue saved 0.17 ms a step while timing here ~2% faster), so any win counts.
-                if us < best_us * (1.0 if silu else 0.98):
-                    best, best_us = cfg, us
-            at_point[point] = best
-            if report is not None:
-                report.append(((n, k, biases is not None, point), round(base, 2), round(best_us, 2), best))
-        for b in sizes:
-            if at_point[point_of[b]] is not None:
-                chosen[(n, k, biases is not None, b)] = at_point[point_of[b]]
+
+        def baseline(x, i, weights=weights, biases=biases, silu=silu):
+            w, b = weights[i % len(weights)], biases[i % len(weights)] if biases is not None else None
+            return cublas_silu(x, w) if silu else F.linear(x, w, b)
+
+        def candidate(x, i, cfg, weights=weights, biases=biases, silu=silu):
+            w, b = weights[i % len(weights)], biases[i % len(weights)] if biases is not None else None
+            return gemv(x, w, b, cfg, silu)
+
+        # A clear win only (2%), except with the gating: there cuBLAS's side pays a second launch and a round
+        # trip through memory that this isolated timing under-counts (in the decode graph at one row the
+        # epilogue saved 0.17 ms a step while timing here ~2% faster), so any win counts.
+        chosen.update(_plan_group((n, k, biases is not None), k, len(weights), weights[0].dtype, weights[0].device,
+                                  lambda point: CONFIGS[block_m(point)], baseline, candidate,
+                                  1.0 if silu else 0.98, batch_sizes, report))
     return chosen
+
+
+@dataclass(frozen=True)
+class QuantizedPlanGroup:
+    """Same-shaped quantized weights of several layers, as `plan_quantized` times them: `baseline(x, i)` is layer
+    i's product without a plan (the format's own kernels), `candidate(x, i, cfg)` the same on the decode matmul."""
+
+    weight: QuantizedWeight  # the first layer's (its tag and shape key the plan)
+    count: int
+    has_bias: bool
+    dtype: torch.dtype  # of the activations
+    baseline: Callable[[torch.Tensor, int], torch.Tensor]
+    candidate: Callable[[torch.Tensor, int, GemvConfig], torch.Tensor]
+
+
+def plan_quantized(groups: list[QuantizedPlanGroup], batch_sizes: list[int],
+                   report: list | None = None) -> dict[tuple, GemvConfig]:
+    """`plan` for quantized weights: per (format tag, N, K, has bias, rows), the fastest QUANT_CONFIGS entry that
+    fits the weight's groups, where it beats the format's own kernel by 2%."""
+    chosen: dict[tuple, GemvConfig] = {}
+    for g in groups:
+        w = g.weight
+        configs = {bm: [c for c in cs if w.fits(c.block_k, c.tma)] for bm, cs in QUANT_CONFIGS.items()}
+        chosen.update(_plan_group((w.tag, w.n, w.k, g.has_bias), w.k, g.count, g.dtype, w.data.device,
+                                  lambda point, configs=configs: configs[block_m(point)], g.baseline, g.candidate,
+                                  0.98, batch_sizes, report))
+    return chosen
+
+
+def _plan_group(key: tuple, k: int, count: int, dtype: torch.dtype, device: torch.device, configs_at: Callable,
+                baseline: Callable, candidate: Callable, margin: float, batch_sizes: list[int],
+                report: list | None) -> dict[tuple, GemvConfig]:
+    """One group's plan: at each plan point, time `baseline` and every configuration's `candidate` (cycling twice
+    over `count` layers in one CUDA graph, each call after a small lead kernel as in a layer), check each against
+    the baseline's output, and keep the fastest that beats the baseline's time times `margin`; then map every
+    batch size to its point. Keys are key + (rows,)."""
+    sizes = sorted({b for b in batch_sizes if 0 < b <= MAX_ROWS})
+    point_of = {b: next(p for p in PLAN_POINTS if p >= b and block_m(p) == block_m(b)) for b in sizes}
+    at_point: dict[int, GemvConfig | None] = {}
+    for point in sorted(set(point_of.values())):
+        x = torch.randn(point, k, dtype=dtype, device=device)
+        lead = _lead_kernel(x)
+
+        def timed(fn, lead=lead, x=x) -> float:
+            return graph_time_us(lambda i: fn(lead() if lead is not None else x, i), 2 * count)
+
+        base = timed(baseline)
+        best, best_us = None, base
+        ref = baseline(x, 0).float()
+        for cfg in configs_at(point):
+            try:
+                out = candidate(x, 0, cfg).float()
+                err = ((out - ref).norm() / ref.norm().clamp(min=1e-30)).item()
+                if not err < 2e-2:  # a safety net: never plan a configuration that computes something else
+                    raise RuntimeError(f"relative error {err:.3g} against the baseline")
+                us = timed(lambda xi, i, cfg=cfg: candidate(xi, i, cfg))
+            except Exception as exc:  # noqa: BLE001 - a configuration this device cannot run is skipped
+                if report is not None:
+                    report.append((key + (point,), None, None, f"{cfg} failed: {exc}"))
+                continue
+            if us < best_us * margin:
+                best, best_us = cfg, us
+        at_point[point] = best
+        if report is not None:
+            report.append((key + (point,), round(base, 2), round(best_us, 2), best))
+    return {key + (b,): at_point[point_of[b]] for b in sizes if at_point[point_of[b]] is not None}

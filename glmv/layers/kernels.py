@@ -56,6 +56,8 @@ class Kernels:
     swiglu: ModuleType | None = None  # glmv.kernels.triton_swiglu: the gating in the gate/up matmul's epilogue
     gemv: Callable | None = None  # glmv.kernels.triton_gemv.gemv: the decode-batch matmul
     plan_gemv: Callable | None = None  # its planner against cuBLAS
+    gemv_quantized: Callable | None = None  # triton_gemv.gemv_quantized: the same on FP8 / integer weights
+    plan_gemv_quantized: Callable | None = None  # its planner against the formats' own kernels
     plan_swiglu: Callable | None = None  # the fused gate/up matmul's planner (triton_swiglu.plan, maybe cached)
     native_decode_attention: bool = False  # decode attention reads only each sequence's blocks (graphs pay off)
     vision_graphs: bool = False  # record the vision tower as CUDA graphs per input shape
@@ -155,6 +157,8 @@ def _triton_kernels(dtype: torch.dtype, options: KernelOptions) -> Kernels:
         swiglu=triton_swiglu if options.swiglu else None,
         gemv=triton_gemv.gemv if options.gemv and sixteen_bit else None,
         plan_gemv=plan_gemv if options.gemv and sixteen_bit else None,
+        gemv_quantized=triton_gemv.gemv_quantized if options.gemv else None,
+        plan_gemv_quantized=triton_gemv.plan_quantized if options.gemv else None,
         plan_swiglu=plan_swiglu if options.swiglu else None,
     )
 

@@ -36,18 +36,26 @@ class Linear(Protocol):
 
 
 class GemvPlan:
-    """Which decode-batch matmuls of one model run on glmv's Triton decode matmul: (N, K, has bias, rows) ->
-    its config, chosen by timing against cuBLAS at graph capture. Shared by every DenseLinear of the model and by
-    the SwiGLU dispatcher; empty (cuBLAS / oneDNN everywhere) until planned."""
+    """Which decode-batch matmuls of one model run on glmv's Triton decode matmul, chosen by timing at graph
+    capture: dense weights by (N, K, has bias, rows) against cuBLAS, quantized ones by (format tag, N, K, has bias,
+    rows) against their own split-K kernels. Shared by every Linear of the model and by the SwiGLU dispatcher;
+    empty (cuBLAS / oneDNN / the quantized kernels everywhere) until planned."""
 
-    def __init__(self, gemv: Callable | None = None):
+    def __init__(self, gemv: Callable | None = None, gemv_quantized: Callable | None = None):
         self.gemv = gemv  # glmv.kernels.triton_gemv.gemv, or None where the device has no such kernel
+        self.gemv_quantized = gemv_quantized  # triton_gemv.gemv_quantized, likewise
         self.configs: dict = {}
 
     def config(self, weight: torch.Tensor, has_bias: bool, rows: int):
         if not self.configs:
             return None
         return self.configs.get((weight.shape[0], weight.shape[1], has_bias, rows))
+
+    def quantized_config(self, weight, has_bias: bool, rows: int):
+        """The configuration for a glmv.kernels.quantized_weight.QuantizedWeight at `rows`, or None."""
+        if not self.configs:
+            return None
+        return self.configs.get((weight.tag, weight.n, weight.k, has_bias, rows))
 
 
 class DenseLinear:
@@ -95,18 +103,16 @@ class DenseLinear:
 
 class LinearLoader(Protocol):
     """Builds one Linear from the checkpoint; `parts` are concatenated along the output dim in order. Parts are
-    text-module names relative to the decoder (`layers.3.self_attn.q_proj`), resolved by the reader's prefixes."""
+    text-module names relative to the decoder (`layers.3.self_attn.q_proj`), resolved by the reader's prefixes.
+    `plan` is the model's decode-matmul plan, which every Linear it builds consults."""
 
-    def load(self, reader, parts: list[str], bias: bool) -> Linear: ...
+    def load(self, reader, parts: list[str], bias: bool, plan: GemvPlan) -> Linear: ...
 
 
 class DenseLinearLoader:
     """bf16 / fp16 / fp32 checkpoints: `<part>.weight` (and `<part>.bias`) read in the model dtype."""
 
-    def __init__(self, plan: GemvPlan):
-        self.plan = plan
-
-    def load(self, reader, parts: list[str], bias: bool) -> DenseLinear:
+    def load(self, reader, parts: list[str], bias: bool, plan: GemvPlan) -> DenseLinear:
         weights = [reader.text(p + ".weight") for p in parts]
         weight = weights[0] if len(weights) == 1 else torch.cat(weights, dim=0)
         del weights
@@ -114,4 +120,4 @@ class DenseLinearLoader:
         if bias:
             biases = [reader.text(p + ".bias") for p in parts]
             b = biases[0] if len(biases) == 1 else torch.cat(biases, dim=0)
-        return DenseLinear(weight, b, self.plan)
+        return DenseLinear(weight, b, plan)

@@ -5,8 +5,9 @@ Why a dispatcher: on CUDA with glmv's Triton kernels the gating runs in the matm
 triton_swiglu), which needs the weight's rows interleaved [g0, u0, g1, u1, ...]; `prepare` does that once at load,
 and from then on every product with that weight must gate pairwise. Which kernel wins depends on the row count: the
 Triton decode matmul with its epilogue (rows <= 128, where plan_gemv chose it), the large-row fused matmul (where
-`plan` found it faster), or cuBLAS + the pairwise gating. Elsewhere (CPU, GLMV_SWIGLU=0, quantized
-weights) the weight stays stacked and the gating is a separate step.
+`plan` found it faster), or cuBLAS + the pairwise gating. Quantized gate/up weights are interleaved the same way
+(their Linear gates in the decode matmul's epilogue where planned, else after its product). Elsewhere (CPU,
+GLMV_SWIGLU=0) the weight stays stacked and the gating is a separate step.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from glmv.layers.linear import DenseLinear, GemvPlan, Linear
+from glmv.layers.quant.linears import PlannedDecode
 
 
 class GateUpAct:
@@ -46,6 +48,8 @@ class GateUpAct:
         the matmul where the fused kernels run; every other format multiplies first and gates after."""
         if self.interleaved and isinstance(linear, DenseLinear):
             return self.dense(x, linear.weight)
+        if isinstance(linear, PlannedDecode) and linear.gate_up_interleaved:
+            return linear.gate_up_act(x, self.kernels.silu_mul_pairs)
         return self.silu_mul(linear(x))
 
     def dense(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from glmv.layers.attention import AttentionMetadata
 from glmv.layers.checkpoint import CheckpointError, CheckpointReader, expect_shape
 from glmv.layers.kernels import Kernels, select_kernels
 from glmv.layers.linear import DenseLinear, DenseLinearLoader, GemvPlan, Linear, LinearLoader
+from glmv.layers.quant.linears import PlannedDecode
 from glmv.layers.swiglu import GateUpAct
 from glmv.models.vision import Glm4vVisionTower
 from glmv.options import KernelOptions
@@ -68,14 +69,14 @@ def load_text_weights(reader: CheckpointReader, dims: TextDims, linears: LinearL
             [p + "mlp.gate_proj", p + "mlp.up_proj"]  # checkpoints that store gate and up separately
         layers.append(DecoderLayerWeights(
             input_norm=reader.text(p + "input_layernorm.weight"),
-            qkv=_expect_linear(linears.load(reader, attn, dims.attention_bias), (qkv_out, hidden), p + "qkv_proj"),
-            o=_expect_linear(linears.load(reader, [p + "self_attn.o_proj"], False), (hidden, dims.num_heads * hd),
+            qkv=_expect_linear(linears.load(reader, attn, dims.attention_bias, plan), (qkv_out, hidden), p + "qkv_proj"),
+            o=_expect_linear(linears.load(reader, [p + "self_attn.o_proj"], False, plan), (hidden, dims.num_heads * hd),
                              p + "o_proj"),
             post_self_attn_norm=reader.text(p + "post_self_attn_layernorm.weight"),
             post_attention_norm=reader.text(p + "post_attention_layernorm.weight"),
-            gate_up=_expect_linear(linears.load(reader, mlp, False), (2 * dims.intermediate_size, hidden),
+            gate_up=_expect_linear(linears.load(reader, mlp, False, plan), (2 * dims.intermediate_size, hidden),
                                    p + "gate_up_proj"),
-            down=_expect_linear(linears.load(reader, [p + "mlp.down_proj"], False),
+            down=_expect_linear(linears.load(reader, [p + "mlp.down_proj"], False, plan),
                                 (hidden, dims.intermediate_size), p + "down_proj"),
             post_mlp_norm=reader.text(p + "post_mlp_layernorm.weight"),
         ))
@@ -138,7 +139,7 @@ class Glm4vModel:
     @staticmethod
     def build_kernels(kernels: Kernels) -> tuple[GateUpAct, GemvPlan]:
         """The gating dispatcher and the (empty) decode-matmul plan that a model and its vision tower share."""
-        plan = GemvPlan(kernels.gemv)
+        plan = GemvPlan(kernels.gemv, kernels.gemv_quantized)
         return GateUpAct(kernels.swiglu, kernels.silu_mul, plan, kernels.plan_swiglu), plan
 
     def _lay_out_gate_up(self, text: TextWeights) -> None:
@@ -155,6 +156,8 @@ class Glm4vModel:
             for lw in text.layers:
                 if isinstance(lw.gate_up, DenseLinear):
                     lw.gate_up.weight = act.prepare(lw.gate_up.weight)
+                elif isinstance(lw.gate_up, PlannedDecode):
+                    lw.gate_up.interleave_gate_up(act.kernels.interleave_gate_up)
             text.gate_up_interleaved = True
             if vision is not None:
                 for blk in vision.w.blocks:
@@ -173,7 +176,7 @@ class Glm4vModel:
         gate_up_act, plan = cls.build_kernels(kernels)
         reader = CheckpointReader(config.path, device, dtype)
         with torch.inference_mode():
-            text = load_text_weights(reader, config.text, linear_loader or DenseLinearLoader(plan), plan)
+            text = load_text_weights(reader, config.text, linear_loader or DenseLinearLoader(), plan)
             vision = None
             if load_vision:
                 theta = ((config.raw.get("vision_config") or {}).get("rope_parameters") or {}).get("rope_theta", 1e4)
@@ -239,25 +242,51 @@ class Glm4vModel:
 
     # ---- CUDA: matmul plans, timed on the device ----
     def plan_gemv(self, batch_sizes: list[int], report: list | None = None) -> int:
-        """Time glmv's Triton decode matmul against cuBLAS for every dense weight shape at these decode batch sizes
-        and use it where it is faster. Returns how many (shape, batch) pairs use it (0 where there is no such kernel
-        or no dense decoder weight)."""
-        planner = self.kernels.plan_gemv
-        layers = self.w.layers[: min(8, len(self.w.layers))]
-        if planner is None or self.device.type != "cuda":
+        """Time glmv's Triton decode matmul against cuBLAS for every dense weight shape, and against the format's
+        own kernels for every quantized one, at these decode batch sizes, and use it where it is faster. Returns
+        how many (shape, batch) pairs use it (0 where there is no such kernel)."""
+        if self.device.type != "cuda":
             return 0
-        groups = []
+        layers = self.w.layers[: min(8, len(self.w.layers))]
+        dense, quantized = [], []
         for pick in (lambda lw: lw.qkv, lambda lw: lw.o, lambda lw: lw.gate_up, lambda lw: lw.down):
             linears = [pick(lw) for lw in layers]
-            if not all(isinstance(lin, DenseLinear) for lin in linears):
-                continue
-            biases = [lin.bias for lin in linears] if linears[0].bias is not None else None
-            weights = [lin.weight for lin in linears]
             is_gate_up = linears[0] is layers[0].gate_up
-            groups.append((weights, biases, self.gate_up_act.interleaved) if is_gate_up else (weights, biases))
-        groups.append(([self.w.lm_head.weight], None))
-        self.gemv_plan.configs = planner(groups, batch_sizes, report)
-        return len(self.gemv_plan.configs)
+            if all(isinstance(lin, DenseLinear) for lin in linears):
+                biases = [lin.bias for lin in linears] if linears[0].bias is not None else None
+                weights = [lin.weight for lin in linears]
+                dense.append((weights, biases, self.gate_up_act.interleaved) if is_gate_up else (weights, biases))
+            elif all(isinstance(lin, PlannedDecode) for lin in linears) and \
+                    len({lin.packed.tag for lin in linears}) == 1:
+                gated = is_gate_up and linears[0].gate_up_interleaved
+                quantized.append(self._quantized_plan_group(linears, gated))
+        dense.append(([self.w.lm_head.weight], None))
+        configs: dict = {}
+        if self.kernels.plan_gemv is not None:
+            configs.update(self.kernels.plan_gemv(dense, batch_sizes, report))
+        if quantized and self.kernels.plan_gemv_quantized is not None:
+            configs.update(self.kernels.plan_gemv_quantized(quantized, batch_sizes, report))
+        self.gemv_plan.configs = configs
+        return len(configs)
+
+    def _quantized_plan_group(self, linears: list, gated: bool):
+        """What the planner times for one quantized matmul of the first layers: each Linear as it runs unplanned,
+        against the decode matmul on its packed weight (gated where the gate/up is laid out for the epilogue)."""
+        from glmv.kernels.triton_gemv import QuantizedPlanGroup
+
+        pairs = self.kernels.swiglu.silu_mul_pairs if gated else None
+        gemv = self.kernels.gemv_quantized
+
+        def baseline(x, i):
+            lin = linears[i % len(linears)]
+            return lin.gate_up_act(x, pairs) if gated else lin(x)
+
+        def candidate(x, i, cfg):
+            lin = linears[i % len(linears)]
+            return gemv(lin.gathered(x), lin.packed, lin.bias, cfg, gated)
+
+        first = linears[0]
+        return QuantizedPlanGroup(first.packed, len(linears), first.bias is not None, self.dtype, baseline, candidate)
 
     def plan_swiglu(self, max_rows: int, report: list | None = None) -> int:
         """Choose, by timing on this device, the row counts at which the MLP's gate/up matmul runs with its gating

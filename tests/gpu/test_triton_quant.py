@@ -114,7 +114,6 @@ def test_model_on_quantized_kernels_matches_dequantized(case, tiny_model_dir, tm
     """The tiny model with its decoder on these kernels (IntLinear / Fp8Linear, not dequantized at load) against
     the same weights dense: the CUDA path's wiring (fused parts, bias, act-order gather) end to end."""
     from glmv.config import ModelConfig
-    from glmv.layers.linear import GemvPlan
     from glmv.layers.quant.loaders import QuantLinearLoader
     from glmv.layers.quant.schemes import scheme_from_config
     from glmv.models.glm4v import Glm4vModel
@@ -128,7 +127,7 @@ def test_model_on_quantized_kernels_matches_dequantized(case, tiny_model_dir, tm
         quant, quantization = tmp_path / "q", None
         write_pair(tiny_model_dir, quant, tmp_path / "d", config, pack)
     cfg = ModelConfig.from_dir(quant)
-    loader = QuantLinearLoader(scheme_from_config(cfg.raw, quantization), GemvPlan(None), kernels())
+    loader = QuantLinearLoader(scheme_from_config(cfg.raw, quantization), kernels())
     on_kernels = Glm4vModel.load(cfg, DEVICE, torch.float32, max_positions=256, load_vision=False,
                                  linear_loader=loader)
     linears = [lin for lw in on_kernels.w.layers for lin in lw.linears()]

@@ -16,7 +16,6 @@ import torch
 
 from glmv.config import ModelConfig
 from glmv.layers.attention import AttentionMetadata
-from glmv.layers.linear import GemvPlan
 from glmv.layers.quant.loaders import QuantLinearLoader
 from glmv.layers.quant.schemes import scheme_from_config
 from glmv.models.glm4v import Glm4vModel
@@ -69,7 +68,7 @@ def load_model(folder: Path, quantization: str | None = None, dtype=torch.float3
     TRITON_INTERPRET=1: this is the reference tests/gpu compares the kernels with)."""
     cfg = ModelConfig.from_dir(folder)
     scheme = scheme_from_config(cfg.raw, quantization)
-    loader = None if scheme is None else QuantLinearLoader(scheme, GemvPlan(None), kernels=None)
+    loader = None if scheme is None else QuantLinearLoader(scheme, kernels=None)
     return Glm4vModel.load(cfg, "cpu", dtype, max_positions=256, load_vision=False, linear_loader=loader)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from glmv.layers.checkpoint import TEXT_PREFIXES, CheckpointError
-from glmv.layers.linear import DenseLinear, DenseLinearLoader, GemvPlan, Linear, LinearLoader
+from glmv.layers.linear import DenseLinear, GemvPlan, Linear, LinearLoader
 from glmv.layers.quant import unpack
 from glmv.layers.quant.linears import Fp8Linear, IntLinear
 from glmv.layers.quant.schemes import (
@@ -54,27 +54,24 @@ class QuantKernels:
 
 
 def choose_linear_loader(raw_config: dict, quantization: str | None, device: torch.device,
-                         plan: GemvPlan | None = None, kernels: QuantKernels | None = None) -> LinearLoader | None:
+                         kernels: QuantKernels | None = None) -> LinearLoader | None:
     """The loader for this checkpoint (config.json as a dict) and `--quantization`; None for dense weights.
     Raises QuantizationError for formats glmv does not serve."""
     scheme = scheme_from_config(raw_config, quantization)
     if scheme is None:
         return None
     device = torch.device(device)
-    return QuantLinearLoader(scheme, plan or GemvPlan(None),
-                             kernels if kernels is not None else QuantKernels.for_device(device))
+    return QuantLinearLoader(scheme, kernels if kernels is not None else QuantKernels.for_device(device))
 
 
 class QuantLinearLoader:
     """Reads every part of one matmul in the scheme's layout and builds its Linear."""
 
-    def __init__(self, scheme: Scheme, plan: GemvPlan, kernels: QuantKernels | None):
+    def __init__(self, scheme: Scheme, kernels: QuantKernels | None):
         self.scheme = scheme
-        self.plan = plan
         self.kernels = kernels
-        self.dense = DenseLinearLoader(plan)
 
-    def load(self, reader, parts: list[str], bias: bool) -> Linear:
+    def load(self, reader, parts: list[str], bias: bool, plan: GemvPlan) -> Linear:
         read = [self._read_part(reader, p) for p in parts]
         b = None
         if bias:
@@ -82,7 +79,7 @@ class QuantLinearLoader:
             b = biases[0] if len(biases) == 1 else torch.cat(biases)
         dense = [isinstance(r, torch.Tensor) for r in read]
         if all(dense):
-            return DenseLinear(read[0] if len(read) == 1 else torch.cat(read), b, self.plan)
+            return DenseLinear(read[0] if len(read) == 1 else torch.cat(read), b, plan)
         if any(dense):
             raise CheckpointError(f"{parts}: some of these fused parts are quantized and some are not; glmv fuses "
                                   "only parts stored alike")
@@ -94,11 +91,11 @@ class QuantLinearLoader:
             scales = [self._input_scale(reader, p) for p in parts]
             input_scale = torch.stack(scales).amax() if scales[0] is not None else None
         if self.kernels is None:
-            return DenseLinear(weight.dense(reader.dtype).contiguous(), b, self.plan)
+            return DenseLinear(weight.dense(reader.dtype).contiguous(), b, plan)
         if isinstance(weight, unpack.IntWeight):
-            return IntLinear(weight, b, self.kernels.int_matmul, reader.dtype)
+            return IntLinear(weight, b, self.kernels.int_matmul, reader.dtype, plan)
         return Fp8Linear(weight, b, self.kernels.fp8_weight_only, self.kernels.fp8_tensor_core, reader.dtype,
-                         input_scale)
+                         input_scale, plan)
 
     # ---- one part, by format ----
     def _name(self, reader, part: str, suffix: str) -> str | None:
