@@ -13,7 +13,7 @@ pytestmark = GPU_TEST_MARKS
 
 # (out, in) of qkv, o, gate_up and down in GLM-4.1V-9B
 SHAPES = [(4608, 4096), (4096, 4096), (27392, 4096), (4096, 13696)] if ON_GPU else [(96, 256), (64, 384)]
-BATCHES = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256] if ON_GPU else [1, 3, 17]
+BATCHES = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 512] if ON_GPU else [1, 3, 17, 260]
 DTYPE = torch.bfloat16 if ON_GPU else torch.float32
 TOL = 1.5e-2 if ON_GPU else 1e-4  # of the reference's largest magnitude: bf16 outputs / float32 in the interpreter
 
@@ -50,7 +50,8 @@ def test_int_linear(shape, bits, act_order):
     gen = torch.Generator().manual_seed(0)
     w = int_weight(*shape, bits, act_order, gen)
     bias = torch.randn(shape[0], generator=gen).to(DEVICE, DTYPE)
-    lin = IntLinear(w, bias, kernels().int_matmul, DTYPE)
+    k = kernels()
+    lin = IntLinear(w, bias, k.int_matmul, DTYPE, prompt_matmul=k.int_prompt_matmul)
     dense = w.dense(torch.float32)
     assert torch.equal(lin.dequantized(), dense.to(DTYPE))
     out, in_ = shape

@@ -18,6 +18,7 @@ from glmv.layers.linear import GemvPlan
 from glmv.layers.quant.unpack import Fp8Weight, IntWeight, pack_k
 
 TENSOR_CORE_MIN_ROWS = 64  # below this a matmul is bound by weight reads: the weight-only kernel wins
+DEQUANTIZE_MIN_ROWS = 256  # from here an integer weight is dequantized once and multiplied by cuBLAS
 
 
 def _nbytes(*tensors: torch.Tensor | None) -> int:
@@ -98,10 +99,11 @@ class Fp8Linear(PlannedDecode):
 class IntLinear(PlannedDecode):
     """4- or 8-bit integer weight in the W4A16 kernel's layout (int32 words down K, float32 scales and zero
     points [groups, out]). Act-ordered (GPTQ desc_act) weights are stored with their input channels sorted by
-    group; `perm` gathers the activations to match."""
+    group; `perm` gathers the activations to match. Decode rows: the planned decode matmul, else `matmul`;
+    prompts of DEQUANTIZE_MIN_ROWS rows or more: `prompt_matmul` (dequantize once, then cuBLAS)."""
 
     def __init__(self, weight: IntWeight, bias: torch.Tensor | None, matmul: Callable, dtype: torch.dtype,
-                 plan: GemvPlan | None = None):
+                 plan: GemvPlan | None = None, prompt_matmul: Callable | None = None):
         perm = None
         q, g_idx = weight.q, weight.g_idx
         if weight.act_ordered:
@@ -119,6 +121,7 @@ class IntLinear(PlannedDecode):
         self.group_size = weight.group_size
         self.dtype = dtype
         self.matmul = matmul
+        self.prompt_matmul = prompt_matmul or matmul
         self.out_features, self.in_features = int(weight.q.shape[0]), int(weight.q.shape[1])
         self.plan = plan if plan is not None else GemvPlan()
         self._pack()
@@ -134,7 +137,8 @@ class IntLinear(PlannedDecode):
         planned = self.planned(x)
         if planned is not None:
             return planned
-        return self.matmul(x, self.qweight, self.scales, self.zeros, self.bias, self.bits, self.group_size)
+        matmul = self.prompt_matmul if x.shape[0] >= DEQUANTIZE_MIN_ROWS else self.matmul
+        return matmul(x, self.qweight, self.scales, self.zeros, self.bias, self.bits, self.group_size)
 
     def interleave_gate_up(self, interleave: Callable) -> None:
         packed = self.packed.interleaved_gate_up(interleave)

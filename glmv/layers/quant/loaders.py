@@ -40,6 +40,7 @@ class QuantKernels:
     fp8_weight_only: Callable
     fp8_tensor_core: Callable | None  # sm89+ only
     int_matmul: Callable
+    int_prompt_matmul: Callable  # many rows: dequantize once, then a dense matmul
 
     @classmethod
     def for_device(cls, device: torch.device) -> QuantKernels | None:
@@ -50,7 +51,8 @@ class QuantKernels:
         from glmv.kernels import triton_fp8, triton_w4a16
 
         tensor_cores = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
-        return cls(triton_fp8.fp8_matmul, triton_fp8.scaled_mm if tensor_cores else None, triton_w4a16.int_matmul)
+        return cls(triton_fp8.fp8_matmul, triton_fp8.scaled_mm if tensor_cores else None, triton_w4a16.int_matmul,
+                   triton_w4a16.prompt_matmul)
 
 
 def choose_linear_loader(raw_config: dict, quantization: str | None, device: torch.device,
@@ -93,7 +95,7 @@ class QuantLinearLoader:
         if self.kernels is None:
             return DenseLinear(weight.dense(reader.dtype).contiguous(), b, plan)
         if isinstance(weight, unpack.IntWeight):
-            return IntLinear(weight, b, self.kernels.int_matmul, reader.dtype, plan)
+            return IntLinear(weight, b, self.kernels.int_matmul, reader.dtype, plan, self.kernels.int_prompt_matmul)
         return Fp8Linear(weight, b, self.kernels.fp8_weight_only, self.kernels.fp8_tensor_core, reader.dtype,
                          input_scale, plan)
 
