@@ -166,6 +166,34 @@ def cached_gemv_planner(cache: PlanCache, prefetch_mb: float) -> Callable:
     return plan
 
 
+def cached_quantized_gemv_planner(cache: PlanCache, prefetch_mb: float) -> Callable:
+    """triton_gemv.plan_quantized with its answers kept in `cache` (same signature)."""
+    from glmv.kernels import triton_gemv as tg
+
+    def plan(groups: list, batch_sizes: list[int], report: list | None = None) -> dict:
+        w0 = groups[0].weight
+        description = {
+            "planner": "triton_gemv.quantized", "source": source_digest(tg), "env": environment_key(w0.data.device),
+            "prefetch_mb": prefetch_mb, "batch_sizes": sorted(set(batch_sizes)),
+            "groups": [[g.weight.tag, g.weight.n, g.weight.k, g.count, g.has_bias, str(g.dtype)] for g in groups]}
+        rows: list = []
+
+        def compute() -> tuple[dict, list]:
+            return tg.plan_quantized(groups, batch_sizes, rows), rows
+
+        def encode(value: tuple[dict, list]) -> dict:
+            chosen, rep = value
+            return {"chosen": [[list(k), _cfg_out(c)] for k, c in chosen.items()], "report": _report_rows(rep)}
+
+        def decode(stored: dict) -> tuple[dict, list]:
+            chosen = {tuple(k): tg.GemvConfig(**c) for k, c in stored["chosen"]}
+            return chosen, _report_from(stored)
+
+        return _plan_with_report(cache, description, compute, encode, decode, report)
+
+    return plan
+
+
 def cached_swiglu_planner(cache: PlanCache) -> Callable:
     """triton_swiglu.plan with its answers kept in `cache` (same signature)."""
     from glmv.kernels import triton_swiglu as ts

@@ -136,13 +136,14 @@ def _triton_kernels(dtype: torch.dtype, options: KernelOptions) -> Kernels:
     if not options.fused:
         return chosen
     sixteen_bit = dtype in (torch.bfloat16, torch.float16)
-    plan_gemv, plan_swiglu = triton_gemv.plan, triton_swiglu.plan
+    plan_gemv, plan_swiglu, plan_quantized = triton_gemv.plan, triton_swiglu.plan, triton_gemv.plan_quantized
     if options.plan_cache_dir is not None:  # timed once per device, driver, library versions and shapes
-        from glmv.kernels.plan_cache import PlanCache, cached_gemv_planner, cached_swiglu_planner
+        from glmv.kernels import plan_cache as pc
 
-        cache = PlanCache(Path(options.plan_cache_dir))
-        plan_gemv = cached_gemv_planner(cache, options.gemv_prefetch_mb)
-        plan_swiglu = cached_swiglu_planner(cache)
+        cache = pc.PlanCache(Path(options.plan_cache_dir))
+        plan_gemv = pc.cached_gemv_planner(cache, options.gemv_prefetch_mb)
+        plan_swiglu = pc.cached_swiglu_planner(cache)
+        plan_quantized = pc.cached_quantized_gemv_planner(cache, options.gemv_prefetch_mb)
     return replace(
         chosen,
         rms_norm=triton_fused.rms_norm,
@@ -158,7 +159,7 @@ def _triton_kernels(dtype: torch.dtype, options: KernelOptions) -> Kernels:
         gemv=triton_gemv.gemv if options.gemv and sixteen_bit else None,
         plan_gemv=plan_gemv if options.gemv and sixteen_bit else None,
         gemv_quantized=triton_gemv.gemv_quantized if options.gemv else None,
-        plan_gemv_quantized=triton_gemv.plan_quantized if options.gemv else None,
+        plan_gemv_quantized=plan_quantized if options.gemv else None,
         plan_swiglu=plan_swiglu if options.swiglu else None,
     )
 

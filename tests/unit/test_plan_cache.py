@@ -82,6 +82,33 @@ def test_gemv_planner_is_timed_once_then_read_back(tmp_path, monkeypatch):
     assert len(calls) == 3
 
 
+def test_quantized_planner_keys_by_format_and_reads_back_string_keys(tmp_path, monkeypatch):
+    from glmv.kernels.quantized_weight import QuantizedWeight
+
+    calls = []
+    chosen = {("int4-g128", 64, 256, False, 1): tg.GemvConfig(64, 128, 4, 4, 2)}
+
+    def fake_plan(groups, sizes, report=None):
+        calls.append([g.weight.tag for g in groups])
+        report.append((("int4-g128", 64, 256, False, 1), 9.0, 4.0, chosen[("int4-g128", 64, 256, False, 1)]))
+        return dict(chosen)
+
+    monkeypatch.setattr(tg, "plan_quantized", fake_plan)
+
+    def group(bits: int):
+        w = QuantizedWeight.packed_int(torch.zeros(256 * bits // 32, 64, dtype=torch.int32), torch.ones(2, 64),
+                                       torch.zeros(2, 64), bits, 128)
+        return tg.QuantizedPlanGroup(w, 8, False, torch.bfloat16, None, None)
+
+    plan = pc.cached_quantized_gemv_planner(pc.PlanCache(tmp_path), 24.0)
+    report: list = []
+    assert plan([group(4)], [1], []) == chosen
+    assert plan([group(4)], [1], report) == chosen and len(calls) == 1  # read back, string keys as tuples
+    assert report[0][:3] == (("int4-g128", 64, 256, False, 1), 9.0, 4.0)
+    plan([group(8)], [1], [])  # another format of the same shape: timed
+    assert calls == [["int4-g128"], ["int8-g128"]]
+
+
 def test_swiglu_planner_round_trips_none_points(tmp_path, monkeypatch):
     cfg = ts.MatmulSiluConfig(128, 128, 64, 8, 3, persistent=True)
     calls = []
