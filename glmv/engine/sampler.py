@@ -38,8 +38,14 @@ def race_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab_hash: torch.Tenso
     k2 = _mix32(k ^ 0x5BD1E995)
     x = _mix32(k[:, None] ^ vocab_hash[None, :])
     x = _mix32((x + k2[:, None]) & _MASK32)
-    u = ((x >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # uniform in (0, 1), exactly representable
-    return -torch.log(u)
+    return -torch.log(_open_uniform(x))
+
+
+def _open_uniform(x: torch.Tensor) -> torch.Tensor:
+    """float32 uniforms strictly inside (0, 1) from 32-bit hashes: the top 23 bits plus one half, so every value is
+    exact in float32 and none rounds to 1 (24 bits do: 2^24 - 0.5 rounds up, and -log(1) = 0 noise turns a
+    masked token's 0 / 0 into the NaN that argmax picks)."""
+    return ((x >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
 
 
 @dataclass
