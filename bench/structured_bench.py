@@ -1,6 +1,6 @@
 """Grammar benchmark (issue 14): what constrained decoding costs, per token and in decode throughput.
 
-    .venv/bin/python bench/structured_bench.py                  # CPU, the `small` preset, bf16
+    .venv/bin/python bench/structured_bench.py                  # CPU, the `small` preset, bf16, 1 thread
     .venv/bin/python bench/structured_bench.py --device cuda    # the same on a GPU (--preset full for the 9B dims)
 
 Runs --concurrency requests (64) at once through glmv's engine in process (glmv.LLM), three times: with 0%, 50% and
@@ -10,12 +10,17 @@ makes the engine write `</think><answer>` at once, so every constrained token is
 phase: decode throughput (generated tokens / wall time after the prefill step) and the grammar's host cost per
 constrained token (xgrammar's mask fill and the matcher's accept, timed around Constraint.fill_mask and
 Constraint.accept); the goal in the issue is under 10% of throughput lost at 100% constrained.
+
+On the CPU the bench sets its own thread count (--threads, 1): with PyTorch's default (every core) the decode steps
+of this small model run about 3x slower on two cores, and far slower still when other work shares them; the load
+average at the start and the end is printed beside the figures for that reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
 
 from glmv.llm import LLM  # noqa: E402
 from glmv.sampling import SamplingParams  # noqa: E402
@@ -42,6 +49,7 @@ class GrammarClock:
     fills: int = 0
     accept_s: float = 0.0
     accepts: int = 0
+    rejected: int = 0  # tokens the grammar did not accept (a mask that let a wrong token through)
 
     def install(self) -> None:
         fill, accept = Constraint.fill_mask, Constraint.accept
@@ -53,16 +61,18 @@ class GrammarClock:
             self.fills += 1
 
         def timed_accept(constraint, token):
+            before = constraint.rejected
             t = time.perf_counter()
             accept(constraint, token)
             self.accept_s += time.perf_counter() - t
             self.accepts += 1
+            self.rejected += constraint.rejected - before
 
         Constraint.fill_mask, Constraint.accept = timed_fill, timed_accept
 
     def reset(self) -> None:
         self.fill_s = self.accept_s = 0.0
-        self.fills = self.accepts = 0
+        self.fills = self.accepts = self.rejected = 0
 
 
 def run_phase(llm: LLM, compiled, prompts: list[str], share: float, max_tokens: int, clock: GrammarClock) -> dict:
@@ -101,7 +111,7 @@ def run_phase(llm: LLM, compiled, prompts: list[str], share: float, max_tokens: 
             "fill_ms_per_token": round(1e3 * clock.fill_s / masked, 4),
             "accept_ms_per_token": round(1e3 * clock.accept_s / max(clock.accepts, 1), 4),
             "grammar_share_of_decode_pct": round(100 * (clock.fill_s + clock.accept_s) / decode_s, 2),
-            "constrained_tokens": clock.fills, "finished": finished}
+            "constrained_tokens": clock.fills, "rejected_tokens": clock.rejected, "finished": finished}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
     p.add_argument("--shares", default="0,0.5,1", help="fractions of the requests constrained, one phase each")
+    p.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
 
     model = Path(args.model) if args.model else ROOT / ".cache" / "models" / args.preset
     if not (model / "config.json").is_file():
@@ -136,19 +150,25 @@ def main(argv: list[str] | None = None) -> int:
     run_phase(llm, compiled, prompts, 0.5, 8, clock)  # warm-up at full width (allocations, packing, graphs)
     rows = [run_phase(llm, compiled, prompts, float(s), args.max_tokens, clock) for s in args.shares.split(",")]
     base = rows[0]["decode_tok_per_s"]
-    print(f"device {args.device}, model {model.name}, {args.concurrency} concurrent, {args.max_tokens} tokens each; "
-          f"schema compiled in {compile_ms:.1f} ms")
+    wall_s, load_end = time.perf_counter() - started, os.getloadavg()[0]
+    threads = torch.get_num_threads() if args.device == "cpu" else None
+    device = f"{args.device} ({threads} thread{'s' if threads != 1 else ''})" if threads else args.device
+    print(f"device {device}, model {model.name}, {args.concurrency} concurrent, {args.max_tokens} tokens each; "
+          f"schema compiled in {compile_ms:.1f} ms; whole run {wall_s:.0f} s, load average {load_start:.2f} at the "
+          f"start, {load_end:.2f} at the end")
     print(f"{'constrained':>12} {'decode tok/s':>13} {'vs 0%':>7} {'grammar ms/tok':>15} {'fill':>8} {'accept':>8} "
-          f"{'grammar % of decode':>20}  finished")
+          f"{'grammar % of decode':>20} {'rejected':>9}  finished")
     for r in rows:
         share = f"{r['constrained']}/{r['requests']}"
         print(f"{share:>12} {r['decode_tok_per_s']:>13} {100 * r['decode_tok_per_s'] / base - 100:>6.1f}% "
               f"{r['grammar_ms_per_token'] if r['constrained'] else '-':>15} "
               f"{r['fill_ms_per_token'] if r['constrained'] else '-':>8} "
               f"{r['accept_ms_per_token'] if r['constrained'] else '-':>8} "
-              f"{r['grammar_share_of_decode_pct']:>19}%  {r['finished']}")
+              f"{r['grammar_share_of_decode_pct']:>19}% {r['rejected_tokens'] if r['constrained'] else '-':>9}  "
+              f"{r['finished']}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"args": vars(args), "compile_ms": compile_ms, "rows": rows}, indent=1))
+        Path(args.out).write_text(json.dumps({"args": vars(args), "compile_ms": compile_ms, "wall_s": round(wall_s, 1),
+                                              "load_average": [load_start, load_end], "rows": rows}, indent=1))
     return 0
 
 

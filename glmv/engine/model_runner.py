@@ -24,7 +24,7 @@ from glmv.engine.mm_encoder import MultimodalEncoder
 from glmv.engine.observer import NO_OBSERVER, StepObserver
 from glmv.engine.pending import PendingStep, RunnerOutput, pending_source
 from glmv.engine.prompt_logprobs import PendingPromptScores, PromptSegment, launch_scores, plan_rows
-from glmv.engine.sampler import Sampler
+from glmv.engine.sampler import PendingSample, Sampler
 from glmv.engine.scheduler import ScheduledRequest, SchedulerOutput
 from glmv.layers.attention import NULL_BLOCK, AttentionMetadata
 from glmv.layers.kernels import select_kernels
@@ -124,7 +124,7 @@ class ModelRunner:
         elif sampled and defer_sampling:
             pending, unsampled = None, logits
         else:
-            pending = self.sampler.launch(logits, rows) if sampled else None
+            pending = self._launch_sampling(logits, sampled) if sampled else None
         for e in prefills:
             if e.end >= e.request.num_prompt_tokens:
                 e.request.mm_embeds.clear()  # the prompt's media are in the KV cache now
@@ -136,7 +136,12 @@ class ModelRunner:
         if step.unsampled is None:
             return
         logits, step.unsampled = step.unsampled, None
-        step.sample = self.sampler.launch(logits, [e.request for e in step.sampled])
+        step.sample = self._launch_sampling(logits, step.sampled)
+
+    def _launch_sampling(self, logits: torch.Tensor, sampled: list[ScheduledRequest]) -> PendingSample:
+        """Each row's token count is its scheduled end, fixed at launch: by the time a deferred step samples, the
+        previous token is in `token_ids` and this step's own is counted in `num_pending`, one too many."""
+        return self.sampler.launch(logits, [e.request for e in sampled], [e.end for e in sampled])
 
     def _run_eager(self, prefills: list[ScheduledRequest], decodes: list[ScheduledRequest],
                    sampled: list[ScheduledRequest], prev: PendingStep | None = None,

@@ -13,6 +13,7 @@ Python loop over rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,8 +38,14 @@ def race_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab_hash: torch.Tenso
     k2 = _mix32(k ^ 0x5BD1E995)
     x = _mix32(k[:, None] ^ vocab_hash[None, :])
     x = _mix32((x + k2[:, None]) & _MASK32)
-    u = ((x >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # uniform in (0, 1), exactly representable
-    return -torch.log(u)
+    return -torch.log(_open_uniform(x))
+
+
+def _open_uniform(x: torch.Tensor) -> torch.Tensor:
+    """float32 uniforms strictly inside (0, 1) from 32-bit hashes: the top 23 bits plus one half, so every value is
+    exact in float32 and none rounds to 1 (24 bits do: 2^24 - 0.5 rounds up, and -log(1) = 0 noise turns a
+    masked token's 0 / 0 into the NaN that argmax picks)."""
+    return ((x >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
 
 
 @dataclass
@@ -51,6 +58,14 @@ class SamplerOutput:
 def _num_tokens(row) -> int:
     """Tokens of the sequence so far, counting one sampled on the device and not yet appended (engine overlap)."""
     return len(row.token_ids) + getattr(row, "num_pending", 0)
+
+
+def _lengths(rows, num_tokens: Sequence[int] | None) -> Sequence[int]:
+    if num_tokens is None:
+        return [_num_tokens(r) for r in rows]
+    if len(num_tokens) != len(rows):
+        raise ValueError(f"num_tokens has {len(num_tokens)} entries for {len(rows)} rows")
+    return num_tokens
 
 
 def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tensor:
@@ -102,9 +117,11 @@ class Sampler:
         """Hand over tokens chosen on the device already (the decode graph's argmax, for a `plain_greedy` batch)."""
         return PendingSample(_to_host(tokens), [None] * len(rows), 0, tokens)
 
-    def apply_logits_processors(self, logits: torch.Tensor, rows) -> torch.Tensor:
-        """Penalties, logit_bias and min_tokens, on a float32 copy of the logits."""
+    def apply_logits_processors(self, logits: torch.Tensor, rows, num_tokens: Sequence[int] | None = None
+                                ) -> torch.Tensor:
+        """Penalties, logit_bias and min_tokens, on a float32 copy of the logits (`num_tokens` as in `launch`)."""
         dev, vocab = logits.device, logits.shape[1]
+        lengths = _lengths(rows, num_tokens)
         params = [r.params for r in rows]
         rep = [p.repetition_penalty for p in params]
         if any(x != 1.0 for x in rep):
@@ -131,7 +148,7 @@ class Sampler:
                     bias_rows.append(i)
                     bias_cols.append(int(tok))
                     bias_vals.append(float(val))
-            if p.min_tokens and _num_tokens(r) - r.num_prompt_tokens < p.min_tokens:
+            if p.min_tokens and lengths[i] - r.num_prompt_tokens < p.min_tokens:
                 ids = [t for t in self._stop_ids(p) if 0 <= t < vocab]
                 stop_rows += [i] * len(ids)
                 stop_cols += ids
@@ -171,15 +188,21 @@ class Sampler:
             x = x.masked_fill(probs < floor, float("-inf"))
         return x
 
-    def sample(self, logits: torch.Tensor, rows) -> SamplerOutput:
+    def sample(self, logits: torch.Tensor, rows, num_tokens: Sequence[int] | None = None) -> SamplerOutput:
         """logits [B, vocab] (any float dtype) for rows in the same order -> one token per row."""
-        return self.launch(logits, rows).result()
+        return self.launch(logits, rows, num_tokens).result()
 
-    def launch(self, logits: torch.Tensor, rows) -> PendingSample:
+    def launch(self, logits: torch.Tensor, rows, num_tokens: Sequence[int] | None = None) -> PendingSample:
         """Queue the sampling work on the device and the copy of its result to the host; `result()` waits for it.
-        Between the two the host is free (the engine detokenizes the previous step meanwhile)."""
+        Between the two the host is free (the engine detokenizes the previous step meanwhile).
+
+        `num_tokens`: per row, the sequence's tokens before the one being drawn (what min_tokens counts, and the
+        output step the seeded noise is keyed on). Without it they are read off the rows, which is right only
+        while no token of the row's own step is counted in `num_pending` yet: the model runner passes the
+        scheduled ends, which a deferred sampling's later bookkeeping cannot shift."""
+        lengths = _lengths(rows, num_tokens)
         raw = logits.float()
-        x = self.apply_logits_processors(raw, rows)
+        x = self.apply_logits_processors(raw, rows, lengths)
         constrained = masked_rows(rows)
         if constrained:
             x = apply_masks(x, rows, constrained)
@@ -192,7 +215,7 @@ class Sampler:
             sub = self._warp(x.index_select(0, idx), [params[i] for i in random_rows])
             probs = sub.softmax(dim=-1)
             seeds = torch.tensor([rows[i].seed for i in random_rows], dtype=torch.long, device=dev)
-            steps = torch.tensor([_num_tokens(rows[i]) - rows[i].num_prompt_tokens for i in random_rows],
+            steps = torch.tensor([lengths[i] - rows[i].num_prompt_tokens for i in random_rows],
                                  dtype=torch.long, device=dev)
             noise = race_noise(seeds, steps, self.vocab_hash[: probs.shape[1]])
             tokens = tokens.index_copy(0, idx, (probs / noise).argmax(dim=-1))

@@ -131,3 +131,30 @@ def test_n_greater_than_one_whose_fork_prefix_is_all_cached(make_engine, prompts
     again = run_to_completion(engine, {0: [("b", prompts["text"], params)]}, max_steps=50)
     assert {i: c.token_ids for i, c in again["b"].items()} == {i: c.token_ids for i, c in first["a"].items()}
     assert engine.pool.all_free()
+
+
+def test_a_batch_mate_that_reads_history_changes_no_other_tokens(make_engine, prompts, tokenizer):
+    """A running sequence with a penalty makes every step launch its forward first and sample after taking in the
+    previous tokens (deferred sampling); a seeded draw and min_tokens in the same batch must come out as alone."""
+    answer_close = tokenizer.convert_tokens_to_ids("</answer>")
+    short = SamplingParams(temperature=0.0, max_tokens=20, min_tokens=3, logit_bias={answer_close: 100.0})
+    solo_sampled = alone(make_engine, prompts["text"], sampled(7))
+    solo_short = alone(make_engine, prompts["image"], short)
+    assert len(solo_short) == 4 and solo_short[3] == answer_close  # three stop-masked tokens, then the biased stop
+    engine = make_engine()
+    deferred = []
+    sample = engine.runner.sample
+
+    def counting_sample(step):
+        deferred.append(step.unsampled is not None)
+        sample(step)
+
+    engine.runner.sample = counting_sample
+    penalized = SamplingParams(temperature=1.0, max_tokens=30, ignore_eos=True, seed=3, presence_penalty=0.5)
+    done = run_to_completion(engine, {0: [("pen", prompts["two_images"], penalized),
+                                          ("sampled", prompts["text"], sampled(7)),
+                                          ("short", prompts["image"], short)]})
+    assert sum(deferred) >= 19  # every decode step of the seeded request was sampled deferred
+    assert tokens_of(done, "sampled") == solo_sampled
+    assert tokens_of(done, "short") == solo_short
+    assert engine.pool.all_free()

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from glmv.engine.sampler import Sampler
+from glmv.engine.sampler import Sampler, _open_uniform, race_noise
 from glmv.sampling import SamplingParams
 
 from .conftest import run_to_completion, tokens_of
@@ -93,6 +93,19 @@ def test_draws_change_with_the_step():
                .token_ids[0] for k in range(40)]
     assert len(set(by_step)) >= 3
 
+
+def test_the_noise_is_never_zero_so_a_masked_token_is_never_drawn():
+    """Seed 1309953 at output step 0 hashes vocab-64 token 34 to the top 24-bit value: drawn as a float32 uniform
+    from 24 bits it rounded to 1 and gave zero noise, and the masked token's 0 / 0 (NaN) won the argmax."""
+    sampler = Sampler(64, "cpu")
+    all_ones = torch.full((1,), 0xFFFFFFFF, dtype=torch.long)
+    assert 0.0 < float(_open_uniform(all_ones)) < 1.0 and 0.0 < float(_open_uniform(torch.zeros(1, dtype=torch.long)))
+    noise = race_noise(torch.tensor([1309953]), torch.tensor([0]), sampler.vocab_hash)
+    assert bool((noise > 0).all() and noise.isfinite().all())
+    logits = torch.zeros(2, 64)
+    logits[0, 34] = float("-inf")  # a grammar's (or top_k's) mask
+    out = sampler.sample(logits, rows(SamplingParams(temperature=1.0), 2, seed0=1309953))
+    assert out.token_ids[0] != 34
 
 def test_greedy_picks_argmax():
     out = Sampler(8, "cpu").sample(torch.stack([LOGITS, LOGITS.flip(0)]), rows(SamplingParams(temperature=0.0), 2))
