@@ -44,6 +44,7 @@ class GemvConfig:
     num_stages: int
     split_k: int = 1  # programs per BLOCK_N rows, each over a slice of K; the last to finish reduces (one launch)
     tma: bool = False  # tiles come in through tensor descriptors (Hopper's bulk copies) instead of pointer loads
+    fma: bool = False  # one row only: multiply-adds on the CUDA cores, reduced once at the end (no rows padded to 16)
 
 
 G = GemvConfig
@@ -69,6 +70,11 @@ QUANT_CONFIGS = {
          G(128, 128, 8, 3, 2), G(64, 256, 4, 3)],
     128: [G(64, 128, 8, 3), G(128, 128, 8, 3), G(32, 128, 4, 4), G(128, 64, 8, 3, 2), G(64, 128, 8, 3, 2)],
 }
+# One row (single-stream decode): multiply-add configurations, for dense and quantized weights alike (`plan` and
+# `plan_quantized` try them at the plan point 1, which only a batch of one maps to).
+ROW_CONFIGS = [G(64, 128, 4, 4, fma=True), G(32, 256, 4, 4, fma=True), G(64, 256, 8, 3, 2, fma=True),
+               G(128, 128, 8, 3, 2, fma=True), G(32, 128, 4, 4, 4, fma=True), G(16, 256, 4, 4, 2, fma=True),
+               G(64, 128, 4, 4, 4, fma=True)]
 del G
 # Batch sizes timed by `plan`; a bucket uses the result of the smallest point >= it in its BLOCK_M class.
 PLAN_POINTS = [1, 4, 16, 32, 64, 96, 128]
@@ -76,6 +82,13 @@ PLAN_POINTS = [1, 4, 16, 32, 64, 96, 128]
 
 def block_m(rows: int) -> int:
     return 16 if rows <= 16 else 64 if rows <= 64 else 128
+
+
+def candidates(rows: int, quantized: bool) -> list[GemvConfig]:
+    """The configurations a plan tries at `rows` (a plan point): the tensor-core ones of its BLOCK_M class, and
+    for one row the multiply-add ones."""
+    listed = (QUANT_CONFIGS if quantized else CONFIGS)[block_m(rows)]
+    return listed + (ROW_CONFIGS if rows == 1 else [])
 
 
 @triton.jit
@@ -92,7 +105,7 @@ def _gemv_kernel(
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, W_BYTES: tl.constexpr,
     SILU_MUL: tl.constexpr, TMA: tl.constexpr, ARGMAX: tl.constexpr, W_FORMAT: tl.constexpr, BITS: tl.constexpr,
-    GROUP: tl.constexpr,
+    GROUP: tl.constexpr, FMA: tl.constexpr,
 ):  # fmt: skip
     """One program = BLOCK_N weight rows x one of SPLIT_K slices of K (whole BLOCK_K tiles). With SPLIT_K > 1 each
     program leaves its float32 partial in ws; the last of an n-block's programs to finish (an atomic counter per
@@ -122,7 +135,6 @@ def _gemv_kernel(
     k_end = tl.minimum(k_start + tiles_per_split * BLOCK_K, K)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
     n_mask = offs_n < N
     m_mask = offs_m < M
     if USE_PDL:
@@ -135,27 +147,13 @@ def _gemv_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if W_FORMAT == FORMAT_INT:
         acc = _int_tiles(x_ptr, w_ptr, s_ptr, z_ptr, acc, offs_m, offs_n, m_mask, n_mask, k_start, k_end, stride_xm,
-                         stride_wn, stride_sg, BLOCK_N, BLOCK_K, BITS, GROUP)
-    elif W_FORMAT == FORMAT_FP8:
-        acc = _fp8_tiles(x_ptr, w_ptr, s_ptr, acc, offs_m, offs_n, m_mask, n_mask, k_start, k_end, stride_xm,
-                         stride_wn, stride_sg, BLOCK_K, EVEN_K, GROUP)
+                         stride_wn, stride_sg, BLOCK_M, BLOCK_N, BLOCK_K, BITS, GROUP, FMA)
     elif TMA:
         for k in range(k_start, k_end, BLOCK_K):
             acc += tl.dot(x_desc.load([0, k]), tl.trans(w_desc.load([pid_n * BLOCK_N, k])))
     else:
-        w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + (k_start + offs_k)[None, :]
-        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_start + offs_k)[None, :]
-        for k in range(k_start, k_end, BLOCK_K):
-            if EVEN_K:
-                w = tl.load(w_ptrs, mask=n_mask[:, None], other=0.0)
-                x = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
-            else:
-                k_ok = (k + offs_k) < k_end
-                w = tl.load(w_ptrs, mask=n_mask[:, None] & k_ok[None, :], other=0.0)
-                x = tl.load(x_ptrs, mask=m_mask[:, None] & k_ok[None, :], other=0.0)
-            acc += tl.dot(x, tl.trans(w))
-            w_ptrs += BLOCK_K
-            x_ptrs += BLOCK_K
+        acc = _row_major_tiles(x_ptr, w_ptr, s_ptr, acc, offs_m, offs_n, m_mask, n_mask, k_start, k_end, stride_xm,
+                               stride_wn, stride_sg, BLOCK_N, BLOCK_K, EVEN_K, W_FORMAT == FORMAT_FP8, GROUP, FMA)
     if USE_PDL:
         tl.extra.cuda.gdc_launch_dependents()  # late: the next kernels' waiting programs would take SM slots
     if W_FORMAT == FORMAT_FP8 and GROUP == 0:  # per-channel scales: linear, so each split's partial takes them
@@ -187,57 +185,86 @@ def _gemv_kernel(
 
 
 @triton.jit
-def _fp8_tiles(x_ptr, w_ptr, s_ptr, acc, offs_m, offs_n, m_mask, n_mask, k_start, k_end, stride_xm, stride_wn,
-               stride_sg, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, GROUP: tl.constexpr):
-    """acc + x @ w.T over [k_start, k_end) for E4M3 bytes w [N, K], widened to x's dtype tile by tile (block-scaled
-    per tile when GROUP > 0: BLOCK_K divides GROUP)."""
+def _row_major_tiles(x_ptr, w_ptr, s_ptr, acc, offs_m, offs_n, m_mask, n_mask, k_start, k_end, stride_xm,
+                     stride_wn, stride_sg, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+                     IS_FP8: tl.constexpr, GROUP: tl.constexpr, FMA: tl.constexpr):
+    """acc + x @ w.T over [k_start, k_end) for w [N, K] in x's dtype, or E4M3 bytes (IS_FP8) widened tile by tile
+    (block-scaled per tile when GROUP > 0: BLOCK_K divides GROUP). FMA (one row): products summed elementwise
+    into a [BLOCK_N, BLOCK_K] float32 tile and reduced across K once, after the loop."""
     offs_k = tl.arange(0, BLOCK_K)
     w_ptrs = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn + (k_start + offs_k)[None, :]
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_start + offs_k)[None, :]
+    wide = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k in range(k_start, k_end, BLOCK_K):
         if EVEN_K:
-            raw = tl.load(w_ptrs, mask=n_mask[:, None], other=0)
+            w = tl.load(w_ptrs, mask=n_mask[:, None], other=0)
             x = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
         else:
             k_ok = (k + offs_k) < k_end
-            raw = tl.load(w_ptrs, mask=n_mask[:, None] & k_ok[None, :], other=0)
+            w = tl.load(w_ptrs, mask=n_mask[:, None] & k_ok[None, :], other=0)
             x = tl.load(x_ptrs, mask=m_mask[:, None] & k_ok[None, :], other=0.0)
-        w = raw.to(tl.float8e4nv, bitcast=True).to(x_ptr.dtype.element_ty)
-        if GROUP > 0:
-            s = tl.load(s_ptr + offs_n * stride_sg + k // GROUP, mask=n_mask, other=0.0)
-            acc += tl.dot(x, tl.trans(w)) * s[None, :]
+        if IS_FP8:
+            w = w.to(tl.float8e4nv, bitcast=True)
+        if FMA:
+            prod = w.to(tl.float32) * x.to(tl.float32)
+            if GROUP > 0:
+                prod *= tl.load(s_ptr + offs_n * stride_sg + k // GROUP, mask=n_mask, other=0.0)[:, None]
+            wide += prod
         else:
-            acc += tl.dot(x, tl.trans(w))
+            w = w.to(x_ptr.dtype.element_ty)
+            if GROUP > 0:
+                s = tl.load(s_ptr + offs_n * stride_sg + k // GROUP, mask=n_mask, other=0.0)
+                acc += tl.dot(x, tl.trans(w)) * s[None, :]
+            else:
+                acc += tl.dot(x, tl.trans(w))
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
+    if FMA:
+        acc += tl.sum(wide, axis=1)[None, :]
     return acc
 
 
 @triton.jit
 def _int_tiles(x_ptr, w_ptr, s_ptr, z_ptr, acc, offs_m, offs_n, m_mask, n_mask, k_start, k_end, stride_xm,
-               stride_wk, stride_sg, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BITS: tl.constexpr,
-               GROUP: tl.constexpr):
+               stride_wk, stride_sg, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+               BITS: tl.constexpr, GROUP: tl.constexpr, FMA: tl.constexpr):
     """acc + x @ W over [k_start, k_end) for packed integer words [K*BITS/32, N] (whole tiles, each within one
-    group). A value v becomes a float by the exponent trick: the bits of 2^23 + v, minus 2^23 + z, is v - z exactly
-    (one OR and one subtract where a conversion instruction runs at a quarter of the rate)."""
+    group). A tile is PER slices, slice j holding value j of each of its words: input rows k0 + w*PER + j, which
+    are multiplied with the matching strided columns of x, so nothing is reshaped (the sum over K does not care
+    about its order). A value v becomes a float by the exponent trick: the bits of 2^23 + v, minus 2^23 + z, is
+    v - z exactly (one OR and one subtract where a conversion instruction runs at a quarter of the rate). FMA (one
+    row): slices multiply-add into a [WORDS, BLOCK_N] float32 tile, scaled once per group and reduced at the end."""
     PER: tl.constexpr = 32 // BITS
     WORDS: tl.constexpr = BLOCK_K // PER
-    offs_k = tl.arange(0, BLOCK_K)
-    shifts = tl.arange(0, PER) * BITS
-    w_ptrs = w_ptr + (k_start // PER + tl.arange(0, WORDS))[:, None].to(tl.int64) * stride_wk + offs_n[None, :]
-    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_start + offs_k)[None, :]
+    offs_w = tl.arange(0, WORDS)
+    w_ptrs = w_ptr + (k_start // PER + offs_w)[:, None].to(tl.int64) * stride_wk + offs_n[None, :]
+    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_start + offs_w * PER)[None, :]
+    wide = tl.zeros((WORDS, BLOCK_N), dtype=tl.float32)
     for k in range(k_start, k_end, BLOCK_K):
         words = tl.load(w_ptrs, mask=n_mask[None, :], other=0)
-        x = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
-        v = (words[:, None, :] >> shifts[None, :, None]) & ((1 << BITS) - 1)
-        v = tl.reshape(v | 0x4B000000, (BLOCK_K, BLOCK_N)).to(tl.float32, bitcast=True)
         g = k // GROUP
         z = tl.load(z_ptr + g * stride_sg + offs_n, mask=n_mask, other=0.0) + 8388608.0
         s = tl.load(s_ptr + g * stride_sg + offs_n, mask=n_mask, other=0.0)
-        w = (v - z[None, :]).to(x_ptr.dtype.element_ty)
-        acc += tl.dot(x, w) * s[None, :]
+        if FMA:
+            tile = tl.zeros((WORDS, BLOCK_N), dtype=tl.float32)
+        else:
+            tile = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for j in tl.static_range(PER):
+            v = ((words >> (j * BITS)) & ((1 << BITS) - 1)) | 0x4B000000
+            w = v.to(tl.float32, bitcast=True) - z[None, :]
+            x = tl.load(x_ptrs + j, mask=m_mask[:, None], other=0.0)
+            if FMA:
+                tile += tl.reshape(x.to(tl.float32), (WORDS,))[:, None] * w
+            else:
+                tile = tl.dot(x, w.to(x_ptr.dtype.element_ty), tile)
+        if FMA:
+            wide += tile * s[None, :]
+        else:
+            acc += tile * s[None, :]
         w_ptrs += WORDS * stride_wk
         x_ptrs += BLOCK_K
+    if FMA:
+        acc += tl.sum(wide, axis=0)[None, :]
     return acc
 
 
@@ -293,7 +320,7 @@ def gemv_quantized(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor 
                    silu_mul: bool = False) -> torch.Tensor:
     """`gemv` for a quantized weight: x [M, K] (16-bit, M <= 128) -> [M, N] in x's dtype, the weight dequantized
     tile by tile in registers (FP8 widened, integers unpacked and offset by their zero points, both scaled)."""
-    if not weight.fits(config.block_k, config.tma):
+    if not weight.fits(config.block_k, config.tma, config.fma):
         raise ValueError(f"gemv: block_k {config.block_k} does not tile the {weight.tag} weight's groups")
     w = weight.data
     is_int = weight.format == FORMAT_INT
@@ -312,6 +339,8 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k: int, bias: torch.Tensor
     m = x.shape[0]
     if m > MAX_ROWS or x.stride(-1) != 1 or x.shape[1] != k:
         raise ValueError(f"gemv takes at most {MAX_ROWS} rows with contiguous last dims and matching K")
+    if c.fma and (m > 1 or c.tma):
+        raise ValueError("gemv's multiply-add configurations take one row and pointer loads")
     if silu_mul and (bias is not None or n % 2 or c.block_n % 2):
         raise ValueError("gemv's SiLU epilogue takes an even N, an even block_n and no bias")
     out = torch.empty((m, n // 2 if silu_mul else n), dtype=x.dtype, device=x.device)
@@ -338,9 +367,10 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k: int, bias: torch.Tensor
     _gemv_kernel[(grid,)](
         x, w, x_desc, w_desc, bias if bias is not None else scale, out, ws, counters, scale, zeros, m, n, k,
         x.stride(0), stride_wn, stride_sg, out.stride(0), pf_bytes, pf_programs, best_val, best_idx,
-        HAS_BIAS=bias is not None, BLOCK_M=block_m(m), BLOCK_N=c.block_n, BLOCK_K=c.block_k, SPLIT_K=c.split_k,
+        HAS_BIAS=bias is not None, BLOCK_M=1 if c.fma else block_m(m), BLOCK_N=c.block_n, BLOCK_K=c.block_k, SPLIT_K=c.split_k,
         EVEN_K=k % c.block_k == 0, PREFETCH=pf_bytes > 0, W_BYTES=max(prefetch_elem, 1), SILU_MUL=silu_mul,
-        TMA=tma, ARGMAX=argmax_out is not None, W_FORMAT=w_format, BITS=bits, GROUP=group, num_warps=c.num_warps,
+        TMA=tma, ARGMAX=argmax_out is not None, W_FORMAT=w_format, BITS=bits, GROUP=group, FMA=c.fma,
+        num_warps=c.num_warps,
         num_stages=c.num_stages, **launch,
     )  # fmt: skip
     if argmax_out is not None:
@@ -414,7 +444,7 @@ def plan(weight_groups: list[tuple], batch_sizes: list[int], report: list | None
         # trip through memory that this isolated timing under-counts (in the decode graph at one row the
         # epilogue saved 0.17 ms a step while timing here ~2% faster), so any win counts.
         chosen.update(_plan_group((n, k, biases is not None), k, len(weights), weights[0].dtype, weights[0].device,
-                                  lambda point: CONFIGS[block_m(point)], baseline, candidate,
+                                  lambda point: candidates(point, False), baseline, candidate,
                                   1.0 if silu else 0.98, batch_sizes, report))
     return chosen
 
@@ -422,7 +452,9 @@ def plan(weight_groups: list[tuple], batch_sizes: list[int], report: list | None
 @dataclass(frozen=True)
 class QuantizedPlanGroup:
     """Same-shaped quantized weights of several layers, as `plan_quantized` times them: `baseline(x, i)` is layer
-    i's product without a plan (the format's own kernels), `candidate(x, i, cfg)` the same on the decode matmul."""
+    i's product without a plan (the format's own kernels), `candidate(x, i, cfg)` the same on the decode matmul,
+    `reference(x)` layer 0's product on its dequantized weight, what candidates are checked against (the baseline
+    may round more: from 64 rows FP8 runs on tensor cores with its activations rounded to E4M3 too)."""
 
     weight: QuantizedWeight  # the first layer's (its tag and shape key the plan)
     count: int
@@ -430,6 +462,7 @@ class QuantizedPlanGroup:
     dtype: torch.dtype  # of the activations
     baseline: Callable[[torch.Tensor, int], torch.Tensor]
     candidate: Callable[[torch.Tensor, int, GemvConfig], torch.Tensor]
+    reference: Callable[[torch.Tensor], torch.Tensor]
 
 
 def plan_quantized(groups: list[QuantizedPlanGroup], batch_sizes: list[int],
@@ -439,19 +472,20 @@ def plan_quantized(groups: list[QuantizedPlanGroup], batch_sizes: list[int],
     chosen: dict[tuple, GemvConfig] = {}
     for g in groups:
         w = g.weight
-        configs = {bm: [c for c in cs if w.fits(c.block_k, c.tma)] for bm, cs in QUANT_CONFIGS.items()}
-        chosen.update(_plan_group((w.tag, w.n, w.k, g.has_bias), w.k, g.count, g.dtype, w.data.device,
-                                  lambda point, configs=configs: configs[block_m(point)], g.baseline, g.candidate,
-                                  0.98, batch_sizes, report))
+        def fitting(point: int, w=w) -> list[GemvConfig]:
+            return [c for c in candidates(point, True) if w.fits(c.block_k, c.tma, c.fma)]
+
+        chosen.update(_plan_group((w.tag, w.n, w.k, g.has_bias), w.k, g.count, g.dtype, w.data.device, fitting,
+                                  g.baseline, g.candidate, 0.98, batch_sizes, report, g.reference))
     return chosen
 
 
 def _plan_group(key: tuple, k: int, count: int, dtype: torch.dtype, device: torch.device, configs_at: Callable,
                 baseline: Callable, candidate: Callable, margin: float, batch_sizes: list[int],
-                report: list | None) -> dict[tuple, GemvConfig]:
+                report: list | None, reference: Callable | None = None) -> dict[tuple, GemvConfig]:
     """One group's plan: at each plan point, time `baseline` and every configuration's `candidate` (cycling twice
     over `count` layers in one CUDA graph, each call after a small lead kernel as in a layer), check each against
-    the baseline's output, and keep the fastest that beats the baseline's time times `margin`; then map every
+    `reference` (default: the baseline's output), and keep the fastest that beats the baseline's time times `margin`; then map every
     batch size to its point. Keys are key + (rows,)."""
     sizes = sorted({b for b in batch_sizes if 0 < b <= MAX_ROWS})
     point_of = {b: next(p for p in PLAN_POINTS if p >= b and block_m(p) == block_m(b)) for b in sizes}
@@ -465,7 +499,7 @@ def _plan_group(key: tuple, k: int, count: int, dtype: torch.dtype, device: torc
 
         base = timed(baseline)
         best, best_us = None, base
-        ref = baseline(x, 0).float()
+        ref = (reference(x) if reference is not None else baseline(x, 0)).float()
         for cfg in configs_at(point):
             try:
                 out = candidate(x, 0, cfg).float()

@@ -286,7 +286,14 @@ class Glm4vModel:
             return gemv(lin.gathered(x), lin.packed, lin.bias, cfg, gated)
 
         first = linears[0]
-        return QuantizedPlanGroup(first.packed, len(linears), first.bias is not None, self.dtype, baseline, candidate)
+        dense = first.dequantized()
+
+        def reference(x):
+            out = F.linear(x, dense, first.bias)
+            return pairs(out) if gated else out
+
+        return QuantizedPlanGroup(first.packed, len(linears), first.bias is not None, self.dtype, baseline, candidate,
+                                  reference)
 
     def plan_swiglu(self, max_rows: int, report: list | None = None) -> int:
         """Choose, by timing on this device, the row counts at which the MLP's gate/up matmul runs with its gating

@@ -26,7 +26,7 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("rows", [1, 3, 16, 40, 128])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_gemv_matches_float64(n, k, rows, with_bias, dtype):
-    from glmv.kernels.triton_gemv import CONFIGS, block_m
+    from glmv.kernels.triton_gemv import CONFIGS, block_m, candidates
 
     gen = torch.Generator().manual_seed(n * 7 + k + rows)
     x = torch.randn(rows, k, generator=gen).to(dtype).to(DEVICE)
@@ -34,7 +34,7 @@ def test_gemv_matches_float64(n, k, rows, with_bias, dtype):
     b = torch.randn(n, generator=gen).to(dtype).to(DEVICE) if with_bias else None
     ref = x.double() @ w.double().t() + (b.double() if b is not None else 0)
     tol = 1e-5 if dtype == torch.float32 else 8e-3
-    configs = CONFIGS[block_m(rows)] if dtype != torch.float16 else CONFIGS[block_m(rows)][:1]  # compile time
+    configs = candidates(rows, False) if dtype != torch.float16 else CONFIGS[block_m(rows)][:1]  # compile time
     for cfg in configs:
         out = kernels.gemv(x, w, b, cfg)
         assert out.shape == (rows, n) and out.dtype == dtype and torch.isfinite(out).all()
@@ -48,7 +48,7 @@ def test_gemv_matches_float64(n, k, rows, with_bias, dtype):
 def test_argmax_epilogue_gives_torch_argmax_of_the_output(rows):
     """The lm_head's greedy tokens from the decode matmul's epilogue: the output is unchanged, and argmax_out holds
     torch.argmax of it (first index among ties, here planted across tiles and within one)."""
-    from glmv.kernels.triton_gemv import CONFIGS, block_m
+    from glmv.kernels.triton_gemv import CONFIGS, candidates
 
     dtype = DTYPES[0]
     n, k = (151552, 4096) if ON_GPU else (300, 64)
@@ -58,7 +58,8 @@ def test_argmax_epilogue_gives_torch_argmax_of_the_output(rows):
     w[n - 1] = w[7] = w[n // 2] = 0.5 * torch.sign(x[0].float().cpu()).to(dtype)  # one big logit thrice in row 0
     w[8] = w[7]
     w = w.to(DEVICE)
-    for cfg in [c for c in CONFIGS[block_m(rows)] if c.split_k == 1][:3]:
+    for cfg in [c for c in candidates(rows, False) if c.split_k == 1][:3] + ([c for c in candidates(rows, False)
+                                                                              if c.fma and c.split_k == 1])[:1]:
         plain = kernels.gemv(x, w, None, cfg)
         tokens = torch.full((rows,), -1, dtype=torch.int64, device=DEVICE)
         out = kernels.gemv(x, w, None, cfg, argmax_out=tokens)

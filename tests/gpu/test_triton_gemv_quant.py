@@ -59,7 +59,7 @@ def cases(n: int, k: int, gen: torch.Generator):
 
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_every_fitting_configuration_matches_the_dequantized_product(n, k):
-    from glmv.kernels.triton_gemv import QUANT_CONFIGS, block_m, gemv_quantized
+    from glmv.kernels.triton_gemv import candidates, gemv_quantized
 
     gen = torch.Generator().manual_seed(n + k)
     for tag, (weight, dense) in cases(n, k, gen):
@@ -68,7 +68,7 @@ def test_every_fitting_configuration_matches_the_dequantized_product(n, k):
         for rows in ROWS:
             x = torch.randn(rows, weight.k, generator=gen).to(DTYPE)
             ref = x.double() @ dense.double().t() + bias.double()
-            configs = [c for c in QUANT_CONFIGS[block_m(rows)] if weight.fits(c.block_k, c.tma)]
+            configs = [c for c in candidates(rows, True) if weight.fits(c.block_k, c.tma, c.fma)]
             assert configs, (tag, rows)
             for cfg in configs if rows == ROWS[0] or not ON_GPU else configs[:2]:
                 out = gemv_quantized(x.to(DEVICE), weight, bias.to(DEVICE), cfg)

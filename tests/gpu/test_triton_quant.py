@@ -133,12 +133,22 @@ def test_model_on_quantized_kernels_matches_dequantized(case, tiny_model_dir, tm
                                  linear_loader=loader)
     linears = [lin for lw in on_kernels.w.layers for lin in lw.linears()]
     assert not any(type(lin).__name__ == "DenseLinear" for lin in linears)
+    if ON_GPU:  # the decode matmul where its plan wins, and the gate/up laid out for its gating epilogue
+        on_kernels.plan_gemv([1, 3, 5])
+        assert all(lw.gate_up.gate_up_interleaved for lw in on_kernels.w.layers)
     dense = [lin.dequantized().float() for lin in linears]
     gen = torch.Generator().manual_seed(4)
-    for lin, w in zip(linears, dense, strict=True):
-        x = torch.randn(5, lin.in_features, generator=gen).to(DEVICE)
-        bias = lin.bias.float() if lin.bias is not None else 0
-        check(lin(x), x @ w.T + bias)
+    for rows in (1, 3, 5):
+        for lin, w in zip(linears, dense, strict=True):
+            x = torch.randn(rows, lin.in_features, generator=gen).to(DEVICE)
+            bias = lin.bias.float() if lin.bias is not None else 0
+            check(lin(x), x @ w.T + bias)
+        if ON_GPU:
+            from glmv.kernels.triton_swiglu import silu_mul_pairs
+
+            layer = on_kernels.w.layers[0]
+            x = torch.randn(rows, layer.gate_up.in_features, generator=gen).to(DEVICE)
+            check(on_kernels.gate_up_act(x, layer.gate_up), silu_mul_pairs(x @ layer.gate_up.dequantized().float().T))
     if not ON_GPU:  # and the whole model's logits against the CPU loader's dequantized-at-load model
         from tests.quant.helpers import PROMPTS, load_model, prompt_logits
 

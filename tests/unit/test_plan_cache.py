@@ -98,7 +98,7 @@ def test_quantized_planner_keys_by_format_and_reads_back_string_keys(tmp_path, m
     def group(bits: int):
         w = QuantizedWeight.packed_int(torch.zeros(256 * bits // 32, 64, dtype=torch.int32), torch.ones(2, 64),
                                        torch.zeros(2, 64), bits, 128)
-        return tg.QuantizedPlanGroup(w, 8, False, torch.bfloat16, None, None)
+        return tg.QuantizedPlanGroup(w, 8, False, torch.bfloat16, None, None, None)
 
     plan = pc.cached_quantized_gemv_planner(pc.PlanCache(tmp_path), 24.0)
     report: list = []
