@@ -42,15 +42,15 @@ class QuantizedWeight:
             return f"fp8-b{self.group}" if self.group else "fp8"
         return f"int{self.bits}-g{self.group}"
 
-    def fits(self, block_k: int, tma: bool = False, fma: bool = False) -> bool:
-        """Whether K tiles of block_k sit inside this weight's scale groups (the kernel's assumption); a tensor-core
-        tile of an integer weight also needs 16 words' worth of K per slice (the dot's smallest K)."""
+    def fits(self, block_k: int, tma: bool = False, fma: bool = False, slices: bool = False) -> bool:
+        """Whether K tiles of block_k sit inside this weight's scale groups (the kernel's assumption); an integer
+        weight's tensor-core slices also need 16 words per tile (the dot's smallest K)."""
         if tma:
             return False
         if self.format == INT:
             words = block_k // (32 // self.bits)
             return self.group % block_k == 0 and self.k % self.group == 0 and block_k % (32 // self.bits) == 0 \
-                and (fma or words >= 16)
+                and (fma or not slices or words >= 16)
         return self.group == 0 or self.group % block_k == 0
 
     def interleaved_gate_up(self, interleave) -> QuantizedWeight:

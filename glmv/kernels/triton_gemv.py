@@ -45,6 +45,7 @@ class GemvConfig:
     split_k: int = 1  # programs per BLOCK_N rows, each over a slice of K; the last to finish reduces (one launch)
     tma: bool = False  # tiles come in through tensor descriptors (Hopper's bulk copies) instead of pointer loads
     fma: bool = False  # one row only: multiply-adds on the CUDA cores, reduced once at the end (no rows padded to 16)
+    slices: bool = False  # integer weights on the tensor cores: one dot per packed value slice, not one reshaped tile
 
 
 G = GemvConfig
@@ -65,7 +66,7 @@ CONFIGS[128] += [G(64, 128, 8, 3, tma=True), G(128, 128, 8, 3, tma=True), G(32, 
 QUANT_CONFIGS = {
     16: [G(64, 128, 4, 4), G(32, 128, 4, 4, 2), G(64, 128, 4, 4, 2), G(64, 128, 4, 4, 4), G(128, 128, 4, 3, 4),
          G(128, 128, 4, 6, 2), G(256, 128, 8, 4), G(32, 256, 4, 4), G(64, 256, 4, 4, 2), G(32, 512, 4, 3),
-         G(16, 512, 4, 4, 2)],
+         G(16, 512, 4, 4, 2), G(64, 128, 4, 4, 4, slices=True), G(128, 128, 4, 3, 4, slices=True)],
     64: [G(64, 128, 4, 4), G(128, 128, 8, 3), G(128, 64, 4, 4), G(64, 128, 4, 4, 2), G(64, 64, 4, 6, 4),
          G(128, 128, 8, 3, 2), G(64, 256, 4, 3)],
     128: [G(64, 128, 8, 3), G(128, 128, 8, 3), G(32, 128, 4, 4), G(128, 64, 8, 3, 2), G(64, 128, 8, 3, 2)],
@@ -105,7 +106,7 @@ def _gemv_kernel(
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr, W_BYTES: tl.constexpr,
     SILU_MUL: tl.constexpr, TMA: tl.constexpr, ARGMAX: tl.constexpr, W_FORMAT: tl.constexpr, BITS: tl.constexpr,
-    GROUP: tl.constexpr, FMA: tl.constexpr,
+    GROUP: tl.constexpr, FMA: tl.constexpr, SLICES: tl.constexpr,
 ):  # fmt: skip
     """One program = BLOCK_N weight rows x one of SPLIT_K slices of K (whole BLOCK_K tiles). With SPLIT_K > 1 each
     program leaves its float32 partial in ws; the last of an n-block's programs to finish (an atomic counter per
@@ -147,7 +148,7 @@ def _gemv_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if W_FORMAT == FORMAT_INT:
         acc = _int_tiles(x_ptr, w_ptr, s_ptr, z_ptr, acc, offs_m, offs_n, m_mask, n_mask, k_start, k_end, stride_xm,
-                         stride_wn, stride_sg, BLOCK_M, BLOCK_N, BLOCK_K, BITS, GROUP, FMA)
+                         stride_wn, stride_sg, BLOCK_M, BLOCK_N, BLOCK_K, BITS, GROUP, FMA, SLICES)
     elif TMA:
         for k in range(k_start, k_end, BLOCK_K):
             acc += tl.dot(x_desc.load([0, k]), tl.trans(w_desc.load([pid_n * BLOCK_N, k])))
@@ -211,7 +212,7 @@ def _row_major_tiles(x_ptr, w_ptr, s_ptr, acc, offs_m, offs_n, m_mask, n_mask, k
                 prod *= tl.load(s_ptr + offs_n * stride_sg + k // GROUP, mask=n_mask, other=0.0)[:, None]
             wide += prod
         else:
-            w = w.to(x_ptr.dtype.element_ty)
+            w = w.to(tl.float32).to(x_ptr.dtype.element_ty)  # E4M3 -> bf16 through float32: two fast conversions
             if GROUP > 0:
                 s = tl.load(s_ptr + offs_n * stride_sg + k // GROUP, mask=n_mask, other=0.0)
                 acc += tl.dot(x, tl.trans(w)) * s[None, :]
@@ -227,40 +228,54 @@ def _row_major_tiles(x_ptr, w_ptr, s_ptr, acc, offs_m, offs_n, m_mask, n_mask, k
 @triton.jit
 def _int_tiles(x_ptr, w_ptr, s_ptr, z_ptr, acc, offs_m, offs_n, m_mask, n_mask, k_start, k_end, stride_xm,
                stride_wk, stride_sg, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-               BITS: tl.constexpr, GROUP: tl.constexpr, FMA: tl.constexpr):
+               BITS: tl.constexpr, GROUP: tl.constexpr, FMA: tl.constexpr, SLICES: tl.constexpr):
     """acc + x @ W over [k_start, k_end) for packed integer words [K*BITS/32, N] (whole tiles, each within one
-    group). A tile is PER slices, slice j holding value j of each of its words: input rows k0 + w*PER + j, which
-    are multiplied with the matching strided columns of x, so nothing is reshaped (the sum over K does not care
-    about its order). A value v becomes a float by the exponent trick: the bits of 2^23 + v, minus 2^23 + z, is
-    v - z exactly (one OR and one subtract where a conversion instruction runs at a quarter of the rate). FMA (one
-    row): slices multiply-add into a [WORDS, BLOCK_N] float32 tile, scaled once per group and reduced at the end."""
+    group). A value v becomes a float by the exponent trick: the bits of 2^23 + v, minus 2^23 + z, is v - z exactly
+    (one OR and one subtract where a conversion instruction runs at a quarter of the rate).
+
+    A tile is unpacked either as one [BLOCK_K, BLOCK_N] tile (the values of each word reshaped into consecutive
+    rows) for one dot, or (SLICES) as PER slices, slice j holding value j of each word, i.e. input rows
+    k0 + w*PER + j, each multiplied with the matching strided columns of x: no reshape, PER smaller dots (the sum
+    over K does not care about its order); which is faster depends on the rows, so the plan times both. FMA (one
+    row, sliced): slices multiply-add into a [WORDS, BLOCK_N] float32 tile, scaled once per group and reduced at
+    the end."""
     PER: tl.constexpr = 32 // BITS
     WORDS: tl.constexpr = BLOCK_K // PER
     offs_w = tl.arange(0, WORDS)
     w_ptrs = w_ptr + (k_start // PER + offs_w)[:, None].to(tl.int64) * stride_wk + offs_n[None, :]
-    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_start + offs_w * PER)[None, :]
+    if SLICES:
+        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_start + offs_w * PER)[None, :]
+    else:
+        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_start + tl.arange(0, BLOCK_K))[None, :]
     wide = tl.zeros((WORDS, BLOCK_N), dtype=tl.float32)
     for k in range(k_start, k_end, BLOCK_K):
         words = tl.load(w_ptrs, mask=n_mask[None, :], other=0)
         g = k // GROUP
         z = tl.load(z_ptr + g * stride_sg + offs_n, mask=n_mask, other=0.0) + 8388608.0
         s = tl.load(s_ptr + g * stride_sg + offs_n, mask=n_mask, other=0.0)
-        if FMA:
-            tile = tl.zeros((WORDS, BLOCK_N), dtype=tl.float32)
-        else:
-            tile = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for j in tl.static_range(PER):
-            v = ((words >> (j * BITS)) & ((1 << BITS) - 1)) | 0x4B000000
-            w = v.to(tl.float32, bitcast=True) - z[None, :]
-            x = tl.load(x_ptrs + j, mask=m_mask[:, None], other=0.0)
+        if SLICES:
             if FMA:
-                tile += tl.reshape(x.to(tl.float32), (WORDS,))[:, None] * w
+                tile = tl.zeros((WORDS, BLOCK_N), dtype=tl.float32)
             else:
-                tile = tl.dot(x, w.to(x_ptr.dtype.element_ty), tile)
-        if FMA:
-            wide += tile * s[None, :]
+                tile = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for j in tl.static_range(PER):
+                v = ((words >> (j * BITS)) & ((1 << BITS) - 1)) | 0x4B000000
+                w = v.to(tl.float32, bitcast=True) - z[None, :]
+                x = tl.load(x_ptrs + j, mask=m_mask[:, None], other=0.0)
+                if FMA:
+                    tile += tl.reshape(x.to(tl.float32), (WORDS,))[:, None] * w
+                else:
+                    tile = tl.dot(x, w.to(x_ptr.dtype.element_ty), tile)
+            if FMA:
+                wide += tile * s[None, :]
+            else:
+                acc += tile * s[None, :]
         else:
-            acc += tile * s[None, :]
+            x = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
+            shifts = tl.arange(0, PER) * BITS
+            v = (words[:, None, :] >> shifts[None, :, None]) & ((1 << BITS) - 1)
+            v = tl.reshape(v | 0x4B000000, (BLOCK_K, BLOCK_N)).to(tl.float32, bitcast=True)
+            acc += tl.dot(x, (v - z[None, :]).to(x_ptr.dtype.element_ty)) * s[None, :]
         w_ptrs += WORDS * stride_wk
         x_ptrs += BLOCK_K
     if FMA:
@@ -320,7 +335,7 @@ def gemv_quantized(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor 
                    silu_mul: bool = False) -> torch.Tensor:
     """`gemv` for a quantized weight: x [M, K] (16-bit, M <= 128) -> [M, N] in x's dtype, the weight dequantized
     tile by tile in registers (FP8 widened, integers unpacked and offset by their zero points, both scaled)."""
-    if not weight.fits(config.block_k, config.tma, config.fma):
+    if not weight.fits(config.block_k, config.tma, config.fma, config.slices):
         raise ValueError(f"gemv: block_k {config.block_k} does not tile the {weight.tag} weight's groups")
     w = weight.data
     is_int = weight.format == FORMAT_INT
@@ -370,7 +385,7 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k: int, bias: torch.Tensor
         HAS_BIAS=bias is not None, BLOCK_M=1 if c.fma else block_m(m), BLOCK_N=c.block_n, BLOCK_K=c.block_k, SPLIT_K=c.split_k,
         EVEN_K=k % c.block_k == 0, PREFETCH=pf_bytes > 0, W_BYTES=max(prefetch_elem, 1), SILU_MUL=silu_mul,
         TMA=tma, ARGMAX=argmax_out is not None, W_FORMAT=w_format, BITS=bits, GROUP=group, FMA=c.fma,
-        num_warps=c.num_warps,
+        SLICES=c.slices or c.fma, num_warps=c.num_warps,
         num_stages=c.num_stages, **launch,
     )  # fmt: skip
     if argmax_out is not None:
@@ -473,7 +488,7 @@ def plan_quantized(groups: list[QuantizedPlanGroup], batch_sizes: list[int],
     for g in groups:
         w = g.weight
         def fitting(point: int, w=w) -> list[GemvConfig]:
-            return [c for c in candidates(point, True) if w.fits(c.block_k, c.tma, c.fma)]
+            return [c for c in candidates(point, True) if w.fits(c.block_k, c.tma, c.fma, c.slices)]
 
         chosen.update(_plan_group((w.tag, w.n, w.k, g.has_bias), w.k, g.count, g.dtype, w.data.device, fitting,
                                   g.baseline, g.candidate, 0.98, batch_sizes, report, g.reference))

@@ -68,7 +68,7 @@ def test_every_fitting_configuration_matches_the_dequantized_product(n, k):
         for rows in ROWS:
             x = torch.randn(rows, weight.k, generator=gen).to(DTYPE)
             ref = x.double() @ dense.double().t() + bias.double()
-            configs = [c for c in candidates(rows, True) if weight.fits(c.block_k, c.tma, c.fma)]
+            configs = [c for c in candidates(rows, True) if weight.fits(c.block_k, c.tma, c.fma, c.slices)]
             assert configs, (tag, rows)
             for cfg in configs if rows == ROWS[0] or not ON_GPU else configs[:2]:
                 out = gemv_quantized(x.to(DEVICE), weight, bias.to(DEVICE), cfg)
