@@ -137,6 +137,26 @@ def _plan_with_report(cache: PlanCache, description: dict, compute: Callable, en
     return chosen
 
 
+def _cached_gemv_plan(cache: PlanCache, description: dict, planner: Callable, report: list | None) -> dict:
+    """A decode-matmul plan ({key tuple: GemvConfig}) from the cache, or timed by planner(rows) and stored."""
+    from glmv.kernels import triton_gemv as tg
+
+    rows: list = []
+
+    def compute() -> tuple[dict, list]:
+        return planner(rows), rows
+
+    def encode(value: tuple[dict, list]) -> dict:
+        chosen, rep = value
+        return {"chosen": [[list(k), _cfg_out(c)] for k, c in chosen.items()], "report": _report_rows(rep)}
+
+    def decode(stored: dict) -> tuple[dict, list]:
+        chosen = {tuple(k): tg.GemvConfig(**c) for k, c in stored["chosen"]}
+        return chosen, _report_from(stored)
+
+    return _plan_with_report(cache, description, compute, encode, decode, report)
+
+
 def cached_gemv_planner(cache: PlanCache, prefetch_mb: float) -> Callable:
     """triton_gemv.plan with its answers kept in `cache` (same signature)."""
     from glmv.kernels import triton_gemv as tg
@@ -148,20 +168,7 @@ def cached_gemv_planner(cache: PlanCache, prefetch_mb: float) -> Callable:
             "dtype": str(w0.dtype), "prefetch_mb": prefetch_mb, "batch_sizes": sorted(set(batch_sizes)),
             "groups": [[list(g[0][0].shape), len(g[0]), g[1] is not None, bool(len(g) > 2 and g[2])]
                        for g in weight_groups]}
-        rows: list = []
-
-        def compute() -> tuple[dict, list]:
-            return tg.plan(weight_groups, batch_sizes, rows), rows
-
-        def encode(value: tuple[dict, list]) -> dict:
-            chosen, rep = value
-            return {"chosen": [[list(k), _cfg_out(c)] for k, c in chosen.items()], "report": _report_rows(rep)}
-
-        def decode(stored: dict) -> tuple[dict, list]:
-            chosen = {tuple(k): tg.GemvConfig(**c) for k, c in stored["chosen"]}
-            return chosen, _report_from(stored)
-
-        return _plan_with_report(cache, description, compute, encode, decode, report)
+        return _cached_gemv_plan(cache, description, lambda rows: tg.plan(weight_groups, batch_sizes, rows), report)
 
     return plan
 
@@ -176,20 +183,8 @@ def cached_quantized_gemv_planner(cache: PlanCache, prefetch_mb: float) -> Calla
             "planner": "triton_gemv.quantized", "source": source_digest(tg), "env": environment_key(w0.data.device),
             "prefetch_mb": prefetch_mb, "batch_sizes": sorted(set(batch_sizes)),
             "groups": [[g.weight.tag, g.weight.n, g.weight.k, g.count, g.has_bias, str(g.dtype)] for g in groups]}
-        rows: list = []
-
-        def compute() -> tuple[dict, list]:
-            return tg.plan_quantized(groups, batch_sizes, rows), rows
-
-        def encode(value: tuple[dict, list]) -> dict:
-            chosen, rep = value
-            return {"chosen": [[list(k), _cfg_out(c)] for k, c in chosen.items()], "report": _report_rows(rep)}
-
-        def decode(stored: dict) -> tuple[dict, list]:
-            chosen = {tuple(k): tg.GemvConfig(**c) for k, c in stored["chosen"]}
-            return chosen, _report_from(stored)
-
-        return _plan_with_report(cache, description, compute, encode, decode, report)
+        return _cached_gemv_plan(cache, description, lambda rows: tg.plan_quantized(groups, batch_sizes, rows),
+                                 report)
 
     return plan
 
