@@ -75,7 +75,7 @@ QUANT_CONFIGS = {
 # `plan_quantized` try them at the plan point 1, which only a batch of one maps to).
 ROW_CONFIGS = [G(64, 128, 4, 4, fma=True), G(32, 256, 4, 4, fma=True), G(64, 256, 8, 3, 2, fma=True),
                G(128, 128, 8, 3, 2, fma=True), G(32, 128, 4, 4, 4, fma=True), G(16, 256, 4, 4, 2, fma=True),
-               G(64, 128, 4, 4, 4, fma=True)]
+               G(64, 128, 4, 4, 4, fma=True), G(16, 512, 4, 4, 2, fma=True), G(32, 512, 8, 3, fma=True)]
 del G
 # Batch sizes timed by `plan`; a bucket uses the result of the smallest point >= it in its BLOCK_M class.
 PLAN_POINTS = [1, 4, 16, 32, 64, 96, 128]
