@@ -3,12 +3,15 @@
 Why: a decode step of a 9B model is ~17.6 GB of weight reads through four matmuls per layer plus the lm_head: at decode
 batch sizes it is bound by reading weights, and cuBLAS reaches 2.2-2.7 TB/s there on an H100 (split-K kernels with a
 second reduction launch at one to a few rows). This kernel gives each program a slab of BLOCK_N weight rows over the
-whole K (no split, no second launch), loads it in [BLOCK_N, BLOCK_K] tiles several stages deep, and multiplies on the
-tensor cores with the rows padded to BLOCK_M (16, 64 or 128).
+whole K (or a slice of it, the last program reducing), loads it in [BLOCK_N, BLOCK_K] tiles several stages deep, and
+multiplies on the tensor cores with the rows padded to BLOCK_M (16, 64 or 128), or for one row with multiply-adds on
+the CUDA cores. The same kernel reads quantized weights (`QuantizedWeight`: FP8, packed 4/8-bit integers), widened
+or unpacked tile by tile in registers, so they keep its launch, PDL and epilogues (`gemv_quantized`).
 
 `plan(weights, batch_sizes)` times this kernel's configurations against `F.linear` for each weight shape at a few
 representative batch sizes, inside CUDA graphs and over several distinct weights (so L2 does not serve them), and
 keeps a configuration only where it is clearly faster: the plan never makes a shape slower than cuBLAS was there.
+`plan_quantized` does the same for quantized weights against the formats' own kernels.
 """
 
 from __future__ import annotations
