@@ -112,6 +112,12 @@ class CheckpointReader:
         for name in LM_HEAD_NAMES:
             if name in self._files:
                 return self.get(name)
+        stored = sorted(n for n in self._files if n.startswith(tuple(h.removesuffix("weight") for h in LM_HEAD_NAMES)))
+        if stored:  # a quantizer that also packed the lm_head; reading the embedding instead would be silently wrong
+            raise CheckpointError(
+                f"{self.path}: the lm_head is stored quantized ({', '.join(stored[:3])}); glmv serves quantized "
+                "checkpoints whose lm_head is left in 16 bits, as AutoAWQ, gptqmodel (lm_head false, its default) "
+                "and llm-compressor (ignore: [\"lm_head\"]) write them.")
         # Tied checkpoints (not GLM-4.1V, but harmless to accept) reuse the embedding.
         return self.text("embed_tokens.weight")
 

@@ -96,3 +96,22 @@ def test_schemes(pairs):
 def test_engine_greedy_tokens_equal_dequantized_model(case, pairs):
     quant, dense = pairs(case)
     assert greedy_tokens(quant) == greedy_tokens(dense)
+
+
+def test_a_quantized_lm_head_is_refused_not_replaced_by_the_embedding(tiny_model_dir, tmp_path):
+    """A checkpoint whose quantizer packed the lm_head too (no lm_head.weight left) stops the load with the
+    sentence; the fallback for tied embeddings must not pick the embedding up in its place."""
+    from safetensors.torch import load_file, save_file
+
+    from glmv.layers.checkpoint import CheckpointError
+
+    config, pack = CASES["awq"]
+    quant = tmp_path / "q"
+    packers.write_pair(tiny_model_dir, quant, tmp_path / "d", config, pack)
+    tensors = load_file(str(quant / "model.safetensors"))
+    name = next(n for n in tensors if n.endswith("lm_head.weight"))
+    packed, _ = packers.awq_module(name.removesuffix(".weight"), tensors.pop(name))
+    tensors.update({f"{name.removesuffix('.weight')}.{k}": v for k, v in packed.items()})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(quant / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"lm_head is stored quantized \(.*lm_head\.qweight"):
+        load_model(quant, None)

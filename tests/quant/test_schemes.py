@@ -28,6 +28,7 @@ REFUSED = {
     "gptq group 32": ({"quant_method": "gptq", "bits": 4, "group_size": 32}, "group_size 32"),
     "gptq marlin": ({"quant_method": "gptq", "bits": 4, "group_size": 128, "checkpoint_format": "marlin"},
                     "checkpoint_format 'marlin'"),
+    "gptq lm_head": ({"quant_method": "gptq", "bits": 4, "group_size": 128, "lm_head": True}, "lm_head true"),
     "gptq dynamic 2-bit": ({"quant_method": "gptq", "bits": 4, "group_size": 128,
                             "dynamic": {"+:.*down_proj": {"bits": 2}}}, "2-bit"),
     "fp8 per-tensor": ({"quant_method": "fp8", "activation_scheme": "dynamic"}, "without weight_block_size"),

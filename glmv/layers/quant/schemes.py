@@ -169,6 +169,8 @@ def _gptq(qc: dict) -> Gptq:
         raise _refuse(f"GPTQ with checkpoint_format {fmt!r} (gptq and gptq_v2 are served)")
     if qc.get("is_marlin_format") or qc.get("format") == "marlin":
         raise _refuse("GPTQ in Marlin's layout (the plain GPTQ layout is served)")
+    if qc.get("lm_head"):
+        raise _refuse("GPTQ with the lm_head quantized too (lm_head true; a 16-bit lm_head is served)")
     base = _int_layer(qc, None, "GPTQ")
     dynamic = []
     for key, options in (qc.get("dynamic") or {}).items():
