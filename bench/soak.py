@@ -377,23 +377,26 @@ def write_readme(section: str) -> None:
     README.write_text(text)
 
 
+DEVICE_CACHES = ("vision_embedding", "vision_grid_tables")  # device memory, bounded, filling as new pictures come
+
+
 def device_check(result: SoakResult, tolerance_mb: float) -> str | None:
     """None when device memory at the last idle checkpoint equals that at the first, within tolerance, once the
-    vision-embedding cache (device memory on CUDA, bounded by --vision-cache-gb and filling as new pictures come)
-    is set aside; else what grew."""
+    device caches (the vision embeddings, bounded by --vision-cache-gb, and the tower's per-grid tables, both
+    filling as new pictures come) are set aside; else what grew."""
     marks = [s for s in result.checkpoints if s.device_allocated_mb is not None]
     if len(marks) < 2:
         return None
 
-    def outside_cache(s: Sample) -> tuple[float, float]:
-        vision = s.caches.get("vision_embedding", (0.0, 0.0, 0.0))[0] / 2**20
-        return s.device_allocated_mb - vision, s.device_reserved_mb - vision
+    def outside_caches(s: Sample) -> tuple[float, float]:
+        cached = sum(s.caches.get(name, (0.0, 0.0, 0.0))[0] for name in DEVICE_CACHES) / 2**20
+        return s.device_allocated_mb - cached, s.device_reserved_mb - cached
 
-    (a0, r0), (a1, r1) = outside_cache(marks[0]), outside_cache(marks[-1])
+    (a0, r0), (a1, r1) = outside_caches(marks[0]), outside_caches(marks[-1])
     if a1 - a0 > tolerance_mb or r1 - r0 > tolerance_mb:
-        return (f"device memory outside the vision cache grew from {marks[0].requests} to {marks[-1].requests} "
+        return (f"device memory outside the device caches grew from {marks[0].requests} to {marks[-1].requests} "
                 f"requests: allocated {a0:.1f} -> {a1:.1f} MiB, reserved {r0:.1f} -> {r1:.1f} MiB")
-    print(f"device memory outside the vision cache: allocated {a0:.1f} -> {a1:.1f} MiB, reserved {r0:.1f} -> "
+    print(f"device memory outside the device caches: allocated {a0:.1f} -> {a1:.1f} MiB, reserved {r0:.1f} -> "
           f"{r1:.1f} MiB from {marks[0].requests} to {marks[-1].requests} requests (within {tolerance_mb} MiB)")
     return None
 

@@ -1,13 +1,14 @@
-"""LruCache: a map bounded by entry count, least recently used out first, safe to share between threads.
+"""LruCache: a map bounded by entry count (and, given a measure, by bytes), least recently used out first, safe to
+share between threads.
 
-For caches whose entries cost about the same (compiled grammars, stored responses); caches bounded in bytes keep
-their own accounting (glmv.inputs.cache)."""
+For caches of the layers below the inputs (compiled grammars, stored responses, the vision tower's per-grid tables);
+the inputs' media caches keep their own byte accounting (glmv.inputs.cache)."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -15,8 +16,16 @@ V = TypeVar("V")
 
 
 class LruCache(Generic[K, V]):
-    def __init__(self, capacity: int):
+    """At most `capacity` entries and, with `nbytes`, at most `max_bytes` of them by that measure (an entry larger
+    than the whole bound is not kept)."""
+
+    def __init__(self, capacity: int, max_bytes: int | None = None, nbytes: Callable[[V], int] | None = None):
+        if (max_bytes is None) != (nbytes is None):
+            raise ValueError("LruCache: a byte bound needs its measure, and a measure its bound")
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self._nbytes = nbytes
+        self.bytes = 0
         self.evicted = 0
         self._entries: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
@@ -29,18 +38,29 @@ class LruCache(Generic[K, V]):
             return value
 
     def put(self, key: K, value: V) -> None:
-        if self.capacity <= 0:
+        size = self._nbytes(value) if self._nbytes is not None else 0
+        if self.capacity <= 0 or (self.max_bytes is not None and size > self.max_bytes):
             return
         with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.bytes -= self._size(old)
             self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+            self.bytes += size
+            while len(self._entries) > self.capacity or (self.max_bytes is not None and self.bytes > self.max_bytes):
+                _, dropped = self._entries.popitem(last=False)
+                self.bytes -= self._size(dropped)
                 self.evicted += 1
 
     def pop(self, key: K) -> V | None:
         with self._lock:
-            return self._entries.pop(key, None)
+            value = self._entries.pop(key, None)
+            if value is not None:
+                self.bytes -= self._size(value)
+            return value
+
+    def _size(self, value: V) -> int:
+        return self._nbytes(value) if self._nbytes is not None else 0
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -295,10 +295,20 @@ class LLMEngine:
             "vision_cache_bytes": float(vc.bytes),
             "vision_cache_entries": float(len(vc)),
             "vision_cache_capacity_bytes": float(vc.max_bytes),
+            **self._grid_tables(),
             **self._device_memory(),
             "steps_total": float(self.steps),
             "time": time.time(),
         }
+
+    def _grid_tables(self) -> dict[str, float]:
+        """The vision tower's per-grid tables (device memory, bounded in bytes), where the model has a tower."""
+        vision = self.runner.model.vision
+        if vision is None:
+            return {}
+        tables = vision.grid_tables
+        return {"vision_grid_table_bytes": float(tables.bytes), "vision_grid_table_entries": float(len(tables)),
+                "vision_grid_table_capacity_bytes": float(tables.max_bytes)}
 
     def _device_memory(self) -> dict[str, float]:
         """CUDA memory the caching allocator has handed out and holds (KV pool, weights, graphs and vision cache

@@ -19,6 +19,7 @@ from glmv.config import VisionDims
 from glmv.layers.checkpoint import CheckpointReader
 from glmv.layers.kernels import Kernels
 from glmv.layers.swiglu import GateUpAct
+from glmv.lru import LruCache
 from glmv.models.graph_slots import GraphSlots
 
 log = logging.getLogger("glmv.vision")
@@ -101,6 +102,10 @@ class Glm4vVisionTower:
 
     GRAPH_MAX_PATCHES = 8192  # one 1260x1260 picture; larger inputs amortise their launches anyway
     GRAPH_MAX_ENTRIES = 8  # shapes kept (the most used: GraphSlots); they share one memory pool
+    # Per-grid position/rotary tables, float32 [patches, hidden + 2 * head_dim] on the device: 37 MB for one
+    # 1008x1008 picture at the 9B's dimensions, so they are bounded in bytes (recent grids kept), not by count.
+    GRID_TABLE_BYTES = 256 << 20
+    GRID_TABLE_ENTRIES = 64
 
     def __init__(self, dims: VisionDims, weights: VisionWeights, device: torch.device, dtype: torch.dtype,
                  kernels: Kernels, gate_up_act: GateUpAct, rope_theta: float = 10000.0):
@@ -114,7 +119,8 @@ class Glm4vVisionTower:
         steps = torch.arange(0, spatial_dim, 2, dtype=torch.float, device=device) / spatial_dim
         self.inv_freq = 1.0 / (rope_theta**steps)
         self.pos_side = int(weights.pos_embed.shape[0] ** 0.5)
-        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.grid_tables: LruCache[tuple[int, int], torch.Tensor] = LruCache(
+            self.GRID_TABLE_ENTRIES, self.GRID_TABLE_BYTES, lambda t: t.numel() * t.element_size())
         self.kernels = kernels
         self.gate_up_act = gate_up_act  # shared with the text decoder: how the MLPs gate (and the weights' layout)
         self.use_graphs = device.type == "cuda" and kernels.vision_graphs
@@ -139,7 +145,7 @@ class Glm4vVisionTower:
 
     def _grid_tables(self, h: int, w: int) -> torch.Tensor:
         """[h*w, hidden + head_dim*2]: the resampled position embedding and the rotary cos/sin of one grid."""
-        cached = self._pos_cache.get((h, w))
+        cached = self.grid_tables.get((h, w))
         if cached is not None:
             return cached
         hpos, wpos = self._grid_coords(h, w)
@@ -153,9 +159,7 @@ class Glm4vVisionTower:
         freqs = torch.cat([hpos.float()[:, None] * self.inv_freq, wpos.float()[:, None] * self.inv_freq], dim=-1)
         emb = torch.cat([freqs, freqs], dim=-1)
         tables = torch.cat([pos, emb.cos(), emb.sin()], dim=-1)
-        if len(self._pos_cache) > 64:
-            self._pos_cache.clear()
-        self._pos_cache[(h, w)] = tables
+        self.grid_tables.put((h, w), tables)
         return tables
 
     # ---- the tower ----

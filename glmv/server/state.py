@@ -95,13 +95,13 @@ class ServingState:
             self.metrics = ServerMetrics(self.engine.stats, lambda: self.inflight, replicas, self.cache_usage)
 
     def cache_usage(self, engine_stats: dict[str, float]) -> list[CacheUsage]:
-        """Every bounded cache of this server: the prompt builder's two, and the engine's vision cache when the
-        engine reports one (glmv's own engine)."""
+        """Every bounded cache of this server: the prompt builder's two, and the engine's vision caches (embeddings,
+        the tower's per-grid tables) when the engine reports them (glmv's own engine)."""
         usage = [self.builder.media_cache.usage("media"), self.builder.patch_cache.usage("mm_processor")]
-        if "vision_cache_bytes" in engine_stats:
-            usage.append(CacheUsage("vision_embedding", int(engine_stats["vision_cache_bytes"]),
-                                    int(engine_stats["vision_cache_entries"]),
-                                    int(engine_stats["vision_cache_capacity_bytes"])))
+        for name, stat in (("vision_embedding", "vision_cache"), ("vision_grid_tables", "vision_grid_table")):
+            if f"{stat}_bytes" in engine_stats:
+                usage.append(CacheUsage(name, int(engine_stats[f"{stat}_bytes"]), int(engine_stats[f"{stat}_entries"]),
+                                        int(engine_stats[f"{stat}_capacity_bytes"])))
         return usage
 
     @cached_property
