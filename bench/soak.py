@@ -72,6 +72,7 @@ class Sample:
     malloc_free_mb: float | None = None
     device_allocated_mb: float | None = None
     device_reserved_mb: float | None = None
+    pinned_held_mb: float | None = None  # PyTorch's pinned host pool (CUDA), part of rss_mb
 
 
 # ---- requests ----
@@ -201,12 +202,14 @@ def take_sample(server: ServerProcess, t0: float, done: int, errors: int) -> Sam
     reserved = metrics.get("glmv_device_memory_reserved_bytes", {}).get((), None)
     in_use = metrics.get("glmv_malloc_in_use_bytes", {}).get((), None)
     free = metrics.get("glmv_malloc_free_bytes", {}).get((), None)
+    pinned = metrics.get("glmv_pinned_host_memory_held_bytes", {}).get((), None)
     return Sample(t_s=round(time.monotonic() - t0, 1), requests=done, errors=errors, rss_mb=round(server.rss_mb(), 1),
                   caches=cache_gauges(metrics),
                   malloc_in_use_mb=None if in_use is None else round(in_use / 2**20, 1),
                   malloc_free_mb=None if free is None else round(free / 2**20, 1),
                   device_allocated_mb=None if allocated is None else round(allocated / 2**20, 1),
-                  device_reserved_mb=None if reserved is None else round(reserved / 2**20, 1))
+                  device_reserved_mb=None if reserved is None else round(reserved / 2**20, 1),
+                  pinned_held_mb=None if pinned is None else round(pinned / 2**20, 1))
 
 
 # ---- the load ----
@@ -333,7 +336,7 @@ def format_sample(s: Sample) -> str:
     caches = " ".join(f"{name}={used / 2**20:.0f}/{bound / 2**20:.0f}MiB({entries:.0f})"
                       for name, (used, entries, bound) in sorted(s.caches.items()))
     device = "" if s.device_allocated_mb is None else \
-        f" device={s.device_allocated_mb:.0f}/{s.device_reserved_mb:.0f}MiB"
+        f" device={s.device_allocated_mb:.0f}/{s.device_reserved_mb:.0f}MiB pinned={s.pinned_held_mb}MiB"
     heap = "" if s.malloc_in_use_mb is None else f" malloc={s.malloc_in_use_mb:.0f}+{s.malloc_free_mb:.0f}free"
     return (f"t={s.t_s:7.1f}s requests={s.requests:6d} errors={s.errors} rss={s.rss_mb:8.1f}MB{heap}{device} "
             f"{caches}")

@@ -312,11 +312,17 @@ class LLMEngine:
 
     def _device_memory(self) -> dict[str, float]:
         """CUDA memory the caching allocator has handed out and holds (KV pool, weights, graphs and vision cache
-        included), for /metrics and the soak check; nothing on the CPU."""
+        included), and the pinned host memory PyTorch's host allocator holds and has handed out (resident memory
+        that a freed tensor leaves cached), for /metrics and the soak check; nothing on the CPU."""
         device = self.runner.device
         if device.type != "cuda":
             return {}
         import torch
 
-        return {"device_memory_allocated": float(torch.cuda.memory_allocated(device)),
-                "device_memory_reserved": float(torch.cuda.memory_reserved(device))}
+        out = {"device_memory_allocated": float(torch.cuda.memory_allocated(device)),
+               "device_memory_reserved": float(torch.cuda.memory_reserved(device))}
+        host = torch.cuda.host_memory_stats()  # the pinned host pool (staged pixels, step inputs, tokens back)
+        if "allocated_bytes.current" in host and "active_bytes.current" in host:
+            out["pinned_host_memory_held"] = float(host["allocated_bytes.current"])
+            out["pinned_host_memory_active"] = float(host["active_bytes.current"])
+        return out

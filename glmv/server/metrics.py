@@ -38,6 +38,10 @@ _DEVICE_GAUGES = {
                                 "pool, CUDA graphs, vision cache, activations)."),
     "device_memory_reserved": ("glmv_device_memory_reserved_bytes", "CUDA memory PyTorch's caching allocator "
                                "holds (allocated plus cached free blocks)."),
+    "pinned_host_memory_held": ("glmv_pinned_host_memory_held_bytes", "Pinned host memory PyTorch's host allocator "
+                                "holds, in use or cached for reuse (part of resident memory)."),
+    "pinned_host_memory_active": ("glmv_pinned_host_memory_active_bytes", "Pinned host memory in use now (staged "
+                                  "pixels, step inputs, sampled tokens on their way back)."),
 }
 
 
