@@ -341,7 +341,7 @@ def gemv_quantized(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor 
     if not weight.fits(config.block_k, config.tma, config.fma, config.slices):
         raise ValueError(f"gemv: block_k {config.block_k} does not tile the {weight.tag} weight's groups")
     w = weight.data
-    is_int = weight.format == FORMAT_INT
+    is_int = weight.format == quantized_weight.INT
     aligned = w.data_ptr() % 16 == 0 and w.stride(0) % 16 == 0
     stride_sg = weight.scale.stride(0) if is_int or weight.group else 0
     return _launch(x, w, weight.n, weight.k, bias, config, silu_mul, None, weight.format, weight.scale,
