@@ -124,7 +124,9 @@ class Glm4vVisionTower:
         self.kernels = kernels
         self.gate_up_act = gate_up_act  # shared with the text decoder: how the MLPs gate (and the weights' layout)
         self.use_graphs = device.type == "cuda" and kernels.vision_graphs
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        # key -> (graph, static input, static output, the grid tables the graph reads: held here, since the LRU
+        # may drop them while the graph still replays reading their memory)
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = {}
         self._graph_pool = None
         self._graph_slots = GraphSlots(self.GRAPH_MAX_ENTRIES)
 
@@ -180,7 +182,7 @@ class Glm4vVisionTower:
                 if capture:
                     entry = self._capture(key, pixel_values, grids)
             if entry is not None:
-                graph, static_in, static_out = entry
+                graph, static_in, static_out, _tables = entry
                 static_in.copy_(pixel_values)
                 graph.replay()
                 return static_out.clone()
@@ -198,23 +200,26 @@ class Glm4vVisionTower:
     def _capture(self, key: tuple, pixel_values: torch.Tensor, grids: list[tuple[int, int, int]]):
         try:
             static_in = pixel_values.clone()
+            tables = [self._grid_tables(h, w) for _, h, w in grids]  # made eagerly; the capture reads these
             if self._graph_pool is None:
                 self._graph_pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
-                static_out = self._encode(static_in, grids)
+                static_out = self._encode(static_in, grids, tables)
         except Exception as exc:  # noqa: BLE001 - eager stays correct; stop trying
             log.warning("vision tower: CUDA graph capture failed (%s); running it eagerly from now on", exc)
             self.use_graphs = False
             self._graphs.clear()
             self._graph_slots.release(key)
             return None
-        entry = (graph, static_in, static_out)
+        entry = (graph, static_in, static_out, tables)
         self._graphs[key] = entry
         log.info("vision tower: captured a CUDA graph for grids %s (%d kept)", key[0], len(self._graphs))
         return entry
 
-    def _encode(self, pixel_values: torch.Tensor, grids: list[tuple[int, int, int]]) -> torch.Tensor:
+    def _encode(self, pixel_values: torch.Tensor, grids: list[tuple[int, int, int]],
+                tables: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The tower over one batch; `tables`: each grid's tables (the cache's when not given)."""
         d, w = self.dims, self.w
         eps = d.rms_norm_eps
         kn, gate_up_act = self.kernels, self.gate_up_act
@@ -222,7 +227,9 @@ class Glm4vVisionTower:
         # copy first, convert on the device (float32 -> bf16 on the CPU would cost more than the copy)
         x = F.linear(pixel_values.to(self.device, non_blocking=True).to(self.dtype), w.patch_weight, w.patch_bias)
         x = norm(x, w.post_conv_norm, eps)
-        tables = torch.cat([self._grid_tables(h, wd).repeat(t, 1) for t, h, wd in grids], dim=0)
+        if tables is None:
+            tables = [self._grid_tables(h, wd) for _, h, wd in grids]
+        tables = torch.cat([table.repeat(t, 1) for table, (t, _, _) in zip(tables, grids, strict=True)], dim=0)
         hidden = d.hidden_size
         pos, cos, sin = tables.split([hidden, self.head_dim, self.head_dim], dim=-1)
         segments = [h * wd for t, h, wd in grids for _ in range(t)]
