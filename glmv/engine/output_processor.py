@@ -7,9 +7,9 @@ lets text work overlap the device. It runs in two halves:
 - `take_in` when a step's tokens arrive: append the sampled token (with the ids the budget forces before and after
   it), queue it for its grammar, and apply the token-id rules in this order: a stop token id (generation_config's
   EOS list, which includes `</answer>`, unless ignore_eos; plus params.stop_token_ids; only once min_tokens are out),
-  then max_tokens or the context length. A sequence that ends here is finished at once (its KV blocks freed) and its tokens queued.
-  `advance_grammars` then hands the step's tokens to the constrained sequences' matchers in one batch (no rule
-  above reads a matcher), before the next mask is filled.
+  then max_tokens or the context length. A sequence that ends here is finished at once (its KV blocks freed) and
+  its tokens queued. `advance_grammars` then hands the step's tokens to the constrained sequences' matchers in one
+  batch (no rule above reads a matcher), before the next mask is filled.
 - `emit` while the next step runs on the device: detokenize the queued tokens, apply stop strings and build one
   CompletionOutput per sequence that has news.
 
