@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from glmv.structured.batch import GrammarBatch
 from glmv.structured.mask import apply_masks, masked_rows
 
 _MASK32 = 0xFFFFFFFF
@@ -79,10 +80,13 @@ def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tens
 
 class Sampler:
     """`sample(logits, rows)`: rows are sequences with `params`, `seed`, `token_ids`, `num_prompt_tokens` and
-    `constraint` (a glmv.structured Constraint or None)."""
+    `constraint` (a glmv.structured Constraint or None). `grammar` fills the constrained rows' masks together;
+    the engine's output side advances the same matchers with it (LLMEngine hands it over)."""
 
-    def __init__(self, vocab_size: int, device: torch.device | str, eos_token_ids: tuple[int, ...] = ()):
+    def __init__(self, vocab_size: int, device: torch.device | str, eos_token_ids: tuple[int, ...] = (),
+                 grammar: GrammarBatch | None = None):
         self.vocab_size = vocab_size
+        self.grammar = grammar if grammar is not None else GrammarBatch()
         self.device = torch.device(device)
         self.eos_token_ids = tuple(eos_token_ids)
         idx = torch.arange(vocab_size, dtype=torch.long, device=self.device)
@@ -205,7 +209,7 @@ class Sampler:
         x = self.apply_logits_processors(raw, rows, lengths)
         constrained = masked_rows(rows)
         if constrained:
-            x = apply_masks(x, rows, constrained)
+            x = apply_masks(x, rows, constrained, self.grammar)
         tokens = x.argmax(dim=-1)
         params = [r.params for r in rows]
         random_rows = [i for i, p in enumerate(params) if not p.greedy]

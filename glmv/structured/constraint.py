@@ -44,6 +44,13 @@ class Constraint:
         return self.phase is not Phase.THINKING and not self.terminated
 
     def accept(self, token: int) -> None:
+        """Advance by one output token, alone (GrammarBatch.accept advances a step's sequences together)."""
+        if self.takes(token) and not self.matcher.accept_token(token):
+            self.rejected += 1
+
+    def takes(self, token: int) -> bool:
+        """Advance the phase by `token`; whether the grammar must take it too (the answer is open and its matcher
+        not terminated): then the caller hands it to `matcher` and counts a refusal in `rejected`."""
         c = self.compiled
         if self.phase in (Phase.START, Phase.THINKING):
             if token == c.think_start_id:
@@ -52,26 +59,38 @@ class Constraint:
                 self.phase = Phase.OPENING
             elif token == c.answer_open_id:
                 self.phase = Phase.ANSWER
-        elif self.phase is Phase.OPENING:
+            return False
+        if self.phase is Phase.OPENING:
             if token == c.answer_open_id:
                 self.phase = Phase.ANSWER
-        elif not self.matcher.is_terminated() and not self.matcher.accept_token(token):
-            self.rejected += 1
+            return False
+        return not self.matcher.is_terminated()
+
+    @property
+    def only_token(self) -> int | None:
+        """The one token the phase allows next (`<think>` at the start, `<answer>` after the thought), or None
+        when the matcher decides."""
+        if self.phase is Phase.START:
+            return self.compiled.think_start_id
+        if self.phase is Phase.OPENING:
+            return self.compiled.answer_open_id
+        return None
 
     def fill_mask(self, bitmask: torch.Tensor, row: int) -> None:
-        """Write this sequence's allowed tokens into row `row` of an xgrammar bitmask (int32, CPU)."""
-        if self.phase in (Phase.START, Phase.OPENING):
-            only = self.compiled.think_start_id if self.phase is Phase.START else self.compiled.answer_open_id
+        """Write this sequence's allowed tokens into row `row` of an xgrammar bitmask (int32, CPU), alone
+        (GrammarBatch.fill_masks fills a step's rows together)."""
+        only = self.only_token
+        if only is not None:
             bitmask[row].zero_()
             word, bit = divmod(only, 32)
-            bitmask[row, word] = _bit(bit)
+            bitmask[row, word] = bit_value(bit)
         else:
             self.matcher.fill_next_token_bitmask(bitmask, row)
             if self.compiled.json_safe is not None:
                 bitmask[row] &= self.compiled.json_safe
 
 
-def _bit(bit: int) -> int:
+def bit_value(bit: int) -> int:
     """The int32 value with only `bit` set (bit 31 is the sign bit)."""
     return (1 << bit) - (1 << 32 if bit == 31 else 0)
 

@@ -1,4 +1,5 @@
-"""Token masks of constrained rows, filled on the host by each row's matcher and applied to the logits on the device.
+"""Token masks of constrained rows, filled on the host by the rows' matchers together and applied to the logits on
+the device.
 
 Only the rows whose next token is constrained are filled and masked; the others keep their logits as they are.
 """
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import xgrammar as xgr
 
-from glmv.structured.constraint import Constraint
+from glmv.structured.batch import GrammarBatch
 
 
 def masked_rows(rows: Sequence) -> list[int]:
@@ -18,13 +19,11 @@ def masked_rows(rows: Sequence) -> list[int]:
     return [i for i, r in enumerate(rows) if r.constraint is not None and r.constraint.masks_next]
 
 
-def apply_masks(logits: torch.Tensor, rows: Sequence, indices: list[int]) -> torch.Tensor:
+def apply_masks(logits: torch.Tensor, rows: Sequence, indices: list[int], grammar: GrammarBatch) -> torch.Tensor:
     """A copy of float32 `logits` [B, V] with disallowed tokens of rows `indices` at -inf."""
     vocab = logits.shape[1]
     bitmask = xgr.allocate_token_bitmask(len(rows), vocab)
-    for i in indices:
-        constraint: Constraint = rows[i].constraint
-        constraint.fill_mask(bitmask, i)
+    grammar.fill_masks(bitmask, [rows[i].constraint for i in indices], indices)
     out = logits.clone()  # the caller's tensor may be the raw logits its logprobs are read from
     xgr.apply_token_bitmask_inplace(out, bitmask.to(out.device, non_blocking=True), vocab_size=vocab,
                                     indices=indices)
