@@ -13,8 +13,11 @@ string (so "007" stays a string), and is otherwise read as JSON when it parses, 
 
 One state machine serves both roads: the whole-text parse is the stream parse fed at once, so streamed content
 joined equals the non-streamed content, and each call's streamed `arguments` pieces joined equal its whole
-arguments. Arguments are streamed a pair at a time (`{"city": "Paris"`, then `, "unit": "c"`, then `}`), built
-with the same json.dumps spelling the whole string uses. Whitespace before a call, and after one when nothing came
+arguments, built with the same json.dumps spelling the whole string uses. A value the schema types as a string is
+streamed as the model writes it (`{"city": "`, then `Par`, `is`, then `"`; JSON escaping is per character, so
+escaped pieces join to the escaped whole); other values a pair at a time, once they are complete (`, "days": 3`),
+since only the whole text says whether it parses as JSON. A call cut short inside a string value keeps what came of
+it; inside any other pair, that pair is dropped. Whitespace before a call, and after one when nothing came
 before it, is dropped (content never ends or starts with it); text after a call keeps its leading whitespace.
 """
 
@@ -29,8 +32,10 @@ from typing import Any
 CALL_START = "<tool_call>"
 CALL_END = "</tool_call>"
 KEY_START = "<arg_key>"
+VALUE_END = "</arg_value>"
 
 _PAIR = re.compile(r"\s*<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.DOTALL)
+_VALUE_OPEN = re.compile(r"\s*<arg_key>(.*?)</arg_key>\s*<arg_value>", re.DOTALL)
 _END = re.compile(r"\s*</tool_call>")
 _WAITABLE = ("<arg_key>", "</tool_call>")  # what may follow inside a call
 
@@ -83,7 +88,7 @@ class GlmToolCallParser:
 
     tools: Mapping[str, Mapping[str, Any] | None]  # function name -> its parameters schema
     _buf: str = ""
-    _mode: str = "text"  # text | name | args
+    _mode: str = "text"  # text | name | args | value (inside a string-typed value, streaming it)
     _index: int = -1
     _name: str = ""
     _pairs: int = 0
@@ -115,6 +120,12 @@ class GlmToolCallParser:
             if name:
                 self._start_call(name, out)
                 self._close_call(out)
+            self._mode = "text"
+        elif self._mode == "value":  # cut inside a string value: what came of it, closed
+            self._string_piece(self._buf, out)
+            self._buf = ""
+            out.append(ArgumentsDelta(self._index, '"'))
+            self._close_call(out)
             self._mode = "text"
         elif self._mode == "args":  # an unfinished pair is dropped; the arguments are closed
             self._buf = ""
@@ -149,7 +160,27 @@ class GlmToolCallParser:
             self._buf = stripped[cut:]
             self._mode = "args"
             return True
+        if self._mode == "value":
+            end = self._buf.find(VALUE_END)
+            if end == -1:
+                keep = _partial_overlap(self._buf, VALUE_END)
+                self._string_piece(self._buf[:len(self._buf) - keep], out)
+                self._buf = self._buf[len(self._buf) - keep:]
+                return False
+            self._string_piece(self._buf[:end], out)
+            out.append(ArgumentsDelta(self._index, '"'))
+            self._buf = self._buf[end + len(VALUE_END):]
+            self._mode = "args"
+            return True
         # args
+        opened = _VALUE_OPEN.match(self._buf)
+        if opened is not None and opened.group(1).strip() in self._strings.get(self._name, ()):
+            key = json.dumps(opened.group(1).strip(), ensure_ascii=False)
+            out.append(ArgumentsDelta(self._index, ("{" if self._pairs == 0 else ", ") + key + ': "'))
+            self._pairs += 1
+            self._buf = self._buf[opened.end():]
+            self._mode = "value"
+            return True
         pair = _PAIR.match(self._buf)
         if pair is not None:
             self._pair(pair.group(1).strip(), pair.group(2), out)
@@ -190,14 +221,17 @@ class GlmToolCallParser:
         self._pairs = 0
         out.append(CallStart(self._index, name))
 
+    def _string_piece(self, text: str, out: list[Event]) -> None:
+        if text:
+            out.append(ArgumentsDelta(self._index, json.dumps(text, ensure_ascii=False)[1:-1]))
+
     def _pair(self, key: str, raw: str, out: list[Event]) -> None:
-        if key in self._strings.get(self._name, ()):
-            value: Any = raw
-        else:
-            try:
-                value = json.loads(raw.strip())
-            except ValueError:
-                value = raw.strip()
+        """A whole pair whose value is not string-typed (those stream through the value mode)."""
+        value: Any
+        try:
+            value = json.loads(raw.strip())
+        except ValueError:
+            value = raw.strip()
         piece = f"{json.dumps(key, ensure_ascii=False)}: {json.dumps(value, ensure_ascii=False)}"
         out.append(ArgumentsDelta(self._index, ("{" if self._pairs == 0 else ", ") + piece))
         self._pairs += 1

@@ -29,8 +29,28 @@ def test_whole_text():
 
 def test_text_without_calls_and_half_tags():
     assert parse_tool_calls("a <tool_ b", TOOLS) == ("a <tool_ b", [])
+    # cut by the length: inside a string value, what came of it; inside another value, the pair is dropped
     content, calls = parse_tool_calls("x<tool_call>get_weather\n<arg_key>city</arg_key><arg_value>Par", TOOLS)
-    assert content == "x" and calls[0].name == "get_weather" and calls[0].arguments == "{}"  # cut by the length
+    assert content == "x" and calls[0].name == "get_weather" and calls[0].arguments == '{"city": "Par"}'
+    _, calls = parse_tool_calls("<tool_call>get_weather\n<arg_key>days</arg_key><arg_value>3", TOOLS)
+    assert calls[0].arguments == "{}"
+
+
+def test_a_string_value_streams_before_it_closes():
+    """The pieces of a string-typed value reach the client as they are written, JSON-escaped piece by piece
+    (quotes, backslashes, newlines, non-ASCII), and join to the whole call's arguments."""
+    value = 'Pa"ri\\s\nZürich </arg x'
+    text = f"<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>{value}</arg_value>\n</tool_call>"
+    parser = GlmToolCallParser(TOOLS)
+    opened = text.index("<arg_value>") + len("<arg_value>")
+    head = parser.feed(text[:opened + 4])  # the value's first characters, its end not yet written
+    pieces = [e.text for e in head if isinstance(e, ArgumentsDelta)]
+    assert pieces == ['{"city": "', 'Pa\\"r']
+    events = head + [e for i in range(opened + 4, len(text)) for e in parser.feed(text[i])] + parser.finish()
+    streamed = "".join(e.text for e in events if isinstance(e, ArgumentsDelta))
+    assert streamed == parse_tool_calls(text, TOOLS)[1][0].arguments
+    assert json.loads(streamed) == {"city": value}
+    assert sum(isinstance(e, ArgumentsDelta) for e in events) > 10  # character by character, not one pair
 
 
 @settings(max_examples=200, deadline=None)
