@@ -16,6 +16,9 @@ import torch
 TEXT_PREFIXES = ("model.language_model.", "model.", "language_model.model.", "language_model.")
 VISION_PREFIXES = ("model.visual.", "visual.", "model.vision_tower.")
 LM_HEAD_NAMES = ("lm_head.weight", "model.lm_head.weight", "language_model.lm_head.weight")
+# tensors beside (or instead of) `<module>.weight` that say a module is stored quantized: compressed-tensors and
+# fp8 scales, AutoAWQ / GPTQ packing, compressed-tensors pack-quantized
+QUANTIZED_SIBLINGS = ("weight_scale", "weight_scale_inv", "qweight", "qzeros", "weight_packed")
 
 
 class CheckpointError(ValueError):
@@ -102,6 +105,9 @@ class CheckpointReader:
 
     def _tower_tensor(self, suffix: str, prefixes: tuple[str, ...], tower: str, required: bool) -> torch.Tensor | None:
         name = self.resolve(suffix, prefixes)
+        if suffix.endswith(".weight"):
+            for prefix in prefixes if name is None else ("",):
+                self._refuse_quantized((name or prefix + suffix).removesuffix(".weight"))
         if name is None:
             if required:
                 raise CheckpointError(f"{self.path}: {tower} tensor '*{suffix}' is missing from the checkpoint.")
@@ -110,16 +116,25 @@ class CheckpointReader:
 
     def lm_head(self) -> torch.Tensor:
         for name in LM_HEAD_NAMES:
+            self._refuse_quantized(name.removesuffix(".weight"))
+        for name in LM_HEAD_NAMES:
             if name in self._files:
                 return self.get(name)
-        stored = sorted(n for n in self._files if n.startswith(tuple(h.removesuffix("weight") for h in LM_HEAD_NAMES)))
-        if stored:  # a quantizer that also packed the lm_head; reading the embedding instead would be silently wrong
-            raise CheckpointError(
-                f"{self.path}: the lm_head is stored quantized ({', '.join(stored[:3])}); glmv serves quantized "
-                "checkpoints whose lm_head is left in 16 bits, as AutoAWQ, gptqmodel (lm_head false, its default) "
-                "and llm-compressor (ignore: [\"lm_head\"]) write them.")
         # Tied checkpoints (not GLM-4.1V, but harmless to accept) reuse the embedding.
         return self.text("embed_tokens.weight")
+
+    def _refuse_quantized(self, module: str) -> None:
+        """A module glmv reads in 16 bits (the vision tower, the lm_head, norms, embeddings) that the checkpoint
+        stores quantized: read as plain weights (an E4M3 weight without its scale, or the embedding standing in for
+        a packed lm_head) it would compute something else without a word, so it is refused with a sentence."""
+        found = [f"{module}.{s}" for s in QUANTIZED_SIBLINGS if f"{module}.{s}" in self._files]
+        if found:
+            raise CheckpointError(
+                f"{self.path}: '{module}' is stored quantized ({', '.join(found[:3])}), where glmv reads 16-bit "
+                "weights: it serves the text decoder's linear layers quantized (as the config's quantization_config "
+                "declares them) and the vision tower, lm_head, embeddings and norms in 16 bits, as AutoAWQ, "
+                "gptqmodel (lm_head false, its default) and llm-compressor (ignore: [\"lm_head\", "
+                "\"re:.*visual.*\"]) leave them.")
 
     def close(self) -> None:
         self._handles.clear()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -113,5 +115,28 @@ def test_a_quantized_lm_head_is_refused_not_replaced_by_the_embedding(tiny_model
     packed, _ = packers.awq_module(name.removesuffix(".weight"), tensors.pop(name))
     tensors.update({f"{name.removesuffix('.weight')}.{k}": v for k, v in packed.items()})
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(quant / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"lm_head is stored quantized \(.*lm_head\.qweight"):
+    with pytest.raises(CheckpointError, match=r"lm_head' is stored quantized \(.*lm_head\.qweight"):
         load_model(quant, None)
+
+
+def test_a_quantized_vision_weight_is_refused_not_read_without_its_scale(tiny_model_dir, tmp_path):
+    """An FP8 vision linear (its E4M3 weight beside a weight_scale, as llm-compressor writes a module it was not
+    told to ignore): read as a plain weight it would lose its scale, so the load stops with the sentence."""
+    from safetensors.torch import load_file, save_file
+
+    from glmv.layers.checkpoint import CheckpointError
+
+    folder = tmp_path / "fp8-vision"
+    shutil.copytree(tiny_model_dir, folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    name = next(n for n in tensors if "visual" in n and n.endswith("attn.qkv.weight"))
+    weight = tensors[name].float()
+    scale = weight.abs().amax(dim=1, keepdim=True) / 448
+    tensors[name] = (weight / scale).to(torch.float8_e4m3fn)
+    tensors[name.removesuffix("weight") + "weight_scale"] = scale
+    save_file(tensors, str(folder / "model.safetensors"))
+    from glmv.config import ModelConfig
+    from glmv.models.glm4v import Glm4vModel
+
+    with pytest.raises(CheckpointError, match=r"attn\.qkv' is stored quantized \(.*weight_scale"):
+        Glm4vModel.load(ModelConfig.from_dir(folder), "cpu", torch.float32, max_positions=64)
