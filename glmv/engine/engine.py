@@ -66,8 +66,7 @@ class LLMEngine:
         self.output = OutputProcessor(tokenizer, OutputRules(
             eos_token_ids=tuple(model_config.eos_token_ids), max_model_len=self.max_model_len,
             default_thinking_budget=engine_config.max_thinking_tokens,
-            assistant_token_id=assistant if isinstance(assistant, int) else None), self.scheduler.finish,
-            self.runner.sampler.grammar)
+            assistant_token_id=assistant if isinstance(assistant, int) else None), self.scheduler.finish)
         self.groups: dict[str, _Group] = {}
         self._rng = random.Random(engine_config.seed)
         self._merge = model_config.vision.spatial_merge_size
@@ -265,7 +264,6 @@ class LLMEngine:
                     and id(req) in next_step.row_of):
                 next_step.discard.add(next_step.row_of[id(req)])
                 req.num_pending -= 1
-        self.output.advance_grammars()  # the deferred sampling that follows fills masks from these matchers
 
     def _fork(self, parent: Request) -> None:
         group = self.groups[parent.group_id]

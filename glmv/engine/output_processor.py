@@ -5,11 +5,9 @@ max_tokens and the context length, incremental detokenization, stop strings, log
 lets text work overlap the device. It runs in two halves:
 
 - `take_in` when a step's tokens arrive: append the sampled token (with the ids the budget forces before and after
-  it), queue it for its grammar, and apply the token-id rules in this order: a stop token id (generation_config's
-  EOS list, which includes `</answer>`, unless ignore_eos; plus params.stop_token_ids; only once min_tokens are out),
-  then max_tokens or the context length. A sequence that ends here is finished at once (its KV blocks freed) and
-  its tokens queued. `advance_grammars` then hands the step's tokens to the constrained sequences' matchers in one
-  batch (no rule above reads a matcher), before the next mask is filled.
+  it), apply the token-id rules in this order: a stop token id (generation_config's EOS list, which includes
+  `</answer>`, unless ignore_eos; plus params.stop_token_ids; only once min_tokens are out), then max_tokens or the
+  context length. A sequence that ends here is finished at once (its KV blocks freed) and its tokens queued.
 - `emit` while the next step runs on the device: detokenize the queued tokens, apply stop strings and build one
   CompletionOutput per sequence that has news.
 
@@ -29,7 +27,6 @@ from glmv.engine.detokenizer import IncrementalDetokenizer
 from glmv.engine.outputs import CompletionOutput, TokenLogprob
 from glmv.engine.request import Request, RequestStatus
 from glmv.sampling import SamplingParams
-from glmv.structured.batch import GrammarBatch
 from glmv.structured.constraint import Constraint
 
 
@@ -74,15 +71,11 @@ class OutputRules:
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer: Any, rules: OutputRules, finish: Callable[[Request, RequestStatus], None],
-                 grammar: GrammarBatch):
-        """`finish` ends a sequence in the scheduler (frees its blocks); it is called at most once per sequence.
-        `grammar` advances the constrained sequences' matchers (the sampler's, which fills their masks)."""
+    def __init__(self, tokenizer: Any, rules: OutputRules, finish: Callable[[Request, RequestStatus], None]):
+        """`finish` ends a sequence in the scheduler (frees its blocks); it is called at most once per sequence."""
         self.tokenizer = tokenizer
         self.rules = rules
         self._finish = finish
-        self.grammar = grammar
-        self._grammar_tokens: list[tuple[Constraint, int]] = []  # taken in, not yet given to their matchers
         self._queued: list[Request] = []  # sequences with tokens awaiting detokenization, in order
         self.generation_tokens_total = 0
 
@@ -99,8 +92,8 @@ class OutputProcessor:
         forced = budget.on_start() if budget is not None else []
         if p.structured is not None:
             req.constraint = Constraint(p.structured, req.prompt.token_ids, self.rules.assistant_token_id)
-            # before the first token is sampled, its mask must know them
-            self.grammar.accept([(req.constraint, tok) for tok in forced])
+            for tok in forced:  # before the first token is sampled, its mask must know them
+                req.constraint.accept(tok)
         if append_forced:
             req.token_ids += forced
             req.num_forced_tokens += len(forced)
@@ -113,7 +106,7 @@ class OutputProcessor:
     # ---- first half: a step's tokens arrive ----
     def take_in(self, req: Request, token: int, logprob: float | None, top: list[tuple[int, float]] | None) -> None:
         """Append the sampled token (with the ids forced before and after it), apply the token-id rules and queue
-        the tokens for `emit` (and for `advance_grammars`, which must follow the step's last `take_in`)."""
+        the tokens for `emit`."""
         params, state = req.params, req.output
         # (token, forced, already in token_ids): start-forced ids first, then the sampled one, then what it forces
         pending = [(t, True, True) for t in state.unreported] + [(token, False, False)]
@@ -128,7 +121,7 @@ class OutputProcessor:
                 req.token_ids.append(tok)
                 req.num_forced_tokens += forced
                 if req.constraint is not None:
-                    self._grammar_tokens.append((req.constraint, tok))
+                    req.constraint.accept(tok)
             count += 1
             self.generation_tokens_total += 1
             status, end = None, None
@@ -142,12 +135,6 @@ class OutputProcessor:
                 del req.token_ids[req.num_prompt_tokens + count:]  # start-forced ids past the end are dropped
                 self._finish(req, status)
                 break
-
-    def advance_grammars(self) -> None:
-        """Give the tokens taken in since the last call to their sequences' matchers, all sequences together."""
-        tokens, self._grammar_tokens = self._grammar_tokens, []
-        if tokens:
-            self.grammar.accept(tokens)
 
     # ---- second half: while the device runs the next step ----
     def emit(self) -> dict[str, list[CompletionOutput]]:
@@ -211,7 +198,6 @@ class OutputProcessor:
         for req in self._queued:
             req.output.queue = []
         self._queued = []
-        self._grammar_tokens = []
 
     # ---- output objects ----
     @staticmethod

@@ -80,8 +80,7 @@ def _padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tens
 
 class Sampler:
     """`sample(logits, rows)`: rows are sequences with `params`, `seed`, `token_ids`, `num_prompt_tokens` and
-    `constraint` (a glmv.structured Constraint or None). `grammar` fills the constrained rows' masks together;
-    the engine's output side advances the same matchers with it (LLMEngine hands it over)."""
+    `constraint` (a glmv.structured Constraint or None). `grammar` fills the constrained rows' masks together."""
 
     def __init__(self, vocab_size: int, device: torch.device | str, eos_token_ids: tuple[int, ...] = (),
                  grammar: GrammarBatch | None = None):

@@ -1,12 +1,12 @@
-"""GrammarBatch: a step's constrained sequences filled and advanced together, by xgrammar's BatchGrammarMatcher.
+"""GrammarBatch: a step's constrained rows' token masks filled together, by xgrammar's BatchGrammarMatcher.
 
-Why: per row, a fill and an accept are a few microseconds of xgrammar, but each also costs Python calls and a tensor
-op per row; with 64 constrained rows that host time is what is left of a decode step on a fast GPU. Here one step
-makes one batched fill (xgrammar spreads the rows over its thread pool, with the GIL released) and one vectorized
-AND with the compiler's safety masks; the step's tokens reach the matchers together, after the step's last
-take-in (accepted one by one: see `accept`). The per-sequence state and its rules
-stay in Constraint (phases, the thinking budget's forced tokens counted as rejected when the grammar refuses them,
-terminated matchers); `Constraint.fill_mask` / `Constraint.accept` are the same rules one row at a time.
+Why: per row, a fill is a few microseconds of xgrammar, but it also costs Python calls and a tensor op per row;
+with 64 constrained rows that host time is what is left of a decode step on a fast GPU. Here one step makes one
+batched fill (xgrammar spreads the rows over its thread pool, with the GIL released) and one vectorized AND with
+the compiler's safety masks. The matchers still advance one token at a time (`Constraint.accept`, as each token is
+taken in): xgrammar's batched accept is a serial loop behind an FFI conversion that cost more than it saved (0.0104
+against 0.0077 ms a token in the CPU bench). The per-sequence state and its rules stay in Constraint;
+`Constraint.fill_mask` is the same fill one row at a time.
 """
 
 from __future__ import annotations
@@ -61,11 +61,3 @@ class GrammarBatch:
         for safe, safe_at in safe_rows.values():  # one AND per distinct mask (a compiler has two)
             index = torch.tensor(safe_at, dtype=torch.long)
             bitmask.index_copy_(0, index, bitmask.index_select(0, index) & safe)
-
-    @staticmethod
-    def accept(tokens: Sequence[tuple[Constraint, int]]) -> None:
-        """Advance each constraint by its tokens, in the order given. One call a token: xgrammar's batched accept
-        is a serial loop behind an FFI conversion that cost more than it saved (0.0104 against 0.0077 ms a token
-        in the CPU bench), so only the fill is batched."""
-        for constraint, token in tokens:
-            constraint.accept(token)

@@ -44,13 +44,13 @@ class Constraint:
         return self.phase is not Phase.THINKING and not self.terminated
 
     def accept(self, token: int) -> None:
-        """Advance by one output token, alone (GrammarBatch.accept advances a step's sequences together)."""
-        if self.takes(token) and not self.matcher.accept_token(token):
+        """Advance by one output token (a refusal by the grammar counts in `rejected`)."""
+        if self._takes(token) and not self.matcher.accept_token(token):
             self.rejected += 1
 
-    def takes(self, token: int) -> bool:
+    def _takes(self, token: int) -> bool:
         """Advance the phase by `token`; whether the grammar must take it too (the answer is open and its matcher
-        not terminated): then the caller hands it to `matcher` and counts a refusal in `rejected`."""
+        not terminated)."""
         c = self.compiled
         if self.phase in (Phase.START, Phase.THINKING):
             if token == c.think_start_id:

@@ -1,6 +1,7 @@
-"""GrammarBatch against Constraint's one-row forms: the same random token stream through both gives equal masks,
-phases, rejections and terminations at every step, over every phase, a forced `</think><answer>`, forced tokens the
-grammar refuses, two tokens of one sequence in one step, and matchers that terminate while tokens keep coming."""
+"""GrammarBatch's batched fill against Constraint's one-row fill: the same random token stream through two copies of
+the sequences gives equal masks, phases, rejections and terminations at every step, over every phase, a forced
+`</think><answer>`, forced tokens the grammar refuses, two tokens of one sequence in one step, and matchers that
+terminate while tokens keep coming."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _allowed(bitmask: torch.Tensor, row: int, vocab: int) -> list[int]:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_batched_fill_and_accept_match_one_row_at_a_time(tiny_model_dir, seed):
+def test_batched_fill_matches_one_row_at_a_time(tiny_model_dir, seed):
     cfg = ModelConfig.from_dir(tiny_model_dir, "auto")
     vocab = cfg.text.vocab_size
     tok = PromptBuilder(tiny_model_dir).tokenizer
@@ -42,7 +43,7 @@ def test_batched_fill_and_accept_match_one_row_at_a_time(tiny_model_dir, seed):
     assistant = tok.convert_tokens_to_ids("<|assistant|>")
     forced_close = [compiler.think_end_id, compiler.answer_open_id]  # what a thinking budget forces
     rng = random.Random(seed)
-    one, many = [], []  # the same sequences twice: advanced one row at a time, and by GrammarBatch
+    one, many = [], []  # the same sequences twice: masks filled one row at a time, and by GrammarBatch
     for i in range(24):
         compiled = compiler.compile(SPECS[i % len(SPECS)])
         prompt = tok.encode(PREFIXES[(i // len(SPECS)) % len(PREFIXES)], add_special_tokens=False)
@@ -77,7 +78,8 @@ def test_batched_fill_and_accept_match_one_row_at_a_time(tiny_model_dir, seed):
             was = one[i].rejected
             one[i].accept(t)
             forced_refused += one[i].rejected - was
-        batch.accept([(many[i], t) for i, t in stream])
+        for i, t in stream:
+            many[i].accept(t)
         for a, b in zip(one, many, strict=True):
             assert (a.phase, a.rejected, a.terminated) == (b.phase, b.rejected, b.terminated)
     assert forced_refused > 0  # the stream did reach the rejection path
