@@ -31,6 +31,7 @@ from glmv.kernels.quantized_weight import QuantizedWeight
 from glmv.kernels.timing import graph_time_us
 from glmv.kernels.triton_argmax import first_max_rows, pick_rows
 from glmv.kernels.triton_swiglu import cublas_silu, silu_pairs
+from glmv.kernels.triton_w4a16 import values_minus_zero
 
 MAX_ROWS = 128
 # How a weight is stored (QuantizedWeight.format; the kernel's W_FORMAT)
@@ -233,11 +234,11 @@ def _int_tiles(x_ptr, w_ptr, s_ptr, z_ptr, acc, offs_m, offs_n, m_mask, n_mask, 
                stride_wk, stride_sg, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                BITS: tl.constexpr, GROUP: tl.constexpr, FMA: tl.constexpr, SLICES: tl.constexpr):
     """acc + x @ W over [k_start, k_end) for packed integer words [K*BITS/32, N] (whole tiles, each within one
-    group). A value v becomes a float by the exponent trick: the bits of 2^23 + v, minus 2^23 + z, is v - z exactly
-    (one OR and one subtract where a conversion instruction runs at a quarter of the rate).
+    group). A value v becomes a float by the exponent trick (triton_w4a16.values_minus_zero): the bits of 2^23 + v,
+    minus 2^23 + z, is v - z exactly.
 
-    A tile is unpacked either as one [BLOCK_K, BLOCK_N] tile (the values of each word reshaped into consecutive
-    rows) for one dot, or (SLICES) as PER slices, slice j holding value j of each word, i.e. input rows
+    A tile is unpacked either as one [BLOCK_K, BLOCK_N] tile (values_minus_zero: the values of each word reshaped
+    into consecutive rows) for one dot, or (SLICES) as PER slices, slice j holding value j of each word, i.e. input rows
     k0 + w*PER + j, each multiplied with the matching strided columns of x: no reshape, PER smaller dots (the sum
     over K does not care about its order); which is faster depends on the rows, so the plan times both. FMA (one
     row, sliced): slices multiply-add into a [WORDS, BLOCK_N] float32 tile, scaled once per group and reduced at
@@ -275,10 +276,8 @@ def _int_tiles(x_ptr, w_ptr, s_ptr, z_ptr, acc, offs_m, offs_n, m_mask, n_mask, 
                 acc += tile * s[None, :]
         else:
             x = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
-            shifts = tl.arange(0, PER) * BITS
-            v = (words[:, None, :] >> shifts[None, :, None]) & ((1 << BITS) - 1)
-            v = tl.reshape(v | 0x4B000000, (BLOCK_K, BLOCK_N)).to(tl.float32, bitcast=True)
-            acc += tl.dot(x, (v - z[None, :]).to(x_ptr.dtype.element_ty)) * s[None, :]
+            w = values_minus_zero(words, z, BITS, BLOCK_K, BLOCK_N)
+            acc += tl.dot(x, w.to(x_ptr.dtype.element_ty)) * s[None, :]
         w_ptrs += WORDS * stride_wk
         x_ptrs += BLOCK_K
     if FMA:
@@ -385,11 +384,10 @@ def _launch(x: torch.Tensor, w: torch.Tensor, n: int, k: int, bias: torch.Tensor
     _gemv_kernel[(grid,)](
         x, w, x_desc, w_desc, bias if bias is not None else scale, out, ws, counters, scale, zeros, m, n, k,
         x.stride(0), stride_wn, stride_sg, out.stride(0), pf_bytes, pf_programs, best_val, best_idx,
-        HAS_BIAS=bias is not None, BLOCK_M=1 if c.fma else block_m(m), BLOCK_N=c.block_n, BLOCK_K=c.block_k, SPLIT_K=c.split_k,
-        EVEN_K=k % c.block_k == 0, PREFETCH=pf_bytes > 0, W_BYTES=max(prefetch_elem, 1), SILU_MUL=silu_mul,
-        TMA=tma, ARGMAX=argmax_out is not None, W_FORMAT=w_format, BITS=bits, GROUP=group, FMA=c.fma,
-        SLICES=c.slices or c.fma, num_warps=c.num_warps,
-        num_stages=c.num_stages, **launch,
+        HAS_BIAS=bias is not None, BLOCK_M=1 if c.fma else block_m(m), BLOCK_N=c.block_n, BLOCK_K=c.block_k,
+        SPLIT_K=c.split_k, EVEN_K=k % c.block_k == 0, PREFETCH=pf_bytes > 0, W_BYTES=max(prefetch_elem, 1),
+        SILU_MUL=silu_mul, TMA=tma, ARGMAX=argmax_out is not None, W_FORMAT=w_format, BITS=bits, GROUP=group,
+        FMA=c.fma, SLICES=c.slices or c.fma, num_warps=c.num_warps, num_stages=c.num_stages, **launch,
     )  # fmt: skip
     if argmax_out is not None:
         pick_rows(best_val, best_idx, argmax_out)
@@ -503,8 +501,8 @@ def _plan_group(key: tuple, k: int, count: int, dtype: torch.dtype, device: torc
                 report: list | None, reference: Callable | None = None) -> dict[tuple, GemvConfig]:
     """One group's plan: at each plan point, time `baseline` and every configuration's `candidate` (cycling twice
     over `count` layers in one CUDA graph, each call after a small lead kernel as in a layer), check each against
-    `reference` (default: the baseline's output), and keep the fastest that beats the baseline's time times `margin`; then map every
-    batch size to its point. Keys are key + (rows,)."""
+    `reference` (default: the baseline's output), and keep the fastest that beats the baseline's time times
+    `margin`; then map every batch size to its point. Keys are key + (rows,)."""
     sizes = sorted({b for b in batch_sizes if 0 < b <= MAX_ROWS})
     point_of = {b: next(p for p in PLAN_POINTS if p >= b and block_m(p) == block_m(b)) for b in sizes}
     at_point: dict[int, GemvConfig | None] = {}
@@ -523,7 +521,7 @@ def _plan_group(key: tuple, k: int, count: int, dtype: torch.dtype, device: torc
                 out = candidate(x, 0, cfg).float()
                 err = ((out - ref).norm() / ref.norm().clamp(min=1e-30)).item()
                 if not err < 2e-2:  # a safety net: never plan a configuration that computes something else
-                    raise RuntimeError(f"relative error {err:.3g} against the baseline")
+                    raise RuntimeError(f"relative error {err:.3g} against the reference")
                 us = timed(lambda xi, i, cfg=cfg: candidate(xi, i, cfg))
             except Exception as exc:  # noqa: BLE001 - a configuration this device cannot run is skipped
                 if report is not None:
