@@ -38,7 +38,7 @@ class LruCache(Generic[K, V]):
             return value
 
     def put(self, key: K, value: V) -> None:
-        size = self._nbytes(value) if self._nbytes is not None else 0
+        size = self._size(value)
         if self.capacity <= 0 or (self.max_bytes is not None and size > self.max_bytes):
             return
         with self._lock:

@@ -106,8 +106,8 @@ class CheckpointReader:
     def _tower_tensor(self, suffix: str, prefixes: tuple[str, ...], tower: str, required: bool) -> torch.Tensor | None:
         name = self.resolve(suffix, prefixes)
         if suffix.endswith(".weight"):
-            for prefix in prefixes if name is None else ("",):
-                self._refuse_quantized((name or prefix + suffix).removesuffix(".weight"))
+            for candidate in [name] if name is not None else [prefix + suffix for prefix in prefixes]:
+                self._refuse_quantized(candidate.removesuffix(".weight"))
         if name is None:
             if required:
                 raise CheckpointError(f"{self.path}: {tower} tensor '*{suffix}' is missing from the checkpoint.")
