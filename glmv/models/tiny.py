@@ -25,6 +25,7 @@ from glmv.models.constants import (
     THINK_TOKENS,
     TOOL_TOKENS,
 )
+from glmv.models.tiny_vocab import grow_bpe
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class Preset:
     added_tokens: tuple[str, ...] = THINK_TOKENS
     eos_tokens: tuple[str, ...] = ("<|endoftext|>", "<|user|>", "<|observation|>", "</answer>")
     rope_theta: float = 10000.0
+    # Ordinary (non-special) tokens the tokenizer holds; 0 keeps what the corpus trains. The real GLM vocabulary
+    # has 151,329 (its special tokens start at that id); glmv/models/tiny_vocab.py says why the size matters.
+    ordinary_tokens: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -65,7 +69,8 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", 128, 2, 4, 2, 256, 1024, 1000, 2, 64, 2, 256, 4096, 0.08),
     "small": Preset("small", 1024, 12, 16, 2, 2816, 8192, 4000, 4, 256, 4, 1024, 32768, 0.02),
-    "full": Preset("full", 4096, 40, 32, 2, 13696, 151552, 4000, 24, 1536, 12, 13696, 65536, 0.02),
+    "full": Preset("full", 4096, 40, 32, 2, 13696, 151552, 4000, 24, 1536, 12, 13696, 65536, 0.02,
+                   ordinary_tokens=151_329),
     # GLM-4.6V-Flash: the same Glm4v architecture at tiny dims, its 128k context, tools and enable_thinking.
     "tiny-4.6v": Preset("tiny-4.6v", 128, 2, 4, 2, 256, 1024, 1000, 2, 64, 2, 256, 131072, 0.08,
                         chat_template=GLM46V_CHAT_TEMPLATE_PATH, added_tokens=(*THINK_TOKENS, *TOOL_TOKENS),
@@ -84,7 +89,7 @@ Bounding boxes are given as [x1, y1, x2, y2] in 0-1000 coordinates, for example 
 """
 
 
-def _train_tokenizer(bpe_vocab: int, added: tuple[str, ...]):
+def _train_tokenizer(bpe_vocab: int, added: tuple[str, ...], ordinary_tokens: int = 0):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from tokenizers import processors as tk_processors
 
@@ -100,6 +105,8 @@ def _train_tokenizer(bpe_vocab: int, added: tuple[str, ...]):
         special_tokens=[],
     )
     tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    if ordinary_tokens:
+        tok = Tokenizer.from_str(grow_bpe(tok.to_str(), ordinary_tokens))
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     tok.add_tokens(list(added))
     return tok
@@ -243,7 +250,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _write_tokenizer_and_processor(out: Path, p: Preset) -> dict[str, int]:
-    tok = _train_tokenizer(p.bpe_vocab, p.added_tokens)
+    tok = _train_tokenizer(p.bpe_vocab, p.added_tokens, p.ordinary_tokens)
     ids = {t: tok.token_to_id(t) for t in (*SPECIAL_TOKENS, *p.added_tokens)}
     tok.save(str(out / "tokenizer.json"))
     added = {}

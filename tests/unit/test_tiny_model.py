@@ -76,3 +76,27 @@ def test_processor_expands_video_placeholders_per_frame_pair(tiny_model_dir, tmp
     decoded = proc.tokenizer.decode(ids)
     assert "<|end_of_image|>0<|begin_of_image|>" in decoded and "<|end_of_image|>1<|end_of_video|>" in decoded
     assert int((out["mm_token_type_ids"][0] == 2).sum()) == t * per_frame
+
+
+def test_full_preset_tokenizer_has_the_real_vocabulary_size_and_special_ids(tmp_path):
+    """The `full` preset's tokenizer is as large as GLM's (151,329 ordinary tokens), so host costs that scale with
+    the vocabulary (xgrammar's masks, detokenizing) are measured at the real size; its special tokens then sit at
+    the real checkpoint's ids. Built twice it is the same, and it round-trips text."""
+    from transformers import AutoTokenizer
+
+    from glmv.models.tiny import _write_tokenizer_and_processor
+    from glmv.models.tiny_vocab import MAX_PUNCT_CHARS, MAX_WORD_CHARS
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    ids = _write_tokenizer_and_processor(first, PRESETS["full"])
+    _write_tokenizer_and_processor(second, PRESETS["full"])
+    assert (first / "tokenizer.json").read_bytes() == (second / "tokenizer.json").read_bytes()
+    assert ids["<|endoftext|>"] == 151329 and ids["[gMASK]"] == 151331 and ids["<|image|>"] == 151343
+    tok = AutoTokenizer.from_pretrained(first)
+    assert len(tok) <= PRESETS["full"].vocab
+    text = 'Describe the image, then answer as JSON: {"count": 3}. 图片里有什么？'
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    grown = [tok.decode([i]) for i in range(150_000, 151_329, 7)]
+    assert all(0 < len(piece) <= max(MAX_WORD_CHARS, MAX_PUNCT_CHARS) for piece in grown)
+    assert sum('"' in tok.decode([i]) for i in range(0, 151_329, 13)) < 151_329 // 13 // 50
