@@ -254,7 +254,10 @@ class SoakResult:
         return start, end, 100.0 * (end - start) / start
 
 
-async def run_soak(server: ServerProcess, plan: SoakPlan, model: str = "soak", progress=print) -> SoakResult:
+async def run_soak(server: ServerProcess, plan: SoakPlan, model: str = "soak", progress=print,
+                   snapshots: list[Path] | None = None) -> SoakResult:
+    """Drive the load. With `snapshots` (a list, the server started with --cuda-memory-history), each checkpoint
+    also has the server write a CUDA allocator snapshot, and its path is appended there."""
     kinds = [k for k, w in plan.mix for _ in range(w)]
     rng = random.Random(plan.seed)
     url = server.url + "/v1/chat/completions"
@@ -312,6 +315,11 @@ async def run_soak(server: ServerProcess, plan: SoakPlan, model: str = "soak", p
                 sample = await asyncio.to_thread(take_sample, server, t0, done, errors)
                 checkpoints.append(sample)
                 progress(f"checkpoint after {done} requests: {format_sample(sample)}")
+                if snapshots is not None:
+                    taken = await client.post(server.url + "/debug/cuda-memory-snapshot")
+                    taken.raise_for_status()
+                    snapshots.append(Path(taken.json()["path"]))
+                    progress(f"CUDA memory snapshot: {taken.json()}")
                 pending.pop(0)
                 gate.set()
             await asyncio.sleep(0.2)
@@ -443,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write-readme", action="store_true", help="put the series into bench/README.md")
     p.add_argument("--from-json", type=Path, default=None,
                    help="print (and with --write-readme record) a run saved by --json instead of running one")
+    p.add_argument("--cuda-memory-history", type=Path, default=None, metavar="DIR",
+                   help="start the server with --cuda-memory-history DIR, snapshot its allocator at each "
+                        "checkpoint and print which allocation sites grew from the first to the last")
     p.add_argument("serve_args", nargs=argparse.REMAINDER, help="after --: more `glmv serve` flags")
     args = p.parse_args(argv)
     if args.from_json is not None:
@@ -457,6 +468,10 @@ def main(argv: list[str] | None = None) -> int:
                     max_tokens=args.max_tokens, sample_every_s=args.sample_every_s, warmup_s=args.warmup_s,
                     mix=mix, checkpoints=tuple(int(c) for c in args.checkpoints.split(",") if c))
     serve_args = [a for a in args.serve_args if a != "--"]
+    snapshots: list[Path] | None = None
+    if args.cuda_memory_history is not None:
+        serve_args += ["--cuda-memory-history", str(args.cuda_memory_history)]
+        snapshots = []
     work = Path(tempfile.mkdtemp(prefix="glmv-soak-"))
     model_dir = args.model_dir
     if model_dir is None:
@@ -466,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     server = ServerProcess(model_dir, args.device, serve_args, work / "server.log")
     try:
         server.wait_ready()
-        result = asyncio.run(run_soak(server, plan))
+        result = asyncio.run(run_soak(server, plan, snapshots=snapshots))
     finally:
         code = server.stop()
     print(f"server exited with {code}; log in {server.log_path}")
@@ -485,6 +500,13 @@ def main(argv: list[str] | None = None) -> int:
                                         indent=1))
     if args.write_readme:
         write_readme(section)
+    if snapshots is not None and len(snapshots) >= 2:
+        import pickle
+
+        from bench.cuda_memory_diff import report
+
+        print(f"allocation sites, {snapshots[0].name} -> {snapshots[-1].name}:")
+        print(report(pickle.loads(snapshots[0].read_bytes()), pickle.loads(snapshots[-1].read_bytes())))
     problem = device_check(result, args.device_tolerance_mb)
     if problem is not None:
         print(problem)

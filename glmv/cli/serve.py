@@ -161,6 +161,10 @@ def add_parser(sub) -> None:
     g.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="run warm-up requests (prompt lengths, a batch, a 1008x1008 picture) before /health answers")
     g.add_argument("--disable-uvicorn-access-log", action="store_true", help="do not log uvicorn's access lines")
+    g.add_argument("--cuda-memory-history", default=None, metavar="DIR",
+                   help="debugging device memory: record the Python stack of every CUDA allocation (slows eager "
+                        "steps) and add POST /debug/cuda-memory-snapshot, which writes the allocator's snapshot "
+                        "into DIR; compare two with bench/cuda_memory_diff.py")
     g = p.add_argument_group("media")
     g.add_argument("--limit-mm-per-prompt", type=_json_dict, default={},
                    help='most media per prompt, JSON, e.g. \'{"image": 10, "video": 1, "document": 1}\' '
@@ -205,6 +209,7 @@ def configs_from_args(args: argparse.Namespace):
         media_fetch_timeout=args.media_fetch_timeout, max_media_bytes=args.max_media_bytes,
         max_image_pixels=args.max_image_pixels, max_document_pages=args.max_document_pages,
         max_stored_responses=args.max_stored_responses,
+        cuda_memory_history=Path(args.cuda_memory_history) if args.cuda_memory_history else None,
     )
     return engine_config_from_args(args), server_config
 

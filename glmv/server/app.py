@@ -51,6 +51,10 @@ def create_app(state: ServingState) -> FastAPI:
     install_error_handlers(app)
     for module in (models, chat, completions, responses, tokenize, metrics):
         app.include_router(module.router)
+    if cfg.cuda_memory_history is not None:
+        from glmv.server import debug
+
+        app.include_router(debug.router)
     mount_docs(app)
     mount_ui(app)  # the web chat page at / and /ui: a client of this same /v1 API (docs/DOORS.md)
 

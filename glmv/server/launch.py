@@ -20,6 +20,10 @@ def build_state(engine_config: EngineConfig, server_config: ServerConfig) -> Ser
     builder = PromptBuilder(path, engine_config.chat_template, media_cache_bytes=engine_config.media_cache_bytes,
                             patch_cache_bytes=engine_config.mm_processor_cache_bytes)
     log.info("loading %s with the %s engine on %s", path, engine_config.engine, engine_config.resolved_device)
+    if server_config.cuda_memory_history is not None:
+        from glmv.server.debug import start_cuda_memory_history
+
+        start_cuda_memory_history()  # before the weights, so every allocation is attributed
     engine = build_engine(model_config, engine_config, builder.tokenizer)
     names = server_config.served_model_names or (engine_config.model,)
     return ServingState(engine=engine, builder=builder, model_config=model_config, engine_config=engine_config,

@@ -46,6 +46,9 @@ class ServerConfig:
     max_image_pixels: int = 89_478_485  # width x height of one image or video frame (Pillow's bomb threshold)
     max_document_pages: int = 100
     max_stored_responses: int = 1000  # /v1/responses kept in memory for previous_response_id (LRU); 0: none
+    # Where POST /debug/cuda-memory-snapshot writes the allocator's snapshots (glmv/server/debug.py); None: no
+    # allocation stacks are recorded and the route does not exist.
+    cuda_memory_history: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
