@@ -31,7 +31,7 @@ from glmv.kernels.quantized_weight import QuantizedWeight
 from glmv.kernels.timing import graph_time_us
 from glmv.kernels.triton_argmax import first_max_rows, pick_rows
 from glmv.kernels.triton_swiglu import cublas_silu, silu_pairs
-from glmv.kernels.triton_w4a16 import values_minus_zero
+from glmv.kernels.triton_w4a16 import values_minus_zero, values_minus_zero_f16
 
 MAX_ROWS = 128
 # How a weight is stored (QuantizedWeight.format; the kernel's W_FORMAT)
@@ -189,11 +189,12 @@ def _gemv_kernel(
             tl.atomic_xchg(count_ptr + pid_n, 0, sem="relaxed", scope="gpu")
 
 
-# FP8 weights meet the tensor cores in float16: E4M3 -> float16 is one conversion instruction per two values, while
-# E4M3 -> bfloat16 takes three (through float16 and float32), and conversions issue at a sixteenth of the FMA rate:
-# the bf16 road held the H200's large FP8 matmuls near 2 TB/s. Activations are scaled by 2^-8 into float16 (exact,
+# Quantized weights meet the tensor cores in float16 when the activations are 16-bit: E4M3 -> float16 is one
+# conversion instruction per two values, while E4M3 -> bfloat16 takes three (through float16 and float32), and
+# conversions issue at a sixteenth of the FMA rate (the bf16 road held the H200's large FP8 matmuls near 2 TB/s);
+# integers reach float16 by bits alone (values_minus_zero_f16). Activations are scaled by 2^-8 into float16 (exact,
 # a power of two), so bf16 inputs up to 1.6e7 fit, and the product is scaled back. Float32 activations keep float32.
-FP8_X_SCALE = tl.constexpr(1.0 / 256.0)
+F16_X_SCALE = tl.constexpr(1.0 / 256.0)
 
 
 @triton.jit
@@ -201,7 +202,7 @@ def _row_major_tiles(x_ptr, w_ptr, s_ptr, acc, offs_m, offs_n, m_mask, n_mask, k
                      stride_wn, stride_sg, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
                      IS_FP8: tl.constexpr, GROUP: tl.constexpr, FMA: tl.constexpr):
     """acc + x @ w.T over [k_start, k_end) for w [N, K] in x's dtype, or E4M3 bytes (IS_FP8) widened tile by tile
-    (to float16 for the dot, see FP8_X_SCALE; block-scaled per tile when GROUP > 0: BLOCK_K divides GROUP). FMA
+    (to float16 for the dot, see F16_X_SCALE; block-scaled per tile when GROUP > 0: BLOCK_K divides GROUP). FMA
     (one row): products summed elementwise into a [BLOCK_N, BLOCK_K] float32 tile and reduced across K once, after
     the loop."""
     offs_k = tl.arange(0, BLOCK_K)
@@ -228,7 +229,7 @@ def _row_major_tiles(x_ptr, w_ptr, s_ptr, acc, offs_m, offs_n, m_mask, n_mask, k
         else:
             if IS_FP8 and X_16_BIT:
                 w = w.to(tl.float16)
-                x = (x.to(tl.float32) * FP8_X_SCALE).to(tl.float16)
+                x = (x.to(tl.float32) * F16_X_SCALE).to(tl.float16)
             elif IS_FP8:
                 w = w.to(tl.float32)
             if GROUP > 0:
@@ -241,7 +242,7 @@ def _row_major_tiles(x_ptr, w_ptr, s_ptr, acc, offs_m, offs_n, m_mask, n_mask, k
     if FMA:
         return acc + tl.sum(wide, axis=1)[None, :]
     if IS_FP8 and X_16_BIT:
-        return acc + dots * (1.0 / FP8_X_SCALE)
+        return acc + dots * (1.0 / F16_X_SCALE)
     return acc + dots
 
 
@@ -258,7 +259,8 @@ def _int_tiles(x_ptr, w_ptr, s_ptr, z_ptr, acc, offs_m, offs_n, m_mask, n_mask, 
     k0 + w*PER + j, each multiplied with the matching strided columns of x: no reshape, PER smaller dots (the sum
     over K does not care about its order); which is faster depends on the rows, so the plan times both. FMA (one
     row, sliced): slices multiply-add into a [WORDS, BLOCK_N] float32 tile, scaled once per group and reduced at
-    the end."""
+    the end. With 16-bit activations the dots run in float16 (F16_X_SCALE), the values made by
+    values_minus_zero_f16's bits."""
     PER: tl.constexpr = 32 // BITS
     WORDS: tl.constexpr = BLOCK_K // PER
     offs_w = tl.arange(0, WORDS)
@@ -268,32 +270,43 @@ def _int_tiles(x_ptr, w_ptr, s_ptr, z_ptr, acc, offs_m, offs_n, m_mask, n_mask, 
     else:
         x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_start + tl.arange(0, BLOCK_K))[None, :]
     wide = tl.zeros((WORDS, BLOCK_N), dtype=tl.float32)
+    F16: tl.constexpr = (x_ptr.dtype.element_ty != tl.float32) and not FMA  # the float16 dot (F16_X_SCALE)
     for k in range(k_start, k_end, BLOCK_K):
         words = tl.load(w_ptrs, mask=n_mask[None, :], other=0)
         g = k // GROUP
-        z = tl.load(z_ptr + g * stride_sg + offs_n, mask=n_mask, other=0.0) + 8388608.0
+        z = tl.load(z_ptr + g * stride_sg + offs_n, mask=n_mask, other=0.0)
+        z = (z + 1024.0).to(tl.float16) if F16 else z + 8388608.0
         s = tl.load(s_ptr + g * stride_sg + offs_n, mask=n_mask, other=0.0)
+        if F16:
+            s *= 1.0 / F16_X_SCALE
         if SLICES:
             if FMA:
                 tile = tl.zeros((WORDS, BLOCK_N), dtype=tl.float32)
             else:
                 tile = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for j in tl.static_range(PER):
-                v = ((words >> (j * BITS)) & ((1 << BITS) - 1)) | 0x4B000000
-                w = v.to(tl.float32, bitcast=True) - z[None, :]
+                v = (words >> (j * BITS)) & ((1 << BITS) - 1)
                 x = tl.load(x_ptrs + j, mask=m_mask[:, None], other=0.0)
-                if FMA:
-                    tile += tl.reshape(x.to(tl.float32), (WORDS,))[:, None] * w
+                if F16:
+                    w = (v | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - z[None, :]
+                    tile = tl.dot((x.to(tl.float32) * F16_X_SCALE).to(tl.float16), w, tile)
                 else:
-                    tile = tl.dot(x, w.to(x_ptr.dtype.element_ty), tile)
+                    w = (v | 0x4B000000).to(tl.float32, bitcast=True) - z[None, :]
+                    if FMA:
+                        tile += tl.reshape(x.to(tl.float32), (WORDS,))[:, None] * w
+                    else:
+                        tile = tl.dot(x, w, tile)
             if FMA:
                 wide += tile * s[None, :]
             else:
                 acc += tile * s[None, :]
         else:
             x = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
-            w = values_minus_zero(words, z, BITS, BLOCK_K, BLOCK_N)
-            acc += tl.dot(x, w.to(x_ptr.dtype.element_ty)) * s[None, :]
+            if F16:
+                w = values_minus_zero_f16(words, z, BITS, BLOCK_K, BLOCK_N)
+                acc += tl.dot((x.to(tl.float32) * F16_X_SCALE).to(tl.float16), w) * s[None, :]
+            else:
+                acc += tl.dot(x, values_minus_zero(words, z, BITS, BLOCK_K, BLOCK_N)) * s[None, :]
         w_ptrs += WORDS * stride_wk
         x_ptrs += BLOCK_K
     if FMA:

@@ -94,6 +94,17 @@ def values_minus_zero(words, z_biased, BITS: tl.constexpr, BLOCK_K: tl.constexpr
 
 
 @triton.jit
+def values_minus_zero_f16(words, z_f16, BITS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """values_minus_zero in float16, for a float16 dot: z_f16 [BLOCK_N] is the zero point plus 1024, as float16. The
+    bits 0x6400 | v read as a float16 are 1024 + v (exact for v < 1024), so no conversion instruction runs at all,
+    where the float32 tile needs one to reach 16 bits."""
+    shifts = tl.arange(0, 32 // BITS) * BITS
+    v = (words[:, None, :] >> shifts[None, :, None]) & ((1 << BITS) - 1)
+    v = tl.reshape(v | 0x6400, (BLOCK_K, BLOCK_N)).to(tl.int16).to(tl.float16, bitcast=True)
+    return v - z_f16[None, :]
+
+
+@triton.jit
 def _dequantize_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, stride_wk, stride_sg, stride_ok,
                        BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     PER: tl.constexpr = 32 // BITS
