@@ -192,9 +192,22 @@ def _gemv_kernel(
 # Quantized weights meet the tensor cores in float16 when the activations are 16-bit: E4M3 -> float16 is one
 # conversion instruction per two values, while E4M3 -> bfloat16 takes three (through float16 and float32), and
 # conversions issue at a sixteenth of the FMA rate (the bf16 road held the H200's large FP8 matmuls near 2 TB/s);
-# integers reach float16 by bits alone (values_minus_zero_f16). Activations are scaled by 2^-8 into float16 (exact,
-# a power of two), so bf16 inputs up to 1.6e7 fit, and the product is scaled back. Float32 activations keep float32.
+# integers reach float16 by bits alone (values_minus_zero_f16). bf16 activations are scaled by F16_X_SCALE into
+# float16's range first (_to_f16) and the product is scaled back. Float32 activations keep float32.
 F16_X_SCALE = tl.constexpr(1.0 / 256.0)
+
+
+@triton.jit
+def _to_f16(x):
+    """A bf16 tile times F16_X_SCALE as float16 (so |x| up to 1.6e7 fits; a float16 tile is returned as is).
+    The 2^-8 is taken off the exponent bits: as a float multiply before the narrowing, the H200's compiled kernel
+    narrowed first, and activations past 65,504 came out NaN. Values below 2^-118 become signed zeros."""
+    if x.dtype == tl.bfloat16:
+        bits = x.to(tl.int16, bitcast=True)
+        exponent = (bits >> 7) & 0xFF
+        scaled = tl.where(exponent > 8, bits - (8 << 7), bits & -32768).to(tl.int16)
+        x = scaled.to(tl.bfloat16, bitcast=True).to(tl.float16)
+    return x
 
 
 @triton.jit
@@ -211,6 +224,7 @@ def _row_major_tiles(x_ptr, w_ptr, s_ptr, acc, offs_m, offs_n, m_mask, n_mask, k
     wide = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     dots = tl.zeros_like(acc)
     X_16_BIT: tl.constexpr = x_ptr.dtype.element_ty != tl.float32
+    F16_UNSCALE: tl.constexpr = 1.0 / F16_X_SCALE if x_ptr.dtype.element_ty == tl.bfloat16 else 1.0  # _to_f16's
     for k in range(k_start, k_end, BLOCK_K):
         if EVEN_K:
             w = tl.load(w_ptrs, mask=n_mask[:, None], other=0)
@@ -229,7 +243,7 @@ def _row_major_tiles(x_ptr, w_ptr, s_ptr, acc, offs_m, offs_n, m_mask, n_mask, k
         else:
             if IS_FP8 and X_16_BIT:
                 w = w.to(tl.float16)
-                x = (x.to(tl.float32) * F16_X_SCALE).to(tl.float16)
+                x = _to_f16(x)
             elif IS_FP8:
                 w = w.to(tl.float32)
             if GROUP > 0:
@@ -242,7 +256,7 @@ def _row_major_tiles(x_ptr, w_ptr, s_ptr, acc, offs_m, offs_n, m_mask, n_mask, k
     if FMA:
         return acc + tl.sum(wide, axis=1)[None, :]
     if IS_FP8 and X_16_BIT:
-        return acc + dots * (1.0 / F16_X_SCALE)
+        return acc + dots * F16_UNSCALE
     return acc + dots
 
 
@@ -271,6 +285,7 @@ def _int_tiles(x_ptr, w_ptr, s_ptr, z_ptr, acc, offs_m, offs_n, m_mask, n_mask, 
         x_ptrs = x_ptr + offs_m[:, None] * stride_xm + (k_start + tl.arange(0, BLOCK_K))[None, :]
     wide = tl.zeros((WORDS, BLOCK_N), dtype=tl.float32)
     F16: tl.constexpr = (x_ptr.dtype.element_ty != tl.float32) and not FMA  # the float16 dot (F16_X_SCALE)
+    F16_UNSCALE: tl.constexpr = 1.0 / F16_X_SCALE if x_ptr.dtype.element_ty == tl.bfloat16 else 1.0  # _to_f16's
     for k in range(k_start, k_end, BLOCK_K):
         words = tl.load(w_ptrs, mask=n_mask[None, :], other=0)
         g = k // GROUP
@@ -278,7 +293,7 @@ def _int_tiles(x_ptr, w_ptr, s_ptr, z_ptr, acc, offs_m, offs_n, m_mask, n_mask, 
         z = (z + 1024.0).to(tl.float16) if F16 else z + 8388608.0
         s = tl.load(s_ptr + g * stride_sg + offs_n, mask=n_mask, other=0.0)
         if F16:
-            s *= 1.0 / F16_X_SCALE
+            s *= F16_UNSCALE
         if SLICES:
             if FMA:
                 tile = tl.zeros((WORDS, BLOCK_N), dtype=tl.float32)
@@ -289,7 +304,7 @@ def _int_tiles(x_ptr, w_ptr, s_ptr, z_ptr, acc, offs_m, offs_n, m_mask, n_mask, 
                 x = tl.load(x_ptrs + j, mask=m_mask[:, None], other=0.0)
                 if F16:
                     w = (v | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - z[None, :]
-                    tile = tl.dot((x.to(tl.float32) * F16_X_SCALE).to(tl.float16), w, tile)
+                    tile = tl.dot(_to_f16(x), w, tile)
                 else:
                     w = (v | 0x4B000000).to(tl.float32, bitcast=True) - z[None, :]
                     if FMA:
@@ -304,7 +319,7 @@ def _int_tiles(x_ptr, w_ptr, s_ptr, z_ptr, acc, offs_m, offs_n, m_mask, n_mask, 
             x = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
             if F16:
                 w = values_minus_zero_f16(words, z, BITS, BLOCK_K, BLOCK_N)
-                acc += tl.dot((x.to(tl.float32) * F16_X_SCALE).to(tl.float16), w) * s[None, :]
+                acc += tl.dot(_to_f16(x), w) * s[None, :]
             else:
                 acc += tl.dot(x, values_minus_zero(words, z, BITS, BLOCK_K, BLOCK_N)) * s[None, :]
         w_ptrs += WORDS * stride_wk
