@@ -58,9 +58,10 @@ class GrammarClock:
 
         def timed_fill(batch, bitmask, constraints, rows):
             t = time.perf_counter()
-            fill(batch, bitmask, constraints, rows)
+            safety = fill(batch, bitmask, constraints, rows)
             self.fill_s += time.perf_counter() - t
             self.fills += len(rows)
+            return safety
 
         def timed_accept(constraint, token):
             before = constraint.rejected

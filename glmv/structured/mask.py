@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import xgrammar as xgr
 
-from glmv.structured.batch import GrammarBatch
+from glmv.structured.batch import GrammarBatch, and_safety_masks
 
 
 def masked_rows(rows: Sequence) -> list[int]:
@@ -22,9 +22,12 @@ def masked_rows(rows: Sequence) -> list[int]:
 def apply_masks(logits: torch.Tensor, rows: Sequence, indices: list[int], grammar: GrammarBatch) -> torch.Tensor:
     """A copy of float32 `logits` [B, V] with disallowed tokens of rows `indices` at -inf."""
     vocab = logits.shape[1]
-    bitmask = xgr.allocate_token_bitmask(len(rows), vocab)
-    grammar.fill_masks(bitmask, [rows[i].constraint for i in indices], indices)
+    host = grammar.host_bitmask(len(rows), vocab)
+    safety = grammar.fill_masks(host, [rows[i].constraint for i in indices], indices)
+    # From pageable memory the copy is staged before it returns, so the next step may refill the host buffer. On the
+    # CPU `bitmask` is that buffer: the AND then lands in rows the next step refills before it reads them.
+    bitmask = host.to(logits.device, non_blocking=True)
+    and_safety_masks(bitmask, safety)
     out = logits.clone()  # the caller's tensor may be the raw logits its logprobs are read from
-    xgr.apply_token_bitmask_inplace(out, bitmask.to(out.device, non_blocking=True), vocab_size=vocab,
-                                    indices=indices)
+    xgr.apply_token_bitmask_inplace(out, bitmask, vocab_size=vocab, indices=indices)
     return out

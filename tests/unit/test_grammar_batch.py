@@ -13,7 +13,7 @@ import xgrammar as xgr
 
 from glmv.config import ModelConfig
 from glmv.inputs.processor import PromptBuilder
-from glmv.structured.batch import GrammarBatch
+from glmv.structured.batch import GrammarBatch, and_safety_masks
 from glmv.structured.compiler import GrammarCompiler
 from glmv.structured.constraint import Constraint, Phase
 from glmv.structured.spec import StructuredSpec
@@ -59,7 +59,7 @@ def test_batched_fill_matches_one_row_at_a_time(tiny_model_dir, seed):
         got = xgr.allocate_token_bitmask(len(one), vocab)
         for i in rows:
             one[i].fill_mask(expected, i)
-        batch.fill_masks(got, [many[i] for i in rows], rows)
+        and_safety_masks(got, batch.fill_masks(got, [many[i] for i in rows], rows))
         assert torch.equal(got, expected)
         stream: list[tuple[int, int]] = []  # (sequence, token), in the order the engine takes them in
         for i, c in enumerate(one):
