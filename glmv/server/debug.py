@@ -38,7 +38,7 @@ def start_cuda_memory_history() -> None:
 
     if not torch.cuda.is_available():
         raise ValueError("--cuda-memory-history needs a CUDA device; this machine has none.")
-    torch.cuda.memory._record_memory_history(enabled="state", stacks="python")
+    torch.cuda.memory._record_memory_history(enabled="state", context="state", stacks="python")
     log.info("recording the stacks of CUDA allocations (--cuda-memory-history)")
 
 

@@ -2,12 +2,13 @@
 
 Why: per row, a fill is a few microseconds of xgrammar, but it also costs Python calls and a tensor op per row;
 with 64 constrained rows that host time is what is left of a decode step on a fast GPU. Here one step makes one
-batched fill (xgrammar spreads the rows over its thread pool, with the GIL released) and one vectorized AND with
-the compiler's safety masks, which the caller runs where the bitmask is used (on the device: no host tensor op on
-the engine thread, where PyTorch's thread pool would spin against xgrammar's). The matchers still advance one token at a time (`Constraint.accept`, as each token is
+batched fill (xgrammar spreads the rows over its thread pool, with the GIL released) into a host bitmask kept from
+step to step, and one vectorized AND per safety mask of the compiler, which the caller runs where the bitmask is
+used (`and_safety_masks`; on the device, so the engine thread runs no host tensor op whose PyTorch thread pool would
+spin against xgrammar's). The matchers still advance one token at a time (`Constraint.accept`, as each token is
 taken in): xgrammar's batched accept is a serial loop behind an FFI conversion that cost more than it saved (0.0104
 against 0.0077 ms a token in the CPU bench). The per-sequence state and its rules stay in Constraint;
-`Constraint.fill_mask` is the same fill one row at a time.
+`Constraint.fill_mask` is the same fill one row at a time, its safety mask included.
 """
 
 from __future__ import annotations
