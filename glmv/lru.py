@@ -1,8 +1,8 @@
 """LruCache: a map bounded by entry count (and, given a measure, by bytes), least recently used out first, safe to
 share between threads.
 
-For caches of the layers below the inputs (compiled grammars, stored responses, the vision tower's per-grid tables);
-the inputs' media caches keep their own byte accounting (glmv.inputs.cache)."""
+The one LRU of glmv: compiled grammars and stored responses by count; the media and processor caches
+(glmv.inputs.cache), the vision embeddings and the vision tower's per-grid tables by bytes."""
 
 from __future__ import annotations
 
@@ -27,14 +27,19 @@ class LruCache(Generic[K, V]):
         self._nbytes = nbytes
         self.bytes = 0
         self.evicted = 0
+        self.hits = 0
+        self.misses = 0
         self._entries: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
         with self._lock:
             value = self._entries.get(key)
-            if value is not None:
+            if value is None:
+                self.misses += 1
+            else:
                 self._entries.move_to_end(key)
+                self.hits += 1
             return value
 
     def put(self, key: K, value: V) -> None:
@@ -58,6 +63,11 @@ class LruCache(Generic[K, V]):
             if value is not None:
                 self.bytes -= self._size(value)
             return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.bytes = 0
 
     def _size(self, value: V) -> int:
         return self._nbytes(value) if self._nbytes is not None else 0

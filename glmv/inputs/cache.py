@@ -7,14 +7,15 @@ sampling), so a chat that sends the same picture again skips both decoding and p
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
+import sys
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from glmv.lru import LruCache
 
 
 @dataclass
@@ -39,47 +40,32 @@ class MediaCache:
 
     def __init__(self, max_bytes: int = 1 << 30):
         self.max_bytes = max_bytes
-        self.bytes_used = 0
-        self.stats = CacheStats()
-        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
-        self._lock = threading.Lock()
+        # (value, its size): a put may state the size, so the bound measures what was stated
+        self._lru: LruCache[Hashable, tuple[Any, int]] = LruCache(sys.maxsize, max_bytes, lambda entry: entry[1])
+
+    @property
+    def bytes_used(self) -> int:
+        return self._lru.bytes
+
+    @property
+    def stats(self) -> CacheStats:
+        return CacheStats(self._lru.hits, self._lru.misses, self._lru.evicted)
 
     def get(self, key: Hashable) -> Any | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                self.stats.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.stats.hits += 1
-            return entry[0]
+        entry = self._lru.get(key)
+        return None if entry is None else entry[0]
 
     def put(self, key: Hashable, value: Any, nbytes: int | None = None) -> None:
-        size = sizeof(value) if nbytes is None else nbytes
-        if size > self.max_bytes:
-            return
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self.bytes_used -= old[1]
-            self._entries[key] = (value, size)
-            self.bytes_used += size
-            while self.bytes_used > self.max_bytes:
-                _, (_, freed) = self._entries.popitem(last=False)
-                self.bytes_used -= freed
-                self.stats.evictions += 1
+        self._lru.put(key, (value, sizeof(value) if nbytes is None else nbytes))
 
     def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self.bytes_used = 0
+        self._lru.clear()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._lru)
 
     def usage(self, name: str) -> CacheUsage:
-        with self._lock:
-            return CacheUsage(name, self.bytes_used, len(self._entries), self.max_bytes)
+        return CacheUsage(name, self.bytes_used, len(self), self.max_bytes)
 
 
 def sizeof(value: Any) -> int:

@@ -9,7 +9,7 @@ Segments (one per image or frame) of equal length run in one batched SDPA call i
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -120,7 +120,7 @@ class Glm4vVisionTower:
         self.inv_freq = 1.0 / (rope_theta**steps)
         self.pos_side = int(weights.pos_embed.shape[0] ** 0.5)
         self.grid_tables: LruCache[tuple[int, int], torch.Tensor] = LruCache(
-            self.GRID_TABLE_ENTRIES, self.GRID_TABLE_BYTES, lambda t: t.numel() * t.element_size())
+            self.GRID_TABLE_ENTRIES, self.GRID_TABLE_BYTES, _tensor_bytes)
         self.kernels = kernels
         self.gate_up_act = gate_up_act  # shared with the text decoder: how the MLPs gate (and the weights' layout)
         self.use_graphs = device.type == "cuda" and kernels.vision_graphs
@@ -298,37 +298,35 @@ class VisionEmbeddingCache:
     """
 
     def __init__(self, max_bytes: int):
-        from collections import OrderedDict
-
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
+        self._lru: LruCache[str, torch.Tensor] = LruCache(sys.maxsize, max_bytes, _tensor_bytes)
+
+    @property
+    def bytes(self) -> int:
+        return self._lru.bytes
+
+    @property
+    def hits(self) -> int:
+        return self._lru.hits
+
+    @property
+    def misses(self) -> int:
+        return self._lru.misses
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._lru)
 
     def get(self, key: str) -> torch.Tensor | None:
-        value = self._entries.get(key)
-        if value is None:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.hits += 1
-        return value
+        return self._lru.get(key)
 
     def put(self, key: str, value: torch.Tensor) -> None:
-        size = value.numel() * value.element_size()
+        size = _tensor_bytes(value)
         if size > self.max_bytes:
             return
         if value.untyped_storage().nbytes() > size or not value.is_contiguous():
             value = value.clone(memory_format=torch.contiguous_format)
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.bytes -= old.numel() * old.element_size()
-        self._entries[key] = value
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self.bytes -= evicted.numel() * evicted.element_size()
+        self._lru.put(key, value)
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
