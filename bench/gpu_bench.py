@@ -56,7 +56,18 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def weight_bytes_per_step(mc: ModelConfig) -> int:
+def decoder_bytes_per_weight(args: argparse.Namespace) -> float:
+    """Bytes a decode step reads per decoder matmul weight: bf16 2; FP8 1 (its per-channel scale, 4 bytes a row of
+    4,096+ weights, is left out); AWQ 4-bit 0.5 plus a float16 scale and a 4-bit zero point per group of 128."""
+    if args.quantization == "fp8":
+        return 1.0
+    if args.awq:
+        return 0.5 + 2.5 / 128
+    return 2.0
+
+
+def weight_bytes_per_step(mc: ModelConfig, decoder_bytes: float = 2.0) -> int:
+    """Weights one decode step reads: the decoder's matmuls at `decoder_bytes` each, plus the bf16 lm_head."""
     t = mc.text
     per_layer = (
         t.hidden_size * (t.num_heads + 2 * t.num_kv_heads) * t.head_dim  # qkv
@@ -64,7 +75,7 @@ def weight_bytes_per_step(mc: ModelConfig) -> int:
         + t.hidden_size * 2 * t.intermediate_size  # gate_up
         + t.intermediate_size * t.hidden_size  # down
     )
-    return 2 * (t.num_layers * per_layer + t.vocab_size * t.hidden_size)  # + lm_head; embedding rows excluded
+    return round(decoder_bytes * t.num_layers * per_layer + 2 * t.vocab_size * t.hidden_size)  # embedding rows excluded
 
 
 def random_text_prompt(n: int, vocab: int, seed: int) -> Prompt:
@@ -879,7 +890,7 @@ def main() -> int:
         return 0
     bandwidth, flops = probe_ceilings()  # the same measurement as the kernel probe's
     bw, tf = bandwidth / 1e9, flops / 1e12
-    wbytes = weight_bytes_per_step(mc)
+    wbytes = weight_bytes_per_step(mc, decoder_bytes_per_weight(args))
     results.update(copy_gbps=bw, matmul_tflops=tf, weight_gb=wbytes / 1e9, roofline_decode_1=bw * 1e9 / wbytes)
     log(f"copy bandwidth {bw:.0f} GB/s; bf16 matmul {tf:.0f} TFLOP/s; weights read per step {wbytes / 1e9:.2f} GB; "
         f"single-stream roofline {results['roofline_decode_1']:.0f} tok/s")

@@ -3,14 +3,16 @@
     .venv/bin/python bench/structured_bench.py                  # CPU, the `small` preset, bf16, 1 thread
     .venv/bin/python bench/structured_bench.py --device cuda    # the same on a GPU (--preset full for the 9B dims)
 
-Runs --concurrency requests (64) at once through glmv's engine in process (glmv.LLM), three times: with 0%, 50% and
-100% of them constrained by a JSON schema, each request making exactly --max-tokens tokens (unconstrained ones with
+Runs --concurrency requests (64) at once through glmv's engine in process (glmv.LLM), once per phase: with 0%, 50%
+and 100% of them constrained by a JSON schema (--shares, repeated --rounds times, interleaved), each request making exactly --max-tokens tokens (unconstrained ones with
 ignore_eos; the schema, a JSON string of at least 4,000 characters, cannot end sooner). A thinking budget of 0
 makes the engine write `</think><answer>` at once, so every constrained token is masked by the grammar. Reported per
 phase: decode throughput (generated tokens / wall time after the prefill step) and the grammar's host cost per
 constrained token (xgrammar's mask fill and the matchers' accept, timed around GrammarBatch.fill_masks, the
 engine's batched fill, and Constraint.accept, and divided by the rows filled and the tokens accepted); the goal in
-the issue is under 10% of throughput lost at 100% constrained.
+the issue is under 10% of throughput lost at 100% constrained. A GPU phase of 64 tokens lasts about half a second,
+so one phase against one other is noise (+-10% seen between two 0% phases on the H200): with --rounds above 1 the
+summary compares each share's median phase with the 0% median, and prints each share's range beside it.
 
 On the CPU the bench sets its own thread count (--threads, 1): with PyTorch's default (every core) the decode steps
 of this small model run about 3x slower on two cores, and far slower still when other work shares them; the load
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -117,6 +120,24 @@ def run_phase(llm: LLM, compiled, prompts: list[str], share: float, max_tokens: 
             "constrained_tokens": clock.fills, "rejected_tokens": clock.rejected, "finished": finished}
 
 
+def summarize(rows: list[dict]) -> list[dict]:
+    """Each share's median phase against the unconstrained median (the first share's when no phase is at 0%)."""
+    by_share: dict[int, list[dict]] = {}
+    for r in rows:
+        by_share.setdefault(r["constrained"], []).append(r)
+    base = statistics.median(r["decode_tok_per_s"] for r in by_share.get(0, next(iter(by_share.values()))))
+    out = []
+    for constrained, phases in sorted(by_share.items()):
+        speeds = [r["decode_tok_per_s"] for r in phases]
+        median = statistics.median(speeds)
+        out.append({"constrained": f"{constrained}/{phases[0]['requests']}", "phases": len(phases),
+                    "median_tok_per_s": round(median, 1), "min_tok_per_s": min(speeds), "max_tok_per_s": max(speeds),
+                    "vs_unconstrained_pct": round(100 * median / base - 100, 1),
+                    "grammar_share_of_decode_pct": round(statistics.median(
+                        r["grammar_share_of_decode_pct"] for r in phases), 2)})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -127,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
     p.add_argument("--shares", default="0,0.5,1", help="fractions of the requests constrained, one phase each")
+    p.add_argument("--rounds", type=int, default=1, help="times the --shares phases run, interleaved (medians if > 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -151,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     clock = GrammarClock()
     clock.install()
     run_phase(llm, compiled, prompts, 0.5, 8, clock)  # warm-up at full width (allocations, packing, graphs)
-    rows = [run_phase(llm, compiled, prompts, float(s), args.max_tokens, clock) for s in args.shares.split(",")]
+    shares = [float(s) for s in args.shares.split(",")]
+    rows = [run_phase(llm, compiled, prompts, s, args.max_tokens, clock) for _ in range(args.rounds) for s in shares]
     base = rows[0]["decode_tok_per_s"]
     wall_s, load_end = time.perf_counter() - started, os.getloadavg()[0]
     threads = torch.get_num_threads() if args.device == "cpu" else None
@@ -169,9 +192,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['accept_ms_per_token'] if r['constrained'] else '-':>8} "
               f"{r['grammar_share_of_decode_pct']:>19}% {r['rejected_tokens'] if r['constrained'] else '-':>9}  "
               f"{r['finished']}")
+    summary = summarize(rows) if args.rounds > 1 else []
+    if summary:
+        print(f"medians over {args.rounds} rounds:")
+        print(f"{'constrained':>12} {'phases':>7} {'median tok/s':>13} {'range':>17} {'vs 0% median':>13} "
+              f"{'grammar % of decode':>20}")
+        for r in summary:
+            print(f"{r['constrained']:>12} {r['phases']:>7} {r['median_tok_per_s']:>13} "
+                  f"{r['min_tok_per_s']:>8}-{r['max_tok_per_s']:<8} {r['vs_unconstrained_pct']:>12}% "
+                  f"{r['grammar_share_of_decode_pct']:>19}%")
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "compile_ms": compile_ms, "wall_s": round(wall_s, 1),
-                                              "load_average": [load_start, load_end], "rows": rows}, indent=1))
+                                              "load_average": [load_start, load_end], "rows": rows,
+                                              "summary": summary}, indent=1))
     return 0
 
 
