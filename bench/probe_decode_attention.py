@@ -27,7 +27,8 @@ from glmv.kernels import triton_attention as ta  # noqa: E402
 from glmv.kernels.timing import graph_time_us  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK = 32, 2, 128, 16
-SHAPES = [dict(block_n=b, num_warps=w, num_stages=s) for b in (32, 64, 128) for w in (2, 4, 8) for s in (2, 3)]
+SHAPES = [dict(block_n=b, large_batch_block_n=b, num_warps=w, num_stages=s)  # one KV tile at every batch size
+          for b in (32, 64, 128) for w in (2, 4, 8) for s in (2, 3)]
 SPLITS = [dict(programs_per_sm=p, min_tokens_per_split=t) for p in (1, 2, 4, 8) for t in (64, 128, 256)]
 
 

@@ -33,14 +33,27 @@ _LOG2E = 1.4426950408889634
 
 @dataclass(frozen=True)
 class DecodeTuning:
-    """Launch shape of the decode kernel; defaults chosen from a launch-shape sweep on an H100 (bench/notes/gpu_engine.md)."""
+    """Launch shape of the decode kernel: from launch-shape sweeps on an H100 and then an H200
+    (bench/probe_decode_attention.py; figures in bench/notes/gpu_engine.md)."""
 
     block_n: int = 64  # KV tokens per inner step (several pages at block_size 16)
+    # From this many sequences on, each program reads a long stretch of context (few or no splits), and a wider KV
+    # tile reads it faster (H200, ctx 640 / 4,096: 1.04-1.06x at batch 64, 1.20-1.32x at 128). Fewer sequences
+    # split the context finely, and a wide tile would mostly load masked keys.
+    large_batch: int = 64
+    large_batch_block_n: int = 128
     num_warps: int = 4
     num_stages: int = 3
     programs_per_sm: int = 2  # split the context until batch * kv_heads * splits reaches this many programs per SM
-    min_tokens_per_split: int = 128  # never split finer than this: the merge costs more than it saves
+    # Never split finer than this: the merge costs more than it saves. On the H200 at batch 1 (graph-wide tables,
+    # 8,192 tokens) every fastest shape split at 256 (32 splits, not 64): ctx 640, 7.5 -> 4.5 us a layer (with a
+    # 32-token tile and two stages); ctx 4,096, 7.9 -> 7.0 us (two stages).
+    min_tokens_per_split: int = 256
     max_splits: int = 64
+
+    def kv_tile(self, batch: int) -> int:
+        """KV tokens per inner step for a decode of `batch` sequences."""
+        return self.large_batch_block_n if batch >= self.large_batch else self.block_n
 
 
 @dataclass(frozen=True)
@@ -372,7 +385,7 @@ def paged_decode_attention(
         *part_strides,
         GROUP=group, GROUP_PAD=max(16, _next_pow2(group)),
         HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
-        BLOCK_SIZE=block_size, BLOCK_N=tuning.block_n,
+        BLOCK_SIZE=block_size, BLOCK_N=tuning.kv_tile(batch),
         SINGLE_SPLIT=single, DOT_PRECISION=_dot_precision(q.dtype), UPCAST_DOT=_upcast_dot(q.dtype),
         num_warps=tuning.num_warps, num_stages=tuning.num_stages, **launch_options(),
     )  # fmt: skip

@@ -163,6 +163,9 @@ DECODE_CASES = [
     (TINY, 8, [100, 9], 7),
     (dict(heads=6, kv_heads=2, head_dim=48), 16, [30, 64], 2),  # group 3, head_dim not a power of two
     (dict(heads=2, kv_heads=2, head_dim=32), 16, [25, 3], None),  # no grouping
+    # a large batch takes the wider KV tile (DecodeTuning.kv_tile): lengths across several tiles, split and not
+    (TINY, 16, [1 + (37 * i) % 300 for i in range(64)], None),
+    (TINY, 16, [1 + (53 * i) % 300 for i in range(64)], 1),
 ]
 if ON_GPU:
     DECODE_CASES += [
