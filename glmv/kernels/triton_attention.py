@@ -34,7 +34,7 @@ _LOG2E = 1.4426950408889634
 @dataclass(frozen=True)
 class DecodeTuning:
     """Launch shape of the decode kernel: from launch-shape sweeps on an H100 and then an H200
-    (bench/probe_decode_attention.py; figures in bench/notes/gpu_engine.md)."""
+    (bench/probe_decode_attention.py; the H200's figures in bench/README.md, "Decode attention on the H200")."""
 
     block_n: int = 64  # KV tokens per inner step (several pages at block_size 16)
     # From this many sequences on, each program reads a long stretch of context (few or no splits), and a wider KV
