@@ -4,8 +4,9 @@
     .venv/bin/python bench/structured_bench.py --device cuda    # the same on a GPU (--preset full for the 9B dims)
 
 Runs --concurrency requests (64) at once through glmv's engine in process (glmv.LLM), once per phase: with 0%, 50%
-and 100% of them constrained by a JSON schema (--shares, repeated --rounds times, interleaved), each request making exactly --max-tokens tokens (unconstrained ones with
-ignore_eos; the schema, a JSON string of at least 4,000 characters, cannot end sooner). A thinking budget of 0
+and 100% of them constrained by a JSON schema (--shares, repeated --rounds times, interleaved), each request making
+exactly --max-tokens tokens (unconstrained ones with ignore_eos; the schema, a JSON string of at least 4,000
+characters, cannot end sooner). A thinking budget of 0
 makes the engine write `</think><answer>` at once, so every constrained token is masked by the grammar. Reported per
 phase: decode throughput (generated tokens / wall time after the prefill step) and the grammar's host cost per
 constrained token (xgrammar's mask fill and the matchers' accept, timed around GrammarBatch.fill_masks, the
