@@ -42,11 +42,15 @@ class QuantizedWeight:
             return f"fp8-b{self.group}" if self.group else "fp8"
         return f"int{self.bits}-g{self.group}"
 
-    def fits(self, block_k: int, tma: bool = False, fma: bool = False, slices: bool = False) -> bool:
+    def fits(self, block_k: int, tma: bool = False, fma: bool = False, slices: bool = False,
+             w8a8: bool = False) -> bool:
         """Whether K tiles of block_k sit inside this weight's scale groups (the kernel's assumption); an integer
-        weight's tensor-core slices also need 16 words per tile (the dot's smallest K)."""
+        weight's tensor-core slices also need 16 words per tile (the dot's smallest K); W8A8 takes FP8 with
+        per-channel scales only."""
         if tma:
             return False
+        if w8a8:
+            return self.format == FP8 and self.group == 0
         if self.format == INT:
             words = block_k // (32 // self.bits)
             return self.group % block_k == 0 and self.k % self.group == 0 and block_k % (32 // self.bits) == 0 \

@@ -7,6 +7,12 @@ the per-channel scale once at the end (or a block's scales per tile). For prefil
 compute, where FP8 tensor cores double bf16's rate; there the activations are quantized per token (one scale per
 row, from its absmax) and cuBLASLt's FP8 GEMM with row-wise scales (torch._scaled_mm) runs it: it is NVIDIA's tuned
 FP8 tensor-core path, which a Triton kernel would only match after tuning per shape on the device.
+
+Between the two, at 16-128 rows, cuBLAS's FP8 kernel gives a narrow output few tiles (4,096 columns: 32 tiles of
+128 for 132 SMs on an H200) and reads such a weight at a third of the copy rate. `w8a8_matmul` is the same
+arithmetic (activations per token in E4M3, FP8 dots, row and channel scales in the epilogue) with split-K, so a
+narrow output still puts every SM on the weight; the decode plan offers it (`GemvConfig.w8a8`) and keeps it only
+where it measured faster.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import triton.language as tl
 
 from glmv.kernels import split_k
 from glmv.kernels.split_k import MatmulTiles, tile_start, tile_store
+from glmv.kernels.triton_swiglu import silu_mul_pairs, silu_pairs
 
 FP8_MAX = 448.0
 
@@ -109,3 +116,62 @@ def scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: 
         xq = (x.float() / input_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return torch._scaled_mm(xq, weight.t(), scale_a=xs, scale_b=scale.reshape(1, -1), bias=bias,
                             out_dtype=x.dtype)
+
+
+@triton.jit
+def _w8a8_matmul_kernel(xq_ptr, xs_ptr, w_ptr, ws_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ys,
+                        stride_ym, k_per_split, HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """y = (xq * xs) @ (w * ws).T over this program's K slice: E4M3 x E4M3 dots into float32, then the row and
+    channel scales. SILU_MUL (unsplit only): columns come as (gate, up) pairs, and y gets up * silu(gate)."""
+    offs_m, offs_n, m_ok, n_ok, acc, k_start = tile_start(M, N, k_per_split, BLOCK_M, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    for k0 in range(k_start, tl.minimum(k_start + k_per_split, K), BLOCK_K):
+        k = k0 + offs_k
+        k_ok = k < K
+        x = tl.load(xq_ptr + offs_m[:, None] * stride_xm + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0)
+        w = tl.load(w_ptr + offs_n[None, :].to(tl.int64) * stride_wn + k[:, None], mask=k_ok[:, None] & n_ok[None, :],
+                    other=0)
+        acc = tl.dot(x.to(tl.float8e4nv, bitcast=True), w.to(tl.float8e4nv, bitcast=True), acc)
+    acc *= tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)[:, None]
+    acc *= tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    if SILU_MUL:
+        out = silu_pairs(acc, BLOCK_M, BLOCK_N, y_ptr.dtype.element_ty)
+        offs_h = tl.program_id(1) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_h[None, :], out,
+                 mask=m_ok[:, None] & (offs_h < N // 2)[None, :])
+    else:
+        tile_store(acc, b_ptr, y_ptr, offs_m, offs_n, m_ok, n_ok, stride_ys, stride_ym, HAS_BIAS)
+
+
+def w8a8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                config: MatmulTiles, silu_mul: bool = False) -> torch.Tensor:
+    """x [M, K] (16-bit), quantized per token to E4M3, @ (E4M3 weight [N, K] (uint8 bits) * per-channel scale
+    [N]).T -> [M, N] in x's dtype; with silu_mul, N holds interleaved (gate, up) pairs and the result is
+    up * silu(gate), [M, N / 2]."""
+    m, k = x.shape
+    n = weight.shape[0]
+    if silu_mul and (bias is not None or n % 2 or config.block_n % 2):
+        raise ValueError("w8a8_matmul's SiLU epilogue takes an even N, an even block_n and no bias")
+    xq, xs = quantize_rows(x)
+    splits, k_per_split = split_k.split(k, config.block_k, config.split_k)
+    fused_silu = silu_mul and splits == 1
+    y = torch.empty((m, n // 2), dtype=x.dtype, device=x.device) if fused_silu else split_k.output(x, n, splits)
+    grid = (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n), splits)
+    _w8a8_matmul_kernel[grid](
+        xq.view(torch.uint8), xs, weight.view(torch.uint8), scale, bias if bias is not None and splits == 1 else scale,
+        y, m, n, k, xq.stride(0), weight.stride(0), y.stride(0) if splits > 1 else 0, y.stride(-2), k_per_split,
+        HAS_BIAS=bias is not None and splits == 1, SILU_MUL=fused_silu, BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages)
+    if fused_silu:
+        return y
+    out = split_k.finish(y, splits, bias, x.dtype)
+    return silu_mul_pairs(out) if silu_mul else out
+
+
+def round_rows_to_fp8(x: torch.Tensor) -> torch.Tensor:
+    """x as `quantize_rows` leaves it (E4M3 per token, times its scale), back in x's dtype: what a W8A8 product is
+    checked against (the dequantized weight times these rows). The quantizer itself rounds, so the check holds
+    whatever rounding its conversion does (Triton's CPU interpreter truncates; the GPU rounds to nearest)."""
+    q, scale = quantize_rows(x)
+    return (q.float() * scale).to(x.dtype)

@@ -28,8 +28,10 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from glmv.kernels import pdl, quantized_weight
 from glmv.kernels.quantized_weight import QuantizedWeight
+from glmv.kernels.split_k import MatmulTiles
 from glmv.kernels.timing import graph_time_us
 from glmv.kernels.triton_argmax import first_max_rows, pick_rows
+from glmv.kernels.triton_fp8 import round_rows_to_fp8, w8a8_matmul
 from glmv.kernels.triton_swiglu import cublas_silu, silu_pairs
 from glmv.kernels.triton_w4a16 import values_minus_zero, values_minus_zero_f16
 
@@ -50,6 +52,7 @@ class GemvConfig:
     tma: bool = False  # tiles come in through tensor descriptors (Hopper's bulk copies) instead of pointer loads
     fma: bool = False  # one row only: multiply-adds on the CUDA cores, reduced once at the end (no rows padded to 16)
     slices: bool = False  # integer weights on the tensor cores: one dot per packed value slice, not one reshaped tile
+    w8a8: bool = False  # FP8 weights with per-channel scales: activations to E4M3 per token, FP8 dots (triton_fp8)
 
 
 G = GemvConfig
@@ -75,6 +78,13 @@ QUANT_CONFIGS = {
          G(128, 128, 8, 3, 2), G(64, 256, 4, 3)],
     128: [G(64, 128, 8, 3), G(128, 128, 8, 3), G(32, 128, 4, 4), G(128, 64, 8, 3, 2), G(64, 128, 8, 3, 2)],
 }
+# FP8 weights from 16 rows (triton_fp8.w8a8_matmul): split-K, so that a narrow output (4,096 columns) still has
+# a program for every SM, which cuBLAS's FP8 kernel lacks there.
+W8A8_CONFIGS = {
+    16: [G(64, 128, 4, 4, 4, w8a8=True), G(128, 128, 4, 3, 4, w8a8=True), G(64, 256, 4, 3, 2, w8a8=True)],
+    64: [G(64, 128, 4, 4, 4, w8a8=True), G(128, 128, 8, 3, 2, w8a8=True), G(128, 128, 8, 3, 4, w8a8=True)],
+    128: [G(128, 128, 8, 3, 2, w8a8=True), G(64, 128, 4, 4, 4, w8a8=True), G(128, 128, 8, 3, 4, w8a8=True)],
+}
 # One row (single-stream decode): multiply-add configurations, for dense and quantized weights alike (`plan` and
 # `plan_quantized` try them at the plan point 1, which only a batch of one maps to).
 ROW_CONFIGS = [G(64, 128, 4, 4, fma=True), G(32, 256, 4, 4, fma=True), G(64, 256, 8, 3, 2, fma=True),
@@ -93,7 +103,8 @@ def candidates(rows: int, quantized: bool) -> list[GemvConfig]:
     """The configurations a plan tries at `rows` (a plan point): the tensor-core ones of its BLOCK_M class, and
     for one row the multiply-add ones."""
     listed = (QUANT_CONFIGS if quantized else CONFIGS)[block_m(rows)]
-    return listed + (ROW_CONFIGS if rows == 1 else [])
+    w8a8 = W8A8_CONFIGS[block_m(rows)] if quantized and rows >= 16 else []
+    return listed + w8a8 + (ROW_CONFIGS if rows == 1 else [])
 
 
 @triton.jit
@@ -381,8 +392,14 @@ def gemv_quantized(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor 
                    silu_mul: bool = False) -> torch.Tensor:
     """`gemv` for a quantized weight: x [M, K] (16-bit, M <= 128) -> [M, N] in x's dtype, the weight dequantized
     tile by tile in registers (FP8 widened, integers unpacked and offset by their zero points, both scaled)."""
-    if not weight.fits(config.block_k, config.tma, config.fma, config.slices):
+    if not weight.fits(config.block_k, config.tma, config.fma, config.slices, config.w8a8):
+        if config.w8a8:
+            raise ValueError(f"gemv: W8A8 takes FP8 weights with per-channel scales, not {weight.tag}")
         raise ValueError(f"gemv: block_k {config.block_k} does not tile the {weight.tag} weight's groups")
+    if config.w8a8:
+        tiles = MatmulTiles(block_m(x.shape[0]), config.block_n, config.block_k, config.split_k, config.num_warps,
+                            config.num_stages)
+        return w8a8_matmul(x, weight.data, weight.scale, bias, tiles, silu_mul)
     w = weight.data
     is_int = weight.format == quantized_weight.INT
     aligned = w.data_ptr() % 16 == 0 and w.stride(0) % 16 == 0
@@ -533,7 +550,7 @@ def plan_quantized(groups: list[QuantizedPlanGroup], batch_sizes: list[int],
     for g in groups:
         w = g.weight
         def fitting(point: int, w=w) -> list[GemvConfig]:
-            return [c for c in candidates(point, True) if w.fits(c.block_k, c.tma, c.fma, c.slices)]
+            return [c for c in candidates(point, True) if w.fits(c.block_k, c.tma, c.fma, c.slices, c.w8a8)]
 
         chosen.update(_plan_group((w.tag, w.n, w.k, g.has_bias), w.k, g.count, g.dtype, w.data.device, fitting,
                                   g.baseline, g.candidate, 0.98, batch_sizes, report, g.reference))
@@ -560,10 +577,14 @@ def _plan_group(key: tuple, k: int, count: int, dtype: torch.dtype, device: torc
         base = timed(baseline)
         best, best_us = None, base
         ref = (reference(x) if reference is not None else baseline(x, 0)).float()
+        ref_w8a8 = None  # W8A8 rounds its activations to E4M3: checked against the reference on rows so rounded
         for cfg in configs_at(point):
             try:
+                if cfg.w8a8 and ref_w8a8 is None:
+                    ref_w8a8 = (reference or (lambda xi: baseline(xi, 0)))(round_rows_to_fp8(x)).float()
                 out = candidate(x, 0, cfg).float()
-                err = ((out - ref).norm() / ref.norm().clamp(min=1e-30)).item()
+                expected = ref_w8a8 if cfg.w8a8 else ref
+                err = ((out - expected).norm() / expected.norm().clamp(min=1e-30)).item()
                 if not err < 2e-2:  # a safety net: never plan a configuration that computes something else
                     raise RuntimeError(f"relative error {err:.3g} against the reference")
                 us = timed(lambda xi, i, cfg=cfg: candidate(xi, i, cfg))

@@ -50,6 +50,19 @@ def int_weight(n: int, k: int, bits: int, group: int, gen: torch.Generator):
     return QuantizedWeight.packed_int(words, scales.to(DEVICE), zeros.to(DEVICE), bits, group), dense
 
 
+def w8a8_configs(configs: list) -> list:
+    return [c for c in configs if c.w8a8][:1]
+
+
+def w8a8_reference(x: torch.Tensor, dense: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """What W8A8 computes exactly: the rows rounded to E4M3 per token (as triton_fp8.quantize_rows rounds them)
+    times the dequantized weight, in float64."""
+    from glmv.kernels.triton_fp8 import round_rows_to_fp8
+
+    ref = round_rows_to_fp8(x.float()).double() @ dense.double().t()
+    return ref + bias.double() if bias is not None else ref
+
+
 def cases(n: int, k: int, gen: torch.Generator):
     yield "fp8", fp8_weight(n, k, None, gen)
     yield "fp8-b128", fp8_weight(n, k, 128, gen)
@@ -68,12 +81,13 @@ def test_every_fitting_configuration_matches_the_dequantized_product(n, k):
         for rows in ROWS:
             x = torch.randn(rows, weight.k, generator=gen).to(DTYPE)
             ref = x.double() @ dense.double().t() + bias.double()
-            configs = [c for c in candidates(rows, True) if weight.fits(c.block_k, c.tma, c.fma, c.slices)]
+            configs = [c for c in candidates(rows, True) if weight.fits(c.block_k, c.tma, c.fma, c.slices, c.w8a8)]
             assert configs, (tag, rows)
-            for cfg in configs if rows == ROWS[0] or not ON_GPU else configs[:2]:
+            for cfg in configs if rows == ROWS[0] or not ON_GPU else configs[:2] + w8a8_configs(configs):
                 out = gemv_quantized(x.to(DEVICE), weight, bias.to(DEVICE), cfg)
                 assert out.shape == (rows, n) and out.dtype == DTYPE
-                assert relative_error(out.cpu(), ref) < TOL, (tag, rows, cfg)
+                expected = w8a8_reference(x, dense, bias) if cfg.w8a8 else ref
+                assert relative_error(out.cpu(), expected) < TOL, (tag, rows, cfg)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -89,7 +103,8 @@ def test_16_bit_activations_past_float16s_range(dtype):
             x = torch.randn(rows, weight.k, generator=gen) * (3e5 if dtype == torch.bfloat16 else 1.0)
             x = x.to(dtype)
             ref = x.double() @ dense.double().t()
-            for cfg in [c for c in candidates(rows, True) if weight.fits(c.block_k, c.tma, c.fma, c.slices)]:
+            for cfg in [c for c in candidates(rows, True) if weight.fits(c.block_k, c.tma, c.fma, c.slices)
+                        and not c.w8a8]:  # the float16 road; W8A8 scales each row into E4M3 instead
                 out = gemv_quantized(x.to(DEVICE), weight, None, cfg)
                 assert torch.isfinite(out).all(), (tag, cfg)
                 assert relative_error(out.cpu(), ref) < 5e-3, (tag, rows, cfg)
@@ -117,6 +132,38 @@ def test_split_k_and_gating_epilogue():
             out = gemv_quantized(x.to(DEVICE), inter, None, cfg, silu_mul=True)
             assert out.shape == (3, n // 2)
             assert relative_error(out.cpu(), gated) < TOL, (tag, cfg)
+
+
+def test_w8a8_split_k_and_gating_and_what_it_refuses():
+    """W8A8 (activations to E4M3 per token, FP8 dots) on per-channel FP8: unsplit and split K, with bias, and the
+    SiLU gating fused (unsplit) or after the partials' sum (split), each equal to the product on rows rounded as
+    it rounds them; block-scaled FP8 and integer weights are refused."""
+    import torch.nn.functional as F
+
+    from glmv.kernels.triton_gemv import GemvConfig, gemv_quantized
+    from glmv.kernels.triton_swiglu import interleave_gate_up
+
+    gen = torch.Generator().manual_seed(9)
+    n, k = (4096, 13696) if ON_GPU else (64, 512)
+    weight, dense = fp8_weight(n, k, None, gen)
+    inter = weight.interleaved_gate_up(interleave_gate_up)
+    bias = torch.randn(n, generator=gen).to(DTYPE)
+    for rows in (16, 64, 100):
+        x = torch.randn(rows, k, generator=gen).to(DTYPE)
+        ref = w8a8_reference(x, dense, None)
+        gate, up = ref[:, : n // 2], ref[:, n // 2:]
+        for split in (1, 4):
+            cfg = GemvConfig(64, 128, 4, 3, split_k=split, w8a8=True)
+            out = gemv_quantized(x.to(DEVICE), weight, bias.to(DEVICE), cfg)
+            assert out.shape == (rows, n) and out.dtype == DTYPE
+            assert relative_error(out.cpu(), ref + bias.double()) < TOL, (rows, split)
+            gated = gemv_quantized(x.to(DEVICE), inter, None, cfg, silu_mul=True)
+            assert gated.shape == (rows, n // 2)
+            assert relative_error(gated.cpu(), up * F.silu(gate)) < TOL, (rows, split)
+    x = torch.zeros(16, 256, dtype=DTYPE, device=DEVICE)
+    for refused in (fp8_weight(32, 256, 128, gen)[0], int_weight(32, 256, 4, 128, gen)[0]):
+        with pytest.raises(ValueError, match="W8A8 takes FP8 weights with per-channel scales"):
+            gemv_quantized(x, refused, None, GemvConfig(64, 128, 4, 3, w8a8=True))
 
 
 def test_a_tile_across_groups_is_refused():
