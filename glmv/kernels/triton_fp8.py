@@ -153,7 +153,9 @@ def w8a8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
     n = weight.shape[0]
     if silu_mul and (bias is not None or n % 2 or config.block_n % 2):
         raise ValueError("w8a8_matmul's SiLU epilogue takes an even N, an even block_n and no bias")
-    xq, xs = quantize_rows(x)
+    if m == 0:
+        return torch.empty((0, n // 2 if silu_mul else n), dtype=x.dtype, device=x.device)
+    xq, xs = quantize_rows(x if x.stride(-1) == 1 else x.contiguous())
     splits, k_per_split = split_k.split(k, config.block_k, config.split_k)
     fused_silu = silu_mul and splits == 1
     y = torch.empty((m, n // 2), dtype=x.dtype, device=x.device) if fused_silu else split_k.output(x, n, splits)
@@ -172,6 +174,6 @@ def w8a8_matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
 def round_rows_to_fp8(x: torch.Tensor) -> torch.Tensor:
     """x as `quantize_rows` leaves it (E4M3 per token, times its scale), back in x's dtype: what a W8A8 product is
     checked against (the dequantized weight times these rows). The quantizer itself rounds, so the check holds
-    whatever rounding its conversion does (Triton's CPU interpreter truncates; the GPU rounds to nearest)."""
+    whatever rounding its conversion does (Triton's CPU interpreter truncates)."""
     q, scale = quantize_rows(x)
     return (q.float() * scale).to(x.dtype)
