@@ -54,6 +54,10 @@ class GemvConfig:
     slices: bool = False  # integer weights on the tensor cores: one dot per packed value slice, not one reshaped tile
     w8a8: bool = False  # FP8 weights with per-channel scales: activations to E4M3 per token, FP8 dots (triton_fp8)
 
+    def fits(self, weight: QuantizedWeight) -> bool:
+        """Whether this configuration can read `weight` (QuantizedWeight.fits on its tiles and roads)."""
+        return weight.fits(self.block_k, self.tma, self.fma, self.slices, self.w8a8)
+
 
 G = GemvConfig
 CONFIGS = {  # by BLOCK_M (bench/notes/gpu_engine.md, session 2: the sweep's best per GLM shape); shared memory
@@ -391,8 +395,9 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, confi
 def gemv_quantized(x: torch.Tensor, weight: QuantizedWeight, bias: torch.Tensor | None, config: GemvConfig,
                    silu_mul: bool = False) -> torch.Tensor:
     """`gemv` for a quantized weight: x [M, K] (16-bit, M <= 128) -> [M, N] in x's dtype, the weight dequantized
-    tile by tile in registers (FP8 widened, integers unpacked and offset by their zero points, both scaled)."""
-    if not weight.fits(config.block_k, config.tma, config.fma, config.slices, config.w8a8):
+    tile by tile in registers (FP8 widened, integers unpacked and offset by their zero points, both scaled); a W8A8
+    configuration runs triton_fp8.w8a8_matmul instead (E4M3 activations, FP8 dots)."""
+    if not config.fits(weight):
         if config.w8a8:
             raise ValueError(f"gemv: W8A8 takes FP8 weights with per-channel scales, not {weight.tag}")
         raise ValueError(f"gemv: block_k {config.block_k} does not tile the {weight.tag} weight's groups")
@@ -550,7 +555,7 @@ def plan_quantized(groups: list[QuantizedPlanGroup], batch_sizes: list[int],
     for g in groups:
         w = g.weight
         def fitting(point: int, w=w) -> list[GemvConfig]:
-            return [c for c in candidates(point, True) if w.fits(c.block_k, c.tma, c.fma, c.slices, c.w8a8)]
+            return [c for c in candidates(point, True) if c.fits(w)]
 
         chosen.update(_plan_group((w.tag, w.n, w.k, g.has_bias), w.k, g.count, g.dtype, w.data.device, fitting,
                                   g.baseline, g.candidate, 0.98, batch_sizes, report, g.reference))
@@ -576,12 +581,13 @@ def _plan_group(key: tuple, k: int, count: int, dtype: torch.dtype, device: torc
 
         base = timed(baseline)
         best, best_us = None, base
-        ref = (reference(x) if reference is not None else baseline(x, 0)).float()
+        check = reference if reference is not None else (lambda xi: baseline(xi, 0))
+        ref = check(x).float()
         ref_w8a8 = None  # W8A8 rounds its activations to E4M3: checked against the reference on rows so rounded
         for cfg in configs_at(point):
             try:
                 if cfg.w8a8 and ref_w8a8 is None:
-                    ref_w8a8 = (reference or (lambda xi: baseline(xi, 0)))(round_rows_to_fp8(x)).float()
+                    ref_w8a8 = check(round_rows_to_fp8(x)).float()
                 out = candidate(x, 0, cfg).float()
                 expected = ref_w8a8 if cfg.w8a8 else ref
                 err = ((out - expected).norm() / expected.norm().clamp(min=1e-30)).item()

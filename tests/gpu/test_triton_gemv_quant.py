@@ -81,7 +81,7 @@ def test_every_fitting_configuration_matches_the_dequantized_product(n, k):
         for rows in ROWS:
             x = torch.randn(rows, weight.k, generator=gen).to(DTYPE)
             ref = x.double() @ dense.double().t() + bias.double()
-            configs = [c for c in candidates(rows, True) if weight.fits(c.block_k, c.tma, c.fma, c.slices, c.w8a8)]
+            configs = [c for c in candidates(rows, True) if c.fits(weight)]
             assert configs, (tag, rows)
             for cfg in configs if rows == ROWS[0] or not ON_GPU else configs[:2] + w8a8_configs(configs):
                 out = gemv_quantized(x.to(DEVICE), weight, bias.to(DEVICE), cfg)
@@ -103,8 +103,8 @@ def test_16_bit_activations_past_float16s_range(dtype):
             x = torch.randn(rows, weight.k, generator=gen) * (3e5 if dtype == torch.bfloat16 else 1.0)
             x = x.to(dtype)
             ref = x.double() @ dense.double().t()
-            for cfg in [c for c in candidates(rows, True) if weight.fits(c.block_k, c.tma, c.fma, c.slices)
-                        and not c.w8a8]:  # the float16 road; W8A8 scales each row into E4M3 instead
+            for cfg in [c for c in candidates(rows, True)
+                        if c.fits(weight) and not c.w8a8]:  # the float16 road; W8A8 scales rows into E4M3 instead
                 out = gemv_quantized(x.to(DEVICE), weight, None, cfg)
                 assert torch.isfinite(out).all(), (tag, cfg)
                 assert relative_error(out.cpu(), ref) < 5e-3, (tag, rows, cfg)
