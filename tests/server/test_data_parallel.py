@@ -242,7 +242,8 @@ def test_sigterm_lets_running_requests_finish_and_stops_every_replica(tiny_model
         pids = [r["pid"] for r in health(base).json()["replicas"]]
         client = openai.OpenAI(base_url=base + "/v1", api_key="x", timeout=60, max_retries=0)
         model = client.models.list().data[0].id
-        stream = client.completions.create(model=model, prompt="drain me", max_tokens=400, temperature=0, stream=True,
+        # long enough to still be streaming 0.2 s after the signal on a quiet machine (400 tokens took 0.14 s once)
+        stream = client.completions.create(model=model, prompt="drain me", max_tokens=1000, temperature=0, stream=True,
                                            extra_body={"ignore_eos": True}, stream_options={"include_usage": True})
         chunks = iter(stream)
         first = next(chunks)
@@ -257,7 +258,7 @@ def test_sigterm_lets_running_requests_finish_and_stops_every_replica(tiny_model
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert usage and usage[0].completion_tokens == 400 and finish == ["length"]
+    assert usage and usage[0].completion_tokens == 1000 and finish == ["length"]
     assert streamed_after_signal > 0.2, streamed_after_signal  # the request was still running when the signal came
     # uvicorn, serving from the main thread here, re-raises SIGTERM once its graceful shutdown is done
     assert proc.returncode in (0, -signal.SIGTERM), output
