@@ -73,6 +73,7 @@ class Sample:
     device_allocated_mb: float | None = None
     device_reserved_mb: float | None = None
     pinned_held_mb: float | None = None  # PyTorch's pinned host pool (CUDA), part of rss_mb
+    vision_graph_in_use_mb: float | None = None  # tensors the vision tower's CUDA graphs keep (in device_allocated_mb)
 
 
 # ---- requests ----
@@ -196,6 +197,12 @@ def cache_gauges(metrics: dict[str, dict[tuple, float]]) -> dict[str, tuple[floa
     return caches
 
 
+def cache_text(used: float, entries: float, bound: float) -> str:
+    """"512/512 MiB (1161)": used / bound (entries); a cache bounded in entries only (bound 0 bytes): its MiB."""
+    size = f"{used / 2**20:.0f}/{bound / 2**20:.0f}" if bound else f"{used / 2**20:.0f}"
+    return f"{size} MiB ({entries:.0f})"
+
+
 def take_sample(server: ServerProcess, t0: float, done: int, errors: int) -> Sample:
     metrics = read_metrics(server.url)
     allocated = metrics.get("glmv_device_memory_allocated_bytes", {}).get((), None)
@@ -203,13 +210,15 @@ def take_sample(server: ServerProcess, t0: float, done: int, errors: int) -> Sam
     in_use = metrics.get("glmv_malloc_in_use_bytes", {}).get((), None)
     free = metrics.get("glmv_malloc_free_bytes", {}).get((), None)
     pinned = metrics.get("glmv_pinned_host_memory_held_bytes", {}).get((), None)
+    graphs = metrics.get("glmv_vision_graph_in_use_bytes", {}).get((), None)
     return Sample(t_s=round(time.monotonic() - t0, 1), requests=done, errors=errors, rss_mb=round(server.rss_mb(), 1),
                   caches=cache_gauges(metrics),
                   malloc_in_use_mb=None if in_use is None else round(in_use / 2**20, 1),
                   malloc_free_mb=None if free is None else round(free / 2**20, 1),
                   device_allocated_mb=None if allocated is None else round(allocated / 2**20, 1),
                   device_reserved_mb=None if reserved is None else round(reserved / 2**20, 1),
-                  pinned_held_mb=None if pinned is None else round(pinned / 2**20, 1))
+                  pinned_held_mb=None if pinned is None else round(pinned / 2**20, 1),
+                  vision_graph_in_use_mb=None if graphs is None else round(graphs / 2**20, 1))
 
 
 # ---- the load ----
@@ -341,8 +350,7 @@ async def run_soak(server: ServerProcess, plan: SoakPlan, model: str = "soak", p
 # ---- reporting ----
 
 def format_sample(s: Sample) -> str:
-    caches = " ".join(f"{name}={used / 2**20:.0f}/{bound / 2**20:.0f}MiB({entries:.0f})"
-                      for name, (used, entries, bound) in sorted(s.caches.items()))
+    caches = " ".join(f"{name}={cache_text(*usage)}".replace(" ", "") for name, usage in sorted(s.caches.items()))
     device = "" if s.device_allocated_mb is None else \
         f" device={s.device_allocated_mb:.0f}/{s.device_reserved_mb:.0f}MiB pinned={s.pinned_held_mb}MiB"
     heap = "" if s.malloc_in_use_mb is None else f" malloc={s.malloc_in_use_mb:.0f}+{s.malloc_free_mb:.0f}free"
@@ -364,11 +372,10 @@ def markdown(result: SoakResult, command: str, date: str | None = None) -> str:
     if window is not None:
         lines.append(f"Last 10 minutes, least-squares line through the samples: {window[0]:.0f} -> {window[1]:.0f} MB "
                      f"({window[2]:+.2f}%).")
-    lines += ["", "| t (s) | requests | RSS (MB) | malloc in use / free (MiB) | caches used / bound MiB (entries) |",
+    lines += ["", "| t (s) | requests | RSS (MB) | malloc in use / free (MiB) | caches used / bound (entries) |",
               "|---:|---:|---:|---:|---|"]
     for s in result.samples:
-        caches = ", ".join(f"{name} {used / 2**20:.0f}/{bound / 2**20:.0f} ({entries:.0f})"
-                           for name, (used, entries, bound) in sorted(s.caches.items()))
+        caches = ", ".join(f"{name} {cache_text(*usage)}" for name, usage in sorted(s.caches.items()))
         heap = "-" if s.malloc_in_use_mb is None else f"{s.malloc_in_use_mb:.0f} / {s.malloc_free_mb:.0f}"
         lines.append(f"| {s.t_s:.0f} | {s.requests:,} | {s.rss_mb:.0f} | {heap} | {caches} |")
     for s in result.checkpoints:
@@ -388,20 +395,24 @@ def write_readme(section: str) -> None:
     README.write_text(text)
 
 
-DEVICE_CACHES = ("vision_embedding", "vision_grid_tables")  # device memory, bounded, filling as new pictures come
+# device memory, bounded, filling as new pictures and picture shapes come
+DEVICE_CACHES = ("vision_embedding", "vision_grid_tables")
+GRAPH_CACHE = "vision_graphs"  # its bytes are what the graphs reserved; what they keep in use is its own gauge
 
 
 def device_check(result: SoakResult, tolerance_mb: float) -> str | None:
     """None when device memory at the last idle checkpoint equals that at the first, within tolerance, once the
-    device caches (the vision embeddings, bounded by --vision-cache-gb, and the tower's per-grid tables, both
-    filling as new pictures come) are set aside; else what grew."""
+    device caches (the vision embeddings, bounded by --vision-cache-gb, the tower's per-grid tables and its CUDA
+    graphs, bounded in slots, all filling as new pictures come) are set aside; else what grew."""
     marks = [s for s in result.checkpoints if s.device_allocated_mb is not None]
     if len(marks) < 2:
         return None
 
     def outside_caches(s: Sample) -> tuple[float, float]:
         cached = sum(s.caches.get(name, (0.0, 0.0, 0.0))[0] for name in DEVICE_CACHES) / 2**20
-        return s.device_allocated_mb - cached, s.device_reserved_mb - cached
+        graphs_reserved = s.caches.get(GRAPH_CACHE, (0.0, 0.0, 0.0))[0] / 2**20
+        graphs_in_use = s.vision_graph_in_use_mb or 0.0
+        return s.device_allocated_mb - cached - graphs_in_use, s.device_reserved_mb - cached - graphs_reserved
 
     (a0, r0), (a1, r1) = outside_caches(marks[0]), outside_caches(marks[-1])
     if a1 - a0 > tolerance_mb or r1 - r0 > tolerance_mb:

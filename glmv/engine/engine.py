@@ -295,20 +295,29 @@ class LLMEngine:
             "vision_cache_bytes": float(vc.bytes),
             "vision_cache_entries": float(len(vc)),
             "vision_cache_capacity_bytes": float(vc.max_bytes),
-            **self._grid_tables(),
+            **self._vision_tower(),
             **self._device_memory(),
             "steps_total": float(self.steps),
             "time": time.time(),
         }
 
-    def _grid_tables(self) -> dict[str, float]:
-        """The vision tower's per-grid tables (device memory, bounded in bytes), where the model has a tower."""
+    def _vision_tower(self) -> dict[str, float]:
+        """The vision tower's device memory, where the model has a tower: its per-grid tables (bounded in bytes)
+        and, on CUDA, its recorded graphs (bounded in slots)."""
         vision = self.runner.model.vision
         if vision is None:
             return {}
         tables = vision.grid_tables
-        return {"vision_grid_table_bytes": float(tables.bytes), "vision_grid_table_entries": float(len(tables)),
-                "vision_grid_table_capacity_bytes": float(tables.max_bytes)}
+        stats = {"vision_grid_table_bytes": float(tables.bytes), "vision_grid_table_entries": float(len(tables)),
+                 "vision_grid_table_capacity_bytes": float(tables.max_bytes),
+                 "vision_grid_table_capacity_entries": float(tables.capacity)}
+        if vision.use_graphs:
+            graphs = vision.graph_memory.usage
+            stats |= {"vision_graph_bytes": float(graphs.reserved_bytes),
+                      "vision_graph_in_use": float(graphs.in_use_bytes),
+                      "vision_graph_entries": float(graphs.entries),
+                      "vision_graph_capacity_entries": float(graphs.capacity_entries)}
+        return stats
 
     def _device_memory(self) -> dict[str, float]:
         """CUDA memory the caching allocator has handed out and holds (KV pool, weights, graphs and vision cache

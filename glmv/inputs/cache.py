@@ -27,12 +27,14 @@ class CacheStats:
 
 @dataclass(frozen=True)
 class CacheUsage:
-    """What one bounded cache holds now, for /metrics: its name, bytes and entries, and its bound in bytes."""
+    """What one bounded cache holds now, for /metrics: its name, bytes and entries, and its bounds (0: none of
+    that kind)."""
 
     name: str
     bytes_used: int
     entries: int
     capacity_bytes: int
+    capacity_entries: int = 0
 
 
 class MediaCache:

@@ -20,6 +20,7 @@ from glmv.layers.checkpoint import CheckpointReader
 from glmv.layers.kernels import Kernels
 from glmv.layers.swiglu import GateUpAct
 from glmv.lru import LruCache
+from glmv.models.graph_memory import GraphMemory
 from glmv.models.graph_slots import GraphSlots
 
 log = logging.getLogger("glmv.vision")
@@ -129,6 +130,7 @@ class Glm4vVisionTower:
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = {}
         self._graph_pool = None
         self._graph_slots = GraphSlots(self.GRAPH_MAX_ENTRIES)
+        self.graph_memory = GraphMemory(self.GRAPH_MAX_ENTRIES)
 
     @classmethod
     def load(cls, reader: CheckpointReader, dims: VisionDims, kernels: Kernels, gate_up_act: GateUpAct,
@@ -179,6 +181,7 @@ class Glm4vVisionTower:
                 capture, dropped = self._graph_slots.admit(key)
                 if dropped is not None:
                     del self._graphs[dropped]
+                    self.graph_memory.dropped(dropped)
                 if capture:
                     entry = self._capture(key, pixel_values, grids)
             if entry is not None:
@@ -198,9 +201,11 @@ class Glm4vVisionTower:
         return tuple(tuple(int(v) for v in g) for g in grids), pixel_values.dtype, tuple(pixel_values.shape)
 
     def _capture(self, key: tuple, pixel_values: torch.Tensor, grids: list[tuple[int, int, int]]):
+        # made eagerly, the capture reads these; measured as the grid-table cache's, so before the graph's own
+        tables = [self._grid_tables(h, w) for _, h, w in grids]
+        in_use, reserved = torch.cuda.memory_allocated(self.device), torch.cuda.memory_reserved(self.device)
         try:
             static_in = pixel_values.clone()
-            tables = [self._grid_tables(h, w) for _, h, w in grids]  # made eagerly; the capture reads these
             if self._graph_pool is None:
                 self._graph_pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
@@ -210,10 +215,13 @@ class Glm4vVisionTower:
             log.warning("vision tower: CUDA graph capture failed (%s); running it eagerly from now on", exc)
             self.use_graphs = False
             self._graphs.clear()
+            self.graph_memory.clear()
             self._graph_slots.release(key)
             return None
         entry = (graph, static_in, static_out, tables)
         self._graphs[key] = entry
+        self.graph_memory.captured(key, torch.cuda.memory_allocated(self.device) - in_use,
+                                   torch.cuda.memory_reserved(self.device) - reserved)
         log.info("vision tower: captured a CUDA graph for grids %s (%d kept)", key[0], len(self._graphs))
         return entry
 

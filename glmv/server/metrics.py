@@ -38,6 +38,9 @@ _DEVICE_GAUGES = {
                                 "pool, CUDA graphs, vision cache, activations)."),
     "device_memory_reserved": ("glmv_device_memory_reserved_bytes", "CUDA memory PyTorch's caching allocator "
                                "holds (allocated plus cached free blocks)."),
+    "vision_graph_in_use": ("glmv_vision_graph_in_use_bytes", "CUDA memory in tensors that the vision tower's "
+                            "recorded graphs keep (static inputs and outputs; glmv_cache_bytes{cache=\"vision_graphs\"} "
+                            "is what they have reserved)."),
     "pinned_host_memory_held": ("glmv_pinned_host_memory_held_bytes", "Pinned host memory PyTorch's host allocator "
                                 "holds, in use or cached for reuse (part of resident memory)."),
     "pinned_host_memory_active": ("glmv_pinned_host_memory_active_bytes", "Pinned host memory in use now (staged "
@@ -84,13 +87,16 @@ class _EngineGauges:
                 yield GaugeMetricFamily(name, doc, value=stats[key])
         used = GaugeMetricFamily("glmv_cache_bytes", "Bytes a bounded cache holds now.", labels=["cache"])
         entries = GaugeMetricFamily("glmv_cache_entries", "Entries a bounded cache holds now.", labels=["cache"])
-        bound = GaugeMetricFamily("glmv_cache_capacity_bytes", "The bound of a cache in bytes (its flag; 0: off).",
-                                  labels=["cache"])
+        bound = GaugeMetricFamily("glmv_cache_capacity_bytes", "The bound of a cache in bytes (its flag; 0: off, "
+                                  "or bounded in entries only).", labels=["cache"])
+        bound_entries = GaugeMetricFamily("glmv_cache_capacity_entries", "The bound of a cache in entries (0: "
+                                          "bounded in bytes only).", labels=["cache"])
         for usage in self.caches(stats):
             used.add_metric([usage.name], float(usage.bytes_used))
             entries.add_metric([usage.name], float(usage.entries))
             bound.add_metric([usage.name], float(usage.capacity_bytes))
-        yield from (used, entries, bound)
+            bound_entries.add_metric([usage.name], float(usage.capacity_entries))
+        yield from (used, entries, bound, bound_entries)
         heap = malloc_usage()
         if heap is not None:
             yield GaugeMetricFamily("glmv_malloc_in_use_bytes", "Bytes glibc malloc has handed out (all arenas, "

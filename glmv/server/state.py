@@ -99,12 +99,14 @@ class ServingState:
 
     def cache_usage(self, engine_stats: dict[str, float]) -> list[CacheUsage]:
         """Every bounded cache of this server: the prompt builder's two, and the engine's vision caches (embeddings,
-        the tower's per-grid tables) when the engine reports them (glmv's own engine)."""
+        the tower's per-grid tables, its recorded CUDA graphs) when the engine reports them (glmv's own engine)."""
         usage = [self.builder.media_cache.usage("media"), self.builder.patch_cache.usage("mm_processor")]
-        for name, stat in (("vision_embedding", "vision_cache"), ("vision_grid_tables", "vision_grid_table")):
+        for name, stat in (("vision_embedding", "vision_cache"), ("vision_grid_tables", "vision_grid_table"),
+                           ("vision_graphs", "vision_graph")):
             if f"{stat}_bytes" in engine_stats:
                 usage.append(CacheUsage(name, int(engine_stats[f"{stat}_bytes"]), int(engine_stats[f"{stat}_entries"]),
-                                        int(engine_stats[f"{stat}_capacity_bytes"])))
+                                        int(engine_stats.get(f"{stat}_capacity_bytes", 0)),
+                                        int(engine_stats.get(f"{stat}_capacity_entries", 0))))
         return usage
 
     @cached_property

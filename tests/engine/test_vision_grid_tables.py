@@ -33,4 +33,6 @@ def test_engine_reports_the_grid_tables(tiny_model_dir):
     llm = LLM(str(tiny_model_dir), device="cpu", dtype="float32", max_model_len=256)
     stats = llm.engine.stats()
     assert stats["vision_grid_table_capacity_bytes"] > 0
+    assert stats["vision_grid_table_capacity_entries"] == llm.engine.runner.model.vision.GRID_TABLE_ENTRIES
+    assert not any(key.startswith("vision_graph") for key in stats)  # no CUDA graphs on the CPU
     assert stats["vision_grid_table_bytes"] >= 0 and stats["vision_grid_table_entries"] >= 0

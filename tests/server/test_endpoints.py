@@ -122,6 +122,8 @@ def test_metrics_count_requests_tokens_and_latencies(server):
                   "glmv_prefix_cache_hit_rate", "glmv_server_requests_in_flight"):
         assert gauge in after
     assert after["glmv_server_requests_in_flight"] == 0
+    assert after['glmv_cache_capacity_bytes{cache="media"}'] > 0
+    assert after['glmv_cache_capacity_entries{cache="media"}'] == 0  # bounded in bytes only
     assert httpx.get(server.base_url + "/metrics").headers["content-type"].startswith("text/plain")
 
 

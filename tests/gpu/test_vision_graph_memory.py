@@ -1,0 +1,55 @@
+"""The vision tower's recorded CUDA graphs say what device memory they hold (GraphMemory, measured around each
+capture), and the engine reports it for /metrics: in use falls back when a shape loses its slot; reserved is the
+shared pool's. CUDA only (graphs do not exist under the interpreter)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.gpu.where import GPU_TEST_MARKS, ON_GPU
+
+pytestmark = [*GPU_TEST_MARKS, pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a CUDA device")]
+
+
+def pixels(vision, h: int, w: int) -> torch.Tensor:
+    d = vision.dims
+    width = d.in_channels * d.temporal_patch_size * d.patch_size**2
+    return torch.randn(h * w, width, device="cuda", dtype=torch.float32)
+
+
+def test_graph_memory_follows_the_kept_graphs(tiny_model_dir, monkeypatch):
+    from glmv.config import ModelConfig
+    from glmv.models.glm4v import Glm4vModel
+    from glmv.models.vision import Glm4vVisionTower
+
+    monkeypatch.setattr(Glm4vVisionTower, "GRAPH_MAX_ENTRIES", 1)
+    vision = Glm4vModel.load(ModelConfig.from_dir(tiny_model_dir), "cuda", torch.bfloat16, max_positions=256).vision
+    assert vision.use_graphs
+    small, large = pixels(vision, 8, 8), pixels(vision, 16, 16)
+    for _ in range(3):  # recorded at the second use
+        vision.encode(small, [(1, 8, 8)])
+    usage = vision.graph_memory.usage
+    assert (usage.entries, usage.capacity_entries) == (1, 1)
+    assert usage.in_use_bytes >= small.numel() * small.element_size()  # its static input at least
+    assert usage.reserved_bytes > 0
+    for _ in range(4):  # used more often than `small`: takes its slot
+        out = vision.encode(large, [(1, 16, 16)])
+    assert torch.allclose(out.float(), vision._encode(large, [(1, 16, 16)]).float(), atol=1e-2, rtol=1e-2)
+    after = vision.graph_memory.usage
+    assert after.entries == 1
+    assert after.in_use_bytes >= large.numel() * large.element_size() > usage.in_use_bytes
+    assert after.reserved_bytes >= usage.reserved_bytes
+
+
+def test_engine_reports_vision_graphs_on_cuda(tiny_model_dir):
+    from glmv.llm import LLM
+
+    llm = LLM(str(tiny_model_dir), device="cuda", max_model_len=256)
+    vision = llm.engine.runner.model.vision
+    for _ in range(3):
+        vision.encode(pixels(vision, 8, 8), [(1, 8, 8)])
+    stats = llm.engine.stats()
+    assert stats["vision_graph_entries"] == 1
+    assert stats["vision_graph_capacity_entries"] == vision.GRAPH_MAX_ENTRIES
+    assert stats["vision_graph_in_use"] > 0 and stats["vision_graph_bytes"] > 0
