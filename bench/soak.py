@@ -401,9 +401,13 @@ GRAPH_CACHE = "vision_graphs"  # its bytes are what the graphs reserved; what th
 
 
 def device_check(result: SoakResult, tolerance_mb: float) -> str | None:
-    """None when device memory at the last idle checkpoint equals that at the first, within tolerance, once the
-    device caches (the vision embeddings, bounded by --vision-cache-gb, the tower's per-grid tables and its CUDA
-    graphs, bounded in slots, all filling as new pictures come) are set aside; else what grew."""
+    """None when device memory in tensors at the last idle checkpoint equals that at the first, within tolerance,
+    once the device caches (the vision embeddings, bounded by --vision-cache-gb, the tower's per-grid tables and
+    its CUDA graphs, bounded in slots, all filling as new pictures come) are set aside; else what grew.
+
+    Reserved memory is printed beside it and does not fail the check: outside the caches it is the allocator's
+    cache of freed blocks, which the allocator itself gives back when a new segment does not fit (so it wanders
+    under load and is bounded by the card, not by the request count)."""
     marks = [s for s in result.checkpoints if s.device_allocated_mb is not None]
     if len(marks) < 2:
         return None
@@ -415,11 +419,13 @@ def device_check(result: SoakResult, tolerance_mb: float) -> str | None:
         return s.device_allocated_mb - cached - graphs_in_use, s.device_reserved_mb - cached - graphs_reserved
 
     (a0, r0), (a1, r1) = outside_caches(marks[0]), outside_caches(marks[-1])
-    if a1 - a0 > tolerance_mb or r1 - r0 > tolerance_mb:
-        return (f"device memory outside the device caches grew from {marks[0].requests} to {marks[-1].requests} "
-                f"requests: allocated {a0:.1f} -> {a1:.1f} MiB, reserved {r0:.1f} -> {r1:.1f} MiB")
-    print(f"device memory outside the device caches: allocated {a0:.1f} -> {a1:.1f} MiB, reserved {r0:.1f} -> "
-          f"{r1:.1f} MiB from {marks[0].requests} to {marks[-1].requests} requests (within {tolerance_mb} MiB)")
+    span = f"from {marks[0].requests} to {marks[-1].requests} requests"
+    if a1 - a0 > tolerance_mb:
+        return (f"device memory in tensors outside the device caches grew {span}: allocated {a0:.1f} -> {a1:.1f} "
+                f"MiB (reserved {r0:.1f} -> {r1:.1f} MiB)")
+    print(f"device memory outside the device caches {span}: allocated {a0:.1f} -> {a1:.1f} MiB (within "
+          f"{tolerance_mb} MiB); reserved {r0:.1f} -> {r1:.1f} MiB ({r1 - r0:+.1f}, the allocator's cache of freed "
+          "blocks)")
     return None
 
 

@@ -130,7 +130,7 @@ class Glm4vVisionTower:
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = {}
         self._graph_pool = None
         self._graph_slots = GraphSlots(self.GRAPH_MAX_ENTRIES)
-        self.graph_memory = GraphMemory(self.GRAPH_MAX_ENTRIES)
+        self.graph_memory = GraphMemory(self.GRAPH_MAX_ENTRIES, self._graph_pool_bytes)
 
     @classmethod
     def load(cls, reader: CheckpointReader, dims: VisionDims, kernels: Kernels, gate_up_act: GateUpAct,
@@ -179,11 +179,11 @@ class Glm4vVisionTower:
             entry = self._graphs.get(key)
             if entry is None:
                 capture, dropped = self._graph_slots.admit(key)
-                if dropped is not None:
-                    del self._graphs[dropped]
-                    self.graph_memory.dropped(dropped)
                 if capture:
                     entry = self._capture(key, pixel_values, grids)
+                if dropped is not None and self._graphs.pop(dropped, None) is not None:
+                    # after the capture: a pool whose last graph is gone must not be captured into again
+                    self.graph_memory.dropped(dropped)
             if entry is not None:
                 graph, static_in, static_out, _tables = entry
                 static_in.copy_(pixel_values)
@@ -201,9 +201,7 @@ class Glm4vVisionTower:
         return tuple(tuple(int(v) for v in g) for g in grids), pixel_values.dtype, tuple(pixel_values.shape)
 
     def _capture(self, key: tuple, pixel_values: torch.Tensor, grids: list[tuple[int, int, int]]):
-        # made eagerly, the capture reads these; measured as the grid-table cache's, so before the graph's own
-        tables = [self._grid_tables(h, w) for _, h, w in grids]
-        in_use, reserved = torch.cuda.memory_allocated(self.device), torch.cuda.memory_reserved(self.device)
+        tables = [self._grid_tables(h, w) for _, h, w in grids]  # made eagerly; the capture reads these
         try:
             static_in = pixel_values.clone()
             if self._graph_pool is None:
@@ -220,10 +218,18 @@ class Glm4vVisionTower:
             return None
         entry = (graph, static_in, static_out, tables)
         self._graphs[key] = entry
-        self.graph_memory.captured(key, torch.cuda.memory_allocated(self.device) - in_use,
-                                   torch.cuda.memory_reserved(self.device) - reserved)
+        self.graph_memory.captured(key, static_in.numel() * static_in.element_size())
         log.info("vision tower: captured a CUDA graph for grids %s (%d kept)", key[0], len(self._graphs))
         return entry
+
+    def _graph_pool_bytes(self) -> tuple[int, int]:
+        """(in use, reserved) of the graphs' private pool, from the allocator's snapshot."""
+        if self._graph_pool is None:
+            return 0, 0
+        pool = tuple(self._graph_pool)
+        segments = [s for s in torch.cuda.memory_snapshot() if tuple(s.get("segment_pool_id", (0, 0))) == pool]
+        in_use = sum(b["size"] for s in segments for b in s["blocks"] if b["state"] == "active_allocated")
+        return in_use, sum(s["total_size"] for s in segments)
 
     def _encode(self, pixel_values: torch.Tensor, grids: list[tuple[int, int, int]],
                 tables: list[torch.Tensor] | None = None) -> torch.Tensor:

@@ -59,7 +59,7 @@ def w8a8_reference(x: torch.Tensor, dense: torch.Tensor, bias: torch.Tensor | No
     times the dequantized weight, in float64."""
     from glmv.kernels.triton_fp8 import round_rows_to_fp8
 
-    ref = round_rows_to_fp8(x.float()).double() @ dense.double().t()
+    ref = round_rows_to_fp8(x.float().to(DEVICE)).cpu().double() @ dense.double().t()  # rounded by the kernel
     return ref + bias.double() if bias is not None else ref
 
 

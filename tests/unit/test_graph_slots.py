@@ -56,3 +56,14 @@ def test_a_failed_capture_frees_its_slot():
     for _ in range(2):
         slots.use("b")
     assert slots.admit("b") == (True, None)
+
+
+def test_shapes_as_common_as_each_other_stop_trading_slots():
+    """Ten equally common shapes arriving at random for eight slots (the soak's batches of pictures): their counts
+    cross each other by chance again and again, and a slot must not change hands at every crossing."""
+    rng = random.Random(1)
+    keys = [f"batch-of-{n}" for n in range(1, 11)]
+    slots = GraphSlots(capacity=8)
+    _serve(slots, rng.choices(keys, k=2000))
+    later, _held = _serve(slots, rng.choices(keys, k=20000))
+    assert later <= 1
