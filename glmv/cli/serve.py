@@ -36,8 +36,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpu-memory-utilization", type=float, default=0.90,
                    help="fraction of GPU memory glmv may use for weights, activations and KV cache (default: 0.90)")
     g.add_argument("--max-gpu-memory", type=_size, default=None, metavar="BYTES",
-                   help="cap on the GPU memory glmv takes, e.g. 16GiB or 24GB (simulates a smaller card); the KV "
-                   "cache is sized inside it")
+                   help="cap on the GPU memory glmv takes, e.g. 16GiB or 24GB (simulates a smaller card): the "
+                   "weights, the CUDA context (1 GiB allowed for it), the vision caches at their bounds and the KV "
+                   "cache all fit inside it; start-up says how many tokens of context the KV cache holds")
     g.add_argument("--quantization", "-q", choices=["fp8"], default=None,
                    help="fp8: quantize a bf16 checkpoint's decoder to FP8 at load (pre-quantized checkpoints are "
                    "detected from their config.json; docs/QUANTIZATION.md)")

@@ -17,6 +17,10 @@ log = logging.getLogger("glmv.runner")
 CPU_DEFAULT_KV_BYTES = 2 << 30
 # CUDA graphs and allocator fragmentation, kept out of the KV budget
 CUDA_RESERVE_BYTES = 256 << 20
+# Device memory outside PyTorch's allocator (the CUDA context, cuBLAS's and Triton's loaded modules), counted
+# against --max-gpu-memory because a real card of that size holds it too: 856 MiB measured on the H200 with the
+# full preset once serving (torch 2.11, bench/small_card.py). Under --gpu-memory-utilization it is measured instead.
+CUDA_CONTEXT_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -74,15 +78,34 @@ def _cuda_kv_budget(model: Glm4vModel, config: EngineConfig, max_model_len: int)
     activations = torch.cuda.max_memory_allocated(device) - before
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(device)
-    in_use = total - free
-    budget = int(total * config.gpu_memory_utilization) - in_use - activations - CUDA_RESERVE_BYTES
-    if config.max_gpu_memory is not None:  # a smaller card, simulated: what glmv's allocator holds counts
-        held = torch.cuda.memory_reserved(device)  # weights and buffers (the CUDA context comes on top)
-        budget = min(budget, config.max_gpu_memory - held - activations - CUDA_RESERVE_BYTES)
-        log.info("--max-gpu-memory %.1f GiB: glmv holds %.2f GiB before its KV cache",
-                 config.max_gpu_memory / 2**30, held / 2**30)
-    log.info("GPU memory: total %.1f GiB, in use %.1f GiB, profiled step %.2f GiB -> KV budget %.1f GiB",
-             total / 2**30, in_use / 2**30, activations / 2**30, budget / 2**30)
+    later = later_device_bytes(model, config)
+    budget = cuda_kv_budget(total, total - free, torch.cuda.memory_reserved(device), activations, later, config)
+    if config.max_gpu_memory is not None:
+        log.info("--max-gpu-memory %.1f GiB: glmv holds %.2f GiB before its KV cache, %.2f GiB more for the CUDA "
+                 "context", config.max_gpu_memory / 2**30, torch.cuda.memory_reserved(device) / 2**30,
+                 CUDA_CONTEXT_BYTES / 2**30)
+    log.info("GPU memory: total %.1f GiB, in use %.1f GiB, profiled step %.2f GiB, vision caches at their bounds "
+             "%.2f GiB -> KV budget %.1f GiB", total / 2**30, (total - free) / 2**30, activations / 2**30,
+             later / 2**30, budget / 2**30)
+    return budget
+
+
+def later_device_bytes(model: Glm4vModel, config: EngineConfig) -> int:
+    """Device memory that fills after the KV cache is sized: the vision-embedding cache and the tower's per-grid
+    tables, each at its bound (nothing without a vision tower)."""
+    if model.vision is None:
+        return 0
+    return config.vision_cache_bytes + model.vision.GRID_TABLE_BYTES
+
+
+def cuda_kv_budget(total: int, in_use: int, held: int, activations: int, later: int, config: EngineConfig) -> int:
+    """Bytes for the KV cache: what --gpu-memory-utilization leaves of the device after what is in use (the CUDA
+    context included), the profiled step's activations and the caches that fill later; under --max-gpu-memory
+    also what the cap leaves after glmv's allocator's holdings and the CUDA context (`held`: that allocator's)."""
+    budget = int(total * config.gpu_memory_utilization) - in_use - activations - later - CUDA_RESERVE_BYTES
+    if config.max_gpu_memory is not None:  # a smaller card, simulated
+        capped = config.max_gpu_memory - held - CUDA_CONTEXT_BYTES - activations - later - CUDA_RESERVE_BYTES
+        budget = min(budget, capped)
     return max(budget, 0)
 
 
