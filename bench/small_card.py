@@ -3,8 +3,8 @@
 Starts `glmv serve` on the model folder with a GPU memory cap (`--max-gpu-memory`, default 16GiB: a 16 GB card
 simulated on a bigger one), reads from its start-up log how many tokens of context its KV cache holds, sends one
 streaming completion of `--prompt-tokens` random token ids over HTTP and then `--concurrent` of them together,
-and reads what the server process holds of the device from `nvidia-smi` (the CUDA context included, which the
-cap does not count) and from its /metrics. Passes when the long prompts were answered and the process stayed
+and reads what the server process holds of the device from `nvidia-smi` (the CUDA context included) and what
+PyTorch's allocator holds from its /metrics. Passes when the long prompts were answered and the process stayed
 inside the card.
 
     PYTHONPATH=.:/tmp/site python3 bench/small_card.py --model-dir /tmp/glmv-full                      # online FP8
@@ -138,7 +138,8 @@ def run(args: argparse.Namespace) -> SmallCardResult:
         ready_s = time.monotonic() - t0
         context = context_from_log(log_path.read_text())
         print(f"ready in {ready_s:.1f} s; the KV cache holds {context} tokens of context", flush=True)
-        single, together = asyncio.run(drive(server.url, ordinary_ids(args.model_dir), args.prompt_tokens, args.max_tokens, args.concurrent))
+        ids = ordinary_ids(args.model_dir)
+        single, together = asyncio.run(drive(server.url, ids, args.prompt_tokens, args.max_tokens, args.concurrent))
         device = process_device_mib(server.proc.pid)
         reserved = read_metrics(server.url).get("glmv_device_memory_reserved_bytes", {}).get((), None)
     finally:

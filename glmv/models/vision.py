@@ -201,9 +201,9 @@ class Glm4vVisionTower:
         return tuple(tuple(int(v) for v in g) for g in grids), pixel_values.dtype, tuple(pixel_values.shape)
 
     def _capture(self, key: tuple, pixel_values: torch.Tensor, grids: list[tuple[int, int, int]]):
-        tables = [self._grid_tables(h, w) for _, h, w in grids]  # made eagerly; the capture reads these
         try:
             static_in = pixel_values.clone()
+            tables = [self._grid_tables(h, w) for _, h, w in grids]  # made eagerly; the capture reads these
             if self._graph_pool is None:
                 self._graph_pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
