@@ -67,7 +67,9 @@ class ModelRunner:
         self.num_blocks = self.kv_plan.num_blocks
         self.kv_caches = self.kv_plan.allocate(model_config.text, self.dtype, self.device)
         self.sampler = Sampler(model_config.text.vocab_size, self.device, model_config.eos_token_ids)
-        self.encoder = MultimodalEncoder(self.model, VisionEmbeddingCache(engine_config.vision_cache_bytes))
+        device = self.device  # on CUDA the embedding cache counts the allocator's blocks (VisionEmbeddingCache)
+        allocated = (lambda: torch.cuda.memory_allocated(device)) if device.type == "cuda" else None
+        self.encoder = MultimodalEncoder(self.model, VisionEmbeddingCache(engine_config.vision_cache_bytes, allocated))
         self.decode_graphs = DecodeGraphs(self.model, self.kv_caches, engine_config.max_num_seqs, self.block_size,
                                           -(-max_model_len // self.block_size))
         self.greedy_graph_steps = 0  # decode steps whose tokens were the graph's own argmax (no sampler kernels)

@@ -155,3 +155,30 @@ def test_vision_cache_keeps_compact_copies_of_batch_slices():
     whole = torch.zeros(10, 4)
     cache.put("whole", whole)
     assert cache.get("whole") is whole  # an owning tensor is kept as it is
+
+
+def test_vision_cache_counts_the_blocks_the_allocator_gave():
+    """On CUDA an entry counts the allocator's bytes around its copy (a block can be larger than the tensor), and
+    the bound holds in those bytes."""
+    from glmv.models.vision import VisionEmbeddingCache
+
+    class Allocator:  # a block 96 bytes larger than each 160-byte copy, as a large free block left unsplit
+        def __init__(self):
+            self.allocated, self.reads = 0, 0
+
+        def __call__(self) -> int:
+            self.reads += 1
+            if self.reads % 2 == 0:  # the read after the copy
+                self.allocated += 256
+            return self.allocated
+
+    allocator = Allocator()
+    cache = VisionEmbeddingCache(max_bytes=600, allocated_bytes=allocator)
+    owning = torch.zeros(10, 4)  # 160 bytes
+    cache.put("a", owning)
+    assert cache.bytes == 256 and cache.get("a") is not owning  # a fresh copy: its block is the one measured
+    assert torch.equal(cache.get("a"), owning)
+    cache.put("b", torch.ones(10, 4))
+    cache.put("c", torch.ones(10, 4))  # 768 > 600: "a" goes
+    assert cache.bytes == 512 and cache.get("a") is None and len(cache) == 2
+

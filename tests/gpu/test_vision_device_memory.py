@@ -1,6 +1,7 @@
-"""The vision tower's recorded CUDA graphs say what device memory they hold (GraphMemory: their private pool and
-static inputs), and the engine reports it for /metrics; a shape that takes the only slot records into the pool its
-predecessor leaves. CUDA only (graphs do not exist under the interpreter)."""
+"""What the vision side holds of the device, as /metrics reports it: the recorded CUDA graphs (GraphMemory: their
+private pool and static inputs; a shape that takes the only slot records into the pool its predecessor leaves) and
+the embedding cache (the allocator's blocks, not the tensors' sizes). CUDA only (no graphs or device allocator
+under the interpreter)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,17 @@ def test_engine_reports_vision_graphs_on_cuda(tiny_model_dir):
     assert stats["vision_graph_entries"] == 1
     assert stats["vision_graph_capacity_entries"] == vision.GRAPH_MAX_ENTRIES
     assert stats["vision_graph_in_use"] > 0 and stats["vision_graph_bytes"] > 0
+
+
+def test_embedding_cache_counts_what_the_allocator_holds():
+    from glmv.models.vision import VisionEmbeddingCache
+
+    cache = VisionEmbeddingCache(256 << 20, lambda: torch.cuda.memory_allocated())
+    sources = [torch.randn(192 + 7 * i, 4096, device="cuda", dtype=torch.bfloat16) for i in range(40)]  # ~1.5 MiB
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for i, emb in enumerate(sources):
+        cache.put(f"picture-{i}", emb)
+    assert torch.cuda.memory_allocated() - before == cache.bytes  # every byte the copies took, counted
+    assert cache.bytes >= sum(e.numel() * e.element_size() for e in sources)
+
