@@ -30,7 +30,7 @@ Clients of `vllm serve` work unchanged; see docs/API.md for fields, extras and e
 
 def create_app(state: ServingState) -> FastAPI:
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI):
+    async def lifespan(served: FastAPI):
         await state.engine.start()
         try:
             cfg = state.server_config
@@ -38,7 +38,7 @@ def create_app(state: ServingState) -> FastAPI:
             if cfg.warmup and ec.engine == "glmv" and ec.data_parallel_size == 1:
                 from glmv.server.warmup import warm_up
 
-                log.info("warm-up requests took %.1f s", await warm_up(state))
+                log.info("warm-up requests took %.1f s", await warm_up(state, served))
             yield
         finally:
             await state.engine.shutdown()

@@ -6,7 +6,10 @@ kernels compiled for new prompt lengths, cuBLAS chose its algorithms, the vision
 neither) until the app's start-up has finished, and this runs inside it: text prompts of a short, a typical and a
 full prefill chunk, several at once (packed prefill, then a few decode steps at more than one row), and one picture
 built through the same prompt builder as a chat request. Synthetic ids leave no prefix cache entries a client could
-hit by accident, and their media hashes are marked as warm-up.
+hit by accident, and their media hashes are marked as warm-up. The HTTP side has two lazy pieces of its own, both
+done here too (bench/notes/ttft.md): FastAPI prepares each route's request handling (its pydantic adapters) the
+first time a request tries the route, and anyio imports its asyncio backend at its first task group, which
+Starlette opens for every streamed answer.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 
 from glmv.inputs.loaded import LoadedMedia
 from glmv.sampling import SamplingParams
@@ -31,8 +37,8 @@ def _text_ids(state: ServingState, n: int, seed: int) -> list[int]:
     return torch.randint(100, max(101, min(vocab, 150_000) - 1), (n,), generator=g).tolist()
 
 
-async def warm_up(state: ServingState) -> float:
-    """Run the warm-up requests; returns their wall seconds."""
+async def warm_up(state: ServingState, app: Starlette) -> float:
+    """Run the warm-up requests (and prepare `app`'s routes); returns their wall seconds."""
     from glmv.inputs.prompt import Prompt
 
     engine, t0 = state.engine, time.perf_counter()
@@ -52,7 +58,39 @@ async def warm_up(state: ServingState) -> float:
                                for i in range(8)))
     if state.max_model_len > 1400:  # room for a 1008x1008 picture's 1,296 tokens
         await run(await asyncio.to_thread(_image_prompt, state), "image")
+    await prepare_routes(app)
+    await load_stream_backend()
     return time.perf_counter() - t0
+
+
+async def prepare_routes(app: Starlette) -> None:
+    """Send one request that no route takes through the app's router (every route is tried, so FastAPI prepares
+    each), skipping the middlewares, so that no metric or log line counts it."""
+    path = "/.glmv-warm-up"
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "headers": [], "root_path": "",
+             "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0), "app": app}
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(_message: dict) -> None:
+        pass
+
+    try:
+        await app.router(scope, receive, send)
+    except HTTPException as exc:  # the router's 404, left to the middlewares it skipped
+        if exc.status_code != 404:
+            raise
+
+
+async def load_stream_backend() -> None:
+    """Open (and close) one anyio task group on this loop, as a streaming response does, so that anyio's asyncio
+    backend is imported now rather than inside the first client's streamed answer."""
+    import anyio
+
+    async with anyio.create_task_group():
+        pass
 
 
 def _image_prompt(state: ServingState):
