@@ -35,10 +35,12 @@ def create_app(state: ServingState) -> FastAPI:
         try:
             cfg = state.server_config
             ec = state.engine_config
-            if cfg.warmup and ec.engine == "glmv" and ec.data_parallel_size == 1:
-                from glmv.server.warmup import warm_up
+            if cfg.warmup:
+                from glmv.server.warmup import warm_http, warm_up
 
-                log.info("warm-up requests took %.1f s", await warm_up(state, served))
+                if ec.engine == "glmv" and ec.data_parallel_size == 1:
+                    log.info("warm-up requests took %.1f s", await warm_up(state))
+                await warm_http(served)
             yield
         finally:
             await state.engine.shutdown()

@@ -37,8 +37,8 @@ def _text_ids(state: ServingState, n: int, seed: int) -> list[int]:
     return torch.randint(100, max(101, min(vocab, 150_000) - 1), (n,), generator=g).tolist()
 
 
-async def warm_up(state: ServingState, app: Starlette) -> float:
-    """Run the warm-up requests (and prepare `app`'s routes); returns their wall seconds."""
+async def warm_up(state: ServingState) -> float:
+    """Run the engine's warm-up requests; returns their wall seconds."""
     from glmv.inputs.prompt import Prompt
 
     engine, t0 = state.engine, time.perf_counter()
@@ -58,9 +58,13 @@ async def warm_up(state: ServingState, app: Starlette) -> float:
                                for i in range(8)))
     if state.max_model_len > 1400:  # room for a 1008x1008 picture's 1,296 tokens
         await run(await asyncio.to_thread(_image_prompt, state), "image")
+    return time.perf_counter() - t0
+
+
+async def warm_http(app: Starlette) -> None:
+    """The HTTP side's lazy pieces, whatever the engine behind it."""
     await prepare_routes(app)
     await load_stream_backend()
-    return time.perf_counter() - t0
 
 
 async def prepare_routes(app: Starlette) -> None:
