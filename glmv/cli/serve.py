@@ -160,7 +160,8 @@ def add_parser(sub) -> None:
     g.add_argument("--disable-log-requests", action="store_true",
                    help="do not log one line per request (id, model, tokens, finish reason, latency)")
     g.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
-                   help="run warm-up requests (prompt lengths, a batch, a 1008x1008 picture) before /health answers")
+                   help="before /health answers, run warm-up requests (prompt lengths, a batch, a 1008x1008 picture; "
+                   "glmv's engine) and prepare the HTTP routes and streaming (every engine)")
     g.add_argument("--disable-uvicorn-access-log", action="store_true", help="do not log uvicorn's access lines")
     g.add_argument("--cuda-memory-history", default=None, metavar="DIR",
                    help="debugging device memory: record the Python stack of every CUDA allocation (slows eager "
