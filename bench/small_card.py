@@ -31,6 +31,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.soak import ServerProcess, read_metrics  # noqa: E402
+from glmv.cli.serve import byte_size  # noqa: E402
 
 GiB = 2**30
 DEFAULT_SERVE_ARGS = "--quantization fp8 --max-model-len 32768"
@@ -59,14 +60,6 @@ class SmallCardResult:
         inside = self.process_device_mib is not None and self.process_device_mib * 2**20 <= self.cap_bytes
         answered = all(r.completion_tokens > 0 for r in [self.single, *self.together])
         return inside and answered
-
-
-def parse_bytes(text: str) -> int:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(GiB|GB|MiB|MB)?", text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"a size such as 16GiB or 17179869184, got {text!r}")
-    unit = {"GiB": GiB, "GB": 10**9, "MiB": 2**20, "MB": 10**6, None: 1}[match.group(2)]
-    return int(float(match.group(1)) * unit)
 
 
 def process_device_mib(pid: int) -> float | None:
@@ -168,7 +161,7 @@ def report(result: SmallCardResult, args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, required=True, help="the model folder (full preset, or its AWQ copy)")
-    p.add_argument("--cap", type=parse_bytes, default=16 * GiB, help="the card's memory (default 16GiB)")
+    p.add_argument("--cap", type=byte_size, default=16 * GiB, help="the card's memory (default 16GiB)")
     p.add_argument("--serve-args", default=DEFAULT_SERVE_ARGS,
                    help=f"more `glmv serve` flags (default: {DEFAULT_SERVE_ARGS!r}; the cap is added)")
     p.add_argument("--prompt-tokens", type=int, default=32_000, help="tokens in each long prompt")

@@ -35,7 +35,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="bytes for the KV cache (default: from --gpu-memory-utilization on CUDA, 2 GiB on CPU)")
     g.add_argument("--gpu-memory-utilization", type=float, default=0.90,
                    help="fraction of GPU memory glmv may use for weights, activations and KV cache (default: 0.90)")
-    g.add_argument("--max-gpu-memory", type=_size, default=None, metavar="BYTES",
+    g.add_argument("--max-gpu-memory", type=byte_size, default=None, metavar="BYTES",
                    help="cap on the GPU memory glmv takes, e.g. 16GiB or 24GB (simulates a smaller card): the "
                    "weights, the CUDA context (1 GiB allowed for it), the vision caches at their bounds and the KV "
                    "cache all fit inside it; start-up says how many tokens of context the KV cache holds")
@@ -98,7 +98,8 @@ def engine_config_from_args(args: argparse.Namespace):
     )
 
 
-def _size(text: str) -> int:
+def byte_size(text: str) -> int:
+    """An argparse type for sizes (16GiB, 24GB, bytes): glmv.config.parse_bytes with argparse's error."""
     from glmv.config import parse_bytes
 
     try:

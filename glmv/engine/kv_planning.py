@@ -79,11 +79,11 @@ def _cuda_kv_budget(model: Glm4vModel, config: EngineConfig, max_model_len: int)
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(device)
     later = later_device_bytes(model, config)
-    budget = cuda_kv_budget(total, total - free, torch.cuda.memory_reserved(device), activations, later, config)
+    held = torch.cuda.memory_reserved(device)  # weights and buffers: what glmv's allocator holds
+    budget = cuda_kv_budget(total, total - free, held, activations, later, config)
     if config.max_gpu_memory is not None:
         log.info("--max-gpu-memory %.1f GiB: glmv holds %.2f GiB before its KV cache, %.2f GiB more for the CUDA "
-                 "context", config.max_gpu_memory / 2**30, torch.cuda.memory_reserved(device) / 2**30,
-                 CUDA_CONTEXT_BYTES / 2**30)
+                 "context", config.max_gpu_memory / 2**30, held / 2**30, CUDA_CONTEXT_BYTES / 2**30)
     log.info("GPU memory: total %.1f GiB, in use %.1f GiB, profiled step %.2f GiB, vision caches at their bounds "
              "%.2f GiB -> KV budget %.1f GiB", total / 2**30, (total - free) / 2**30, activations / 2**30,
              later / 2**30, budget / 2**30)

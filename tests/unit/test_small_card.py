@@ -1,4 +1,4 @@
-"""bench/small_card.py's pieces: sizes as the flag spells them, the context the start-up log states, and the verdict
+"""bench/small_card.py's pieces: sizes as --max-gpu-memory spells them, the context the start-up log states, and the verdict
 (answered, and the process inside the card, CUDA context included)."""
 
 from __future__ import annotations
@@ -7,15 +7,16 @@ import argparse
 
 import pytest
 
-from bench.small_card import GiB, LongPrompt, SmallCardResult, context_from_log, parse_bytes
+from bench.small_card import GiB, LongPrompt, SmallCardResult, context_from_log
+from glmv.cli.serve import byte_size
 
 
-def test_sizes():
-    assert parse_bytes("16GiB") == 16 * GiB
-    assert parse_bytes("24GB") == 24 * 10**9
-    assert parse_bytes("17179869184") == 16 * GiB
+def test_sizes():  # --cap takes the sizes --max-gpu-memory takes
+    assert byte_size("16GiB") == 16 * GiB
+    assert byte_size("24GB") == 24 * 10**9
+    assert byte_size("17179869184") == 16 * GiB
     with pytest.raises(argparse.ArgumentTypeError):
-        parse_bytes("sixteen")
+        byte_size("sixteen")
 
 
 def test_context_from_the_start_up_line():
